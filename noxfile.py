@@ -1,0 +1,78 @@
+"""nox sessions for moe-oracle.
+
+Installing torch: on a CPU machine the sessions pin ``torch==2.13.0`` (a CPU wheel; an open range
+could pull a multi-GB CUDA build) and take triton from PyPI. On GPU CI (CUDA or ROCm) the vendor's
+torch and triton are already installed and must be used: set ``MOE_ORACLE_USE_INSTALLED_TORCH=1``
+(or pass ``-- --use-installed-torch`` via the env var only), and the session's virtualenv is created
+with ``--system-site-packages`` and installs neither.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+CPU_TORCH = "torch==2.13.0"
+USE_INSTALLED_TORCH = os.environ.get("MOE_ORACLE_USE_INSTALLED_TORCH", "0").lower() in ("1", "true")
+VENV_PARAMS = ["--system-site-packages"] if USE_INSTALLED_TORCH else []
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    spec = f".[{','.join(extras)}]" if extras else "."
+    if USE_INSTALLED_TORCH:
+        session.run("python", "-c", "import torch, triton; print('using installed torch', torch.__version__, 'triton', triton.__version__)")
+        session.install("-e", spec)
+    else:
+        session.install(CPU_TORCH, "triton", "-e", f".[{','.join(('kernels',) + extras)}]")
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def tests(session: nox.Session) -> None:
+    """The CPU suite (kernels under TRITON_INTERPRET=1), in parallel."""
+    _install(session, "test", "plot")
+    session.run(
+        "pytest", "-n", "auto", "-m", "not gpu and not exhaustive", *session.posargs,
+        env={"TRITON_INTERPRET": "1"},
+    )
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def gpu(session: nox.Session) -> None:
+    """The gpu-marked tests on a CUDA or ROCm device (set MOE_ORACLE_USE_INSTALLED_TORCH=1 there)."""
+    _install(session, "test")
+    session.run("pytest", "-m", "gpu", "-p", "no:randomly", *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def exhaustive(session: nox.Session) -> None:
+    """All 2^32 fp32 inputs through every fp8 and e2m1 encoder vs an independent implementation."""
+    _install(session, "test")
+    session.run("python", "-m", "tests.emulation.exhaustive", *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def verify(session: nox.Session) -> None:
+    """The main job: the conformance report on its embedded default configuration."""
+    _install(session, "plot")
+    session.run("python", "-m", "emulation", *session.posargs)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def bench(session: nox.Session) -> None:
+    """Benchmarks (emulation speed on CPU; kernels vs peers on a GPU)."""
+    _install(session, "test")
+    session.run("python", "-m", "benchmarks.bench_emulation", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+def _interpret_without_gpu() -> dict[str, str]:
+    return {} if USE_INSTALLED_TORCH else {"TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")}

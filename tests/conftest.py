@@ -1,0 +1,58 @@
+"""Shared test set-up: logged per-test seeds and the gpu marker's skip rule."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import numpy as np
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--seed", type=int, default=None, help="base seed (default: fresh per run; also MOE_ORACLE_SEED)")
+
+
+def _base_seed(config) -> int:
+    if not hasattr(config, "_moe_seed"):
+        seed = config.getoption("--seed")
+        if seed is None and os.environ.get("MOE_ORACLE_SEED"):
+            seed = int(os.environ["MOE_ORACLE_SEED"])
+        config._moe_seed = seed if seed is not None else secrets.randbits(32)
+    return config._moe_seed
+
+
+def pytest_report_header(config):
+    return f"moe-oracle base seed: {_base_seed(config)} (rerun with --seed {_base_seed(config)})"
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """A fresh generator per test, seeded from the logged base seed and the test's id."""
+    seed = [_base_seed(request.config), *request.node.nodeid.encode()]
+    request.node.user_properties.append(("seed", _base_seed(request.config)))
+    print(f"seed: base {_base_seed(request.config)} node {request.node.nodeid}")
+    return np.random.default_rng(seed)
+
+
+def _gpu_available() -> tuple[bool, str]:
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False, "TRITON_INTERPRET=1 runs kernels on the CPU interpreter"
+    if not torch.cuda.is_available():
+        return False, "no CUDA or ROCm device visible to torch"
+    return True, ""
+
+
+def pytest_collection_modifyitems(config, items):
+    if not any("gpu" in item.keywords for item in items):
+        return
+    ok, reason = _gpu_available()
+    if not ok:
+        skip = pytest.mark.skip(reason=f"gpu test: {reason}")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
