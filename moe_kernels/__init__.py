@@ -1,0 +1,1 @@
+"""Triton kernels for MXFP4 MoE, validated against ``emulation`` and ``moe_ref``."""

@@ -1,0 +1,25 @@
+"""The one activation-dtype selector and the reference MoE (float64 ideal and emulated-quantized)."""
+
+from .activation import SWIGLU_ALPHA, SWIGLU_LIMIT, gated_activation, split_gate_up
+from .problems import MoEProblem, random_moe_problem
+from .reference import MoETrace, MoEWeights, moe_reference, quantize_activation
+from .routing import moe_align_block_size, softmax_topk
+from .selector import (
+    ACT_DTYPES,
+    ACTIVATIONS,
+    DECISION_TABLE,
+    GATE_MODES,
+    QUANT_TYPES,
+    WEIGHT_DTYPES,
+    Decision,
+    detect_arch,
+    format_decision_table,
+    select_activation_dtype,
+)
+
+__all__ = [
+    "ACT_DTYPES", "ACTIVATIONS", "DECISION_TABLE", "Decision", "GATE_MODES", "MoEProblem", "MoETrace",
+    "MoEWeights", "QUANT_TYPES", "SWIGLU_ALPHA", "SWIGLU_LIMIT", "WEIGHT_DTYPES", "detect_arch",
+    "format_decision_table", "gated_activation", "moe_align_block_size", "moe_reference",
+    "quantize_activation", "random_moe_problem", "select_activation_dtype", "softmax_topk", "split_gate_up",
+]

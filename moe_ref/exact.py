@@ -1,0 +1,76 @@
+"""Dot products computed exactly and rounded once to fp32 (the reference's GEMM semantic).
+
+Fast path: float64 matmul, used only where it is provably exact: every product of two fp32 values
+is a multiple of 2^(low_a + low_w) (their lowest set bits) and below 2^(high_a + high_w), so any
+partial sum of K of them fits float64's 53 bits when high_a + high_w + ceil(log2 K) - low_a - low_w
+<= 53, whatever the summation order. Other (row, column) cells are summed with Python integers
+and rounded to fp32 by hand (ties to even). Exact inputs of quantized MoE paths (bf16, e2m1, e4m3 with
+power-of-two scales) nearly always take the fast path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["exact_matmul_f32", "round_scaled_int_to_f32"]
+
+
+def _bit_range(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice along ``axis``: lowest set bit exponent and (highest exponent + 1) of nonzero values."""
+    bits = a.view(np.uint32).astype(np.int64) & 0x7FFFFFFF
+    exp_field = bits >> 23
+    m24 = np.where(exp_field > 0, (bits & 0x7FFFFF) | 0x800000, bits & 0x7FFFFF)
+    e0 = np.maximum(exp_field, 1) - 150  # value = m24 * 2^e0
+    nonzero = m24 != 0
+    _, tz = np.frexp((m24 & -m24).astype(np.float64))
+    _, bl = np.frexp(m24.astype(np.float64))
+    low = np.where(nonzero, e0 + tz - 1, np.iinfo(np.int32).max).min(axis=axis)
+    high = np.where(nonzero, e0 + bl, np.iinfo(np.int32).min).max(axis=axis)
+    return low, high
+
+
+def round_scaled_int_to_f32(n: int, q: int) -> np.float32:
+    """The fp32 nearest (ties to even) to ``n * 2**q`` for a Python int ``n``; inf past fp32's range."""
+    if n == 0:
+        return np.float32(0.0)
+    sign, n = (-1.0 if n < 0 else 1.0), abs(n)
+    e = n.bit_length() - 1 + q
+    quantum = max(e, -126) - 23
+    shift = quantum - q
+    if shift > 0:
+        r = n >> shift
+        rem, half = n - (r << shift), 1 << (shift - 1)
+        if rem > half or (rem == half and r & 1):
+            r += 1
+    else:
+        r = n << -shift
+    value = math.ldexp(float(r), quantum) if quantum < 1000 else math.inf
+    with np.errstate(over="ignore"):
+        return np.float32(sign * value)
+
+
+def exact_matmul_f32(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w.T`` with every dot product exact, rounded once to fp32. x [n, K], w [N, K] float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if not (np.isfinite(x).all() and np.isfinite(w).all()):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return (x.astype(np.float64) @ w.astype(np.float64).T).astype(np.float32)
+    out = (x.astype(np.float64) @ w.astype(np.float64).T).astype(np.float32)
+    k = x.shape[1]
+    if k == 0 or out.size == 0:
+        return out
+    lx, hx = _bit_range(x, 1)
+    lw, hw = _bit_range(w, 1)
+    need = (hx[:, None] + hw[None, :]) + math.ceil(math.log2(k)) - (lx[:, None] + lw[None, :])
+    live = (lx[:, None] < np.iinfo(np.int32).max) & (lw[None, :] < np.iinfo(np.int32).max)
+    slow = live & (need > 53)
+    for i in np.flatnonzero(slow.any(axis=1)):
+        cols = np.flatnonzero(slow[i])
+        xi = [int(v) for v in np.ldexp(x[i].astype(np.float64), -int(lx[i]))]
+        for j in cols:
+            wj = [int(v) for v in np.ldexp(w[j].astype(np.float64), -int(lw[j]))]
+            out[i, j] = round_scaled_int_to_f32(sum(a * b for a, b in zip(xi, wj)), int(lx[i] + lw[j]))
+    return out

@@ -1,0 +1,200 @@
+"""The reference MoE: float64 ideal, and the emulated production path the kernels must match.
+
+Layouts (public): hidden [M, H] bf16 data; w1 [E, 2I, H/2] uint8 fp4x2 packed along H with
+w1_scale [E, 2I, H/32] e8m0; w2 [E, H, I/2] with w2_scale [E, H, I/32]; topk_weights [M, topk]
+fp32; topk_ids [M, topk] int; optional bias1 [E, 2I], bias2 [E, H] fp32.
+
+The emulated path (``act_dtype`` in "bf16", "fp4x2", "fp8") - the contract:
+
+1. ``a = bf16(hidden)`` (hidden rounded to bf16, ties to even, if it is not bf16 already), then the
+   stage-1 input ``a_q = Q(a)`` along H: bf16 as is; fp4x2: MXFP4 per token (``scale_mode``);
+   fp8: MXFP8 e4m3fn per token (``scale_mode``). Dequantized exactly.
+2. For every (token t, slot k) whose expert e = topk_ids[t, k] is in ``expert_mask``:
+   ``g = fp32(a_q[t] . dequant(w1[e]).T)`` - dot products exact, rounded once to fp32;
+   ``g = fp32(g + bias1[e])``.
+3. ``h = gated_activation(g)`` in fp32 (``moe_ref.activation``); with ``doweight_stage1``
+   ``h = fp32(h * topk_weights[t, k])``.
+4. ``h_q = Q(h)`` along I, the same quantization as step 1 (bf16: rounded to bf16).
+5. ``y = fp32(h_q . dequant(w2[e]).T)`` exact then rounded once; ``y = fp32(y + bias2[e])``;
+   without ``doweight_stage1`` ``y = fp32(y * topk_weights[t, k])``.
+6. ``out[t] = bf16(((y_0 + y_1) + y_2) + ...)``: the slots summed in fp32 in slot order, masked slots
+   skipped (a token with no live slot gets +0), then rounded to bf16.
+
+Expert mask (expert parallelism): ``expert_mask[e] == 0`` means expert e is not on this rank; its
+slots contribute nothing (no renormalisation of the other weights).
+
+The ideal path (``act_dtype=None``): the same steps in float64 with no quantization of activations
+(hidden taken as given, weights dequantized exactly, no bf16 rounding of the output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import emulation as em
+
+from ._arrays import is_torch, like, to_numpy
+from .activation import SWIGLU_ALPHA, SWIGLU_LIMIT, gated_activation
+from .exact import exact_matmul_f32
+from .selector import ACT_DTYPES, ACTIVATIONS, GATE_MODES
+
+__all__ = ["MoEWeights", "quantize_activation", "moe_reference", "MoETrace"]
+
+
+@dataclass(frozen=True)
+class MoEWeights:
+    """Validated weights: packed fp4x2 + e8m0 for both stages, and the sizes they imply."""
+
+    w1: np.ndarray
+    w1_scale: np.ndarray
+    w2: np.ndarray
+    w2_scale: np.ndarray
+    E: int
+    H: int
+    I: int  # noqa: E741 - the intermediate size, as in every MoE paper
+
+    @classmethod
+    def from_arrays(cls, w1, w1_scale, w2, w2_scale) -> MoEWeights:
+        w1, w1_scale = to_numpy(w1, arg="w1"), to_numpy(w1_scale, arg="w1_scale")
+        w2, w2_scale = to_numpy(w2, arg="w2"), to_numpy(w2_scale, arg="w2_scale")
+        for name, arr in (("w1", w1), ("w1_scale", w1_scale), ("w2", w2), ("w2_scale", w2_scale)):
+            if arr.dtype != np.uint8 or arr.ndim != 3:
+                raise ValueError(f"{name}: expected a 3-D uint8 array, got {arr.dtype} with shape {arr.shape}")
+        E, two_i, h_half = w1.shape
+        H, I = 2 * h_half, two_i // 2  # noqa: E741
+        if two_i % 2 or H % 32 or I % 32:
+            raise ValueError(f"w1: shape {w1.shape} must be [E, 2*I, H/2] with H and I multiples of 32")
+        expect = {"w1_scale": (E, 2 * I, H // 32), "w2": (E, H, I // 2), "w2_scale": (E, H, I // 32)}
+        for name, arr in (("w1_scale", w1_scale), ("w2", w2), ("w2_scale", w2_scale)):
+            if arr.shape != expect[name]:
+                raise ValueError(f"{name}: expected shape {list(expect[name])} (from w1 {list(w1.shape)}), got {list(arr.shape)}")
+        return cls(w1, w1_scale, w2, w2_scale, E, H, I)
+
+    def dequant_w1(self, e: int) -> np.ndarray:
+        return em.dequantize_mxfp4(self.w1[e], self.w1_scale[e])
+
+    def dequant_w2(self, e: int) -> np.ndarray:
+        return em.dequantize_mxfp4(self.w2[e], self.w2_scale[e])
+
+
+def quantize_activation(x: np.ndarray, act_dtype: str, scale_mode="round_up") -> np.ndarray:
+    """Q of the contract: fp32 rows -> their quantized values (float32), along the last axis."""
+    if act_dtype == "bf16":
+        return em.round_to_bf16(x)
+    if act_dtype == "fp4x2":
+        return em.dequantize_mxfp4(*em.quantize_mxfp4(x, scale_mode=scale_mode))
+    if act_dtype == "fp8":
+        return em.dequantize_mxfp8(*em.quantize_mxfp8(x, fmt="e4m3fn", scale_mode=scale_mode), fmt="e4m3fn")
+    raise ValueError(f"act_dtype={act_dtype!r} is not valid; expected None or one of {list(ACT_DTYPES)}")
+
+
+@dataclass(frozen=True)
+class MoETrace:
+    """Intermediates of one emulated run (pairs are the live (token, slot) pairs in token-major order)."""
+
+    pairs: np.ndarray  # [P, 2] (token, slot)
+    a_q: np.ndarray  # [M, H] stage-1 input values after quantization
+    stage1: np.ndarray  # [P, 2I] fp32 after bias1
+    act: np.ndarray  # [P, I] fp32 after the activation (and routing weight with doweight_stage1)
+    act_q: np.ndarray  # [P, I] stage-2 input values after quantization
+    stage2: np.ndarray  # [P, H] fp32 after bias2 and routing weight (if applied at stage 2)
+    out_f32: np.ndarray  # [M, H] fp32 sum over slots
+    out: np.ndarray  # [M, H] bf16 values (float32)
+
+
+def _validate_routing(topk_weights, topk_ids, M, E):
+    w = to_numpy(topk_weights, arg="topk_weights")
+    ids = to_numpy(topk_ids, arg="topk_ids")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"topk_ids: expected an integer array, got dtype {ids.dtype}")
+    if ids.ndim != 2 or ids.shape[0] != M:
+        raise ValueError(f"topk_ids: expected shape [M={M}, topk], got {list(ids.shape)}")
+    if w.shape != ids.shape:
+        raise ValueError(f"topk_weights: expected shape {list(ids.shape)} like topk_ids, got {list(w.shape)}")
+    if ids.size and (ids.min() < 0 or ids.max() >= E):
+        raise ValueError(f"topk_ids: expert ids must lie in [0, {E - 1}]")
+    return w.astype(np.float32), ids.astype(np.int64)
+
+
+def _bias(b, shape, name):
+    if b is None:
+        return None
+    b = to_numpy(b, arg=name)
+    if b.shape != shape:
+        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(b.shape)}")
+    return b
+
+
+def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act_dtype,
+                  activation="swiglu", gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT,
+                  bias1=None, bias2=None, doweight_stage1=False, expert_mask=None, scale_mode="round_up",
+                  return_trace=False):
+    """Reference MoE (see the module docstring for the exact definition).
+
+    Returns [M, H]: float64 for the ideal path; bf16 values for the emulated paths (float32 NumPy,
+    or a torch.bfloat16 tensor when ``hidden`` is a torch tensor). ``return_trace=True`` returns
+    ``(out, MoETrace)`` for the emulated paths.
+    """
+    torch_out = is_torch(hidden)
+    weights = MoEWeights.from_arrays(w1, w1_scale, w2, w2_scale)
+    x = to_numpy(hidden, arg="hidden")
+    if x.ndim != 2 or x.shape[1] != weights.H:
+        raise ValueError(f"hidden: expected shape [M, H={weights.H}], got {list(x.shape)}")
+    if act_dtype is not None and act_dtype not in ACT_DTYPES:
+        raise ValueError(f"act_dtype={act_dtype!r} is not valid; expected None or one of {list(ACT_DTYPES)}")
+    if activation not in ACTIVATIONS or gate_mode not in GATE_MODES:
+        raise ValueError(f"activation={activation!r}/gate_mode={gate_mode!r}: expected {list(ACTIVATIONS)} / {list(GATE_MODES)}")
+    M, E, H, I = x.shape[0], weights.E, weights.H, weights.I  # noqa: E741
+    tw, ids = _validate_routing(topk_weights, topk_ids, M, E)
+    b1 = _bias(bias1, (E, 2 * I), "bias1")
+    b2 = _bias(bias2, (E, H), "bias2")
+    mask = np.ones(E, bool) if expert_mask is None else to_numpy(expert_mask, arg="expert_mask").astype(bool)
+    if mask.shape != (E,):
+        raise ValueError(f"expert_mask: expected shape [{E}], got {list(mask.shape)}")
+    em.ScaleMode.parse(scale_mode)
+
+    ideal = act_dtype is None
+    ft = np.float64 if ideal else np.float32
+    a = x.astype(np.float64) if ideal else em.round_to_bf16(x.astype(np.float32))
+    a_q = a if ideal else quantize_activation(a, act_dtype, scale_mode)
+
+    tokens, slots = np.nonzero(mask[ids])  # live pairs, token-major
+    experts = ids[tokens, slots]
+    P = tokens.size
+    stage1 = np.zeros((P, 2 * I), ft)
+    stage2 = np.zeros((P, H), ft)
+    act = np.zeros((P, I), ft)
+    act_q = np.zeros((P, I), ft)
+    wts = tw[tokens, slots].astype(ft)
+    for e in np.unique(experts):
+        rows = np.flatnonzero(experts == e)
+        w1e, w2e = weights.dequant_w1(e), weights.dequant_w2(e)
+        g = a_q[tokens[rows]] @ w1e.T.astype(np.float64) if ideal else exact_matmul_f32(a_q[tokens[rows]], w1e)
+        if b1 is not None:
+            g = (g + b1[e].astype(ft)).astype(ft)
+        h = gated_activation(g.astype(ft), activation=activation, gate_mode=gate_mode, alpha=alpha, limit=limit)
+        if doweight_stage1:
+            h = (h * wts[rows, None]).astype(ft)
+        hq = h if ideal else quantize_activation(h, act_dtype, scale_mode)
+        y = hq @ w2e.T.astype(np.float64) if ideal else exact_matmul_f32(hq, w2e)
+        if b2 is not None:
+            y = (y + b2[e].astype(ft)).astype(ft)
+        if not doweight_stage1:
+            y = (y * wts[rows, None]).astype(ft)
+        stage1[rows], act[rows], act_q[rows], stage2[rows] = g, h, hq, y
+
+    out = np.zeros((M, H), ft)
+    for k in range(ids.shape[1]):  # slot order: ((y_0 + y_1) + y_2) ...
+        sel = slots == k
+        with np.errstate(over="ignore"):
+            out[tokens[sel]] = (out[tokens[sel]] + stage2[sel]).astype(ft)
+    if ideal:
+        return like(out, torch_out)
+    out_bf16 = em.round_to_bf16(out)
+    result = like(out_bf16, torch_out, "bfloat16")
+    if return_trace:
+        trace = MoETrace(np.stack([tokens, slots], 1), a_q, stage1, act, act_q, stage2, out, out_bf16)
+        return result, trace
+    return result

@@ -1,0 +1,233 @@
+"""Contracts of the reference MoE: the definition, layouts, options and derived error bounds."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+import emulation as em
+from moe_ref import gated_activation, moe_reference, quantize_activation, random_moe_problem
+from moe_ref.exact import exact_matmul_f32, round_scaled_int_to_f32
+
+SMALL = dict(M=6, E=4, H=64, I=32, topk=2)
+PATHS = ["bf16", "fp4x2", "fp8"]
+
+
+def _exact_f32_dot(a, b) -> np.float32:
+    s = sum((Fraction(float(x)) * Fraction(float(y)) for x, y in zip(a, b)), Fraction(0))
+    if s == 0:
+        return np.float32(0)
+    num, den = s.numerator, s.denominator
+    q = -(den.bit_length() + 60)
+    n = (abs(num) << -q) // den  # truncated; exact enough: 60 guard bits, sticky below
+    if (abs(num) << -q) % den:
+        n |= 1
+    return round_scaled_int_to_f32(n if num > 0 else -n, q)
+
+
+def _naive_emulated(p, act_dtype, activation="swiglu", gate_mode="separated", doweight_stage1=False, mask=None):
+    """Per-token, per-slot loop with exact rational dot products: an independent reading of the contract."""
+    M, H = p.hidden.shape
+    out = np.zeros((M, H), np.float32)
+    for t in range(M):
+        a_q = quantize_activation(em.round_to_bf16(p.hidden[t:t + 1]), act_dtype)[0]
+        for k in range(p.topk_ids.shape[1]):
+            e = int(p.topk_ids[t, k])
+            if mask is not None and not mask[e]:
+                continue
+            w1 = em.dequantize_mxfp4(p.w1[e], p.w1_scale[e])
+            g = np.array([_exact_f32_dot(a_q, w1[j]) for j in range(w1.shape[0])], np.float32)
+            if p.bias1 is not None:
+                g = g + p.bias1[e]
+            h = gated_activation(g[None], activation=activation, gate_mode=gate_mode)
+            wt = np.float32(p.topk_weights[t, k])
+            if doweight_stage1:
+                h = h * wt
+            hq = quantize_activation(h, act_dtype)[0]
+            w2 = em.dequantize_mxfp4(p.w2[e], p.w2_scale[e])
+            y = np.array([_exact_f32_dot(hq, w2[j]) for j in range(H)], np.float32)
+            if p.bias2 is not None:
+                y = y + p.bias2[e]
+            if not doweight_stage1:
+                y = y * wt
+            out[t] = out[t] + y
+    return em.round_to_bf16(out)
+
+
+def test_exact_matmul_slow_path_is_correctly_rounded(rng):
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    x[0, 0], x[1, 5] = 1e-30, 3e20  # spans far beyond float64's 53 bits
+    w = rng.standard_normal((5, 40)).astype(np.float32)
+    got = exact_matmul_f32(x, w)
+    want = np.array([[_exact_f32_dot(x[i], w[j]) for j in range(5)] for i in range(3)], np.float32)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("act_dtype", PATHS)
+@pytest.mark.parametrize("gate_mode", ["separated", "interleave"])
+@pytest.mark.parametrize("doweight_stage1", [False, True])
+def test_reference_equals_a_naive_loop(act_dtype, gate_mode, doweight_stage1, rng):
+    p = random_moe_problem(rng, **SMALL, with_bias=True)
+    mask = np.array([1, 0, 1, 1])
+    got = moe_reference(*p.args(), act_dtype=act_dtype, gate_mode=gate_mode, doweight_stage1=doweight_stage1,
+                        expert_mask=mask, **p.biases())
+    want = _naive_emulated(p, act_dtype, gate_mode=gate_mode, doweight_stage1=doweight_stage1, mask=mask)
+    np.testing.assert_array_equal(got, want)
+
+
+def _interleave_rows(w1, w1_scale, bias1):
+    two_i = w1.shape[1]
+    perm = np.empty(two_i, np.int64)
+    perm[0::2], perm[1::2] = np.arange(two_i // 2), np.arange(two_i // 2, two_i)
+    return w1[:, perm], w1_scale[:, perm], None if bias1 is None else bias1[:, perm]
+
+
+@pytest.mark.parametrize("act_dtype", [None, *PATHS])
+def test_separated_equals_interleave_with_permuted_rows(act_dtype, rng):
+    p = random_moe_problem(rng, **SMALL, with_bias=True)
+    sep = moe_reference(*p.args(), act_dtype=act_dtype, **p.biases())
+    w1i, s1i, b1i = _interleave_rows(p.w1, p.w1_scale, p.bias1)
+    inter = moe_reference(p.hidden, w1i, s1i, p.w2, p.w2_scale, p.topk_weights, p.topk_ids, act_dtype=act_dtype,
+                          gate_mode="interleave", bias1=b1i, bias2=p.bias2)
+    np.testing.assert_array_equal(sep, inter)
+
+
+def test_doweight_stage1_vs_stage2(rng):
+    p = random_moe_problem(rng, **SMALL)
+    a = moe_reference(*p.args(), act_dtype=None)
+    b = moe_reference(*p.args(), act_dtype=None, doweight_stage1=True)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)  # linear in h without bias2
+    out, trace = moe_reference(*p.args(), act_dtype="bf16", doweight_stage1=True, return_trace=True)
+    _, plain = moe_reference(*p.args(), act_dtype="bf16", return_trace=True)
+    w = p.topk_weights[trace.pairs[:, 0], trace.pairs[:, 1]]
+    np.testing.assert_array_equal(trace.act, (plain.act * w[:, None]).astype(np.float32))
+
+
+def test_biases_enter_before_the_activation_and_after_stage_2(rng):
+    p = random_moe_problem(rng, **SMALL, with_bias=True)
+    _, with_b = moe_reference(*p.args(), act_dtype="fp8", return_trace=True, **p.biases())
+    _, without = moe_reference(*p.args(), act_dtype="fp8", return_trace=True)
+    e = p.topk_ids[with_b.pairs[:, 0], with_b.pairs[:, 1]]
+    np.testing.assert_array_equal(with_b.stage1, (without.stage1 + p.bias1[e]).astype(np.float32))
+
+
+def test_expert_mask_drops_slots(rng):
+    p = random_moe_problem(rng, **SMALL)
+    mask = np.array([0, 1, 1, 0])
+    masked = moe_reference(*p.args(), act_dtype=None, expert_mask=mask)
+    w = np.where(mask[p.topk_ids] != 0, p.topk_weights, 0).astype(np.float32)
+    zeroed = moe_reference(p.hidden, p.w1, p.w1_scale, p.w2, p.w2_scale, w, p.topk_ids, act_dtype=None)
+    np.testing.assert_allclose(masked, zeroed, rtol=0, atol=0)
+    none = moe_reference(*p.args(), act_dtype="fp4x2", expert_mask=np.zeros(4))
+    assert np.all(none == 0)
+
+
+def _abs_matmul(x, w):
+    return np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
+
+
+def _output_bound(p, trace, ideal_trace_act, stage2_input_err):
+    """|out_emul - out_ideal| <= sum_k w_k |W2| err_k  + fp32 rounding terms + half a bf16 ulp."""
+    bound = np.zeros_like(trace.out_f32, dtype=np.float64)
+    for row, (t, k) in enumerate(trace.pairs):
+        e = p.topk_ids[t, k]
+        w2 = em.dequantize_mxfp4(p.w2[e], p.w2_scale[e])
+        y_mag = _abs_matmul(np.abs(trace.act_q[row:row + 1]) + stage2_input_err[row:row + 1], w2)[0]
+        bound[t] += p.topk_weights[t, k] * (_abs_matmul(stage2_input_err[row:row + 1], w2)[0] + 4 * 2.0**-24 * y_mag)
+    return bound + 2.0**-9 * np.abs(trace.out_f32) + 2.0**-133
+
+
+def test_bf16_path_equals_ideal_up_to_bf16_rounding(rng):
+    """Derivation: hidden is already bf16, so stage 1 differs only by fp32 rounding (2^-24 rel.); the
+    fp32 SwiGLU is within 8 ulps of float64 (5 rounded operations + exp); the stage-2 input is
+    rounded to bf16 (2^-9 rel.); stage 2 and the slot sum add fp32 roundings; the output is rounded
+    to bf16 (2^-9 rel.). So per element of the stage-2 input |h_q - h| <= (2^-9 + 2^-20)|h| and the
+    output error <= sum_k w_k |W2| |h_q - h| + fp32 terms + 2^-9 |out|."""
+    p = random_moe_problem(rng, M=16, E=4, H=128, I=64, topk=2)
+    ideal = moe_reference(*p.args(), act_dtype=None)
+    out, trace = moe_reference(*p.args(), act_dtype="bf16", return_trace=True)
+    err_h = (2.0**-9 + 2.0**-20) * np.abs(trace.act.astype(np.float64)) + 2.0**-140
+    bound = _output_bound(p, trace, None, err_h)
+    diff = np.abs(out.astype(np.float64) - ideal)
+    assert np.all(diff <= bound)
+    assert diff.max() > 0.01 * bound.max()  # the bound is not vacuous
+
+
+SWIGLU_DGATE = 1.1  # sup over z of |d/dz z*sigmoid(alpha z)| / 1 = sup sigma + z sigma (1 - sigma) < 1.1
+SWIGLU_ABS_MAX = 7.0  # |gate * sigmoid(alpha * gate)| <= limit for gate <= limit
+
+
+@pytest.mark.parametrize("act_dtype", ["fp4x2", "fp8"])
+def test_quantized_paths_differ_from_ideal_by_their_quantization_step(act_dtype, rng):
+    """Derivation: with e_a = |a_q - a| (the stage-1 input quantization error, per element) the
+    stage-1 error is |dg| <= |W1| e_a (+ fp32 rounding); SwiGLU changes by at most
+    1.1 |dgate| (|up + 1| + |dup|) + 7 |dup| (sup of its partial derivatives; clamps are
+    1-Lipschitz); the stage-2 input adds its own quantization error |h_q - h|; stage 2 propagates
+    through |W2|; the output adds fp32 sums and one bf16 rounding."""
+    p = random_moe_problem(rng, M=16, E=4, H=128, I=64, topk=2)
+    ideal = moe_reference(*p.args(), act_dtype=None)
+    out, trace = moe_reference(*p.args(), act_dtype=act_dtype, return_trace=True)
+    a = em.round_to_bf16(p.hidden).astype(np.float64)
+    e_a = np.abs(trace.a_q - a)
+    I = trace.act.shape[1]  # noqa: E741
+    err_in = np.zeros_like(trace.act, dtype=np.float64)
+    for row, (t, k) in enumerate(trace.pairs):
+        e = p.topk_ids[t, k]
+        w1 = em.dequantize_mxfp4(p.w1[e], p.w1_scale[e])
+        dg = _abs_matmul(e_a[t:t + 1], w1)[0] + 2.0**-23 * _abs_matmul(np.abs(trace.a_q[t:t + 1]), w1)[0]
+        dgate, dup = dg[:I], dg[I:]
+        up = np.clip(trace.stage1[row, I:], -7, 7)
+        d_act = SWIGLU_DGATE * dgate * (np.abs(up + 1) + dup) + SWIGLU_ABS_MAX * dup + 2.0**-20 * np.abs(trace.act[row])
+        err_in[row] = d_act + np.abs(trace.act_q[row] - trace.act[row])
+    bound = _output_bound(p, trace, None, err_in)
+    diff = out.astype(np.float64) - ideal
+    assert np.all(np.abs(diff) <= bound)
+    # The worst case is loose (|W| sums); the first-order propagation of the actual signed
+    # quantization errors must explain the observed difference.
+    pred = np.zeros_like(ideal)
+    for row, (t, k) in enumerate(trace.pairs):
+        e = p.topk_ids[t, k]
+        w1 = em.dequantize_mxfp4(p.w1[e], p.w1_scale[e]).astype(np.float64)
+        w2 = em.dequantize_mxfp4(p.w2[e], p.w2_scale[e]).astype(np.float64)
+        dg = w1 @ (trace.a_q[t] - a[t])
+        g, u = trace.stage1[row, :I].astype(np.float64), trace.stage1[row, I:].astype(np.float64)
+        sig = 1 / (1 + np.exp(-1.702 * np.minimum(g, 7)))
+        d_gate = np.where(g < 7, sig + 1.702 * g * sig * (1 - sig), 0) * (np.clip(u, -7, 7) + 1)
+        d_up = np.where(np.abs(u) < 7, np.minimum(g, 7) * sig, 0)
+        dh = d_gate * dg[:I] + d_up * dg[I:] + (trace.act_q[row] - trace.act[row])
+        pred[t] += p.topk_weights[t, k] * (w2 @ dh)
+    resid = np.linalg.norm(diff - pred) / np.linalg.norm(diff)
+    print(f"{act_dtype}: max |diff| {np.abs(diff).max():.4g}, worst-case bound max {bound.max():.4g}, "
+          f"relative residual of the first-order prediction {resid:.3f}")
+    assert resid < 0.25
+
+
+def test_torch_in_torch_out(rng):
+    p = random_moe_problem(rng, **SMALL)
+    pt = p.to_torch()
+    out = moe_reference(*pt.args(), act_dtype="fp4x2")
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16
+    np.testing.assert_array_equal(out.float().numpy(), moe_reference(*p.args(), act_dtype="fp4x2"))
+    ideal = moe_reference(*pt.args(), act_dtype=None)
+    assert ideal.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [(dict(w1=np.zeros((4, 64, 31), np.uint8)), "w1"), (dict(w2_scale=np.zeros((4, 64, 2), np.uint8)), "w2_scale"),
+     (dict(topk_ids=np.full((6, 2), 4)), r"topk_ids: expert ids must lie in \[0, 3\]"),
+     (dict(topk_weights=np.zeros((6, 3), np.float32)), "topk_weights"), (dict(hidden=np.zeros((6, 32), np.float32)), "hidden"),
+     (dict(act_dtype="int8"), "act_dtype='int8'"), (dict(bias1=np.zeros((4, 8), np.float32)), "bias1"),
+     (dict(expert_mask=np.ones(3)), "expert_mask"), (dict(scale_mode="up"), "scale_mode")],
+)
+def test_bad_input_names_the_argument(change, match, rng):
+    p = random_moe_problem(rng, **SMALL)
+    kw = dict(zip(["hidden", "w1", "w1_scale", "w2", "w2_scale", "topk_weights", "topk_ids"], p.args()))
+    kw["act_dtype"] = "bf16"
+    kw.update(change)
+    with pytest.raises((ValueError, TypeError), match=match):
+        moe_reference(kw.pop("hidden"), kw.pop("w1"), kw.pop("w1_scale"), kw.pop("w2"), kw.pop("w2_scale"),
+                      kw.pop("topk_weights"), kw.pop("topk_ids"), **kw)

@@ -1,0 +1,79 @@
+"""Contracts of routing: softmax top-k and moe_align_block_size (vs brute force)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.special
+import torch
+
+from moe_ref import detect_arch, moe_align_block_size, softmax_topk
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_softmax_topk_against_scipy(renormalize, rng):
+    logits = rng.standard_normal((33, 16)).astype(np.float32)
+    w, ids = softmax_topk(logits, 4, renormalize=renormalize)
+    p = scipy.special.softmax(logits.astype(np.float64), axis=1)
+    want_ids = np.argsort(-p, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(ids, want_ids)
+    want = np.take_along_axis(p, want_ids, 1)
+    if renormalize:
+        want = want / want.sum(1, keepdims=True)
+    np.testing.assert_allclose(w, want, rtol=1e-6)
+    assert w.dtype == np.float32 and ids.dtype == np.int32
+
+
+def test_softmax_topk_torch_in_torch_out_and_ties():
+    w, ids = softmax_topk(torch.zeros(2, 8), 3)
+    assert isinstance(ids, torch.Tensor) and ids.tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert torch.allclose(w, torch.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match="topk=9"):
+        softmax_topk(np.zeros((2, 8), np.float32), 9)
+
+
+def _brute_force_align(ids, block_size, E, mask):
+    flat = ids.reshape(-1)
+    sorted_ids, experts = [], []
+    for e in range(E):
+        if mask is not None and not mask[e]:
+            continue
+        run = [i for i in range(flat.size) if flat[i] == e]
+        if not run:
+            continue
+        pad = (-len(run)) % block_size
+        run += [flat.size] * pad
+        sorted_ids += run
+        experts += [e] * (len(run) // block_size)
+    return np.array(sorted_ids, np.int32), np.array(experts, np.int32), len(sorted_ids)
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 16, 64])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("M", [0, 1, 7, 50])
+def test_align_matches_brute_force(block_size, masked, M, rng):
+    E, topk = 8, 3
+    ids = np.array([rng.choice(E, topk, replace=False) for _ in range(M)], np.int32).reshape(M, topk)
+    mask = (rng.random(E) < 0.6).astype(np.int32) if masked else None
+    got = moe_align_block_size(ids, block_size, E, expert_mask=mask)
+    want = _brute_force_align(ids, block_size, E, mask)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[2] == want[2] and got[2] % block_size == 0
+
+
+def test_align_errors_and_torch():
+    with pytest.raises(ValueError, match="topk_ids: expert ids"):
+        moe_align_block_size(np.array([[0, 9]]), 4, 8)
+    with pytest.raises(TypeError, match="topk_ids"):
+        moe_align_block_size(np.array([[0.0]]), 4, 8)
+    s, e, n = moe_align_block_size(torch.tensor([[1, 0]], dtype=torch.int32), 2, 4)
+    assert s.tolist() == [1, 2, 0, 2] and e.tolist() == [0, 1] and n == 4
+
+
+def test_detect_arch_on_this_machine():
+    expected = "cpu" if not torch.cuda.is_available() else None
+    if expected:
+        assert detect_arch() == "cpu"
+    else:
+        assert detect_arch().startswith(("sm", "gfx"))
