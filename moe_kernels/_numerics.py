@@ -1,0 +1,102 @@
+"""Triton helpers for the formats, as integer arithmetic on fp32 bits (bit-exact on every backend).
+
+The definitions are ``emulation``'s; these are their kernel forms. Nothing here uses a float8 or
+bf16 cast, an exp2, a float->uint8 cast of a negative value, or ``not`` on tensors (NUMERICS.md
+sections 4-5); the only float operations are an exact int->fp32 conversion (< 2^24) and, for
+ROUND_UP and per-token scales, correctly rounded fp32 division (``div_rn``) and multiplication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import triton
+import triton.language as tl
+
+import emulation as em
+
+SCALE_MODE_IDS = {em.ScaleMode.ROUND_UP: 0, em.ScaleMode.ROUND_DOWN: 1, em.ScaleMode.CEIL: 2, em.ScaleMode.EVEN: 3}
+
+
+@dataclass(frozen=True)
+class KernelFormat:
+    """The constexpr parameters of one element format, derived from ``emulation.FORMATS``."""
+
+    man_bits: int
+    emin: int
+    emax: int
+    max_code: int
+    nan_code: int
+    sign_shift: int
+    has_neg_zero: bool
+    max_finite: float
+    tiny_bits: int  # fp32 pattern of max_finite * 2^-126: below it ROUND_UP's ratio is subnormal
+
+    @classmethod
+    def of(cls, fmt) -> KernelFormat:
+        f = em.get_format(fmt)
+        nan = f.canonical_nan if f.canonical_nan is not None else f.max_code
+        tiny = int(np.float32(f.max_finite * 2.0**-126).view(np.uint32))
+        return cls(f.man_bits, f.emin, f.emax, f.max_code, nan, f.bits - 1, f.negative_zero is not None,
+                   f.max_finite, tiny)
+
+    def constexprs(self) -> dict:
+        return dict(MAN_BITS=self.man_bits, EMIN=self.emin, EMAX=self.emax, MAX_CODE=self.max_code,
+                    NAN_CODE=self.nan_code, SIGN_SHIFT=self.sign_shift, HAS_NEG_ZERO=self.has_neg_zero,
+                    MAX_FINITE=self.max_finite, TINY_BITS=self.tiny_bits)
+
+
+@triton.jit
+def bf16_bits_to_f32_bits(b16):
+    """int16 bf16 patterns -> int32 fp32 patterns (exact)."""
+    return (b16.to(tl.int32) & 0xFFFF) << 16
+
+
+@triton.jit
+def encode_scaled(bits, scale_exp, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_CODE: tl.constexpr,
+                  NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr):
+    """Codes (int32) of value(bits) * 2^-scale_exp: ties to even, satfinite, NaN -> NAN_CODE.
+
+    ``bits`` are int32 fp32 patterns; ``scale_exp`` an int32 in [-127, 127] (broadcastable). The value
+    is m24 * 2^(e0 - scale_exp) with m24 < 2^24; it is placed on the format's grid with the exponent
+    clamped at EMIN and rounded by an integer shift.
+    """
+    a = bits & 0x7FFFFFFF
+    ef = a >> 23
+    mant = a & 0x7FFFFF
+    m24 = tl.where(ef > 0, mant | 0x800000, mant)
+    e0 = tl.maximum(ef, 1) - 150 - scale_exp
+    bit_len = (m24.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 126  # exact: m24 < 2^24
+    e_t = tl.maximum(e0 + bit_len - 1, EMIN)
+    sh = e_t - MAN_BITS - e0
+    sh_r = tl.minimum(tl.maximum(sh, 1), 31)
+    rounded = (m24 + ((1 << (sh_r - 1)) - 1) + ((m24 >> sh_r) & 1)) >> sh_r
+    n = tl.where(sh > 0, rounded, m24 << tl.minimum(tl.maximum(-sh, 0), 31))
+    code = tl.minimum(((e_t - EMIN) << MAN_BITS) + n, MAX_CODE)
+    sign = (bits >> 31) & 1
+    if HAS_NEG_ZERO:
+        code = code | (sign << SIGN_SHIFT)
+    else:
+        code = tl.where(code != 0, code | (sign << SIGN_SHIFT), code)
+    return tl.where(a > 0x7F800000, NAN_CODE, code)
+
+
+@triton.jit
+def mx_scale_byte(amax_bits, MODE: tl.constexpr, MAN_BITS: tl.constexpr, EMAX: tl.constexpr,
+                  MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+    """e8m0 scale bytes (int32) from amax fp32 patterns (sign clear); non-finite -> 255."""
+    ef = amax_bits >> 23
+    if MODE == 0:  # ROUND_UP: ceil_pow2(fl32(amax / max)); a subnormal ratio gives 1, zero gives 0
+        ratio = tl.math.div_rn(amax_bits.to(tl.float32, bitcast=True), MAX_FINITE)
+        up = (ratio.to(tl.int32, bitcast=True) + 0x7FFFFF) >> 23
+        up = tl.where(amax_bits < TINY_BITS, tl.where(amax_bits == 0, 0, 1), up)
+        unbiased = up - 127
+    elif MODE == 1:  # ROUND_DOWN: floor_pow2(amax) / 2^emax
+        unbiased = ef - 127 - EMAX
+    elif MODE == 2:  # CEIL: ceil_pow2(amax) / 2^emax
+        unbiased = ef - 127 + ((amax_bits & 0x7FFFFF) != 0).to(tl.int32) - EMAX
+    else:  # EVEN: amax rounded to 1 + mbits bits, then / 2^emax
+        unbiased = ((amax_bits + (1 << (22 - MAN_BITS))) >> 23) - 127 - EMAX
+    byte = tl.minimum(tl.maximum(unbiased, -127), 127) + 127
+    return tl.where(amax_bits >= 0x7F800000, 255, byte)

@@ -1,0 +1,175 @@
+"""Activation quantizers as Triton kernels: MXFP4, MXFP8 and per-token fp8 (emulation's bytes).
+
+One pass over the input: a program owns a [BLOCK_M, BLOCK_K] tile, reads it once (bf16 or fp32 as
+raw bits), reduces each 32-element block's amax with an integer max of the magnitude bits, derives
+the e8m0 byte and encodes the elements with integer arithmetic (``_numerics``), then writes codes
+(fp4x2-packed for MXFP4) and scales. The per-token kernel owns whole rows (two reads of a row that
+stays in cache: amax first, then codes).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+import emulation as em
+
+from . import _runtime
+from ._numerics import SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_scaled, mx_scale_byte
+
+__all__ = ["quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token"]
+
+_MX_BLOCK = em.BLOCK_SIZE
+_FLOAT8 = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
+
+
+@triton.jit
+def load_f32_bits(ptr, offs, mask, IS_BF16: tl.constexpr):
+    """fp32 bit patterns (int32) of a bf16 (loaded as int16) or fp32 (loaded as int32) tensor."""
+    if IS_BF16:
+        return bf16_bits_to_f32_bits(tl.load(ptr + offs, mask=mask, other=0))
+    return tl.load(ptr + offs, mask=mask, other=0)
+
+
+@triton.jit
+def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_sm,
+                     IS_BF16: tl.constexpr, PACK_FP4: tl.constexpr, MODE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                     MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
+                     NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
+                     MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+    NB: tl.constexpr = BLOCK_K // 32
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rows[:, None] < M) & (cols[None, :] < K)
+    bits = load_f32_bits(x_ptr, rows[:, None].to(tl.int64) * stride_xm + cols[None, :] * stride_xk, mask, IS_BF16)
+    blocks = tl.reshape(bits, (BLOCK_M, NB, 32))
+    amax_bits = tl.max(blocks & 0x7FFFFFFF, axis=2)
+    byte = mx_scale_byte(amax_bits, MODE, MAN_BITS, EMAX, MAX_FINITE, TINY_BITS)
+    codes = encode_scaled(blocks, (byte - 127)[:, :, None], MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT,
+                          HAS_NEG_ZERO)
+    codes = tl.where((byte == 255)[:, :, None], 0, codes)
+    if PACK_FP4:
+        lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCK_K // 2, 2)))
+        packed = (lo | (hi << 4)).to(tl.uint8)
+        pcols = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        pmask = (rows[:, None] < M) & (pcols[None, :] < K // 2)
+        tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + pcols[None, :], packed, mask=pmask)
+    else:
+        tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + cols[None, :],
+                 tl.reshape(codes, (BLOCK_M, BLOCK_K)).to(tl.uint8), mask=mask)
+    scols = tl.program_id(1) * NB + tl.arange(0, NB)
+    smask = (rows[:, None] < M) & (scols[None, :] < K // 32)
+    tl.store(s_ptr + rows[:, None].to(tl.int64) * stride_sm + scols[None, :], byte.to(tl.uint8), mask=smask)
+
+
+@triton.jit
+def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
+                          IS_BF16: tl.constexpr, BLOCK_K: tl.constexpr,
+                          MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
+                          NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
+                          MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+    row = tl.program_id(0)
+    x_row = x_ptr + row.to(tl.int64) * stride_xm
+    amax_bits = tl.zeros((BLOCK_K,), tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        amax_bits = tl.maximum(amax_bits, load_f32_bits(x_row, cols * stride_xk, cols < K, IS_BF16) & 0x7FFFFFFF)
+    amax = tl.max(amax_bits, axis=0)
+    finite = amax < 0x7F800000
+    scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), MAX_FINITE)
+    inv = tl.math.div_rn(1.0, tl.where(amax == 0, 1.0, scale))
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        bits = load_f32_bits(x_row, cols * stride_xk, cols < K, IS_BF16)
+        scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
+        codes = encode_scaled(scaled, 0, MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO)
+        codes = tl.where(amax == 0, 0, tl.where(finite, codes, NAN_CODE))
+        tl.store(q_ptr + row.to(tl.int64) * stride_qm + cols, codes.to(tl.uint8), mask=cols < K)
+    tl.store(s_ptr + row, tl.where(finite, scale, float("nan")))
+
+
+def _check_input(x, *, need_k32: bool) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in (torch.bfloat16, torch.float32):
+        raise TypeError(f"x: expected dtype torch.bfloat16 or torch.float32, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"x: expected a 2-D tensor [M, K], got shape {list(x.shape)}")
+    if need_k32 and x.shape[1] % _MX_BLOCK:
+        raise ValueError(f"x: K={x.shape[1]} is not a multiple of {_MX_BLOCK} (one e8m0 scale per 32 values)")
+
+
+def _bits_view(x: torch.Tensor) -> torch.Tensor:
+    return x.view(torch.int16) if x.dtype == torch.bfloat16 else x.view(torch.int32)
+
+
+def _mx_config(M: int, K: int) -> tuple[int, int, int]:
+    block_k = min(256, triton.next_power_of_2(K))
+    block_m = max(1, min(16, 4096 // block_k))
+    return block_m, block_k, 4
+
+
+def _mx_quantize(x, fmt, scale_mode, pack):
+    _check_input(x, need_k32=True)
+    kf = KernelFormat.of(fmt)
+    mode = SCALE_MODE_IDS[em.ScaleMode.parse(scale_mode)]
+    device = _runtime.launch_device(x)
+    xd = x.to(device)
+    M, K = xd.shape
+    q = torch.empty((M, K // 2 if pack else K), dtype=torch.uint8, device=device)
+    s = torch.empty((M, K // _MX_BLOCK), dtype=torch.uint8, device=device)
+    if M and K:
+        block_m, block_k, warps = _mx_config(M, K)
+        grid = (triton.cdiv(M, block_m), triton.cdiv(K, block_k))
+        _mx_quant_kernel[grid](_bits_view(xd), q, s, M, K, xd.stride(0), xd.stride(1), q.stride(0), s.stride(0),
+                               IS_BF16=x.dtype == torch.bfloat16, PACK_FP4=pack, MODE=mode, BLOCK_M=block_m,
+                               BLOCK_K=block_k, num_warps=warps, **kf.constexprs())
+    return q.to(x.device), s.to(x.device)
+
+
+def quantize_mxfp4(x: torch.Tensor, *, scale_mode="round_up"):
+    """MXFP4 of x [M, K] (bf16 or fp32) along K -> (packed uint8 [M, K/2], scale_e8m0 uint8 [M, K/32]).
+
+    Bit-exact with ``emulation.quantize_mxfp4(x, scale_mode=...)`` (ties to even, satfinite).
+    """
+    return _mx_quantize(x, "e2m1", scale_mode, pack=True)
+
+
+def quantize_mxfp8(x: torch.Tensor, *, fmt="e4m3fn", scale_mode="round_up", as_float8: bool = False):
+    """MXFP8 of x [M, K] along K -> (codes [M, K], scale_e8m0 uint8 [M, K/32]); fmt e4m3fn or e4m3fnuz.
+
+    Codes are uint8, or a view as torch's float8 dtype with ``as_float8=True``.
+    """
+    f = em.get_format(fmt)
+    if f.name not in _FLOAT8:
+        raise ValueError(f"fmt={fmt!r} is not valid; expected one of {list(_FLOAT8)}")
+    codes, scale = _mx_quantize(x, f.name, scale_mode, pack=False)
+    return (codes.view(_FLOAT8[f.name]) if as_float8 else codes), scale
+
+
+def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = False):
+    """Per-row fp8: scale = fl32(amax / max), codes of fl32(x * fl32(1 / scale)) -> (codes [M, K], scale fp32 [M, 1]).
+
+    Bit-exact with ``emulation.quantize_fp8_per_token(x, fmt=fmt, reciprocal=True)``.
+    """
+    f = em.get_format(fmt)
+    if f.name not in _FLOAT8:
+        raise ValueError(f"fmt={fmt!r} is not valid; expected one of {list(_FLOAT8)}")
+    _check_input(x, need_k32=False)
+    kf = KernelFormat.of(f)
+    device = _runtime.launch_device(x)
+    xd = x.to(device)
+    M, K = xd.shape
+    q = torch.empty((M, K), dtype=torch.uint8, device=device)
+    s = torch.empty((M, 1), dtype=torch.float32, device=device)
+    if M and K:
+        block_k = min(4096, triton.next_power_of_2(K))
+        _fp8_per_token_kernel[(M,)](_bits_view(xd), q, s, M, K, xd.stride(0), xd.stride(1), q.stride(0),
+                                    IS_BF16=x.dtype == torch.bfloat16, BLOCK_K=block_k,
+                                    num_warps=8 if block_k >= 2048 else 4, **kf.constexprs())
+    elif M:
+        s.zero_()
+    q, s = q.to(x.device), s.to(x.device)
+    return (q.view(_FLOAT8[f.name]) if as_float8 else q), s
