@@ -1,0 +1,147 @@
+"""The Triton quantizers write exactly the emulation's bytes (interpreter on CPU, and on a GPU)."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+import emulation as em
+import moe_kernels as mk
+from moe_kernels import quant as quant_module
+
+from ..emulation.nasty import random_fp32
+
+MODES = [m.value for m in em.ScaleMode]
+CPU_SHAPES = [(0, 64), (1, 32), (37, 96), (130, 320)]
+GPU_SHAPES = [(1, 2880), (257, 2880), (4096, 7168), (3, 8192)]
+
+
+def _input(rng, shape, dtype, device, layout):
+    x = random_fp32(rng, shape)
+    if dtype == torch.bfloat16:
+        x = em.round_to_bf16(x)
+    t = torch.from_numpy(x)
+    if layout == "transposed":  # same values, column-major storage
+        t = t.t().contiguous().t()
+    elif layout == "strided":  # every other column of a wider tensor
+        wide = torch.empty((shape[0], 2 * shape[1]), dtype=torch.float32)
+        wide[:, ::2] = t
+        t = wide[:, ::2]
+    t = t.to(dtype).to(device)
+    return t, x
+
+
+def _check_mx(x_t, x_np, mode, fmt):
+    if fmt == "e2m1":
+        q, s = mk.quantize_mxfp4(x_t, scale_mode=mode)
+        q_ref, s_ref = em.quantize_mxfp4(x_np, scale_mode=mode)
+    else:
+        q, s = mk.quantize_mxfp8(x_t, fmt=fmt, scale_mode=mode)
+        q_ref, s_ref = em.quantize_mxfp8(x_np, fmt=fmt, scale_mode=mode)
+    assert q.device == x_t.device and s.device == x_t.device
+    np.testing.assert_array_equal(s.cpu().numpy(), s_ref)
+    np.testing.assert_array_equal(q.cpu().numpy(), q_ref)
+
+
+def _mx_cases(shapes):
+    return [(shape, mode, fmt, dtype, layout) for shape in shapes for mode in MODES
+            for fmt in ("e2m1", "e4m3fn", "e4m3fnuz") for dtype in (torch.bfloat16, torch.float32)
+            for layout in (["contiguous", "transposed", "strided"] if shape == shapes[2] else ["contiguous"])]
+
+
+@pytest.mark.parametrize("shape, mode, fmt, dtype, layout", _mx_cases(CPU_SHAPES))
+def test_mx_quant_bit_exact_cpu(shape, mode, fmt, dtype, layout, rng, device):
+    x_t, x_np = _input(rng, shape, dtype, device, layout)
+    _check_mx(x_t, x_np, mode, fmt)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape, mode, fmt, dtype, layout", _mx_cases(GPU_SHAPES))
+def test_mx_quant_bit_exact_gpu(shape, mode, fmt, dtype, layout, rng, device):
+    x_t, x_np = _input(rng, shape, dtype, device, layout)
+    _check_mx(x_t, x_np, mode, fmt)
+
+
+def _check_per_token(x_t, x_np, fmt):
+    q, s = mk.quantize_fp8_per_token(x_t, fmt=fmt)
+    q_ref, s_ref = em.quantize_fp8_per_token(x_np, fmt=fmt, reciprocal=True)
+    np.testing.assert_array_equal(s.cpu().numpy().view(np.uint32), s_ref.view(np.uint32))
+    np.testing.assert_array_equal(q.cpu().numpy(), q_ref)
+
+
+@pytest.mark.parametrize("shape", [*CPU_SHAPES, (5, 7), (3, 5000)])
+@pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_per_token_fp8_bit_exact_cpu(shape, fmt, dtype, rng, device):
+    x_t, x_np = _input(rng, shape, dtype, device, "contiguous")
+    _check_per_token(x_t, x_np, fmt)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+@pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_per_token_fp8_bit_exact_gpu(shape, fmt, dtype, rng, device):
+    x_t, x_np = _input(rng, shape, dtype, device, "contiguous")
+    _check_per_token(x_t, x_np, fmt)
+
+
+def _special_rows():
+    """Rows of 64 values: all-zero, -0, NaN, +-Inf, fp32/bf16 subnormals, ties, max, overflow."""
+    rows = np.zeros((10, 64), np.float32)
+    rows[1] = -0.0
+    rows[2, 3] = np.nan
+    rows[3, 40] = -np.inf
+    rows[4] = np.float32(1e-40) * np.arange(64)  # fp32 subnormals
+    rows[5] = np.tile(np.float32([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -5.0]), 8)  # e2m1 ties at scale 1
+    rows[6] = np.float32(np.finfo(np.float32).max)
+    rows[7] = np.tile(np.float32([448.0, 464.0, 465.0, -240.0, 248.0, 6.5, -4.875, 7.5]), 8)
+    rows[8, :32] = 2.0**-127
+    rows[9] = np.float32(3.0e38) * np.where(np.arange(64) % 2, 1, -1)
+    return rows
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fmt", ["e2m1", "e4m3fn", "e4m3fnuz"])
+def test_special_values(mode, fmt, device):
+    x = _special_rows()
+    _check_mx(torch.from_numpy(x).to(device), x, mode, fmt)
+    if fmt != "e2m1":
+        _check_per_token(torch.from_numpy(x).to(device), x, fmt)
+
+
+def test_float8_view_option():
+    x = torch.randn(4, 64)
+    q, _ = mk.quantize_mxfp8(x, as_float8=True)
+    assert q.dtype == torch.float8_e4m3fn
+    q, s = mk.quantize_fp8_per_token(x, fmt="e4m3fnuz", as_float8=True)
+    assert q.dtype == torch.float8_e4m3fnuz and s.shape == (4, 1)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [(lambda: mk.quantize_mxfp4(torch.zeros(4, 48)), "K=48 is not a multiple of 32"),
+     (lambda: mk.quantize_mxfp4(torch.zeros(4, 64, dtype=torch.float16)), "x: expected dtype"),
+     (lambda: mk.quantize_mxfp4(torch.zeros(64)), "2-D"),
+     (lambda: mk.quantize_mxfp4(np.zeros((4, 64), np.float32)), "torch.Tensor"),
+     (lambda: mk.quantize_mxfp4(torch.zeros(4, 64), scale_mode="floor"), "scale_mode='floor'"),
+     (lambda: mk.quantize_mxfp8(torch.zeros(4, 64), fmt="e5m2"), "fmt='e5m2'"),
+     (lambda: mk.quantize_fp8_per_token(torch.zeros(4, 64), fmt="e2m1"), "fmt='e2m1'")],
+)
+def test_bad_input(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()
+
+
+def test_kernels_never_use_float_casts_the_interpreter_gets_wrong():
+    """Guard (NUMERICS.md section 5): conversions are integer arithmetic, so the interpreter is exact."""
+    import moe_kernels._numerics as numerics
+
+    for module in (quant_module, numerics):
+        src = inspect.getsource(module)
+        for banned in ("tl.float8", "float8e4", "tl.bfloat16", "tl.exp2(", "not "):
+            assert banned not in src.replace("not a multiple", "").replace("is not valid", ""), \
+                f"{module.__name__} uses {banned!r}"
