@@ -3,7 +3,8 @@
 Triton decides between compiling and interpreting when a kernel is *defined*, from
 ``TRITON_INTERPRET``. So this module, imported before any kernel module, turns the interpreter on
 when the variable is unset and torch sees no GPU: ``import moe_kernels`` then works on a laptop
-as it does on a GPU machine. An explicit ``TRITON_INTERPRET`` (0 or 1) is always respected.
+as it does on a GPU machine (if triton was imported first, that is too late, and a clear ImportError
+says so). An explicit ``TRITON_INTERPRET`` (0 or 1) is always respected.
 Every kernel of this package is bit-exact under the interpreter by construction: conversions are
 integer arithmetic on fp32 bits, never the interpreter's float8/bf16 casts (NUMERICS.md section 5).
 """
@@ -11,10 +12,17 @@ integer arithmetic on fp32 bits, never the interpreter's float8/bf16 casts (NUME
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    if "triton" in sys.modules:
+        raise ImportError(
+            "moe_kernels: no GPU is visible, so its kernels need the Triton interpreter, but triton was imported "
+            "before moe_kernels without TRITON_INTERPRET=1 (triton fixes the mode at import). Set "
+            "TRITON_INTERPRET=1 in the environment, or import moe_kernels before triton."
+        )
     os.environ["TRITON_INTERPRET"] = "1"
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
