@@ -11,11 +11,12 @@ import argparse
 import functools
 import json
 
+# isort: off
+import moe_kernels as mk  # before triton: it picks the interpreter on a machine without a GPU
 import torch
 import triton
-
-import moe_kernels as mk  # first: it picks the interpreter on a machine without a GPU
 from moe_kernels import _runtime
+# isort: on
 
 GPU_SHAPES = [(8192, 2880), (16384, 7168)]
 CPU_SHAPES = [(64, 256)]
