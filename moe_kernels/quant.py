@@ -28,8 +28,10 @@ _FLOAT8 = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
 def load_f32_bits(ptr, offs, mask, IS_BF16: tl.constexpr):
     """fp32 bit patterns (int32) of a bf16 (loaded as int16) or fp32 (loaded as int32) tensor."""
     if IS_BF16:
-        return bf16_bits_to_f32_bits(tl.load(ptr + offs, mask=mask, other=0))
-    return tl.load(ptr + offs, mask=mask, other=0)
+        bits = bf16_bits_to_f32_bits(tl.load(ptr + offs, mask=mask, other=0))
+    else:
+        bits = tl.load(ptr + offs, mask=mask, other=0)
+    return bits
 
 
 @triton.jit

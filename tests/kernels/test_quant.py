@@ -113,6 +113,21 @@ def test_special_values(mode, fmt, device):
         _check_per_token(torch.from_numpy(x).to(device), x, fmt)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fmt", ["e2m1", "e4m3fn", "e4m3fnuz"])
+def test_special_values_gpu(mode, fmt, device):
+    test_special_values(mode, fmt, device)
+
+
+@pytest.mark.gpu
+def test_cpu_input_on_a_gpu_machine_returns_cpu_output(rng):
+    x = torch.from_numpy(random_fp32(rng, (8, 64)))
+    q, s = mk.quantize_mxfp4(x)
+    assert q.device.type == "cpu"
+    np.testing.assert_array_equal(q.numpy(), em.quantize_mxfp4(x.numpy())[0])
+
+
 def test_float8_view_option():
     x = torch.randn(4, 64)
     q, _ = mk.quantize_mxfp8(x, as_float8=True)
