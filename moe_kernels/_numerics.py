@@ -24,6 +24,7 @@ class KernelFormat:
     """The constexpr parameters of one element format, derived from ``emulation.FORMATS``."""
 
     man_bits: int
+    bias: int
     emin: int
     emax: int
     max_code: int
@@ -38,13 +39,17 @@ class KernelFormat:
         f = em.get_format(fmt)
         nan = f.canonical_nan if f.canonical_nan is not None else f.max_code
         tiny = int(np.float32(f.max_finite * 2.0**-126).view(np.uint32))
-        return cls(f.man_bits, f.emin, f.emax, f.max_code, nan, f.bits - 1, f.negative_zero is not None,
+        return cls(f.man_bits, f.bias, f.emin, f.emax, f.max_code, nan, f.bits - 1, f.negative_zero is not None,
                    f.max_finite, tiny)
 
-    def constexprs(self) -> dict:
-        return dict(MAN_BITS=self.man_bits, EMIN=self.emin, EMAX=self.emax, MAX_CODE=self.max_code,
-                    NAN_CODE=self.nan_code, SIGN_SHIFT=self.sign_shift, HAS_NEG_ZERO=self.has_neg_zero,
-                    MAX_FINITE=self.max_finite, TINY_BITS=self.tiny_bits)
+    def constexprs(self, prefix: str = "", *, decode: bool = False) -> dict:
+        """Kernel constexpr arguments, names prefixed (``F_MAN_BITS``...); ``decode`` adds BIAS."""
+        d = dict(MAN_BITS=self.man_bits, EMIN=self.emin, EMAX=self.emax, MAX_CODE=self.max_code,
+                 NAN_CODE=self.nan_code, SIGN_SHIFT=self.sign_shift, HAS_NEG_ZERO=self.has_neg_zero,
+                 MAX_FINITE=self.max_finite, TINY_BITS=self.tiny_bits)
+        if decode:
+            d["BIAS"] = self.bias
+        return {prefix + k: v for k, v in d.items()}
 
 
 @triton.jit
@@ -100,3 +105,31 @@ def mx_scale_byte(amax_bits, MODE: tl.constexpr, MAN_BITS: tl.constexpr, EMAX: t
         unbiased = ((amax_bits + (1 << (22 - MAN_BITS))) >> 23) - 127 - EMAX
     byte = tl.minimum(tl.maximum(unbiased, -127), 127) + 127
     return tl.where(amax_bits >= 0x7F800000, 255, byte)
+
+
+@triton.jit
+def decode_scaled_bits(code, byte, MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+    """fp32 patterns (int32) of decode(code) * 2^(byte - 127) for an MX element format.
+
+    Exact whenever the result is a normal fp32; results below 2^-126 become +-0 (they never reach
+    1 ulp of an fp32 accumulator of normal-sized terms). Scale byte 255 (NaN) gives NaN.
+    """
+    mag = code & ((1 << SIGN_SHIFT) - 1)
+    ef = mag >> MAN_BITS
+    m_full = tl.where(ef > 0, (mag & ((1 << MAN_BITS) - 1)) | (1 << MAN_BITS), mag)
+    e_base = tl.maximum(ef, 1) - BIAS - MAN_BITS + byte - 127  # value = m_full * 2^e_base
+    p = (m_full.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127  # floor(log2 m_full), m_full < 16
+    field = p + e_base + 127
+    mantissa = (m_full - (1 << tl.maximum(p, 0))) << (23 - tl.maximum(p, 0))
+    bits = tl.where((field > 0) & (m_full != 0), (tl.minimum(field, 255) << 23) | mantissa, 0)
+    bits = bits | (((code >> SIGN_SHIFT) & 1) << 31)
+    return tl.where(byte == 255, 0x7FC00000, bits)
+
+
+@triton.jit
+def f32_to_bf16_bits(x):
+    """fp32 -> bf16 patterns (int32 holding 16 bits): ties to even, IEEE overflow to inf, NaN -> 0x7FFF|sign."""
+    bits = x.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    return tl.where(nan, ((bits >> 16) & 0x8000) | 0x7FFF, rounded) & 0xFFFF

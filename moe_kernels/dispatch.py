@@ -1,0 +1,233 @@
+"""``fused_moe``: validate, ask the one selector, plan, and run the two grouped GEMMs.
+
+The path is never re-derived here: :func:`plan_moe` calls ``moe_ref.select_activation_dtype`` with
+the real M, the arch (detected, or passed) and the ``env`` mapping, and maps its dtype to a path:
+bf16 -> a16w4, fp4x2 -> a4w4 (MXFP4 activations, ``quantize_mxfp4``), fp8 -> a8w4 (MXFP8 e4m3fn,
+``quantize_mxfp8``). The semantics are ``moe_ref.moe_reference``'s (its module docstring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+import emulation as em
+from moe_ref import SWIGLU_ALPHA, SWIGLU_LIMIT, Decision, detect_arch, select_activation_dtype
+
+from . import _runtime
+from ._numerics import SCALE_MODE_IDS, KernelFormat
+from .moe_gemm import KIND_BF16, KIND_FP4, KIND_FP8, _moe_stage1_kernel, _moe_stage2_kernel
+from .quant import quantize_mxfp4, quantize_mxfp8
+
+__all__ = ["MoEPlan", "MoERun", "PATHS", "plan_moe", "fused_moe"]
+
+PATHS = {"bf16": "a16w4", "fp4x2": "a4w4", "fp8": "a8w4"}
+_KIND = {"bf16": KIND_BF16, "fp4x2": KIND_FP4, "fp8": KIND_FP8}
+_ELEMENT_FORMAT = {"bf16": "e4m3fn", "fp4x2": "e2m1", "fp8": "e4m3fn"}  # bf16 path: unused placeholder
+_ACT_IDS = {"swiglu": 0, "silu": 1}
+
+
+@dataclass(frozen=True)
+class MoEPlan:
+    """What ``fused_moe`` executes: the selector's decision and the kernel configuration."""
+
+    decision: Decision
+    path: str
+    act_dtype: str
+    scale_mode: str
+    activation: str
+    gate_mode: str
+    M: int
+    E: int
+    H: int
+    I: int  # noqa: E741
+    topk: int
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class MoERun:
+    """A run's quantized intermediates (rows indexed by the flat pair index t * topk + k)."""
+
+    plan: MoEPlan
+    a_q: torch.Tensor  # stage-1 input: bf16 [M, H], fp4x2 [M, H/2] or e4m3fn codes [M, H]
+    a_scale: torch.Tensor | None  # e8m0 [M, H/32]
+    h_q: torch.Tensor  # stage-2 input: bf16 [M*topk, I], fp4x2 [.., I/2] or codes [.., I]
+    h_scale: torch.Tensor | None  # e8m0 [M*topk, I/32]
+    y: torch.Tensor  # stage-2 output per pair, fp32 [M*topk, H] (after bias2 and routing weight)
+    live: torch.Tensor  # bool [M, topk]: the pair's expert is in expert_mask
+
+
+def _check(cond: bool, arg: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{arg}: {msg}")
+
+
+def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1, bias2, expert_mask):
+    named = dict(hidden=hidden, w1=w1, w1_scale=w1_scale, w2=w2, w2_scale=w2_scale, topk_weights=topk_weights,
+                 topk_ids=topk_ids, bias1=bias1, bias2=bias2, expert_mask=expert_mask)
+    for name, t in named.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    devices = {str(t.device) for t in named.values() if t is not None}
+    _check(len(devices) == 1, "inputs", f"all tensors must be on one device, got {sorted(devices)}")
+    _check(hidden.dtype == torch.bfloat16 and hidden.dim() == 2, "hidden",
+           f"expected a 2-D torch.bfloat16 tensor [M, H], got {hidden.dtype} {list(hidden.shape)}")
+    for name in ("w1", "w1_scale", "w2", "w2_scale"):
+        t = named[name]
+        _check(t.dtype == torch.uint8 and t.dim() == 3, name, f"expected a 3-D torch.uint8 tensor, got {t.dtype} {list(t.shape)}")
+        _check(t.stride(-1) == 1, name, "the last dimension must be contiguous (public layout, packed along K)")
+    M, H = hidden.shape
+    E, two_i, h_half = w1.shape
+    I = two_i // 2  # noqa: E741
+    _check(H % 32 == 0, "hidden", f"H={H} is not a multiple of 32 (one e8m0 scale per 32 values)")
+    _check(two_i % 2 == 0 and I % 32 == 0, "w1", f"2*I={two_i}: I must be a multiple of 32")
+    _check(h_half * 2 == H, "w1", f"expected shape [E, 2*I, H/2={H // 2}], got {list(w1.shape)}")
+    for name, shape in (("w1_scale", (E, 2 * I, H // 32)), ("w2", (E, H, I // 2)), ("w2_scale", (E, H, I // 32))):
+        _check(tuple(named[name].shape) == shape, name, f"expected shape {list(shape)}, got {list(named[name].shape)}")
+    _check(topk_ids.dim() == 2 and topk_ids.shape[0] == M, "topk_ids", f"expected shape [M={M}, topk], got {list(topk_ids.shape)}")
+    _check(topk_ids.dtype in (torch.int32, torch.int64), "topk_ids", f"expected int32, got {topk_ids.dtype}")
+    _check(topk_weights.dtype == torch.float32 and topk_weights.shape == topk_ids.shape, "topk_weights",
+           f"expected float32 {list(topk_ids.shape)}, got {topk_weights.dtype} {list(topk_weights.shape)}")
+    if topk_ids.numel():
+        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        _check(lo >= 0 and hi < E, "topk_ids", f"expert ids must lie in [0, {E - 1}], got [{lo}, {hi}]")
+    for name, shape in (("bias1", (E, 2 * I)), ("bias2", (E, H))):
+        b = named[name]
+        if b is not None:
+            _check(b.dtype == torch.float32 and tuple(b.shape) == shape, name,
+                   f"expected float32 {list(shape)}, got {b.dtype} {list(b.shape)}")
+    if expert_mask is not None:
+        _check(tuple(expert_mask.shape) == (E,), "expert_mask", f"expected shape [{E}], got {list(expert_mask.shape)}")
+    return M, E, H, I, topk_ids.shape[1]
+
+
+def _config(M: int, E: int, topk: int) -> tuple[int, int, int, int]:
+    pairs_per_expert = max(1, M * topk // max(E, 1))
+    block_m = 16 if pairs_per_expert <= 16 else 32 if pairs_per_expert <= 32 else 64
+    return block_m, 64, 64, 4
+
+
+def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, activation="swiglu",
+             gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT, bias1=None, bias2=None,
+             doweight_stage1=False, expert_mask=None, scale_mode="round_up", arch=None, env=None) -> MoEPlan:
+    """Validate the call and return the plan ``fused_moe`` would execute (selector decision included)."""
+    M, E, H, I, topk = _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1, bias2,
+                                 expert_mask)
+    if activation not in _ACT_IDS:
+        raise ValueError(f"activation={activation!r} is not supported by the kernels; expected one of {list(_ACT_IDS)}")
+    decision = select_activation_dtype(M, arch=detect_arch() if arch is None else arch, weight_dtype="fp4x2",
+                                       activation=activation, gate_mode=gate_mode, quant_type="per_1x32", env=env)
+    mode = em.ScaleMode.parse(scale_mode).value
+    block_m, block_n, block_k, warps = _config(M, E, topk)
+    return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, M, E, H, I, topk,
+                   block_m, block_n, block_k, warps)
+
+
+def _align(topk_ids: torch.Tensor, live: torch.Tensor, block_m: int, E: int):
+    """``moe_ref.moe_align_block_size`` on the device (same layout), with torch ops."""
+    flat = topk_ids.reshape(-1).to(torch.int64)
+    key = torch.where(live.reshape(-1), flat, E)
+    order = torch.argsort(key, stable=True)
+    counts = torch.bincount(key, minlength=E + 1)[:E]
+    padded = (counts + block_m - 1) // block_m * block_m
+    total = int(padded.sum())
+    start_in = torch.cumsum(counts, 0) - counts
+    start_out = torch.cumsum(padded, 0) - padded
+    n_live = int(counts.sum())
+    expert_of = key[order[:n_live]]
+    dest = start_out[expert_of] + torch.arange(n_live, device=flat.device) - start_in[expert_of]
+    sorted_ids = torch.full((total,), flat.numel(), dtype=torch.int32, device=flat.device)
+    sorted_ids[dest] = order[:n_live].to(torch.int32)
+    expert_ids = torch.repeat_interleave(torch.arange(E, device=flat.device, dtype=torch.int32), padded // block_m)
+    return sorted_ids, expert_ids, total
+
+
+def _alloc(shape, dtype, device, poison):
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if poison:
+        t.fill_(float("nan") if dtype.is_floating_point else -1 if dtype.is_signed else 255)
+    return t
+
+
+def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, activation="swiglu",
+              gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT, bias1=None, bias2=None,
+              doweight_stage1=False, expert_mask=None, scale_mode="round_up", arch=None, env=None,
+              return_trace=False, poison=False):
+    """MoE forward with MXFP4 weights -> [M, H] bf16 on the inputs' device.
+
+    The activation path is the one ``moe_ref.select_activation_dtype`` chooses (see :func:`plan_moe`).
+    ``return_trace=True`` returns ``(out, MoERun)`` with the quantized intermediates; ``poison=True``
+    fills every buffer the kernels write with NaN / 0xFF first (a testing aid).
+    """
+    plan = plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation=activation,
+                    gate_mode=gate_mode, alpha=alpha, limit=limit, bias1=bias1, bias2=bias2,
+                    doweight_stage1=doweight_stage1, expert_mask=expert_mask, scale_mode=scale_mode, arch=arch,
+                    env=env)
+    origin = hidden.device
+    dev = _runtime.launch_device(hidden)
+    to = lambda t: None if t is None else t.to(dev)  # noqa: E731
+    hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids = map(
+        to, (hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids))
+    bias1, bias2, expert_mask = to(bias1), to(bias2), to(expert_mask)
+    M, E, H, I, topk = plan.M, plan.E, plan.H, plan.I, plan.topk  # noqa: E741
+    live = torch.ones((M, topk), dtype=torch.bool, device=dev) if expert_mask is None else \
+        (expert_mask != 0)[topk_ids.to(torch.int64)]
+
+    if plan.act_dtype == "bf16":
+        a_q, a_scale = hidden.contiguous(), None
+    elif plan.act_dtype == "fp4x2":
+        a_q, a_scale = quantize_mxfp4(hidden, scale_mode=plan.scale_mode)
+    else:
+        a_q, a_scale = quantize_mxfp8(hidden, fmt="e4m3fn", scale_mode=plan.scale_mode)
+    kind = _KIND[plan.act_dtype]
+    n_pairs = M * topk
+    h_cols = I // 2 if kind == KIND_FP4 else I
+    h_q = _alloc((n_pairs, h_cols), torch.int16 if kind == KIND_BF16 else torch.uint8, dev, poison)
+    h_scale = None if kind == KIND_BF16 else _alloc((n_pairs, I // 32), torch.uint8, dev, poison)
+    y = _alloc((n_pairs, H), torch.float32, dev, poison)
+    if n_pairs:
+        sorted_ids, expert_ids, total = _align(topk_ids, live, plan.block_m, E)
+        tw = topk_weights.contiguous().reshape(-1)
+        fmt = KernelFormat.of(_ELEMENT_FORMAT[plan.act_dtype]).constexprs("F_", decode=True)
+        wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
+                if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
+        dummy = torch.zeros(1, dtype=torch.float32, device=dev)
+        a_scale_arg = a_scale if a_scale is not None else a_q
+        h_scale_arg = h_scale if h_scale is not None else h_q
+        n_blocks = total // plan.block_m
+        common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
+                      **fmt, **wfmt)
+        if n_blocks:
+            grid1 = (n_blocks, triton.cdiv(I, plan.block_n))
+            _moe_stage1_kernel[grid1](
+                a_q, a_scale_arg, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
+                expert_ids, h_q, h_scale_arg, total, n_pairs, topk, H, I,
+                a_q.stride(0), a_scale_arg.stride(0), w1.stride(0), w1.stride(1), w1_scale.stride(0),
+                w1_scale.stride(1), h_q.stride(0), h_scale_arg.stride(0),
+                A_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
+                ACT=_ACT_IDS[activation], HAS_BIAS=bias1 is not None, DOWEIGHT=bool(doweight_stage1),
+                ALPHA=float(alpha), LIMIT=float(limit), MODE=SCALE_MODE_IDS[em.ScaleMode(plan.scale_mode)],
+                **common)
+            grid2 = (n_blocks, triton.cdiv(H, plan.block_n))
+            h_in = h_q.view(torch.bfloat16) if kind == KIND_BF16 else h_q
+            _moe_stage2_kernel[grid2](
+                h_in, h_scale_arg, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
+                expert_ids, y, total, n_pairs, H, I,
+                h_in.stride(0), h_scale_arg.stride(0), w2.stride(0), w2.stride(1), w2_scale.stride(0),
+                w2_scale.stride(1), y.stride(0),
+                A_KIND=kind, HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, **common)
+    out_f32 = torch.zeros((M, H), dtype=torch.float32, device=dev)
+    y3 = y.view(M, topk, H)
+    for k in range(topk):  # slot order, masked slots skipped: moe_ref's step 6
+        out_f32 = torch.where(live[:, k, None], out_f32 + y3[:, k], out_f32)
+    out = out_f32.to(torch.bfloat16).to(origin)
+    if return_trace:
+        h_view = h_q.view(torch.bfloat16) if kind == KIND_BF16 else h_q
+        return out, MoERun(plan, a_q, a_scale, h_view, h_scale, y, live)
+    return out

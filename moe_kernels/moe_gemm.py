@@ -1,0 +1,188 @@
+"""The two grouped GEMMs of the MoE, with SwiGLU and the stage-2 quantizer fused into stage 1.
+
+Both kernels walk the ``moe_align_block_size`` layout: program (b, n) owns block b of BLOCK_M sorted
+(token, slot) pairs, all routed to one expert, and BLOCK_N output columns. Operands are decoded
+exactly to bf16 tiles in registers (e2m1 / e4m3 values times an e8m0 scale are exact in bf16 for
+every scale of real tensors) and multiplied on the tensor cores with fp32 accumulation.
+
+Stage 1: A = the token's quantized hidden row, W = w1[e] gate and up rows (SEPARATED: j and I + j;
+INTERLEAVE: 2j and 2j + 1) -> two fp32 accumulators -> + bias1 -> activation (``moe_ref.activation``,
+fp32, correctly rounded division) -> (routing weight) -> the stage-2 quantizer (bf16 RNE, or MX per
+32 columns along I with the same scale mode) -> intermediate row of the pair.
+Stage 2: A = the pair's intermediate row, W = w2[e] -> + bias2 -> (routing weight) -> y[pair] fp32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._numerics import decode_scaled_bits, encode_scaled, f32_to_bf16_bits, mx_scale_byte
+
+# activation kinds: 0 bf16, 1 MXFP4 (e2m1, packed), 2 MXFP8 (e4m3fn)
+KIND_BF16, KIND_FP4, KIND_FP8 = 0, 1, 2
+
+
+@triton.jit
+def mma(a, b, acc, INTERPRET: tl.constexpr):
+    """acc + a @ b for exact bf16 tiles. The Triton interpreter (3.9) multiplies bf16 tiles as raw
+    integers, so there both are widened to fp32 (exactly) and multiplied in IEEE fp32."""
+    if INTERPRET:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
+def load_operand_bf16(ptr, scale_ptr, rows, stride, scale_stride, k, row_mask, k_mask, KIND: tl.constexpr,
+                      MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+    """A [len(rows), len(k)] tile (row-major over k) as exact bf16 values."""
+    mask = row_mask[:, None] & k_mask[None, :]
+    if KIND == 0:
+        vals = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=mask, other=0.0)
+    else:
+        byte = tl.load(scale_ptr + rows[:, None] * scale_stride + (k // 32)[None, :], mask=mask, other=0).to(tl.int32)
+        if KIND == 1:
+            packed = tl.load(ptr + rows[:, None] * stride + (k // 2)[None, :], mask=mask, other=0).to(tl.int32)
+            code = (packed >> ((k & 1) * 4)[None, :]) & 0xF
+        else:
+            code = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=mask, other=0).to(tl.int32)
+        bits = decode_scaled_bits(code, byte, MAN_BITS, BIAS, SIGN_SHIFT)
+        vals = bits.to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact: the value is a bf16
+    return vals
+
+
+@triton.jit
+def load_weight_t_bf16(w_ptr, ws_ptr, rows, stride_row, scale_stride_row, k, row_mask, k_mask,
+                       MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+    """W^T [len(k), len(rows)] tile of an MXFP4 matrix (rows x K, packed along K) as exact bf16."""
+    mask = k_mask[:, None] & row_mask[None, :]
+    packed = tl.load(w_ptr + rows[None, :] * stride_row + (k // 2)[:, None], mask=mask, other=0).to(tl.int32)
+    byte = tl.load(ws_ptr + rows[None, :] * scale_stride_row + (k // 32)[:, None], mask=mask, other=0).to(tl.int32)
+    code = (packed >> ((k & 1) * 4)[:, None]) & 0xF
+    return decode_scaled_bits(code, byte, MAN_BITS, BIAS, SIGN_SHIFT).to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@triton.jit
+def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols, stride, scale_stride,
+                         KIND: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
+                         NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
+                         MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+    """Quantize fp32 h [BLOCK_M, BLOCK_N] (columns col0 + arange) along the columns and store it."""
+    cols = col0 + tl.arange(0, BLOCK_N)
+    col_mask = cols < ncols
+    mask = row_mask[:, None] & col_mask[None, :]
+    if KIND == 0:
+        tl.store(out_ptr + rows[:, None] * stride + cols[None, :], f32_to_bf16_bits(h).to(tl.int16), mask=mask)
+    else:
+        NB: tl.constexpr = BLOCK_N // 32
+        bits = tl.where(mask, h.to(tl.int32, bitcast=True), 0)
+        blocks = tl.reshape(bits, (BLOCK_M, NB, 32))
+        amax = tl.max(blocks & 0x7FFFFFFF, axis=2)
+        byte = mx_scale_byte(amax, MODE, MAN_BITS, EMAX, MAX_FINITE, TINY_BITS)
+        codes = encode_scaled(blocks, (byte - 127)[:, :, None], MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT,
+                              HAS_NEG_ZERO)
+        codes = tl.where((byte == 255)[:, :, None], 0, codes)
+        if KIND == 1:
+            lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCK_N // 2, 2)))
+            pcols = col0 // 2 + tl.arange(0, BLOCK_N // 2)
+            tl.store(out_ptr + rows[:, None] * stride + pcols[None, :], (lo | (hi << 4)).to(tl.uint8),
+                     mask=row_mask[:, None] & (pcols < ncols // 2)[None, :])
+        else:
+            tl.store(out_ptr + rows[:, None] * stride + cols[None, :],
+                     tl.reshape(codes, (BLOCK_M, BLOCK_N)).to(tl.uint8), mask=mask)
+        scols = col0 // 32 + tl.arange(0, NB)
+        tl.store(out_scale_ptr + rows[:, None] * scale_stride + scols[None, :], byte.to(tl.uint8),
+                 mask=row_mask[:, None] & (scols < ncols // 32)[None, :])
+
+
+@triton.jit
+def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, out_ptr,
+                       out_scale_ptr, num_padded, num_valid, topk, H, I,
+                       stride_a, stride_as, stride_we, stride_wr, stride_wse, stride_wsr, stride_o, stride_os,
+                       A_KIND: tl.constexpr, GATE_MUL: tl.constexpr, UP_OFF_IS_I: tl.constexpr,
+                       ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOWEIGHT: tl.constexpr, ALPHA: tl.constexpr,
+                       LIMIT: tl.constexpr, MODE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
+                       F_MAN_BITS: tl.constexpr, F_BIAS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
+                       F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
+                       F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
+                       W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if pid_m * BLOCK_M < num_padded:
+        pairs = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+        valid = pairs < num_valid
+        tokens = tl.where(valid, pairs // topk, 0)
+        e = tl.load(expert_ptr + pid_m).to(tl.int64)
+        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = n < I
+        gate_rows = n * GATE_MUL
+        up_rows = gate_rows + (I if UP_OFF_IS_I else 1)
+        w_e, ws_e = w_ptr + e * stride_we, ws_ptr + e * stride_wse
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = k < H
+            a = load_operand_bf16(a_ptr, a_scale_ptr, tokens, stride_a, stride_as, k, valid, k_mask, A_KIND,
+                                  F_MAN_BITS, F_BIAS, F_SIGN_SHIFT)
+            w_g = load_weight_t_bf16(w_e, ws_e, gate_rows, stride_wr, stride_wsr, k, n_mask, k_mask,
+                                     W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+            w_u = load_weight_t_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k, n_mask, k_mask,
+                                     W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+            acc_g = mma(a, w_g, acc_g, INTERPRET)
+            acc_u = mma(a, w_u, acc_u, INTERPRET)
+        if HAS_BIAS:
+            acc_g = acc_g + tl.load(bias_ptr + e * 2 * I + gate_rows, mask=n_mask, other=0.0)[None, :]
+            acc_u = acc_u + tl.load(bias_ptr + e * 2 * I + up_rows, mask=n_mask, other=0.0)[None, :]
+        if ACT == 0:  # SwiGLU (moe_ref.activation)
+            g = tl.minimum(acc_g, LIMIT, propagate_nan=tl.PropagateNan.ALL)
+            u = tl.minimum(tl.maximum(acc_u, -LIMIT, propagate_nan=tl.PropagateNan.ALL), LIMIT,
+                           propagate_nan=tl.PropagateNan.ALL)
+            s = tl.math.div_rn(tl.full((BLOCK_M, BLOCK_N), 1.0, tl.float32), 1.0 + tl.exp(-(ALPHA * g)))
+            h = (g * s) * (u + 1.0)
+        else:  # SiLU-gated
+            s = tl.math.div_rn(tl.full((BLOCK_M, BLOCK_N), 1.0, tl.float32), 1.0 + tl.exp(-acc_g))
+            h = (acc_g * s) * acc_u
+        if DOWEIGHT:
+            h = h * tl.load(tw_ptr + pairs, mask=valid, other=0.0)[:, None]
+        store_quantized_rows(out_ptr, out_scale_ptr, h, pairs, tl.program_id(1) * BLOCK_N, valid, I, stride_o, stride_os, A_KIND, MODE,
+                             BLOCK_M, BLOCK_N, F_MAN_BITS, F_EMIN, F_EMAX, F_MAX_CODE, F_NAN_CODE, F_SIGN_SHIFT,
+                             F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS)
+
+
+@triton.jit
+def _moe_stage2_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, y_ptr,
+                       num_padded, num_valid, H, I,
+                       stride_a, stride_as, stride_we, stride_wr, stride_wse, stride_wsr, stride_y,
+                       A_KIND: tl.constexpr, HAS_BIAS: tl.constexpr, WEIGHT_HERE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
+                       F_MAN_BITS: tl.constexpr, F_BIAS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
+                       F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
+                       F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
+                       W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if pid_m * BLOCK_M < num_padded:
+        pairs = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+        valid = pairs < num_valid
+        rows = tl.where(valid, pairs, 0)
+        e = tl.load(expert_ptr + pid_m).to(tl.int64)
+        n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = n < H
+        w_e, ws_e = w_ptr + e * stride_we, ws_ptr + e * stride_wse
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for k0 in range(0, I, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = k < I
+            a = load_operand_bf16(a_ptr, a_scale_ptr, rows, stride_a, stride_as, k, valid, k_mask, A_KIND,
+                                  F_MAN_BITS, F_BIAS, F_SIGN_SHIFT)
+            w = load_weight_t_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k, n_mask, k_mask,
+                                   W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+            acc = mma(a, w, acc, INTERPRET)
+        if HAS_BIAS:
+            acc = acc + tl.load(bias_ptr + e * H + n, mask=n_mask, other=0.0)[None, :]
+        if WEIGHT_HERE:
+            acc = acc * tl.load(tw_ptr + pairs, mask=valid, other=0.0)[:, None]
+        tl.store(y_ptr + rows[:, None] * stride_y + n[None, :], acc, mask=valid[:, None] & n_mask[None, :])
