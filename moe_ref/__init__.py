@@ -16,10 +16,11 @@ from .selector import (
     format_decision_table,
     select_activation_dtype,
 )
+from .tolerance import kernel_tolerance
 
 __all__ = [
     "ACT_DTYPES", "ACTIVATIONS", "DECISION_TABLE", "Decision", "GATE_MODES", "MoEProblem", "MoETrace",
     "MoEWeights", "QUANT_TYPES", "SWIGLU_ALPHA", "SWIGLU_LIMIT", "WEIGHT_DTYPES", "detect_arch",
-    "format_decision_table", "gated_activation", "moe_align_block_size", "moe_reference",
+    "format_decision_table", "gated_activation", "kernel_tolerance", "moe_align_block_size", "moe_reference",
     "quantize_activation", "random_moe_problem", "select_activation_dtype", "softmax_topk", "split_gate_up",
 ]

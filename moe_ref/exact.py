@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["exact_matmul_f32", "round_scaled_int_to_f32"]
+__all__ = ["exact_matmul_f32", "round_scaled_int_to_f32", "accumulation_bits"]
 
 
 def _bit_range(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +51,22 @@ def round_scaled_int_to_f32(n: int, q: int) -> np.float32:
         return np.float32(sign * value)
 
 
+def accumulation_bits(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """[n, N]: significant bits any partial sum of x[i] . w[j] can need (any order).
+
+    At most 24: the dot product is exact in fp32 whatever the accumulation order; at most 53: in
+    float64. Rows or columns of zeros need 0 bits.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    lx, hx = _bit_range(x, 1)
+    lw, hw = _bit_range(w, 1)
+    k = max(x.shape[1], 1)
+    need = (hx[:, None] + hw[None, :]) + math.ceil(math.log2(k)) - (lx[:, None] + lw[None, :])
+    live = (lx[:, None] < np.iinfo(np.int32).max) & (lw[None, :] < np.iinfo(np.int32).max)
+    return np.where(live, need, 0)
+
+
 def exact_matmul_f32(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x @ w.T`` with every dot product exact, rounded once to fp32. x [n, K], w [N, K] float32."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -62,11 +78,9 @@ def exact_matmul_f32(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     k = x.shape[1]
     if k == 0 or out.size == 0:
         return out
-    lx, hx = _bit_range(x, 1)
-    lw, hw = _bit_range(w, 1)
-    need = (hx[:, None] + hw[None, :]) + math.ceil(math.log2(k)) - (lx[:, None] + lw[None, :])
-    live = (lx[:, None] < np.iinfo(np.int32).max) & (lw[None, :] < np.iinfo(np.int32).max)
-    slow = live & (need > 53)
+    lx, _ = _bit_range(x, 1)
+    lw, _ = _bit_range(w, 1)
+    slow = accumulation_bits(x, w) > 53
     for i in np.flatnonzero(slow.any(axis=1)):
         cols = np.flatnonzero(slow[i])
         xi = [int(v) for v in np.ldexp(x[i].astype(np.float64), -int(lx[i]))]

@@ -1,0 +1,114 @@
+"""How far a kernel may be from the emulated reference: accumulation order only, derived.
+
+The reference (``moe_ref.reference``) computes every dot product exactly and rounds once. A kernel
+accumulates K products in fp32 in its own order (tensor cores may truncate partial sums), so, with
+u = 2^-23 (one ulp: covers round-to-nearest and truncation):
+
+1. stage 1:  |g_k - g| <= K u / (1 - K u) * sum_i |a_i w_i|  +  2^-24 |g|   (=: B_g)
+2. activation (fp32; the kernel's exp and the reference's may differ by a few ulp):
+   |h_k - h| <= 1.1 B_gate (|up + 1| + B_up) + 7 B_up + 2^-20 |h|           (=: B_h)
+   (sup of the partial derivatives of SwiGLU: d/dgate <= 1.1 |up + 1|, d/dup <= limit; clamps are
+   1-Lipschitz; SiLU-gated uses 1.1 |up| and |gate| + B_gate likewise), times the routing weight
+   when it is applied in stage 1.
+3. stage-2 input quantization: Q(h_k) == Q(h) unless h is within B_h of a rounding boundary of its
+   element or its block's amax within B_h of a scale boundary; there the two may differ by one
+   step of the grid at the larger possible scale (D_j); elsewhere D_j = 0. This is checked per element
+   with the emulation itself (quantize h +- B_h).
+4. stage 2:  |y_k - y| <= sum_j |w2_j| D_j + K u / (1 - K u) * sum_j |h_q,j w2_j| + 2^-24 |y|, times
+   the routing weight.
+5. output: the fp32 slot sum adds 2^-24 per addition; the bf16 rounding may then differ by one bf16
+   ulp wherever the fp32 results can differ.
+The result is an elementwise bound on |out_kernel - out_reference|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import emulation as em
+
+from .reference import MoETrace, MoEWeights, quantize_activation
+
+__all__ = ["kernel_tolerance", "U_ACC"]
+
+U_ACC = 2.0**-23
+
+
+def _gamma(k: int) -> float:
+    return k * U_ACC / (1 - k * U_ACC)
+
+
+def _bf16_ulp(x: np.ndarray) -> np.ndarray:
+    mag = np.maximum(np.abs(x.astype(np.float64)), 2.0**-126)
+    return np.exp2(np.floor(np.log2(mag)) - 7)
+
+
+def _flip_step(h: np.ndarray, b_h: np.ndarray, act_dtype: str, scale_mode) -> np.ndarray:
+    """D per element: 0 where Q(h') == Q(h) for every |h' - h| <= b_h, else one step at the larger scale."""
+    if act_dtype == "bf16":
+        lo, hi = em.round_to_bf16((h - b_h).astype(np.float32)), em.round_to_bf16((h + b_h).astype(np.float32))
+        return np.where(lo == hi, 0.0, 2 * _bf16_ulp(np.abs(h) + b_h))
+    q = quantize_activation(h, act_dtype, scale_mode).astype(np.float64)
+    robust = np.ones_like(h, dtype=bool)
+    for sign in (-1.0, 1.0):  # elementwise perturbation (scale checked separately below)
+        shifted = h + sign * b_h
+        robust &= quantize_activation(shifted.astype(np.float32), act_dtype, scale_mode) == q
+    # scale robustness: the block's amax moved by up to the block's largest b_h
+    fmt = "e2m1" if act_dtype == "fp4x2" else "e4m3fn"
+    n, cols = h.shape
+    amax = np.abs(h).reshape(n, cols // 32, 32).max(-1)
+    b_blk = b_h.reshape(n, cols // 32, 32).max(-1)
+    s_lo = em.mx_scale_e8m0(np.maximum(amax - b_blk, 0).astype(np.float32), fmt, scale_mode)
+    s_hi = em.mx_scale_e8m0((amax + b_blk).astype(np.float32), fmt, scale_mode)
+    robust &= np.repeat(s_lo == s_hi, 32, axis=1)
+    f = em.get_format(fmt)
+    scale = em.decode(s_hi, "e8m0").astype(np.float64)
+    step = np.repeat(scale, 32, axis=1) * np.exp2(
+        np.maximum(np.floor(np.log2(np.maximum(np.abs(h) / np.repeat(scale, 32, axis=1), 2.0**-30))), f.emin)
+        - f.man_bits)
+    return np.where(robust, 0.0, 2 * step + 2 * b_h)
+
+
+def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_ids, *, act_dtype: str,
+                     activation: str = "swiglu", gate_mode: str = "separated", doweight_stage1: bool = False,
+                     scale_mode="round_up", limit: float = 7.0) -> np.ndarray:
+    """Elementwise bound [M, H] on |kernel - reference| for one emulated run (see the module docstring)."""
+    tw = np.asarray(topk_weights, np.float64)
+    ids = np.asarray(topk_ids)
+    I, H = weights.I, weights.H
+    M = trace.out.shape[0]
+    slot_bound = np.zeros((len(trace.pairs), H))
+    for e in np.unique(ids[trace.pairs[:, 0], trace.pairs[:, 1]]):
+        rows = np.flatnonzero(ids[trace.pairs[:, 0], trace.pairs[:, 1]] == e)
+        w1 = np.abs(weights.dequant_w1(e).astype(np.float64))
+        w2 = np.abs(weights.dequant_w2(e).astype(np.float64))
+        a = np.abs(trace.a_q[trace.pairs[rows, 0]].astype(np.float64))
+        g = trace.stage1[rows].astype(np.float64)
+        b_g = _gamma(weights.H) * (a @ w1.T) + 2.0**-24 * np.abs(g)
+        if gate_mode == "separated":
+            gate, up, b_gate, b_up = g[:, :I], g[:, I:], b_g[:, :I], b_g[:, I:]
+        else:
+            gate, up, b_gate, b_up = g[:, 0::2], g[:, 1::2], b_g[:, 0::2], b_g[:, 1::2]
+        h = trace.act[rows].astype(np.float64)
+        if activation == "swiglu":
+            up_c = np.clip(up, -limit, limit)
+            b_h = 1.1 * b_gate * (np.abs(up_c + 1) + b_up) + limit * b_up
+        else:
+            b_h = 1.1 * b_gate * (np.abs(up) + b_up) + (np.abs(gate) + b_gate) * b_up
+        b_h = b_h + 2.0**-20 * np.abs(h)
+        w_pair = tw[trace.pairs[rows, 0], trace.pairs[rows, 1]]
+        if doweight_stage1:
+            b_h = b_h * w_pair[:, None] + 2.0**-24 * np.abs(h)
+        d = _flip_step(trace.act[rows], b_h, act_dtype, scale_mode)
+        hq = np.abs(trace.act_q[rows].astype(np.float64))
+        y = np.abs(trace.stage2[rows].astype(np.float64))
+        b_y = d @ w2.T + _gamma(I) * (hq @ w2.T) + 2.0**-24 * y
+        if not doweight_stage1:
+            b_y = b_y * w_pair[:, None] + 2.0**-24 * y
+        slot_bound[rows] = b_y
+    bound = np.zeros((M, H))
+    np.add.at(bound, trace.pairs[:, 0], slot_bound)
+    topk = ids.shape[1] if ids.ndim == 2 else 1
+    out = np.abs(trace.out_f32.astype(np.float64))
+    bound += topk * 2.0**-24 * (out + bound)
+    return bound + np.where(bound > 0, _bf16_ulp(out + bound), 0.0)

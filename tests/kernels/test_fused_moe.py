@@ -1,0 +1,251 @@
+"""fused_moe against the emulated reference: bit-exact on exact inputs, within the derived bound on
+random inputs, every activation path reached through the one selector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import emulation as em
+import moe_kernels as mk
+from moe_ref import (
+    DECISION_TABLE,
+    MoEProblem,
+    MoEWeights,
+    kernel_tolerance,
+    moe_reference,
+    random_moe_problem,
+    select_activation_dtype,
+)
+from moe_ref.exact import accumulation_bits
+
+# Ways to reach each (path, gate mode) on a CPU through the selector's inputs (M stays small).
+ROUTES = {
+    ("a16w4", "separated"): dict(arch="gfx950", env={}),  # rule 3, M < 256
+    ("a16w4", "interleave"): dict(arch="gfx950", env={}),  # rule 4, M < 512
+    ("a4w4", "separated"): dict(arch="gfx950", env={"GPTOSS_SWIGLU_MXFP4_BF16_BOUND": "0"}),  # rule 3
+    ("a4w4", "interleave"): dict(arch="gfx1250", env={}),  # rule 2
+    ("a8w4", "separated"): dict(arch="gfx1250", env={"AITER_FORCE_A8W4": "1"}),  # rule 2
+    ("a8w4", "interleave"): dict(arch="gfx950", env={"AITER_MOE_BF16_FP8_BOUND": "0"}),  # rule 4
+}
+PATH_NAMES = ("a16w4", "a4w4", "a8w4")
+
+
+def _exact_problem(rng, *, M, E, H, I, topk, gate_mode, with_bias) -> MoEProblem:
+    """Inputs on which every GEMM is exact in fp32 and SwiGLU's gate saturates at the limit.
+
+    hidden in {1, 1.5, 2, 3} (exact in MXFP4 and MXFP8 with ROUND_UP scales); gate rows of w1
+    positive (so gate = sum a_i w_i >= H/2 >= limit: the clamped gate is exactly 7 and sigmoid is
+    a constant); up rows with two nonzero weights (|up| < limit, a multiple of 1/8); every weight an
+    e2m1 value times 1/4 or 1; dyadic routing weights and biases. The premises are asserted on the
+    emulated trace by the test, not assumed.
+    """
+    hidden = rng.choice(np.float32([1, 1.5, 2, 3]), size=(M, H))
+    w1 = np.zeros((E, 2 * I, H), np.float32)
+    gate = rng.choice(np.float32([0.5, 1, 1.5, 2]), size=(E, I, H))
+    up = np.zeros((E, I, H), np.float32)
+    for e in range(E):
+        for j in range(I):
+            cols = rng.choice(H, 2, replace=False)
+            up[e, j, cols] = rng.choice(np.float32([-0.5, 0.5, 1.0, -1.0]), 2)
+    if gate_mode == "separated":
+        w1[:, :I], w1[:, I:] = gate, up
+    else:
+        w1[:, 0::2], w1[:, 1::2] = gate, up
+    w2 = rng.choice(np.float32([-1.5, -1, -0.5, 0, 0.5, 1, 1.5]), size=(E, H, I)) * np.float32(0.25)
+    w1p, w1s = em.quantize_mxfp4(w1)
+    w2p, w2s = em.quantize_mxfp4(w2)
+    ids = np.stack([rng.choice(E, topk, replace=False) for _ in range(M)]).astype(np.int32)
+    weights = rng.choice(np.float32([0.25, 0.5, 0.75]), size=(M, topk))
+    b1 = rng.choice(np.float32([-0.25, 0, 0.125]), size=(E, 2 * I)) if with_bias else None
+    b2 = rng.choice(np.float32([-0.5, 0, 0.25]), size=(E, H)) if with_bias else None
+    return MoEProblem(hidden, w1p, w1s, w2p, w2s, weights, ids, b1, b2)
+
+
+def _assert_exact_premises(p: MoEProblem, trace, act_dtype, scale_mode, gate_mode, doweight):
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    I = w.I
+    for row, (t, k) in enumerate(trace.pairs):
+        e = p.topk_ids[t, k]
+        assert accumulation_bits(trace.a_q[t:t + 1], w.dequant_w1(e)).max() <= 24, "stage-1 GEMM not exact in fp32"
+        assert accumulation_bits(trace.act_q[row:row + 1], w.dequant_w2(e)).max() <= 24, "stage-2 GEMM not exact"
+        gate = trace.stage1[row, :I] if gate_mode == "separated" else trace.stage1[row, 0::2]
+        assert gate.min() >= 7.0, "gate below the limit: sigmoid would not be a constant"
+    # Stage-2 quantization is robust to a 2^-20 relative change of the activation: the kernel's exp
+    # and division differ from NumPy's by a few ulp of exp(-11.9) ~ 6.6e-6, so 1 / (1 + e) by at most
+    # one ulp and the activation by at most ~2^-22 relative.
+    h = trace.act
+    q = lambda v: moe_ref_quantize(v, act_dtype, scale_mode)  # noqa: E731
+    for factor in (1 - 2.0**-20, 1 + 2.0**-20):
+        np.testing.assert_array_equal(q((h * factor).astype(np.float32)), trace.act_q, err_msg="boundary premise")
+    # bias adds, routing-weight products and the slot sum (fixed order in kernel and reference) are
+    # exact: recomputed in float64 from the same quantized stage-2 inputs, nothing changes.
+    out64 = np.zeros(trace.out_f32.shape)
+    for row, (t, k) in enumerate(trace.pairs):
+        e = p.topk_ids[t, k]
+        y = trace.act_q[row].astype(np.float64) @ w.dequant_w2(e).astype(np.float64).T
+        if p.bias2 is not None:
+            y = y + p.bias2[e]
+        out64[t] += y if doweight else y * p.topk_weights[t, k]
+    np.testing.assert_array_equal(out64, trace.out_f32, err_msg="stage 2 / routing / slot sum not exact")
+
+
+def moe_ref_quantize(v, act_dtype, scale_mode):
+    from moe_ref import quantize_activation
+
+    return quantize_activation(v, act_dtype, scale_mode)
+
+
+BIT_EXACT_CASES = [(path, gm, dw, bias, mask, mode)
+                   for path in PATH_NAMES for gm in ("separated", "interleave") for dw in (False, True)
+                   for bias, mask in ((False, False), (True, True))
+                   for mode in (["round_up", "round_down", "ceil", "even"] if path == "a4w4" and not dw else ["round_up"])]
+
+
+def _run_bit_exact(path, gate_mode, doweight, bias, mask, mode, rng, device, shape):
+    route = {**ROUTES[path, gate_mode], "gate_mode": gate_mode}
+    p = _exact_problem(rng, gate_mode=gate_mode, with_bias=bias, **shape)
+    expert_mask = (np.arange(shape["E"]) % 3 != 1).astype(np.int32) if mask else None
+    pt = p.to_torch(device)
+    out, run = mk.fused_moe(*pt.args(), **pt.biases(), doweight_stage1=doweight, scale_mode=mode,
+                            expert_mask=None if expert_mask is None else torch.from_numpy(expert_mask).to(device),
+                            return_trace=True, poison=True, **route)
+    assert run.plan.path == path
+    decision = select_activation_dtype(shape["M"], arch=route["arch"], gate_mode=gate_mode, env=route["env"])
+    assert run.plan.decision == decision
+    ref, trace = moe_reference(*p.args(), **p.biases(), act_dtype=decision.dtype, gate_mode=gate_mode,
+                               doweight_stage1=doweight, expert_mask=expert_mask, scale_mode=mode, return_trace=True)
+    _assert_exact_premises(p, trace, decision.dtype, mode, gate_mode, doweight)
+    np.testing.assert_array_equal(out.float().cpu().numpy().view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("path, gate_mode, doweight, bias, mask, mode", BIT_EXACT_CASES)
+def test_bit_exact_on_exact_inputs(path, gate_mode, doweight, bias, mask, mode, rng, device):
+    _run_bit_exact(path, gate_mode, doweight, bias, mask, mode, rng, device, dict(M=24, E=4, H=64, I=64, topk=2))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path, gate_mode, doweight, bias, mask, mode", BIT_EXACT_CASES)
+def test_bit_exact_on_exact_inputs_gpu(path, gate_mode, doweight, bias, mask, mode, rng, device):
+    _run_bit_exact(path, gate_mode, doweight, bias, mask, mode, rng, device, dict(M=300, E=32, H=256, I=256, topk=4))
+
+
+def _run_random(path, gate_mode, rng, device, shape, with_bias=True):
+    route = {**ROUTES[path, gate_mode], "gate_mode": gate_mode}
+    p = random_moe_problem(rng, with_bias=with_bias, **shape)
+    pt = p.to_torch(device)
+    out, run = mk.fused_moe(*pt.args(), **pt.biases(), return_trace=True, poison=True, **route)
+    act = run.plan.act_dtype
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    refs = {d: moe_reference(*p.args(), **p.biases(), act_dtype=d, gate_mode=gate_mode, return_trace=True)
+            for d in ("bf16", "fp4x2", "fp8")}
+    ref, trace = refs[act]
+    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=act, gate_mode=gate_mode)
+    diff = np.abs(out.float().cpu().numpy().astype(np.float64) - ref)
+    assert np.all(diff <= bound), f"max excess {(diff - bound).max():.3g}"
+    for other, (ref_other, _) in refs.items():
+        if other != act:  # a kernel that silently ran another path would break the bound
+            caught = (np.abs(ref_other.astype(np.float64) - ref) > bound).mean()
+            assert caught > 0.2, f"{act} vs {other}: only {caught:.0%} of outputs outside the bound"
+    return diff, bound
+
+
+@pytest.mark.parametrize("path", PATH_NAMES)
+@pytest.mark.parametrize("gate_mode", ["separated", "interleave"])
+def test_random_inputs_within_the_derived_bound(path, gate_mode, rng, device):
+    _run_random(path, gate_mode, rng, device, dict(M=40, E=4, H=128, I=64, topk=2))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", PATH_NAMES)
+@pytest.mark.parametrize("gate_mode", ["separated", "interleave"])
+@pytest.mark.parametrize("M", [1, 64, 512])
+def test_random_inputs_within_the_derived_bound_gpu(path, gate_mode, M, rng, device):
+    _run_random(path, gate_mode, rng, device, dict(M=M, E=32, H=2880, I=2880, topk=4))
+
+
+# ---- every rule of the decision table reached by a kernel run --------------------------------
+
+RULE_CASES = [  # (M, arch, gate_mode, activation, env): kernels run on small shapes on the CPU
+    (255, "gfx950", "separated", "swiglu", {}),  # rule 3 -> bf16 (M < 256)
+    (256, "gfx950", "separated", "swiglu", {}),  # rule 3 -> fp4x2 at the default bound
+    (300, "gfx950", "separated", "swiglu", {"AITER_MOE_FORCE_BF16_ACT": "1"}),  # rule 3 forced -> bf16
+    (511, "gfx950", "interleave", "swiglu", {}),  # rule 4 -> bf16 (M < 512)
+    (512, "gfx950", "interleave", "swiglu", {}),  # rule 4 -> fp8 at the default bound
+    (600, "gfx942", "interleave", "swiglu", {}),  # rule 4 -> bf16 (not gfx950)
+    (600, "gfx950", "interleave", "swiglu", {"AITER_MOE_FORCE_BF16_ACT": "1"}),  # rule 4 forced -> bf16
+    (40, "gfx950", "interleave", "swiglu", {"AITER_BF16_FP8_MOE_BOUND": "16"}),  # rule 4, legacy bound -> fp8
+    (8, "gfx1250", "separated", "swiglu", {}),  # rule 2 -> fp4x2
+    (8, "gfx1250", "separated", "swiglu", {"AITER_FORCE_A8W4": "1"}),  # rule 2 -> fp8
+    (8, "gfx950", "separated", "silu", {}),  # rule 5 -> fp4x2
+    (8, "gfx950", "interleave", "silu", {}),  # rule 4 via interleave -> bf16
+]
+KERNEL_RULES = {1, 6}  # rules for other weight dtypes: fused_moe takes MXFP4 weights only
+
+
+@pytest.mark.parametrize("M, arch, gate_mode, activation, env", RULE_CASES)
+def test_the_path_that_ran_is_the_selector_decision(M, arch, gate_mode, activation, env, rng, device):
+    p = random_moe_problem(rng, M=M, E=4, H=32, I=32, topk=1)
+    pt = p.to_torch(device)
+    out, run = mk.fused_moe(*pt.args(), gate_mode=gate_mode, activation=activation, arch=arch, env=env,
+                            return_trace=True)
+    decision = select_activation_dtype(M, arch=arch, gate_mode=gate_mode, activation=activation, env=env)
+    assert run.plan.decision == decision and run.plan.path == mk.PATHS[decision.dtype]
+    expected_a_dtype = {"bf16": torch.bfloat16, "fp4x2": torch.uint8, "fp8": torch.uint8}[decision.dtype]
+    assert run.a_q.dtype == expected_a_dtype
+    assert run.a_q.shape[1] == (p.hidden.shape[1] // 2 if decision.dtype == "fp4x2" else p.hidden.shape[1])
+    ref = moe_reference(*p.args(), act_dtype=decision.dtype, gate_mode=gate_mode, activation=activation)
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    _, trace = moe_reference(*p.args(), act_dtype=decision.dtype, gate_mode=gate_mode, activation=activation,
+                             return_trace=True)
+    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=decision.dtype, gate_mode=gate_mode,
+                             activation=activation)
+    assert np.all(np.abs(out.float().numpy() - ref) <= bound)
+
+
+def test_kernel_rule_coverage_is_complete():
+    """Meta-test: every rule of the decision table is reached by RULE_CASES (or is for other weights)."""
+    reached = {select_activation_dtype(M, arch=a, gate_mode=g, activation=act, env=env).rule
+               for M, a, g, act, env in RULE_CASES}
+    overrides = {(select_activation_dtype(M, arch=a, gate_mode=g, activation=act, env=env).rule,
+                  select_activation_dtype(M, arch=a, gate_mode=g, activation=act, env=env).override)
+                 for M, a, g, act, env in RULE_CASES}
+    assert reached | KERNEL_RULES == {r.number for r in DECISION_TABLE}
+    for rule in DECISION_TABLE:
+        if rule.number not in KERNEL_RULES:
+            wanted = {(rule.number, o.kind) for o in rule.overrides} | {(rule.number, None)}
+            assert wanted <= overrides, f"rule {rule.number}: not every outcome reached by a kernel test"
+
+
+def test_m_zero_returns_empty(rng):
+    p = random_moe_problem(rng, M=0, E=4, H=32, I=32, topk=2)
+    out = mk.fused_moe(*p.to_torch().args(), arch="gfx950", env={})
+    assert out.shape == (0, 32) and out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [(dict(hidden=lambda t: t.float()), "hidden: expected a 2-D torch.bfloat16"),
+     (dict(w1=lambda t: t[:, :, :-1]), "w1"), (dict(w2_scale=lambda t: t[:, :, :1].contiguous()), "w2_scale"),
+     (dict(w1=lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)), "w1: the last dimension"),
+     (dict(topk_ids=lambda t: t + 4), r"topk_ids: expert ids must lie in \[0, 3\]"),
+     (dict(topk_ids=lambda t: t.float()), "topk_ids"), (dict(topk_weights=lambda t: t.double()), "topk_weights"),
+     (dict(hidden=lambda t: t[:, :16]), "hidden"), (dict(hidden=lambda t: t.numpy() if False else "x"), "hidden")],
+)
+def test_bad_input_names_the_argument(change, match, rng):
+    p = random_moe_problem(rng, M=4, E=4, H=64, I=64, topk=2).to_torch()
+    kw = dict(zip(["hidden", "w1", "w1_scale", "w2", "w2_scale", "topk_weights", "topk_ids"], p.args()))
+    for name, fn in change.items():
+        kw[name] = fn(kw[name])
+    with pytest.raises((ValueError, TypeError), match=match):
+        mk.fused_moe(*kw.values(), arch="gfx950", env={})
+
+
+def test_h_not_multiple_of_32_and_bad_env(rng):
+    p = random_moe_problem(rng, M=4, E=4, H=64, I=32, topk=2).to_torch()
+    with pytest.raises(ValueError, match="AITER_MOE_FORCE_BF16_ACT='yes please'"):
+        mk.fused_moe(*p.args(), arch="gfx950", env={"AITER_MOE_FORCE_BF16_ACT": "yes please"})
+    hidden = torch.zeros(4, 48, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        mk.fused_moe(hidden, *p.args()[1:], arch="gfx950", env={})
