@@ -128,7 +128,7 @@ def test_bit_exact_on_exact_inputs(path, gate_mode, doweight, bias, mask, mode, 
 @pytest.mark.gpu
 @pytest.mark.parametrize("path, gate_mode, doweight, bias, mask, mode", BIT_EXACT_CASES)
 def test_bit_exact_on_exact_inputs_gpu(path, gate_mode, doweight, bias, mask, mode, rng, device):
-    _run_bit_exact(path, gate_mode, doweight, bias, mask, mode, rng, device, dict(M=300, E=32, H=256, I=256, topk=4))
+    _run_bit_exact(path, gate_mode, doweight, bias, mask, mode, rng, device, dict(M=200, E=32, H=256, I=256, topk=4))
 
 
 def _run_random(path, gate_mode, rng, device, shape, with_bias=True):
