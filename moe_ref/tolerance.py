@@ -19,6 +19,11 @@ u = 2^-23 (one ulp: covers round-to-nearest and truncation):
 5. output: the fp32 slot sum adds 2^-24 per addition; the bf16 rounding may then differ by one bf16
    ulp wherever the fp32 results can differ.
 The result is an elementwise bound on |out_kernel - out_reference|.
+
+``mma_k``: on tensor cores each MMA step adds ``mma_k`` exact products (bf16 x bf16) to the fp32
+accumulator with one rounding (at most 2 ulp: alignment truncation), so a K-long dot sees
+ceil(K / mma_k) + log2(mma_k) roundings of 2^-22 instead of K roundings of 2^-23 (``mma_k=None``:
+any summation order, the worst case).
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ __all__ = ["kernel_tolerance", "U_ACC"]
 U_ACC = 2.0**-23
 
 
-def _gamma(k: int) -> float:
-    return k * U_ACC / (1 - k * U_ACC)
+def _gamma(k: int, mma_k: int | None = None) -> float:
+    n, u = (k, U_ACC) if mma_k is None else (-(-k // mma_k) + int(np.log2(mma_k)), 2 * U_ACC)
+    return n * u / (1 - n * u)
 
 
 def _bf16_ulp(x: np.ndarray) -> np.ndarray:
@@ -71,7 +77,7 @@ def _flip_step(h: np.ndarray, b_h: np.ndarray, act_dtype: str, scale_mode) -> np
 
 def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_ids, *, act_dtype: str,
                      activation: str = "swiglu", gate_mode: str = "separated", doweight_stage1: bool = False,
-                     scale_mode="round_up", limit: float = 7.0) -> np.ndarray:
+                     scale_mode="round_up", limit: float = 7.0, mma_k: int | None = None) -> np.ndarray:
     """Elementwise bound [M, H] on |kernel - reference| for one emulated run (see the module docstring)."""
     tw = np.asarray(topk_weights, np.float64)
     ids = np.asarray(topk_ids)
@@ -84,7 +90,7 @@ def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_id
         w2 = np.abs(weights.dequant_w2(e).astype(np.float64))
         a = np.abs(trace.a_q[trace.pairs[rows, 0]].astype(np.float64))
         g = trace.stage1[rows].astype(np.float64)
-        b_g = _gamma(weights.H) * (a @ w1.T) + 2.0**-24 * np.abs(g)
+        b_g = _gamma(weights.H, mma_k) * (a @ w1.T) + 2.0**-24 * np.abs(g)
         if gate_mode == "separated":
             gate, up, b_gate, b_up = g[:, :I], g[:, I:], b_g[:, :I], b_g[:, I:]
         else:
@@ -102,7 +108,7 @@ def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_id
         d = _flip_step(trace.act[rows], b_h, act_dtype, scale_mode)
         hq = np.abs(trace.act_q[rows].astype(np.float64))
         y = np.abs(trace.stage2[rows].astype(np.float64))
-        b_y = d @ w2.T + _gamma(I) * (hq @ w2.T) + 2.0**-24 * y
+        b_y = d @ w2.T + _gamma(I, mma_k) * (hq @ w2.T) + 2.0**-24 * y
         if not doweight_stage1:
             b_y = b_y * w_pair[:, None] + 2.0**-24 * y
         slot_bound[rows] = b_y

@@ -141,12 +141,15 @@ def _run_random(path, gate_mode, rng, device, shape, with_bias=True):
     refs = {d: moe_reference(*p.args(), **p.biases(), act_dtype=d, gate_mode=gate_mode, return_trace=True)
             for d in ("bf16", "fp4x2", "fp8")}
     ref, trace = refs[act]
-    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=act, gate_mode=gate_mode)
+    mma_k = 16 if out.is_cuda else None  # tensor cores: 16 products per fp32 accumulation step
+    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=act, gate_mode=gate_mode, mma_k=mma_k)
     diff = np.abs(out.float().cpu().numpy().astype(np.float64) - ref)
+    print(f"{act}: max |diff| {diff.max():.4g}, max bound {bound.max():.4g}, median bound {np.median(bound):.3g}")
     assert np.all(diff <= bound), f"max excess {(diff - bound).max():.3g}"
     for other, (ref_other, _) in refs.items():
         if other != act:  # a kernel that silently ran another path would break the bound
             caught = (np.abs(ref_other.astype(np.float64) - ref) > bound).mean()
+            print(f"  {act} vs {other}: {caught:.0%} of outputs outside the bound")
             assert caught > 0.2, f"{act} vs {other}: only {caught:.0%} of outputs outside the bound"
     return diff, bound
 
@@ -160,7 +163,7 @@ def test_random_inputs_within_the_derived_bound(path, gate_mode, rng, device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", PATH_NAMES)
 @pytest.mark.parametrize("gate_mode", ["separated", "interleave"])
-@pytest.mark.parametrize("M", [1, 64, 512])
+@pytest.mark.parametrize("M", [1, 64, 256])
 def test_random_inputs_within_the_derived_bound_gpu(path, gate_mode, M, rng, device):
     _run_random(path, gate_mode, rng, device, dict(M=M, E=32, H=2880, I=2880, topk=4))
 
