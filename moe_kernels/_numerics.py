@@ -133,3 +133,18 @@ def f32_to_bf16_bits(x):
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
     nan = (bits & 0x7FFFFFFF) > 0x7F800000
     return tl.where(nan, ((bits >> 16) & 0x8000) | 0x7FFF, rounded) & 0xFFFF
+
+
+@triton.jit
+def mx_quantize_blocks(blocks, MODE: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
+                       MAX_CODE: tl.constexpr, NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr,
+                       HAS_NEG_ZERO: tl.constexpr, MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+    """MX quantization of fp32 patterns [R, NB, 32] -> (codes [R, NB, 32], scale bytes [R, NB]), int32.
+
+    ``emulation.quantize_mx``: amax by an integer max of magnitude bits, the e8m0 byte of MODE,
+    elements encoded at that scale; a block holding NaN/Inf gets byte 255 and all codes 0.
+    """
+    byte = mx_scale_byte(tl.max(blocks & 0x7FFFFFFF, axis=2), MODE, MAN_BITS, EMAX, MAX_FINITE, TINY_BITS)
+    codes = encode_scaled(blocks, (byte - 127)[:, :, None], MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT,
+                          HAS_NEG_ZERO)
+    return tl.where((byte == 255)[:, :, None], 0, codes), byte

@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._numerics import decode_scaled_bits, encode_scaled, f32_to_bf16_bits, mx_scale_byte
+from ._numerics import decode_scaled_bits, f32_to_bf16_bits, mx_quantize_blocks
 
 # activation kinds: 0 bf16, 1 MXFP4 (e2m1, packed), 2 MXFP8 (e4m3fn)
 KIND_BF16, KIND_FP4, KIND_FP8 = 0, 1, 2
@@ -79,12 +79,8 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
     else:
         NB: tl.constexpr = BLOCK_N // 32
         bits = tl.where(mask, h.to(tl.int32, bitcast=True), 0)
-        blocks = tl.reshape(bits, (BLOCK_M, NB, 32))
-        amax = tl.max(blocks & 0x7FFFFFFF, axis=2)
-        byte = mx_scale_byte(amax, MODE, MAN_BITS, EMAX, MAX_FINITE, TINY_BITS)
-        codes = encode_scaled(blocks, (byte - 127)[:, :, None], MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT,
-                              HAS_NEG_ZERO)
-        codes = tl.where((byte == 255)[:, :, None], 0, codes)
+        codes, byte = mx_quantize_blocks(tl.reshape(bits, (BLOCK_M, NB, 32)), MODE, MAN_BITS, EMIN, EMAX, MAX_CODE,
+                                         NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
         if KIND == 1:
             lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCK_N // 2, 2)))
             pcols = col0 // 2 + tl.arange(0, BLOCK_N // 2)

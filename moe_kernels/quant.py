@@ -16,7 +16,7 @@ import triton.language as tl
 import emulation as em
 
 from . import _runtime
-from ._numerics import SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_scaled, mx_scale_byte
+from ._numerics import SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_scaled, mx_quantize_blocks
 
 __all__ = ["quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token"]
 
@@ -46,12 +46,8 @@ def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rows[:, None] < M) & (cols[None, :] < K)
     bits = load_f32_bits(x_ptr, rows[:, None].to(tl.int64) * stride_xm + cols[None, :] * stride_xk, mask, IS_BF16)
-    blocks = tl.reshape(bits, (BLOCK_M, NB, 32))
-    amax_bits = tl.max(blocks & 0x7FFFFFFF, axis=2)
-    byte = mx_scale_byte(amax_bits, MODE, MAN_BITS, EMAX, MAX_FINITE, TINY_BITS)
-    codes = encode_scaled(blocks, (byte - 127)[:, :, None], MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT,
-                          HAS_NEG_ZERO)
-    codes = tl.where((byte == 255)[:, :, None], 0, codes)
+    codes, byte = mx_quantize_blocks(tl.reshape(bits, (BLOCK_M, NB, 32)), MODE, MAN_BITS, EMIN, EMAX, MAX_CODE,
+                                     NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
     if PACK_FP4:
         lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCK_K // 2, 2)))
         packed = (lo | (hi << 4)).to(tl.uint8)

@@ -14,12 +14,26 @@ def pytest_addoption(parser):
 
 
 def _base_seed(config) -> int:
+    if not hasattr(config, "_moe_seed") and hasattr(config, "workerinput"):  # xdist worker: the controller's seed
+        config._moe_seed = int(config.workerinput["moe_seed"])
     if not hasattr(config, "_moe_seed"):
         seed = config.getoption("--seed")
         if seed is None and os.environ.get("MOE_ORACLE_SEED"):
             seed = int(os.environ["MOE_ORACLE_SEED"])
         config._moe_seed = seed if seed is not None else secrets.randbits(32)
     return config._moe_seed
+
+
+try:
+    import xdist  # noqa: F401
+except ImportError:  # the hook below exists only with pytest-xdist
+    xdist = None
+
+if xdist is not None:
+
+    def pytest_configure_node(node):
+        """xdist: hand the controller's base seed to every worker, so the logged seed reproduces."""
+        node.workerinput["moe_seed"] = _base_seed(node.config)
 
 
 def pytest_report_header(config):
