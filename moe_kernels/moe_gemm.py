@@ -95,6 +95,15 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
 
 
 @triton.jit
+def pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M: tl.constexpr):
+    """This program's block of sorted (token, slot) pairs: (pairs, valid, expert, its w and scale bases)."""
+    pid_m = tl.program_id(0)
+    pairs = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+    e = tl.load(expert_ptr + pid_m).to(tl.int64)
+    return pairs, pairs < num_valid, e, w_ptr + e * stride_we, ws_ptr + e * stride_wse
+
+
+@triton.jit
 def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, out_ptr,
                        out_scale_ptr, num_padded, num_valid, topk, H, I,
                        stride_a, stride_as, stride_we, stride_wr, stride_wse, stride_wsr, stride_o, stride_os,
@@ -106,17 +115,14 @@ def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
                        F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
-    pid_m = tl.program_id(0)
-    if pid_m * BLOCK_M < num_padded:
-        pairs = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
-        valid = pairs < num_valid
+    if tl.program_id(0) * BLOCK_M < num_padded:
+        pairs, valid, e, w_e, ws_e = pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,
+                                             BLOCK_M)
         tokens = tl.where(valid, pairs // topk, 0)
-        e = tl.load(expert_ptr + pid_m).to(tl.int64)
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = n < I
         gate_rows = n * GATE_MUL
         up_rows = gate_rows + (I if UP_OFF_IS_I else 1)
-        w_e, ws_e = w_ptr + e * stride_we, ws_ptr + e * stride_wse
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, H, BLOCK_K):
@@ -159,15 +165,12 @@ def _moe_stage2_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
                        F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
-    pid_m = tl.program_id(0)
-    if pid_m * BLOCK_M < num_padded:
-        pairs = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
-        valid = pairs < num_valid
+    if tl.program_id(0) * BLOCK_M < num_padded:
+        pairs, valid, e, w_e, ws_e = pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,
+                                             BLOCK_M)
         rows = tl.where(valid, pairs, 0)
-        e = tl.load(expert_ptr + pid_m).to(tl.int64)
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = n < H
-        w_e, ws_e = w_ptr + e * stride_we, ws_ptr + e * stride_wse
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, I, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
