@@ -68,6 +68,13 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.bench_emulation", *session.posargs)
 
 
+@nox.session(venv_params=VENV_PARAMS)
+def targets(session: nox.Session) -> None:
+    """Compile every kernel variant for gfx950, gfx942 and sm_90 (no GPU needed) and print the table."""
+    _install(session)
+    session.run("python", "-m", "moe_kernels.targets", *session.posargs, env={"TRITON_INTERPRET": "0"})
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")

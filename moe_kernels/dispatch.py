@@ -45,7 +45,8 @@ class MoEPlan:
     I: int  # noqa: E741
     topk: int
     block_m: int
-    block_n: int
+    block_n1: int
+    block_n2: int
     block_k: int
     num_warps: int
 
@@ -107,10 +108,13 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
     return M, E, H, I, topk_ids.shape[1]
 
 
-def _config(M: int, E: int, topk: int) -> tuple[int, int, int, int]:
+def _config(M: int, E: int, topk: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps). Stage 1 holds two accumulators
+    (gate and up), hence its narrower tile; BLOCK_K=32, and 4 warps below 64 rows, 8 from 64, keep
+    every variant free of register spills on gfx950, gfx942 and sm_90 (``moe_kernels.targets``)."""
     pairs_per_expert = max(1, M * topk // max(E, 1))
     block_m = 16 if pairs_per_expert <= 16 else 32 if pairs_per_expert <= 32 else 64
-    return block_m, 64, 64, 4
+    return block_m, 32, 64, 32, 4 if block_m < 64 else 8
 
 
 def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, activation="swiglu",
@@ -124,9 +128,9 @@ def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, acti
     decision = select_activation_dtype(M, arch=detect_arch() if arch is None else arch, weight_dtype="fp4x2",
                                        activation=activation, gate_mode=gate_mode, quant_type="per_1x32", env=env)
     mode = em.ScaleMode.parse(scale_mode).value
-    block_m, block_n, block_k, warps = _config(M, E, topk)
+    block_m, block_n1, block_n2, block_k, warps = _config(M, E, topk)
     return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, M, E, H, I, topk,
-                   block_m, block_n, block_k, warps)
+                   block_m, block_n1, block_n2, block_k, warps)
 
 
 def _align(topk_ids: torch.Tensor, live: torch.Tensor, block_m: int, E: int):
@@ -201,10 +205,10 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         a_scale_arg = a_scale if a_scale is not None else a_q
         h_scale_arg = h_scale if h_scale is not None else h_q
         n_blocks = total // plan.block_m
-        common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
-                      **fmt, **wfmt)
+        common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
+                      num_warps=plan.num_warps, **fmt, **wfmt)
         if n_blocks:
-            grid1 = (n_blocks, triton.cdiv(I, plan.block_n))
+            grid1 = (n_blocks, triton.cdiv(I, plan.block_n1))
             _moe_stage1_kernel[grid1](
                 a_q, a_scale_arg, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
                 expert_ids, h_q, h_scale_arg, total, n_pairs, topk, H, I,
@@ -213,15 +217,16 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
                 A_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
                 ACT=_ACT_IDS[activation], HAS_BIAS=bias1 is not None, DOWEIGHT=bool(doweight_stage1),
                 ALPHA=float(alpha), LIMIT=float(limit), MODE=SCALE_MODE_IDS[em.ScaleMode(plan.scale_mode)],
-                **common)
-            grid2 = (n_blocks, triton.cdiv(H, plan.block_n))
+                BLOCK_N=plan.block_n1, **common)
+            grid2 = (n_blocks, triton.cdiv(H, plan.block_n2))
             h_in = h_q.view(torch.bfloat16) if kind == KIND_BF16 else h_q
             _moe_stage2_kernel[grid2](
                 h_in, h_scale_arg, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
                 expert_ids, y, total, n_pairs, H, I,
                 h_in.stride(0), h_scale_arg.stride(0), w2.stride(0), w2.stride(1), w2_scale.stride(0),
                 w2_scale.stride(1), y.stride(0),
-                A_KIND=kind, HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, **common)
+                A_KIND=kind, HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, BLOCK_N=plan.block_n2,
+                **common)
     out_f32 = torch.zeros((M, H), dtype=torch.float32, device=dev)
     y3 = y.view(M, topk, H)
     for k in range(topk):  # slot order, masked slots skipped: moe_ref's step 6

@@ -1,0 +1,228 @@
+"""Cross-target compile checks: every kernel variant the dispatcher uses, built for gfx950, gfx942 and
+sm_90 on any machine (no GPU needed), with the assembly, the key instructions and the resources.
+
+``python -m moe_kernels.targets`` prints the table (kernel x target: key instructions, registers,
+spills, shared/LDS bytes); ``--write-baseline`` records the resources in ``targets_baseline.json``,
+which the tests hold kernels to (no spills; registers and shared memory within 10% + 4 registers
+of the baseline, for the triton version that wrote it). Works with triton 3.9 (CI); the GPU machines'
+triton 3.6 compiles the same kernels at run time.
+
+Compiling needs TRITON_INTERPRET unset or 0 when this module is imported (the kernels must be
+JIT functions, not interpreter functions); ``compile_variant`` raises a clear error otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler import compile as triton_compile
+
+from . import _runtime, dispatch, moe_gemm, quant
+from ._numerics import SCALE_MODE_IDS, KernelFormat
+
+__all__ = ["TARGETS", "VARIANTS", "EXPECTED", "Variant", "compile_variant", "resources", "check_variant"]
+
+TARGETS = {
+    "gfx950": GPUTarget("hip", "gfx950", 64),
+    "gfx942": GPUTarget("hip", "gfx942", 64),
+    "sm90": GPUTarget("cuda", 90, 32),
+}
+BASELINE_PATH = Path(__file__).with_name("targets_baseline.json")
+MARGIN_REL, MARGIN_REGS = 0.10, 4
+
+_MMA_SYNC = r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32"
+# Instruction families per (kernel class, target), derived from the compiler's output and kept as
+# data: ``require`` must all match the assembly, ``forbid`` must not (regular expressions).
+EXPECTED = {
+    # MoE GEMMs (bf16 x bf16 -> fp32 on the matrix cores), by BLOCK_M: sm_90 uses mma.sync below 64
+    # rows and Hopper's wgmma from 64; CDNA uses 16x16 MFMA at 16 rows and 32x32 from 32.
+    ("mma_bm16", "sm90"): dict(require=[_MMA_SYNC], forbid=[r"wgmma"]),
+    ("mma_bm32", "sm90"): dict(require=[_MMA_SYNC], forbid=[r"wgmma"]),
+    ("mma_bm64", "sm90"): dict(require=[r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16"], forbid=[]),
+    ("mma_bm16", "gfx950"): dict(require=[r"v_mfma_f32_16x16x32_bf16"], forbid=[]),
+    ("mma_bm32", "gfx950"): dict(require=[r"v_mfma_f32_32x32x16_bf16"], forbid=[]),
+    ("mma_bm64", "gfx950"): dict(require=[r"v_mfma_f32_32x32x16_bf16"], forbid=[]),
+    ("mma_bm16", "gfx942"): dict(require=[r"v_mfma_f32_16x16x16_?bf16"], forbid=[]),
+    ("mma_bm32", "gfx942"): dict(require=[r"v_mfma_f32_32x32x8_?bf16"], forbid=[]),
+    ("mma_bm64", "gfx942"): dict(require=[r"v_mfma_f32_32x32x8_?bf16"], forbid=[]),
+    # quantizers: integer arithmetic only - no hardware float8 conversions (NUMERICS.md sections 4-5)
+    ("quant", "sm90"): dict(require=[r"max\.s32"], forbid=[r"cvt\.rn\.satfinite\.e4m3", r"cvt\.\w*\.e2m1"]),
+    ("quant", "gfx950"): dict(require=[r"v_max_i32"], forbid=[r"v_cvt_\w*fp8", r"v_cvt_scalef32\w*fp4"]),
+    ("quant", "gfx942"): dict(require=[r"v_max_i32"], forbid=[r"v_cvt_\w*fp8"]),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    kernel_class: str  # a key of EXPECTED (with the target)
+    fn: object
+    signature: tuple  # ((arg, type), ...)
+    constexprs: tuple  # ((name, value), ...)
+    num_warps: int
+
+
+_MOE_SIG1 = dict(a_ptr="*u8", a_scale_ptr="*u8", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
+                 sorted_ptr="*i32", expert_ptr="*i32", out_ptr="*u8", out_scale_ptr="*u8", num_padded="i32",
+                 num_valid="i32", topk="i32", H="i32", I="i32", stride_a="i32", stride_as="i32", stride_we="i32",
+                 stride_wr="i32", stride_wse="i32", stride_wsr="i32", stride_o="i32", stride_os="i32")
+_MOE_SIG2 = dict(a_ptr="*u8", a_scale_ptr="*u8", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
+                 sorted_ptr="*i32", expert_ptr="*i32", y_ptr="*fp32", num_padded="i32", num_valid="i32", H="i32",
+                 I="i32", stride_a="i32", stride_as="i32", stride_we="i32", stride_wr="i32", stride_wse="i32",
+                 stride_wsr="i32", stride_y="i32")
+_MX_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*u8", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
+               stride_qm="i32", stride_sm="i32")
+_PT_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*fp32", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
+               stride_qm="i32")
+
+
+def _moe_variants():
+    """Stage 1 and 2 for each activation path, at every BLOCK_M the dispatcher picks."""
+    wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
+            if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
+    block_ms = sorted({dispatch._config(M, 128, 4)[0] for M in (1, 600, 1200, 8192)})
+    out = []
+    for act_dtype, kind in dispatch._KIND.items():
+        fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_", decode=True)
+        path = dispatch.PATHS[act_dtype]
+        bf16 = kind == moe_gemm.KIND_BF16  # bf16 activations in, bf16 bit patterns (int16) out
+        sig1 = {**_MOE_SIG1, **(dict(a_ptr="*bf16", out_ptr="*i16") if bf16 else {})}
+        sig2 = {**_MOE_SIG2, **(dict(a_ptr="*bf16") if bf16 else {})}
+        for block_m in block_ms:
+            _, block_n1, block_n2, block_k, warps = dispatch._config(block_m, 1, 1)
+            common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **fmt, **wfmt)
+            for gate_mode in ("separated", "interleave"):
+                ce = dict(A_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2,
+                          UP_OFF_IS_I=gate_mode == "separated", ACT=0, HAS_BIAS=True, DOWEIGHT=False, ALPHA=1.702,
+                          LIMIT=7.0, MODE=0, BLOCK_N=block_n1, **common)
+                out.append(Variant(f"moe_stage1/{path}/{gate_mode}/bm{block_m}", f"mma_bm{block_m}", moe_gemm._moe_stage1_kernel,
+                                   tuple(sig1.items()), tuple(ce.items()), warps))
+            ce = dict(A_KIND=kind, HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
+            out.append(Variant(f"moe_stage2/{path}/bm{block_m}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
+                               tuple(sig2.items()), tuple(ce.items()), warps))
+    return out
+
+
+def _quant_variants():
+    out = []
+    block_m, block_k, warps = quant._mx_config(8192, 2880)
+    for fmt, pack in (("e2m1", True), ("e4m3fn", False), ("e4m3fnuz", False)):
+        for mode, mode_id in SCALE_MODE_IDS.items():
+            ce = dict(IS_BF16=True, PACK_FP4=pack, MODE=mode_id, BLOCK_M=block_m, BLOCK_K=block_k,
+                      **KernelFormat.of(fmt).constexprs())
+            out.append(Variant(f"quant_mx/{fmt}/{mode.value}", "quant", quant._mx_quant_kernel,
+                               tuple(_MX_SIG.items()), tuple(ce.items()), warps))
+    for fmt in ("e4m3fn", "e4m3fnuz"):
+        ce = dict(IS_BF16=True, BLOCK_K=4096, **KernelFormat.of(fmt).constexprs())
+        out.append(Variant(f"quant_fp8_per_token/{fmt}", "quant", quant._fp8_per_token_kernel,
+                           tuple(_PT_SIG.items()), tuple(ce.items()), 8))
+    return out
+
+
+VARIANTS = {v.name: v for v in (*_quant_variants(), *_moe_variants())}
+
+
+@cache
+def compile_variant(name: str, target: str):
+    """The compiled kernel (asm + metadata) of one variant for one target."""
+    if _runtime.INTERPRET:
+        raise RuntimeError("moe_kernels.targets needs TRITON_INTERPRET=0 when moe_kernels is imported "
+                           "(kernels must be JIT functions to be compiled)")
+    v = VARIANTS[name]
+    ce = dict(v.constexprs)
+    sig = {**dict(v.signature), **{k: "constexpr" for k in ce}}
+    return triton_compile(ASTSource(v.fn, sig, ce), target=TARGETS[target], options={"num_warps": v.num_warps})
+
+
+def _cubin_resources(cubin: bytes) -> tuple[int, int]:
+    """(registers, stack + local bytes) from ``cuobjdump -res-usage`` (bundled with triton)."""
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "k.cubin"
+        path.write_bytes(cubin)
+        info = subprocess.run([str(cuobjdump), "-res-usage", str(path)], capture_output=True, text=True,
+                              check=True).stdout
+    usage = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", info))
+    return int(usage["REG"]), int(usage["STACK"]) + int(usage["LOCAL"])
+
+
+def resources(name: str, target: str) -> dict:
+    """Registers, spilled bytes, shared/LDS bytes and the assembly of one compiled variant."""
+    k = compile_variant(name, target)
+    if TARGETS[target].backend == "cuda":
+        asm = k.asm["ptx"]
+        regs, spills = _cubin_resources(k.asm["cubin"])
+    else:
+        asm = k.asm["amdgcn"]
+        regs = int(re.search(r"\.vgpr_count:\s+(\d+)", asm).group(1))
+        spills = sum(int(x) for x in re.findall(r"\.(?:vgpr|sgpr)_spill_count:\s+(\d+)", asm))
+        spills += int(re.search(r"\.private_segment_fixed_size:\s+(\d+)", asm).group(1))
+    return dict(regs=regs, spills=spills, shared=int(k.metadata.shared), asm=asm)
+
+
+def check_variant(name: str, target: str, baseline: dict | None) -> list[str]:
+    """Problems of one variant on one target (empty: all good)."""
+    r = resources(name, target)
+    exp = EXPECTED[VARIANTS[name].kernel_class, target]
+    problems = [f"missing {p!r}" for p in exp["require"] if not re.search(p, r["asm"])]
+    problems += [f"forbidden {p!r} present" for p in exp["forbid"] if re.search(p, r["asm"])]
+    if r["spills"]:
+        problems.append(f"{r['spills']} bytes of spills/scratch")
+    base = (baseline or {}).get("entries", {}).get(f"{name}@{target}")
+    if base and baseline.get("triton") == triton.__version__:
+        if r["regs"] > base["regs"] * (1 + MARGIN_REL) + MARGIN_REGS:
+            problems.append(f"registers {r['regs']} > baseline {base['regs']} (+10% +4)")
+        if r["shared"] > base["shared"] * (1 + MARGIN_REL):
+            problems.append(f"shared {r['shared']} > baseline {base['shared']} (+10%)")
+    return problems
+
+
+def load_baseline() -> dict | None:
+    return json.loads(BASELINE_PATH.read_text()) if BASELINE_PATH.exists() else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="compile every kernel variant for gfx950, gfx942 and sm_90")
+    ap.add_argument("--write-baseline", action="store_true", help=f"record resources in {BASELINE_PATH.name}")
+    ap.add_argument("--only", default="", help="substring filter on variant names")
+    ap.add_argument("--json", default=None, help="write every (kernel, target) row, problems included, as JSON")
+    args = ap.parse_args(argv)
+    baseline = load_baseline()
+    entries, rows, failures = {}, [], 0
+    print(f"triton {triton.__version__}; baseline: {baseline.get('triton') if baseline else 'none'}")
+    print(f"{'kernel':40s} {'target':7s} {'regs':>5s} {'spill':>6s} {'shared':>7s}  result")
+    for name in VARIANTS:
+        if args.only not in name:
+            continue
+        for target in TARGETS:
+            r = resources(name, target)
+            problems = check_variant(name, target, baseline)
+            failures += bool(problems)
+            entries[f"{name}@{target}"] = {k: r[k] for k in ("regs", "spills", "shared")}
+            rows.append(dict(kernel=name, target=target, problems=problems, **entries[f"{name}@{target}"]))
+            print(f"{name:40s} {target:7s} {r['regs']:5d} {r['spills']:6d} {r['shared']:7d}  "
+                  f"{'ok' if not problems else '; '.join(problems)}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"triton": triton.__version__, "rows": rows}, indent=1))
+    if args.write_baseline:
+        BASELINE_PATH.write_text(json.dumps({"triton": triton.__version__, "entries": entries}, indent=1) + "\n")
+        print(f"wrote {BASELINE_PATH}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") not in (None, "0"):
+        sys.exit("run with TRITON_INTERPRET unset or 0")
+    sys.exit(main())

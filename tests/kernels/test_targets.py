@@ -1,0 +1,75 @@
+"""Every kernel variant the dispatcher uses builds for gfx950, gfx942 and sm_90 on this machine, takes
+the native matrix instructions, never spills, and stays within its recorded resources.
+
+The kernels of this test session are interpreter functions (TRITON_INTERPRET=1), so compilation runs in
+a subprocess with TRITON_INTERPRET=0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def _python(code: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))), timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("targets") / "targets.json"
+    res = _python(f"""
+        import sys
+        from moe_kernels import targets
+        sys.exit(targets.main(["--json", {str(out)!r}]))
+    """, out.parent)
+    assert out.exists(), res.stderr[-3000:]
+    return json.loads(out.read_text()), res
+
+
+def test_every_variant_builds_for_every_target_without_problems(table):
+    data, res = table
+    from moe_kernels.targets import TARGETS, VARIANTS
+
+    seen = {(r["kernel"], r["target"]) for r in data["rows"]}
+    assert seen == {(v, t) for v in VARIANTS for t in TARGETS}
+    bad = [f"{r['kernel']}@{r['target']}: {r['problems']}" for r in data["rows"] if r["problems"]]
+    assert not bad, "\n".join(bad)
+    assert all(r["spills"] == 0 for r in data["rows"])
+    assert res.returncode == 0, res.stdout[-2000:]
+
+
+def test_every_dispatcher_config_is_a_variant():
+    from moe_kernels import dispatch
+    from moe_kernels.targets import VARIANTS
+
+    for M in (1, 8, 64, 256, 1024, 8192):
+        for E, topk in ((128, 4), (32, 4), (8, 2)):
+            block_m = dispatch._config(M, E, topk)[0]
+            for path in dispatch.PATHS.values():
+                assert f"moe_stage2/{path}/bm{block_m}" in VARIANTS
+
+
+def test_the_checks_catch_regressions(tmp_path):
+    """A register regression, a missing instruction family and a forbidden one are reported."""
+    res = _python("""
+        from moe_kernels import targets as t
+        name, target = "moe_stage2/a8w4/bm64", "sm90"
+        r = t.resources(name, target)
+        tight = {"triton": t.triton.__version__, "entries": {f"{name}@{target}": dict(regs=r["regs"] // 2, shared=r["shared"] // 2)}}
+        problems = t.check_variant(name, target, tight)
+        assert any("registers" in p for p in problems) and any("shared" in p for p in problems), problems
+        key = (t.VARIANTS[name].kernel_class, target)
+        t.EXPECTED[key] = dict(require=[r"v_mfma_nothing"], forbid=[r"wgmma"])
+        problems = t.check_variant(name, target, None)
+        assert any("missing" in p for p in problems) and any("forbidden" in p for p in problems), problems
+        print("caught")
+    """, tmp_path)
+    assert "caught" in res.stdout, res.stderr[-3000:]
