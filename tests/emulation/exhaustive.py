@@ -39,9 +39,10 @@ def check_chunk(start: int, size: int) -> list[str]:
     return problems
 
 
-def run(chunk_bits: int = 24, jobs: int | None = None, limit_chunks: int | None = None) -> list[str]:
+def run(chunk_bits: int = 24, jobs: int | None = None, limit_chunks: int | None = None,
+        first_chunk: int = 0) -> list[str]:
     size = 1 << chunk_bits
-    starts = list(range(0, 1 << 32, size))[:limit_chunks]
+    starts = list(range(0, 1 << 32, size))[first_chunk:][:limit_chunks]
     jobs = jobs or os.cpu_count() or 1
     problems, t0 = [], time.perf_counter()
     with ProcessPoolExecutor(jobs) as pool:
@@ -60,12 +61,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunk-bits", type=int, default=24)
     ap.add_argument("--jobs", type=int, default=None)
-    ap.add_argument("--limit-chunks", type=int, default=None, help="check only the first N chunks")
+    ap.add_argument("--limit-chunks", type=int, default=None, help="check only N chunks")
+    ap.add_argument("--first-chunk", type=int, default=0, help="resume a sweep at this chunk")
     args = ap.parse_args(argv)
-    problems = run(args.chunk_bits, args.jobs, args.limit_chunks)
+    problems = run(args.chunk_bits, args.jobs, args.limit_chunks, args.first_chunk)
     for p in problems:
         print(p)
-    n = (1 << 32) if args.limit_chunks is None else args.limit_chunks << args.chunk_bits
+    total_chunks = (1 << 32) >> args.chunk_bits
+    n_chunks = min(total_chunks - args.first_chunk, args.limit_chunks or total_chunks)
+    n = n_chunks << args.chunk_bits
+    print(f"chunks {args.first_chunk}..{args.first_chunk + n_chunks - 1} of {total_chunks}")
     print(f"{n} fp32 patterns x {len(FORMATS)} formats x {len(POLICIES)} policies: "
           f"{'OK' if not problems else f'{len(problems)} FAILED'}")
     return 1 if problems else 0
