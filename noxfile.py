@@ -65,7 +65,9 @@ def verify(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (emulation speed on CPU; kernels vs peers on a GPU)."""
     _install(session, "test")
-    session.run("python", "-m", "benchmarks.bench_emulation", *session.posargs)
+    session.run("python", "-m", "benchmarks.bench_emulation")
+    session.run("python", "-m", "benchmarks.bench_quant", env=_interpret_without_gpu())
+    session.run("python", "-m", "benchmarks.bench_moe", *session.posargs, env=_interpret_without_gpu())
 
 
 @nox.session(venv_params=VENV_PARAMS)

@@ -8,7 +8,9 @@ bf16 -> a16w4, fp4x2 -> a4w4 (MXFP4 activations, ``quantize_mxfp4``), fp8 -> a8w
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import triton
@@ -108,17 +110,24 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
     return M, E, H, I, topk_ids.shape[1]
 
 
-def _config(M: int, E: int, topk: int, interpret: bool = False) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps). Stage 1 holds two accumulators
-    (gate and up), hence its narrower tile; BLOCK_K=32, and 4 warps below 64 rows, 8 from 64, keep
-    every variant free of register spills on gfx950, gfx942 and sm_90 (``moe_kernels.targets``).
-    Under the interpreter, where registers cost nothing and every program is Python, larger tiles
-    (the results are tile-independent by construction)."""
+_CONFIGS = json.loads((Path(__file__).with_name("configs.json")).read_text())
+_CONFIG_KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps")
+
+
+def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = None,
+            I: int | None = None) -> tuple[int, int, int, int, int]:  # noqa: E741
+    """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps) from ``configs.json``.
+
+    Stage 1 holds two accumulators (gate and up), hence its narrower tile.
+    """
     if interpret:
-        return 64, 64, 128, 128, 4
+        return tuple(_CONFIGS["interpreter"][k] for k in _CONFIG_KEYS)
     pairs_per_expert = max(1, M * topk // max(E, 1))
-    block_m = 16 if pairs_per_expert <= 16 else 32 if pairs_per_expert <= 32 else 64
-    return block_m, 32, 64, 32, 4 if block_m < 64 else 8
+    for entry in _CONFIGS["gpu"]:
+        fits = entry["max_pairs_per_expert"] is None or pairs_per_expert <= entry["max_pairs_per_expert"]
+        if fits and entry.get("H", H) == H and entry.get("I", I) == I:
+            return tuple(entry[k] for k in _CONFIG_KEYS)
+    raise LookupError(f"configs.json has no gpu entry for M={M}, E={E}, topk={topk}, H={H}, I={I}")
 
 
 def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, activation="swiglu",
@@ -132,7 +141,7 @@ def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, acti
     decision = select_activation_dtype(M, arch=detect_arch() if arch is None else arch, weight_dtype="fp4x2",
                                        activation=activation, gate_mode=gate_mode, quant_type="per_1x32", env=env)
     mode = em.ScaleMode.parse(scale_mode).value
-    block_m, block_n1, block_n2, block_k, warps = _config(M, E, topk, _runtime.INTERPRET)
+    block_m, block_n1, block_n2, block_k, warps = _config(M, E, topk, _runtime.INTERPRET, H, I)
     return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, M, E, H, I, topk,
                    block_m, block_n1, block_n2, block_k, warps)
 

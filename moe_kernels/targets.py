@@ -92,7 +92,8 @@ def _moe_variants():
     """Stage 1 and 2 for each activation path, at every BLOCK_M the dispatcher picks."""
     wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
             if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
-    block_ms = sorted({dispatch._config(M, 128, 4)[0] for M in (1, 600, 1200, 8192)})
+    configs = {dispatch._config(M, 128, 4) for M in (1, 600, 1200, 8192)}  # every gpu entry of configs.json
+    block_ms = sorted(c[0] for c in configs)
     out = []
     for act_dtype, kind in dispatch._KIND.items():
         fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_", decode=True)
@@ -101,7 +102,7 @@ def _moe_variants():
         sig1 = {**_MOE_SIG1, **(dict(a_ptr="*bf16", out_ptr="*i16") if bf16 else {})}
         sig2 = {**_MOE_SIG2, **(dict(a_ptr="*bf16") if bf16 else {})}
         for block_m in block_ms:
-            _, block_n1, block_n2, block_k, warps = dispatch._config(block_m, 1, 1)
+            _, block_n1, block_n2, block_k, warps = next(c for c in configs if c[0] == block_m)
             common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **fmt, **wfmt)
             for gate_mode in ("separated", "interleave"):
                 ce = dict(A_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2,
