@@ -143,9 +143,11 @@ def dequantize_mx(codes, scale_e8m0, fmt, *, axis: int = -1) -> np.ndarray:
             f"scale_e8m0: shape {scale_e8m0.shape} does not match codes {codes.shape} "
             f"(expected the codes' shape with axis {axis} divided by {BLOCK_SIZE})"
         )
-    values = decode(blocks, f).astype(np.float64) * decode(scale_last, "e8m0").astype(np.float64)[..., None]
-    with np.errstate(over="ignore"):  # EVEN/CEIL scales can exceed fp32 once applied: inf, by design
-        return _unblock(values.astype(np.float32), axis)
+    exponent = scale_last.astype(np.int32) - 127
+    with np.errstate(over="ignore", invalid="ignore"):  # EVEN/CEIL scales can exceed fp32: inf, by design
+        values = np.ldexp(decode(blocks, f), exponent[..., None])  # exact: a power-of-two scaling
+        values = np.where((scale_last == SCALE_NAN)[..., None], np.float32(np.nan), values)
+    return _unblock(values.astype(np.float32, copy=False), axis)
 
 
 def quantize_mxfp4(x, *, axis: int = -1, scale_mode=ScaleMode.ROUND_UP, ties: str = "even"):

@@ -17,17 +17,23 @@ import numpy as np
 __all__ = ["exact_matmul_f32", "round_scaled_int_to_f32", "accumulation_bits"]
 
 
+def _exponent_of(v: np.ndarray) -> np.ndarray:
+    """floor(log2(v)) for positive integers v < 2^24 (exact through an fp32 conversion)."""
+    return (v.astype(np.float32).view(np.uint32) >> np.uint32(23)).astype(np.int32) - 127
+
+
 def _bit_range(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Per slice along ``axis``: lowest set bit exponent and (highest exponent + 1) of nonzero values."""
-    bits = a.view(np.uint32).astype(np.int64) & 0x7FFFFFFF
-    exp_field = bits >> 23
-    m24 = np.where(exp_field > 0, (bits & 0x7FFFFF) | 0x800000, bits & 0x7FFFFF)
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) & np.uint32(0x7FFFFFFF)
+    exp_field = (bits >> np.uint32(23)).astype(np.int32)
+    mant = bits & np.uint32(0x7FFFFF)
+    m24 = np.where(exp_field > 0, mant | np.uint32(0x800000), mant)
     e0 = np.maximum(exp_field, 1) - 150  # value = m24 * 2^e0
     nonzero = m24 != 0
-    _, tz = np.frexp((m24 & -m24).astype(np.float64))
-    _, bl = np.frexp(m24.astype(np.float64))
-    low = np.where(nonzero, e0 + tz - 1, np.iinfo(np.int32).max).min(axis=axis)
-    high = np.where(nonzero, e0 + bl, np.iinfo(np.int32).min).max(axis=axis)
+    lowest = m24 & (~m24 + np.uint32(1))
+    big, small = np.iinfo(np.int32).max, np.iinfo(np.int32).min
+    low = np.where(nonzero, e0 + _exponent_of(np.where(nonzero, lowest, 1)), big).min(axis=axis)
+    high = np.where(nonzero, e0 + _exponent_of(np.where(nonzero, m24, 1)) + 1, small).max(axis=axis)
     return low, high
 
 
@@ -51,24 +57,27 @@ def round_scaled_int_to_f32(n: int, q: int) -> np.float32:
         return np.float32(sign * value)
 
 
-def accumulation_bits(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def accumulation_bits(x: np.ndarray, w: np.ndarray, w_bits=None) -> np.ndarray:
     """[n, N]: significant bits any partial sum of x[i] . w[j] can need (any order).
 
     At most 24: the dot product is exact in fp32 whatever the accumulation order; at most 53: in
     float64. Rows or columns of zeros need 0 bits.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    w = np.ascontiguousarray(w, dtype=np.float32)
     lx, hx = _bit_range(x, 1)
-    lw, hw = _bit_range(w, 1)
+    lw, hw = _bit_range(np.ascontiguousarray(w, dtype=np.float32), 1) if w_bits is None else w_bits
     k = max(x.shape[1], 1)
     need = (hx[:, None] + hw[None, :]) + math.ceil(math.log2(k)) - (lx[:, None] + lw[None, :])
     live = (lx[:, None] < np.iinfo(np.int32).max) & (lw[None, :] < np.iinfo(np.int32).max)
     return np.where(live, need, 0)
 
 
-def exact_matmul_f32(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``x @ w.T`` with every dot product exact, rounded once to fp32. x [n, K], w [N, K] float32."""
+def exact_matmul_f32(x: np.ndarray, w: np.ndarray, w_bits=None) -> np.ndarray:
+    """``x @ w.T`` with every dot product exact, rounded once to fp32. x [n, K], w [N, K] float32.
+
+    ``w_bits``: w's per-row (lowest set bit, highest exponent + 1), if already known (MXFP4 weights
+    give them cheaply from codes and scales: ``moe_ref.reference.MoEWeights``).
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     if not (np.isfinite(x).all() and np.isfinite(w).all()):
@@ -79,8 +88,8 @@ def exact_matmul_f32(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     if k == 0 or out.size == 0:
         return out
     lx, _ = _bit_range(x, 1)
-    lw, _ = _bit_range(w, 1)
-    slow = accumulation_bits(x, w) > 53
+    lw, _ = _bit_range(w, 1) if w_bits is None else w_bits
+    slow = accumulation_bits(x, w, w_bits) > 53
     for i in np.flatnonzero(slow.any(axis=1)):
         cols = np.flatnonzero(slow[i])
         xi = [int(v) for v in np.ldexp(x[i].astype(np.float64), -int(lx[i]))]

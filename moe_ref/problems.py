@@ -48,15 +48,26 @@ class MoEProblem:
         return MoEProblem(**{f.name: conv(f.name, getattr(self, f.name)) for f in fields(self)})
 
 
+_E2M1_RMS = float(np.sqrt(np.mean(em.decode(np.arange(8), "e2m1").astype(np.float64) ** 2)))
+
+
+def _random_mxfp4(rng: np.random.Generator, shape, rms: float):
+    """Packed fp4x2 [.., K/2] and e8m0 scales [.., K/32] whose values have about the given rms."""
+    *lead, k = shape
+    packed = rng.integers(0, 256, size=(*lead, k // 2), dtype=np.uint8)
+    center = int(np.round(np.log2(rms / _E2M1_RMS))) + 127
+    scale = (center + rng.integers(-1, 2, size=(*lead, k // 32))).astype(np.uint8)
+    return packed, scale
+
+
 def random_moe_problem(rng: np.random.Generator, *, M: int, E: int, H: int, I: int, topk: int,  # noqa: E741
                        with_bias: bool = False, weight_std: float = 1.0, hidden_std: float = 1.0) -> MoEProblem:
-    """Gaussian hidden (rounded to bf16), MXFP4-quantized Gaussian weights scaled by 1/sqrt(fan-in),
-    routing from random logits through softmax top-k (renormalised)."""
+    """Gaussian hidden (rounded to bf16); MXFP4 weights drawn directly as uniform e2m1 codes with e8m0
+    block scales around weight_std / (rms code value * sqrt(fan-in)) (+-1 binade per block), so that
+    gpt-oss-sized problems are drawn in moments; routing from random logits through softmax top-k."""
     hidden = em.round_to_bf16((rng.standard_normal((M, H)) * hidden_std).astype(np.float32))
-    w1f = (rng.standard_normal((E, 2 * I, H)) * weight_std / np.sqrt(H)).astype(np.float32)
-    w2f = (rng.standard_normal((E, H, I)) * weight_std / np.sqrt(I)).astype(np.float32)
-    w1, w1_scale = em.quantize_mxfp4(w1f)
-    w2, w2_scale = em.quantize_mxfp4(w2f)
+    w1, w1_scale = _random_mxfp4(rng, (E, 2 * I, H), weight_std / np.sqrt(H))
+    w2, w2_scale = _random_mxfp4(rng, (E, H, I), weight_std / np.sqrt(I))
     weights, ids = softmax_topk(rng.standard_normal((M, E)).astype(np.float32), topk)
     b1 = (rng.standard_normal((E, 2 * I)) * 0.1).astype(np.float32) if with_bias else None
     b2 = (rng.standard_normal((E, H)) * 0.1).astype(np.float32) if with_bias else None

@@ -78,6 +78,30 @@ class MoEWeights:
     def dequant_w2(self, e: int) -> np.ndarray:
         return em.dequantize_mxfp4(self.w2[e], self.w2_scale[e])
 
+    def bits_w1(self, e: int):
+        return _mxfp4_bit_range(self.w1[e], self.w1_scale[e])
+
+    def bits_w2(self, e: int):
+        return _mxfp4_bit_range(self.w2[e], self.w2_scale[e])
+
+
+# Per e2m1 magnitude code: exponent of the lowest set bit and highest exponent + 1 (0 has none).
+_E2M1_LOW = np.array([127, -1, 0, -1, 1, 0, 2, 1] * 2, np.int32)
+_E2M1_HIGH = np.array([-128, 0, 1, 1, 2, 2, 3, 3] * 2, np.int32)
+
+
+def _mxfp4_bit_range(packed: np.ndarray, scale_e8m0: np.ndarray):
+    """Per row of an MXFP4 matrix: (lowest set bit, highest exponent + 1) of its nonzero values, from
+    the codes and scales (``moe_ref.exact``'s bit range without dequantizing)."""
+    codes = em.unpack_fp4x2(packed)
+    n, k = codes.shape
+    s = scale_e8m0.astype(np.int32) - 127
+    low = (_E2M1_LOW[codes].reshape(n, k // 32, 32).min(-1) + s).min(-1)
+    high = (_E2M1_HIGH[codes].reshape(n, k // 32, 32).max(-1) + s).max(-1)
+    big, small = np.iinfo(np.int32).max, np.iinfo(np.int32).min
+    nonzero_row = (codes & 7).any(-1)
+    return np.where(nonzero_row, low, big), np.where(nonzero_row, high, small)
+
 
 def quantize_activation(x: np.ndarray, act_dtype: str, scale_mode="round_up") -> np.ndarray:
     """Q of the contract: fp32 rows -> their quantized values (float32), along the last axis."""
@@ -171,14 +195,14 @@ def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *,
     for e in np.unique(experts):
         rows = np.flatnonzero(experts == e)
         w1e, w2e = weights.dequant_w1(e), weights.dequant_w2(e)
-        g = a_q[tokens[rows]] @ w1e.T.astype(np.float64) if ideal else exact_matmul_f32(a_q[tokens[rows]], w1e)
+        g = a_q[tokens[rows]] @ w1e.T.astype(np.float64) if ideal else exact_matmul_f32(a_q[tokens[rows]], w1e, weights.bits_w1(e))
         if b1 is not None:
             g = (g + b1[e].astype(ft)).astype(ft)
         h = gated_activation(g.astype(ft), activation=activation, gate_mode=gate_mode, alpha=alpha, limit=limit)
         if doweight_stage1:
             h = (h * wts[rows, None]).astype(ft)
         hq = h if ideal else quantize_activation(h, act_dtype, scale_mode)
-        y = hq @ w2e.T.astype(np.float64) if ideal else exact_matmul_f32(hq, w2e)
+        y = hq @ w2e.T.astype(np.float64) if ideal else exact_matmul_f32(hq, w2e, weights.bits_w2(e))
         if b2 is not None:
             y = (y + b2[e].astype(ft)).astype(ft)
         if not doweight_stage1:

@@ -49,6 +49,12 @@ def rng(request) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+@pytest.fixture
+def base_seed(request) -> int:
+    """The run's logged base seed (for data shared between tests through a cache)."""
+    return _base_seed(request.config)
+
+
 def _gpu_available() -> tuple[bool, str]:
     try:
         import torch

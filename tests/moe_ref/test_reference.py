@@ -231,3 +231,16 @@ def test_bad_input_names_the_argument(change, match, rng):
     with pytest.raises((ValueError, TypeError), match=match):
         moe_reference(kw.pop("hidden"), kw.pop("w1"), kw.pop("w1_scale"), kw.pop("w2"), kw.pop("w2_scale"),
                       kw.pop("topk_weights"), kw.pop("topk_ids"), **kw)
+
+
+def test_mxfp4_bit_range_from_codes_equals_the_generic_one(rng):
+    from moe_ref.exact import _bit_range
+    from moe_ref.reference import _mxfp4_bit_range
+
+    packed = rng.integers(0, 256, (64, 96), dtype=np.uint8)
+    scale = rng.integers(0, 255, (64, 6), dtype=np.uint8)
+    packed[3], packed[9] = 0, 0x88  # rows of +0 and -0
+    low, high = _mxfp4_bit_range(packed, scale)
+    want_low, want_high = _bit_range(em.dequantize_mxfp4(packed, scale), 1)
+    np.testing.assert_array_equal(low, want_low)
+    np.testing.assert_array_equal(high, want_high)
