@@ -163,3 +163,20 @@ def test_kernels_never_use_float_casts_the_interpreter_gets_wrong():
         src = inspect.getsource(kernel.fn).split('"""')[-1]  # code after the docstring
         for banned in ("tl.float8", "float8e4", "tl.exp2(", " not ", "to(tl.uint8, bitcast"):
             assert banned not in src, f"{kernel.fn.__name__} uses {banned!r}"
+
+
+@pytest.mark.parametrize("fmt", ["e2m1", "e4m3fn", "e4m3fnuz"])
+def test_round_up_by_reciprocal_equals_division_for_every_mantissa(fmt):
+    """The kernels compute ROUND_UP's ratio as amax * fl32(1/max) (no division); the emulation divides.
+    The ceiling only depends on amax's mantissa (exponents shift exactly) while the ratio is normal,
+    so all 2^23 mantissas, in a few binades, prove it; subnormal ratios take their own branch."""
+    mx = em.FORMATS[fmt].max_finite
+    inv = np.float32(1.0 / mx)  # the constant the kernel's fp32 arithmetic gets from 1.0 / MAX_FINITE
+    assert inv == np.float32(1) / np.float32(mx)
+    mantissas = np.arange(1 << 23, dtype=np.uint32)
+    for exponent_field in (9, 64, 127, 200, 254):
+        amax = ((np.uint32(exponent_field) << np.uint32(23)) | mantissas).view(np.float32)
+        by_division = em.mx_scale_e8m0(amax, fmt, "round_up")
+        ratio_bits = (amax * inv).astype(np.float32).view(np.uint32).astype(np.int64)
+        by_reciprocal = np.clip(((ratio_bits + 0x7FFFFF) >> 23) - 127, -127, 127) + 127
+        np.testing.assert_array_equal(by_division, by_reciprocal)
