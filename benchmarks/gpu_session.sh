@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One device call for everything GPU: the gpu-marked tests, the conformance report on the GPU
+# default (gpt-oss-like) configuration, and the benchmarks. Outputs land in ${OUT:-out}/.
+# Usage (device tool): bash benchmarks/gpu_session.sh [tests|verify|bench|all]
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+out="${OUT:-out}"
+mkdir -p "$out"
+what="${1:-all}"
+nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || rocm-smi --showproductname 2>/dev/null
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+rc=0
+if [[ $what == tests || $what == all ]]; then
+  python -m pytest tests/kernels -m gpu -q -p no:cacheprovider -s --tb=short 2>&1 | grep -v '^seed:' | tee "$out/gpu_tests.log" | tail -40 || rc=1
+fi
+if [[ $what == verify || $what == all ]]; then
+  python -m moe_kernels.verify --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
+fi
+if [[ $what == bench || $what == all ]]; then
+  python -m benchmarks.bench_quant --json "$out/bench_quant.json" 2>&1 | tee "$out/bench_quant.log" || rc=1
+  python -m benchmarks.bench_moe --json "$out/bench_moe.json" 2>&1 | tee "$out/bench_moe.log" || rc=1
+fi
+exit $rc
