@@ -129,6 +129,15 @@ def _quant_variants():
         ce = dict(IS_BF16=True, BLOCK_K=4096, **KernelFormat.of(fmt).constexprs())
         out.append(Variant(f"quant_fp8_per_token/{fmt}", "quant", quant._fp8_per_token_kernel,
                            tuple(_PT_SIG.items()), tuple(ce.items()), 8))
+    # fp32 inputs (loaded as int32 patterns)
+    for fmt, pack in (("e2m1", True), ("e4m3fn", False)):
+        ce = dict(IS_BF16=False, PACK_FP4=pack, MODE=0, BLOCK_M=block_m, BLOCK_K=block_k,
+                  **KernelFormat.of(fmt).constexprs())
+        out.append(Variant(f"quant_mx/{fmt}/round_up/fp32", "quant", quant._mx_quant_kernel,
+                           tuple({**_MX_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), warps))
+    ce = dict(IS_BF16=False, BLOCK_K=4096, **KernelFormat.of("e4m3fn").constexprs())
+    out.append(Variant("quant_fp8_per_token/e4m3fn/fp32", "quant", quant._fp8_per_token_kernel,
+                       tuple({**_PT_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), 8))
     return out
 
 
