@@ -14,16 +14,15 @@ from __future__ import annotations
 # isort: off
 import moe_kernels as mk  # before triton: it picks the interpreter on a machine without a GPU
 import torch
-import triton
 from moe_kernels import _runtime
 # isort: on
 
 import argparse
 import functools
 import json
-import time
 
 import emulation as em
+from benchmarks._timing import time_ms  # noqa: E402
 
 GPU_SHAPE = dict(E=128, H=2880, I=2880, topk=4)
 GPU_MS = (1, 8, 64, 256, 1024, 4096, 8192)
@@ -37,11 +36,7 @@ ROUTES = {  # the selector's inputs that make it choose each path at any M
 
 
 def _time(fn) -> float:
-    if _runtime.INTERPRET:
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    return triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
+    return time_ms(fn, warmup=10, rep=100)
 
 
 def _weights(E, H, I, device, gen):  # noqa: E741

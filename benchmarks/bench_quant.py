@@ -14,22 +14,17 @@ import json
 # isort: off
 import moe_kernels as mk  # before triton: it picks the interpreter on a machine without a GPU
 import torch
-import triton
 from moe_kernels import _runtime
 # isort: on
+
+from benchmarks._timing import time_ms  # noqa: E402
 
 GPU_SHAPES = [(8192, 2880), (16384, 7168)]
 CPU_SHAPES = [(64, 256)]
 
 
 def _time(fn) -> float:
-    if _runtime.INTERPRET:
-        import time
-
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+    return time_ms(fn)
 
 
 def bench(shapes, device) -> list[dict]:
