@@ -225,13 +225,19 @@ def _plot(rows, path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install 'moe-oracle[plot]'): no plot written"
+    rows = [r for r in rows if r["M"] > 0]
+    if not rows:
+        return "no case with M > 0: no plot written"
     fig, ax = plt.subplots(figsize=(7, 4))
-    for p in sorted({r["path"] for r in rows}):
-        pts = sorted((r["M"], r["rel_err_ideal"]) for r in rows if r["path"] == p)
-        ax.plot([m for m, _ in pts], [e for _, e in pts], "o", label=f"{p}: vs float64 ideal")
-        pts = sorted((r["M"], max(r["rel_err_ref"], 1e-9)) for r in rows if r["path"] == p)
-        ax.plot([m for m, _ in pts], [e for _, e in pts], "x", label=f"{p}: vs emulated reference")
-    ax.set_xscale("symlog")
+    floor = 1e-9  # exact agreement (error 0) is drawn on this line
+    for color, p in zip(("C0", "C1", "C2"), sorted({r["path"] for r in rows}), strict=False):
+        pts = sorted((r["M"], max(r["rel_err_ideal"], floor)) for r in rows if r["path"] == p)
+        ax.plot([m for m, _ in pts], [e for _, e in pts], "o", color=color, label=f"{p}: vs float64 ideal")
+        pts = sorted((r["M"], max(r["rel_err_ref"], floor)) for r in rows if r["path"] == p)
+        ax.plot([m for m, _ in pts], [e for _, e in pts], "x", color=color, label=f"{p}: vs emulated reference")
+    ax.axhline(floor, color="grey", lw=0.5, ls=":")
+    ax.text(min(r["M"] for r in rows), floor * 1.5, "exact (error 0)", fontsize=7, color="grey")
+    ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("M (tokens)")
     ax.set_ylabel("max relative error")
