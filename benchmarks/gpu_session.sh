@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for everything GPU: the gpu-marked tests, the conformance report on the GPU
 # default (gpt-oss-like) configuration, and the benchmarks. Outputs land in ${OUT:-out}/.
-# Usage (device tool): bash benchmarks/gpu_session.sh [tests|verify|bench|all]
+# Usage (device tool): bash benchmarks/gpu_session.sh [tests|verify|bench|all]; each stage alone
+# fits one 10-minute device call (tests ~8 min on an H100), "all" may not.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out="${OUT:-out}"
