@@ -136,24 +136,41 @@ def _stage1_bytes(run, hidden_np, act_dtype, scale_mode) -> tuple[int, int]:
     return int((got_q == q).sum() + (got_s == s).sum()), q.size + s.size
 
 
-def run_case(case: dict, cfg: VerifyConfig, device: str, seed: int) -> dict:
-    rng = np.random.default_rng([seed, case["M"], *case["shape"].values()])
-    p = random_moe_problem(rng, M=case["M"], with_bias=True, **case["shape"])
+def _reference(cache: dict, case: dict, ref_dtype: str, seed: int, mma_k):
+    """Problem, emulated reference, ideal and tolerance of a case; cached, since many cases (other
+    archs or env) select the same path on the same data and the references dominate the run time."""
+    shape = tuple(case["shape"].items())
+    key = (seed, case["M"], shape, case["gate_mode"], ref_dtype, case["scale_mode"], mma_k)
+    if key not in cache:
+        pkey = (seed, case["M"], shape)
+        if pkey not in cache:
+            rng = np.random.default_rng([seed, case["M"], *case["shape"].values()])
+            cache[pkey] = random_moe_problem(rng, M=case["M"], with_bias=True, **case["shape"])
+        p = cache[pkey]
+        kw = dict(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], **p.biases())
+        ref, trace = moe_reference(*p.args(), act_dtype=ref_dtype, return_trace=True, **kw)
+        ideal = moe_reference(*p.args(), act_dtype=None, **kw)
+        w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+        bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=ref_dtype,
+                                 gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], mma_k=mma_k)
+        cache[key] = (p, ref, ideal, bound)
+    return cache[key]
+
+
+def run_case(case: dict, cfg: VerifyConfig, device: str, seed: int, cache: dict | None = None) -> dict:
+    cache = {} if cache is None else cache
+    from moe_ref import select_activation_dtype
+
+    act = select_activation_dtype(case["M"], arch=case["arch"], gate_mode=case["gate_mode"], env=case["env"]).dtype
+    ref_dtype = cfg.reference_act_dtype or act
+    p, ref, ideal, bound = _reference(cache, case, ref_dtype, seed, 16 if device != "cpu" else None)
+    bound = cfg.tolerance_scale * bound
     pt = p.to_torch(device)
     t0 = time.perf_counter()
     out, run = fused_moe(*pt.args(), **pt.biases(), gate_mode=case["gate_mode"], scale_mode=case["scale_mode"],
                          arch=case["arch"], env=case["env"], return_trace=True, poison=True)
     seconds = time.perf_counter() - t0
-    act = run.plan.act_dtype
-    ref_dtype = cfg.reference_act_dtype or act
-    kw = dict(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], **p.biases())
-    ref, trace = moe_reference(*p.args(), act_dtype=ref_dtype, return_trace=True, **kw)
-    ideal = moe_reference(*p.args(), act_dtype=None, **kw)
-    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
-    mma_k = 16 if device != "cpu" else None
-    bound = cfg.tolerance_scale * kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=ref_dtype,
-                                                   gate_mode=case["gate_mode"], scale_mode=case["scale_mode"],
-                                                   mma_k=mma_k)
+    act = run.plan.act_dtype  # the path that ran (the comparison below fails if it is not ref_dtype's)
     o = out.float().cpu().numpy().astype(np.float64)
     diff_ref, diff_ideal = np.abs(o - ref), np.abs(o - ideal)
     scale = max(float(np.abs(ideal).max()), 1e-30) if ideal.size else 1.0
@@ -179,10 +196,10 @@ def _progress(i: int, n: int, t0: float) -> None:
 
 def run(cfg: VerifyConfig, *, device: str, archs) -> list[dict]:
     cases = list(_cases(cfg, archs))
-    rows, t0 = [], time.perf_counter()
+    rows, t0, cache = [], time.perf_counter(), {}
     _progress(0, len(cases), t0)
     for i, case in enumerate(cases, 1):
-        rows.append(run_case(case, cfg, device, cfg.seed))
+        rows.append(run_case(case, cfg, device, cfg.seed, cache))
         _progress(i, len(cases), t0)
     print(file=sys.stderr)
     return rows
