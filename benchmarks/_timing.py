@@ -16,3 +16,11 @@ def time_ms(fn, *, warmup: int = 25, rep: int = 200) -> float:
         fn()
         return (time.perf_counter() - t) * 1e3
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def time_graph_ms(fn) -> float | None:
+    """Median of CUDA-graph replays (``triton.testing.do_bench_cudagraph``): the device time without the
+    host's launch overhead; None under the interpreter or where graphs are not available."""
+    if _runtime.INTERPRET or not hasattr(triton.testing, "do_bench_cudagraph"):
+        return None
+    return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")

@@ -107,7 +107,7 @@ def floors(device):
     return copy_bw, flops
 
 
-def bench(shape, ms, device):
+def bench(shape, ms, device, on_row=lambda row, copy_bw, flops: None):
     E, H, I, topk = shape["E"], shape["H"], shape["I"], shape["topk"]  # noqa: E741
     gen = torch.Generator(device=device).manual_seed(0)
     w1, s1, w2, s2 = _weights(E, H, I, device, gen)
@@ -136,6 +136,7 @@ def bench(shape, ms, device):
             row["bytes_floor_ms"] = touched * 3 * H * I * 4.25 / 8 / copy_bw * 1e3
             row["flops_floor_ms"] = 2 * M * topk * 3 * H * I / flops * 1e3
         rows.append(row)
+        on_row(row, copy_bw, flops)
     return rows, copy_bw, flops
 
 
@@ -147,11 +148,13 @@ def main(argv=None):
     gpu = torch.cuda.is_available() and not _runtime.INTERPRET
     device = "cuda" if gpu else "cpu"
     shape, ms = (GPU_SHAPE, GPU_MS) if gpu else (CPU_SHAPE, CPU_MS)
-    rows, copy_bw, flops = bench(shape, args.M or ms, device)
     card = torch.cuda.get_device_name() if gpu else "cpu (Triton interpreter, wall-clock of one call)"
-    print(f"card: {card}; shape {shape}" + (f"; copy {copy_bw / 1e9:.0f} GB/s, bf16 mm {flops / 1e12:.0f} TFLOP/s" if copy_bw else ""))
+    print(f"card: {card}; shape {shape}")
     print(f"{'M':>6s} {'a16w4':>9s} {'a4w4':>9s} {'a8w4':>9s} {'grouped':>9s} {'loop':>9s} {'x vs gmm (best path)':>21s} {'floor':>9s} {'% floor':>8s}")
-    for r in rows:
+    done = []
+
+    def on_row(r, copy_bw, flops):  # print and save as each M finishes (a long run keeps what it measured)
+        done.append(r)
         best = min(r[p] for p in ROUTES)
         gmm = r.get("grouped_mm")
         floor = max(r.get("bytes_floor_ms", 0), r.get("flops_floor_ms", 0))
@@ -159,11 +162,14 @@ def main(argv=None):
         print(f"{r['M']:6d} {r['a16w4']:9.3f} {r['a4w4']:9.3f} {r['a8w4']:9.3f} "
               f"{'-' if gmm is None else f'{gmm:9.3f}':>9} {'-' if loop is None else f'{loop:9.3f}':>9} "
               f"{'-' if not gmm else f'{gmm / best:.2f}x':>21} {'-' if not floor else f'{floor:9.3f}':>9} "
-              f"{'-' if not floor else f'{100 * floor / best:7.0f}%':>8}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(card=card, shape=shape, copy_Bps=copy_bw, bf16_flops=flops, rows=rows), f, indent=1)
+              f"{'-' if not floor else f'{100 * floor / best:7.0f}%':>8}", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(card=card, shape=shape, copy_Bps=copy_bw, bf16_flops=flops, rows=done), f, indent=1)
 
+    _, copy_bw, flops = bench(shape, args.M or ms, device, on_row)
+    if copy_bw:
+        print(f"copy {copy_bw / 1e9:.0f} GB/s, bf16 mm {flops / 1e12:.0f} TFLOP/s")
 
 if __name__ == "__main__":
     main()

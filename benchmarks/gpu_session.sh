@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for everything GPU: the gpu-marked tests, the conformance report on the GPU
 # default (gpt-oss-like) configuration, and the benchmarks. Outputs land in ${OUT:-out}/.
-# Usage (device tool): bash benchmarks/gpu_session.sh [tests|verify|bench|all]; each stage alone
+# Usage (device tool): bash benchmarks/gpu_session.sh [quant|tests|verify|bench|all] (quant: the quantizer
+# tests only); each stage alone
 # fits one 10-minute device call (tests ~8 min on an H100), "all" may not.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -11,14 +12,18 @@ what="${1:-all}"
 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || rocm-smi --showproductname 2>/dev/null
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 rc=0
-if [[ $what == tests || $what == all ]]; then
-  python -m pytest tests/kernels -m gpu -q -p no:cacheprovider -s --tb=short 2>&1 | grep -v '^seed:' | tee "$out/gpu_tests.log" | tail -40 || rc=1
+# pytest-xdist from wheels/ (pip download pytest-xdist execnet --no-deps -d wheels) where the machine lacks it
+python -c "import xdist" 2>/dev/null || { [[ -d wheels ]] && pip install -q --no-index --find-links wheels pytest-xdist; }
+workers=$(python -c "import xdist" 2>/dev/null && echo "-n 8" || echo "")
+if [[ $what == quant || $what == tests || $what == all ]]; then
+  tests=$([[ $what == quant ]] && echo "tests/kernels/test_quant.py tests/kernels/test_numerics.py" || echo tests/kernels)
+  python -m pytest $tests -m gpu -q -p no:cacheprovider $workers --tb=short 2>&1 | grep -v '^seed:' | tee "$out/gpu_tests_$what.log" | tail -40 || rc=1
 fi
 if [[ $what == verify || $what == all ]]; then
   python -m moe_kernels.verify --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
 fi
 if [[ $what == bench || $what == all ]]; then
-  python -m benchmarks.bench_quant --json "$out/bench_quant.json" 2>&1 | tee "$out/bench_quant.log" || rc=1
+  python -m benchmarks.bench_quant --sweep --json "$out/bench_quant.json" 2>&1 | tee "$out/bench_quant.log" || rc=1
   python -m benchmarks.bench_moe --json "$out/bench_moe.json" 2>&1 | tee "$out/bench_moe.log" || rc=1
 fi
 exit $rc

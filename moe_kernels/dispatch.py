@@ -8,9 +8,7 @@ bf16 -> a16w4, fp4x2 -> a4w4 (MXFP4 activations, ``quantize_mxfp4``), fp8 -> a8w
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import triton
@@ -20,6 +18,7 @@ from moe_ref import SWIGLU_ALPHA, SWIGLU_LIMIT, Decision, detect_arch, select_ac
 
 from . import _runtime
 from ._numerics import SCALE_MODE_IDS, KernelFormat
+from ._tuning import CONFIGS
 from .moe_gemm import KIND_BF16, KIND_FP4, KIND_FP8, _moe_stage1_kernel, _moe_stage2_kernel
 from .quant import quantize_mxfp4, quantize_mxfp8
 
@@ -110,7 +109,6 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
     return M, E, H, I, topk_ids.shape[1]
 
 
-_CONFIGS = json.loads((Path(__file__).with_name("configs.json")).read_text())
 _CONFIG_KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps")
 
 
@@ -121,9 +119,9 @@ def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = 
     Stage 1 holds two accumulators (gate and up), hence its narrower tile.
     """
     if interpret:
-        return tuple(_CONFIGS["interpreter"][k] for k in _CONFIG_KEYS)
+        return tuple(CONFIGS["interpreter"][k] for k in _CONFIG_KEYS)
     pairs_per_expert = max(1, M * topk // max(E, 1))
-    for entry in _CONFIGS["gpu"]:
+    for entry in CONFIGS["gpu"]:
         fits = entry["max_pairs_per_expert"] is None or pairs_per_expert <= entry["max_pairs_per_expert"]
         if fits and entry.get("H", H) == H and entry.get("I", I) == I:
             return tuple(entry[k] for k in _CONFIG_KEYS)

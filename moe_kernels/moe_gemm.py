@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._numerics import decode_scaled_bits, f32_to_bf16_bits, mx_quantize_blocks
+from ._numerics import decode_scaled_bits, f32_to_bf16_bits, mx_quantize_pairs
 
 # activation kinds: 0 bf16, 1 MXFP4 (e2m1, packed), 2 MXFP8 (e4m3fn)
 KIND_BF16, KIND_FP4, KIND_FP8 = 0, 1, 2
@@ -69,7 +69,7 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
                          KIND: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                          NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                         MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+                         MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr, FAST_MIN_BYTE: tl.constexpr):
     """Quantize fp32 h [BLOCK_M, BLOCK_N] (columns col0 + arange) along the columns and store it."""
     cols = col0 + tl.arange(0, BLOCK_N)
     col_mask = cols < ncols
@@ -78,17 +78,21 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
         tl.store(out_ptr + rows[:, None] * stride + cols[None, :], f32_to_bf16_bits(h).to(tl.int16), mask=mask)
     else:
         NB: tl.constexpr = BLOCK_N // 32
+        HALF: tl.constexpr = BLOCK_N // 2
         bits = tl.where(mask, h.to(tl.int32, bitcast=True), 0)
-        codes, byte = mx_quantize_blocks(tl.reshape(bits, (BLOCK_M, NB, 32)), MODE, MAN_BITS, EMIN, EMAX, MAX_CODE,
-                                         NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
+        lo, hi = tl.split(tl.reshape(bits, (BLOCK_M, HALF, 2)))
+        codes_lo, codes_hi, byte = mx_quantize_pairs(
+            tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX,
+            MAX_CODE, NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS, FAST_MIN_BYTE)
+        codes_lo = tl.reshape(codes_lo, (BLOCK_M, HALF))
+        codes_hi = tl.reshape(codes_hi, (BLOCK_M, HALF))
         if KIND == 1:
-            lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCK_N // 2, 2)))
-            pcols = col0 // 2 + tl.arange(0, BLOCK_N // 2)
-            tl.store(out_ptr + rows[:, None] * stride + pcols[None, :], (lo | (hi << 4)).to(tl.uint8),
+            pcols = col0 // 2 + tl.arange(0, HALF)
+            tl.store(out_ptr + rows[:, None] * stride + pcols[None, :], (codes_lo | (codes_hi << 4)).to(tl.uint8),
                      mask=row_mask[:, None] & (pcols < ncols // 2)[None, :])
         else:
-            tl.store(out_ptr + rows[:, None] * stride + cols[None, :],
-                     tl.reshape(codes, (BLOCK_M, BLOCK_N)).to(tl.uint8), mask=mask)
+            codes = tl.reshape(tl.join(codes_lo, codes_hi), (BLOCK_M, BLOCK_N))
+            tl.store(out_ptr + rows[:, None] * stride + cols[None, :], codes.to(tl.uint8), mask=mask)
         scols = col0 // 32 + tl.arange(0, NB)
         tl.store(out_scale_ptr + rows[:, None] * scale_stride + scols[None, :], byte.to(tl.uint8),
                  mask=row_mask[:, None] & (scols < ncols // 32)[None, :])
@@ -114,6 +118,7 @@ def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
                        F_MAN_BITS: tl.constexpr, F_BIAS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
                        F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
+                       F_FAST_MIN_BYTE: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
     if tl.program_id(0) * BLOCK_M < num_padded:
         pairs, valid, e, w_e, ws_e = pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,
@@ -152,7 +157,7 @@ def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
             h = h * tl.load(tw_ptr + pairs, mask=valid, other=0.0)[:, None]
         store_quantized_rows(out_ptr, out_scale_ptr, h, pairs, tl.program_id(1) * BLOCK_N, valid, I, stride_o, stride_os, A_KIND, MODE,
                              BLOCK_M, BLOCK_N, F_MAN_BITS, F_EMIN, F_EMAX, F_MAX_CODE, F_NAN_CODE, F_SIGN_SHIFT,
-                             F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS)
+                             F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS, F_FAST_MIN_BYTE)
 
 
 @triton.jit
@@ -164,6 +169,7 @@ def _moe_stage2_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
                        F_MAN_BITS: tl.constexpr, F_BIAS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
                        F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
+                       F_FAST_MIN_BYTE: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
     if tl.program_id(0) * BLOCK_M < num_padded:
         pairs, valid, e, w_e, ws_e = pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,

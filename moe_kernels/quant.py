@@ -16,7 +16,8 @@ import triton.language as tl
 import emulation as em
 
 from . import _runtime
-from ._numerics import SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_scaled, mx_quantize_blocks
+from ._numerics import SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_scaled_fast, mx_quantize_pairs
+from ._tuning import CONFIGS
 
 __all__ = ["quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token"]
 
@@ -36,27 +37,34 @@ def load_f32_bits(ptr, offs, mask, IS_BF16: tl.constexpr):
 
 @triton.jit
 def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_sm,
-                     IS_BF16: tl.constexpr, PACK_FP4: tl.constexpr, MODE: tl.constexpr,
+                     IS_BF16: tl.constexpr, WORDS: tl.constexpr, PACK_FP4: tl.constexpr, MODE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                      MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                      NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                     MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+                     MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr, FAST_MIN_BYTE: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 32
+    HALF: tl.constexpr = BLOCK_K // 2
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = (rows[:, None] < M) & (cols[None, :] < K)
-    bits = load_f32_bits(x_ptr, rows[:, None].to(tl.int64) * stride_xm + cols[None, :] * stride_xk, mask, IS_BF16)
-    codes, byte = mx_quantize_blocks(tl.reshape(bits, (BLOCK_M, NB, 32)), MODE, MAN_BITS, EMIN, EMAX, MAX_CODE,
-                                     NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
-    if PACK_FP4:
-        lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCK_K // 2, 2)))
-        packed = (lo | (hi << 4)).to(tl.uint8)
-        pcols = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-        pmask = (rows[:, None] < M) & (pcols[None, :] < K // 2)
-        tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + pcols[None, :], packed, mask=pmask)
+    pairs = tl.program_id(1) * HALF + tl.arange(0, HALF)  # pair j holds elements 2j (lo) and 2j+1 (hi)
+    mask = (rows[:, None] < M) & (pairs[None, :] < K // 2)
+    x_row = x_ptr + rows[:, None].to(tl.int64) * stride_xm
+    if WORDS:  # contiguous bf16 read as little-endian 32-bit words (x_ptr, stride_xm in words)
+        word = tl.load(x_row + pairs[None, :], mask=mask, other=0)
+        lo = word << 16
+        hi = word & -65536
     else:
-        tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + cols[None, :],
-                 tl.reshape(codes, (BLOCK_M, BLOCK_K)).to(tl.uint8), mask=mask)
+        lo = load_f32_bits(x_row, (2 * pairs)[None, :] * stride_xk, mask, IS_BF16)
+        hi = load_f32_bits(x_row, (2 * pairs + 1)[None, :] * stride_xk, mask, IS_BF16)
+    codes_lo, codes_hi, byte = mx_quantize_pairs(
+        tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX, MAX_CODE,
+        NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS, FAST_MIN_BYTE)
+    codes_lo = tl.reshape(codes_lo, (BLOCK_M, HALF))
+    codes_hi = tl.reshape(codes_hi, (BLOCK_M, HALF))
+    q_at = q_ptr + rows[:, None].to(tl.int64) * stride_qm + pairs[None, :]
+    if PACK_FP4:  # fp4x2: element 2j in the low nibble
+        tl.store(q_at, (codes_lo | (codes_hi << 4)).to(tl.uint8), mask=mask)
+    else:  # two fp8 codes per 16-bit store (q_ptr is the codes viewed as int16), element 2j first
+        tl.store(q_at, (codes_lo | (codes_hi << 8)).to(tl.int16), mask=mask)
     scols = tl.program_id(1) * NB + tl.arange(0, NB)
     smask = (rows[:, None] < M) & (scols[None, :] < K // 32)
     tl.store(s_ptr + rows[:, None].to(tl.int64) * stride_sm + scols[None, :], byte.to(tl.uint8), mask=smask)
@@ -67,7 +75,7 @@ def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, strid
                           IS_BF16: tl.constexpr, BLOCK_K: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                           NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                          MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+                          MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr, FAST_MIN_BYTE: tl.constexpr):
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
     amax_bits = tl.zeros((BLOCK_K,), tl.int32)
@@ -82,7 +90,9 @@ def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, strid
         cols = k0 + tl.arange(0, BLOCK_K)
         bits = load_f32_bits(x_row, cols * stride_xk, cols < K, IS_BF16)
         scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
-        codes = encode_scaled(scaled, 0, MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO)
+        codes = encode_scaled_fast(scaled, 0, 1 << SIGN_SHIFT, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO)
+        # scale 0 < s < 2^-126 makes 1/s inf, and 0 * inf a NaN that the emulation encodes as NaN
+        codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, NAN_CODE, codes)
         codes = tl.where(amax == 0, 0, tl.where(finite, codes, NAN_CODE))
         tl.store(q_ptr + row.to(tl.int64) * stride_qm + cols, codes.to(tl.uint8), mask=cols < K)
     tl.store(s_ptr + row, tl.where(finite, scale, float("nan")))
@@ -103,10 +113,19 @@ def _bits_view(x: torch.Tensor) -> torch.Tensor:
     return x.view(torch.int16) if x.dtype == torch.bfloat16 else x.view(torch.int32)
 
 
+def _words_view(x: torch.Tensor) -> torch.Tensor | None:
+    """bf16 [M, K] with unit K stride as int32 words [M, K/2] (pairs of elements), if it can be viewed so."""
+    if x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 2 or x.storage_offset() % 2:
+        return None
+    return x.view(torch.int32)
+
+
 def _mx_config(M: int, K: int) -> tuple[int, int, int]:
-    block_k = min(256, triton.next_power_of_2(K))
-    block_m = max(1, min(16, 4096 // block_k))
-    return block_m, block_k, 4
+    """(BLOCK_M, BLOCK_K, num_warps) from configs.json's "quant" entry."""
+    tile = CONFIGS["quant"]
+    block_k = min(tile["block_k"], triton.next_power_of_2(K))
+    block_m = max(1, tile["block_m"] * tile["block_k"] // block_k)
+    return block_m, block_k, tile["num_warps"]
 
 
 def _mx_quantize(x, fmt, scale_mode, pack):
@@ -121,9 +140,12 @@ def _mx_quantize(x, fmt, scale_mode, pack):
     if M and K:
         block_m, block_k, warps = _mx_config(M, K)
         grid = (triton.cdiv(M, block_m), triton.cdiv(K, block_k))
-        _mx_quant_kernel[grid](_bits_view(xd), q, s, M, K, xd.stride(0), xd.stride(1), q.stride(0), s.stride(0),
-                               IS_BF16=x.dtype == torch.bfloat16, PACK_FP4=pack, MODE=mode, BLOCK_M=block_m,
-                               BLOCK_K=block_k, num_warps=warps, **kf.constexprs())
+        words = _words_view(xd)
+        x_arg, stride_xm = (words, words.stride(0)) if words is not None else (_bits_view(xd), xd.stride(0))
+        q_arg = q if pack else q.view(torch.int16)
+        _mx_quant_kernel[grid](x_arg, q_arg, s, M, K, stride_xm, xd.stride(1), q_arg.stride(0), s.stride(0),
+                               IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PACK_FP4=pack, MODE=mode,
+                               BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, **kf.constexprs())
     return q.to(x.device), s.to(x.device)
 
 

@@ -72,6 +72,10 @@ class Variant:
     signature: tuple  # ((arg, type), ...)
     constexprs: tuple  # ((name, value), ...)
     num_warps: int
+    # as the JIT specializes a launch: integer args equal to 1 become constants, pointers and integers
+    # that are multiples of 16 carry that fact (vectorized loads depend on it)
+    ones: tuple = ()
+    divisible16: tuple = ()
 
 
 _MOE_SIG1 = dict(a_ptr="*u8", a_scale_ptr="*u8", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
@@ -117,27 +121,33 @@ def _moe_variants():
 
 
 def _quant_variants():
+    """Every quantizer variant, specialized as a launch on contiguous x [8192, 2880] is."""
     out = []
     block_m, block_k, warps = quant._mx_config(8192, 2880)
+    mx_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
     for fmt, pack in (("e2m1", True), ("e4m3fn", False), ("e4m3fnuz", False)):
+        q_sig = {} if pack else {"q_ptr": "*i16"}
         for mode, mode_id in SCALE_MODE_IDS.items():
-            ce = dict(IS_BF16=True, PACK_FP4=pack, MODE=mode_id, BLOCK_M=block_m, BLOCK_K=block_k,
+            ce = dict(IS_BF16=True, WORDS=True, PACK_FP4=pack, MODE=mode_id, BLOCK_M=block_m, BLOCK_K=block_k,
                       **KernelFormat.of(fmt).constexprs())
             out.append(Variant(f"quant_mx/{fmt}/{mode.value}", "quant", quant._mx_quant_kernel,
-                               tuple(_MX_SIG.items()), tuple(ce.items()), warps))
+                               tuple({**_MX_SIG, "x_ptr": "*i32", **q_sig}.items()), tuple(ce.items()), warps,
+                               **mx_spec))
+    pt_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
     for fmt in ("e4m3fn", "e4m3fnuz"):
         ce = dict(IS_BF16=True, BLOCK_K=4096, **KernelFormat.of(fmt).constexprs())
         out.append(Variant(f"quant_fp8_per_token/{fmt}", "quant", quant._fp8_per_token_kernel,
-                           tuple(_PT_SIG.items()), tuple(ce.items()), 8))
+                           tuple(_PT_SIG.items()), tuple(ce.items()), 8, **pt_spec))
     # fp32 inputs (loaded as int32 patterns)
     for fmt, pack in (("e2m1", True), ("e4m3fn", False)):
-        ce = dict(IS_BF16=False, PACK_FP4=pack, MODE=0, BLOCK_M=block_m, BLOCK_K=block_k,
+        ce = dict(IS_BF16=False, WORDS=False, PACK_FP4=pack, MODE=0, BLOCK_M=block_m, BLOCK_K=block_k,
                   **KernelFormat.of(fmt).constexprs())
         out.append(Variant(f"quant_mx/{fmt}/round_up/fp32", "quant", quant._mx_quant_kernel,
-                           tuple({**_MX_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), warps))
+                           tuple({**_MX_SIG, "x_ptr": "*i32", **({} if pack else {"q_ptr": "*i16"})}.items()),
+                           tuple(ce.items()), warps, **mx_spec))
     ce = dict(IS_BF16=False, BLOCK_K=4096, **KernelFormat.of("e4m3fn").constexprs())
     out.append(Variant("quant_fp8_per_token/e4m3fn/fp32", "quant", quant._fp8_per_token_kernel,
-                       tuple({**_PT_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), 8))
+                       tuple({**_PT_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), 8, **pt_spec))
     return out
 
 
@@ -151,9 +161,11 @@ def compile_variant(name: str, target: str):
         raise RuntimeError("moe_kernels.targets needs TRITON_INTERPRET=0 when moe_kernels is imported "
                            "(kernels must be JIT functions to be compiled)")
     v = VARIANTS[name]
-    ce = dict(v.constexprs)
-    sig = {**dict(v.signature), **{k: "constexpr" for k in ce}}
-    return triton_compile(ASTSource(v.fn, sig, ce), target=TARGETS[target], options={"num_warps": v.num_warps})
+    ce = {**dict(v.constexprs), **{k: 1 for k in v.ones}}
+    sig = {**{k: t for k, t in v.signature if k not in v.ones}, **{k: "constexpr" for k in ce}}
+    attrs = {(v.fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in v.divisible16}
+    return triton_compile(ASTSource(v.fn, sig, ce, attrs), target=TARGETS[target],
+                          options={"num_warps": v.num_warps})
 
 
 def _cubin_resources(cubin: bytes) -> tuple[int, int]:

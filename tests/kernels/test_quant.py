@@ -11,6 +11,7 @@ import torch
 import emulation as em
 import moe_kernels as mk
 from moe_kernels import quant as quant_module
+from moe_kernels._numerics import KernelFormat
 
 from ..emulation.nasty import random_fp32
 
@@ -113,11 +114,40 @@ def test_special_values(mode, fmt, device):
         _check_per_token(torch.from_numpy(x).to(device), x, fmt)
 
 
+def _boundary_rows(fmt, mode):
+    """Rows of 64 whose first block has scale byte FAST_MIN_BYTE - 1, FAST_MIN_BYTE or + 1 (the bound of
+    the kernels' fast encoder), holding fp32 subnormals and -0 beside its amax; the second block is
+    ordinary. Alone, a row's tile takes the fast encoder exactly when its byte is at least the bound."""
+    fast_min = KernelFormat.of(fmt).fast_min_byte
+    rows = []
+    for amax in np.float32(2.0) ** np.arange(-140, -100, 0.25, dtype=np.float32):
+        byte = int(em.mx_scale_e8m0(np.float32([amax]), fmt, mode)[0])
+        if abs(byte - fast_min) <= 1:
+            row = np.ones(64, np.float32)
+            row[:32] = np.float32(1e-40) * np.arange(32) * np.where(np.arange(32) % 2, -1, 1)
+            row[1], row[2], row[3] = amax, -0.0, -amax / np.float32(3)
+            rows.append(row)
+    assert {int(b) for b in em.mx_scale_e8m0(np.abs(np.stack(rows))[:, :32].max(1), fmt, mode)} == \
+        {fast_min - 1, fast_min, fast_min + 1}
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fmt", ["e2m1", "e4m3fn", "e4m3fnuz"])
+def test_special_and_boundary_rows_one_at_a_time(mode, fmt, device):
+    """Each row alone is a tile of its own: all-zero, -0 and NaN tiles take the fast encoder, tiny
+    blocks the general one, and blocks at the fast bound either (_boundary_rows)."""
+    for x in (*_special_rows(), *_boundary_rows(fmt, mode)):
+        x = x[None, :]
+        _check_mx(torch.from_numpy(x).to(device), x, mode, fmt)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fmt", ["e2m1", "e4m3fn", "e4m3fnuz"])
 def test_special_values_gpu(mode, fmt, device):
     test_special_values(mode, fmt, device)
+    test_special_and_boundary_rows_one_at_a_time(mode, fmt, device)
 
 
 @pytest.mark.gpu
