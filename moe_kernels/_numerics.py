@@ -3,9 +3,9 @@
 The definitions are ``emulation``'s; these are their kernel forms. Nothing here uses a float8 or
 bf16 cast, an exp2, a float->uint8 cast of a negative value, or ``not`` on tensors (NUMERICS.md
 sections 4-5). The float operations are IEEE-exact everywhere (interpreter included): an exact
-int->fp32 conversion (< 2^24), min/max of non-NaN values, one correctly rounded add (the fast
-encoder's subnormal steps) and, for ROUND_UP and per-token scales, correctly rounded fp32 division
-(``div_rn``) and multiplication.
+int->fp32 conversion (< 2^24), min/max of non-NaN values, a correctly rounded add and an exact
+subtraction (the encoder's subnormal steps and its correction) and, for ROUND_UP and per-token
+scales, correctly rounded fp32 division (``div_rn``) and multiplication.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class KernelFormat:
     has_neg_zero: bool
     max_finite: float
     tiny_bits: int  # fp32 pattern of max_finite * 2^-126: below it ROUND_UP's ratio is subnormal
-    fast_min_byte: int  # smallest scale byte for which ``encode_scaled_fast`` is exact (see there)
 
     @classmethod
     @cache
@@ -44,18 +43,14 @@ class KernelFormat:
         f = em.get_format(fmt)
         nan = f.canonical_nan if f.canonical_nan is not None else f.max_code
         tiny = int(np.float32(f.max_finite * 2.0**-126).view(np.uint32))
-        # encode_scaled_fast treats an fp32-subnormal input as if its exponent field were 1; scaled by
-        # 2^-s it stays below 2^(-126-s), which rounds to 0 when that is at most half the format's
-        # smallest subnormal 2^(emin - man_bits - 1): s >= -125 - emin + man_bits.
-        fast_min = -125 - f.emin + f.man_bits + 127
         return cls(f.man_bits, f.bias, f.emin, f.emax, f.max_code, nan, f.bits - 1, f.negative_zero is not None,
-                   f.max_finite, tiny, fast_min)
+                   f.max_finite, tiny)
 
     def constexprs(self, prefix: str = "", *, decode: bool = False) -> dict:
         """Kernel constexpr arguments, names prefixed (``F_MAN_BITS``...); ``decode`` adds BIAS."""
         d = dict(MAN_BITS=self.man_bits, EMIN=self.emin, EMAX=self.emax, MAX_CODE=self.max_code,
                  NAN_CODE=self.nan_code, SIGN_SHIFT=self.sign_shift, HAS_NEG_ZERO=self.has_neg_zero,
-                 MAX_FINITE=self.max_finite, TINY_BITS=self.tiny_bits, FAST_MIN_BYTE=self.fast_min_byte)
+                 MAX_FINITE=self.max_finite, TINY_BITS=self.tiny_bits)
         if decode:
             d["BIAS"] = self.bias
         return {prefix + k: v for k, v in d.items()}
@@ -68,50 +63,25 @@ def bf16_bits_to_f32_bits(b16):
 
 
 @triton.jit
-def encode_scaled(bits, scale_exp, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_CODE: tl.constexpr,
-                  NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr):
-    """Codes (int32) of value(bits) * 2^-scale_exp: ties to even, satfinite, NaN -> NAN_CODE.
+def encode_scaled(bits, byte, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr,
+                  SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr):
+    """Codes (int32) of value(bits) * 2^(127 - byte) for finite fp32 patterns ``bits``: ties to even,
+    satfinite; scale byte 255 (a NaN/Inf block) gives code 0 with no sign. ``byte`` broadcasts.
 
-    ``bits`` are int32 fp32 patterns; ``scale_exp`` an int32 in [-127, 127] (broadcastable). The value
-    is m24 * 2^(e0 - scale_exp) with m24 < 2^24; it is placed on the format's grid with the exponent
-    clamped at EMIN and rounded by an integer shift.
+    v = |x| * 2^-s (s = byte - 127) as two fp32 multiplications by normal powers of two (2^-s alone
+    may be subnormal): exact whenever v is normal, fp32-subnormal x included, because fp32
+    arithmetic keeps subnormals on every target (``moe_kernels.targets`` checks: no .ftz on sm_90,
+    denormal mode 3 on gfx9) and in the interpreter; a subnormal v (below 2^-126) may be rounded
+    or flushed, and encodes to +-0 either way. Then v is clamped to MAX_FINITE (satfinite) and split
+    at the smallest normal 2^EMIN: below it, the count of subnormal steps is an IEEE add of
+    2^(EMIN - MAN_BITS + 23) (ties to even); from it, the fp32 mantissa rounded to MAN_BITS bits (ties
+    to even) by integer arithmetic. The two parts add up to the code: each is exactly its share at
+    the split point.
     """
-    a = bits & 0x7FFFFFFF
-    ef = a >> 23
-    mant = a & 0x7FFFFF
-    m24 = tl.where(ef > 0, mant | 0x800000, mant)
-    e0 = tl.maximum(ef, 1) - 150 - scale_exp
-    bit_len = (m24.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 126  # exact: m24 < 2^24
-    e_t = tl.maximum(e0 + bit_len - 1, EMIN)
-    sh = e_t - MAN_BITS - e0
-    sh_r = tl.minimum(tl.maximum(sh, 1), 31)
-    rounded = (m24 + ((1 << (sh_r - 1)) - 1) + ((m24 >> sh_r) & 1)) >> sh_r
-    n = tl.where(sh > 0, rounded, m24 << tl.minimum(tl.maximum(-sh, 0), 31))
-    code = tl.minimum(((e_t - EMIN) << MAN_BITS) + n, MAX_CODE)
-    sign = (bits >> 31) & 1
-    if HAS_NEG_ZERO:
-        code = code | (sign << SIGN_SHIFT)
-    else:
-        code = tl.where(code != 0, code | (sign << SIGN_SHIFT), code)
-    return tl.where(a > 0x7F800000, NAN_CODE, code)
-
-
-@triton.jit
-def encode_scaled_fast(bits, shift_bits, sign_mask, MAN_BITS: tl.constexpr, EMIN: tl.constexpr,
-                       MAX_FINITE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr):
-    """``encode_scaled`` for finite inputs, with ``shift_bits`` = scale_exp << 23 and scale_exp >=
-    FAST_MIN_BYTE - 127 (KernelFormat); ``sign_mask`` is 1 << SIGN_SHIFT (0 zeroes the signs).
-
-    Scaling by 2^-scale_exp is a subtraction from the magnitude bits: "virtual" fp32 bits whose order is
-    the values' order; values below 2^-126 all encode to +-0, which is why fp32-subnormal inputs need no
-    normalisation above that scale bound, and negative results are clamped to +0. Then v is clamped
-    to MAX_FINITE (satfinite) and split at the smallest normal 2^EMIN: below it, the count of subnormal
-    steps is an IEEE add of 2^(EMIN - MAN_BITS + 23) (ties to even; a flushed subnormal gives 0 either
-    way); from it, the fp32 mantissa rounded to MAN_BITS bits (ties to even) by integer arithmetic. The
-    two parts add up to the code: each is exactly its share at the split point. Min/max/add of the float
-    parts run on the FP pipe, half of the integer work of ``encode_scaled``.
-    """
-    v = tl.maximum((bits & 0x7FFFFFFF) - shift_bits, 0).to(tl.float32, bitcast=True)
+    s = byte - 127
+    half = s >> 1
+    v = tl.abs(bits.to(tl.float32, bitcast=True)) * ((127 - half) << 23).to(tl.float32, bitcast=True)
+    v = v * ((127 - (s - half)) << 23).to(tl.float32, bitcast=True)
     v = tl.minimum(v, MAX_FINITE)
     min_normal: tl.constexpr = 2.0**EMIN
     magic_bits: tl.constexpr = (127 + EMIN - MAN_BITS + 23) << 23  # 2^(EMIN - MAN_BITS + 23)
@@ -120,12 +90,12 @@ def encode_scaled_fast(bits, shift_bits, sign_mask, MAN_BITS: tl.constexpr, EMIN
     drop: tl.constexpr = 23 - MAN_BITS
     nrm = (nb + ((1 << (drop - 1)) - 1) + ((nb >> drop) & 1)) >> drop
     code = sub.to(tl.int32, bitcast=True) + nrm - (magic_bits + ((127 + EMIN) << MAN_BITS))
-    sign = (bits >> (31 - SIGN_SHIFT)) & sign_mask
+    sign = (bits >> (31 - SIGN_SHIFT)) & (1 << SIGN_SHIFT)
     if HAS_NEG_ZERO:
         code = code | sign
     else:
         code = tl.where(code != 0, code | sign, code)
-    return code
+    return tl.where(byte == 255, 0, code)
 
 
 @triton.jit
@@ -179,47 +149,18 @@ def f32_to_bf16_bits(x):
 
 
 @triton.jit
-def _mx_codes(blocks, byte, FAST: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr,
-              MAX_CODE: tl.constexpr, NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-              MAX_FINITE: tl.constexpr, FAST_MIN_BYTE: tl.constexpr):
-    """Codes of fp32 patterns [R, NB, n] in blocks of scale bytes [R, NB]; NaN blocks (255) all 0."""
-    nan_block = (byte == 255)[:, :, None]
-    if FAST:  # NaN blocks: a shift past every finite magnitude and no signs give codes 0
-        shift_bits = tl.where(nan_block, 0x7F800000, ((tl.maximum(byte, FAST_MIN_BYTE) - 127) << 23)[:, :, None])
-        sign_mask = tl.where(nan_block, 0, 1 << SIGN_SHIFT)
-        codes = encode_scaled_fast(blocks, shift_bits, sign_mask, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO)
-    else:
-        codes = encode_scaled(blocks, (byte - 127)[:, :, None], MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT,
-                              HAS_NEG_ZERO)
-        codes = tl.where(nan_block, 0, codes)
-    return codes
-
-
-@triton.jit
 def mx_quantize_pairs(lo, hi, MODE: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
-                      MAX_CODE: tl.constexpr, NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr,
-                      HAS_NEG_ZERO: tl.constexpr, MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr,
-                      FAST_MIN_BYTE: tl.constexpr):
+                      SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr, MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
     """MX quantization of fp32 patterns given as element pairs: ``lo`` [R, NB, 16] holds elements 2j of
     each 32-block and ``hi`` elements 2j+1 -> (codes lo, codes hi, scale bytes [R, NB]), int32.
 
     ``emulation.quantize_mx``: amax by an integer max of magnitude bits, the e8m0 byte of MODE,
-    elements encoded at that scale; a block holding NaN/Inf gets byte 255 and all codes 0. Pairs are
-    what fp4x2 packs into a byte (and what a 32-bit load of bf16 holds), so no shuffle is needed. The
-    tile takes ``encode_scaled_fast`` unless one of its nonzero blocks has a scale byte below
-    FAST_MIN_BYTE (amax near fp32's subnormal range), which takes the general ``encode_scaled``;
-    a zero block encodes at FAST_MIN_BYTE, where the fast encoder gives its elements +-0.
+    elements encoded at that scale (``encode_scaled``); a block holding NaN/Inf gets byte 255 and all
+    codes 0. Pairs are what fp4x2 packs into a byte (and what a 32-bit load of bf16 holds), so no
+    shuffle is needed.
     """
     amax = tl.maximum(tl.max(lo & 0x7FFFFFFF, axis=2), tl.max(hi & 0x7FFFFFFF, axis=2))
     byte = mx_scale_byte(amax, MODE, MAN_BITS, EMAX, MAX_FINITE, TINY_BITS)
-    if tl.min(tl.where(amax == 0, 255, byte)) >= FAST_MIN_BYTE:
-        codes_lo = _mx_codes(lo, byte, True, MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO,
-                             MAX_FINITE, FAST_MIN_BYTE)
-        codes_hi = _mx_codes(hi, byte, True, MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO,
-                             MAX_FINITE, FAST_MIN_BYTE)
-    else:
-        codes_lo = _mx_codes(lo, byte, False, MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO,
-                             MAX_FINITE, FAST_MIN_BYTE)
-        codes_hi = _mx_codes(hi, byte, False, MAN_BITS, EMIN, MAX_CODE, NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO,
-                             MAX_FINITE, FAST_MIN_BYTE)
+    codes_lo = encode_scaled(lo, byte[:, :, None], MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO)
+    codes_hi = encode_scaled(hi, byte[:, :, None], MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO)
     return codes_lo, codes_hi, byte

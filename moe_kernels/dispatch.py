@@ -50,6 +50,7 @@ class MoEPlan:
     block_n2: int
     block_k: int
     num_warps: int
+    num_stages: int  # software-pipelining depth of the K loop
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
     _check(topk_weights.dtype == torch.float32 and topk_weights.shape == topk_ids.shape, "topk_weights",
            f"expected float32 {list(topk_ids.shape)}, got {topk_weights.dtype} {list(topk_weights.shape)}")
     if topk_ids.numel():
-        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # one host sync
         _check(lo >= 0 and hi < E, "topk_ids", f"expert ids must lie in [0, {E - 1}], got [{lo}, {hi}]")
     for name, shape in (("bias1", (E, 2 * I)), ("bias2", (E, H))):
         b = named[name]
@@ -109,12 +110,12 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
     return M, E, H, I, topk_ids.shape[1]
 
 
-_CONFIG_KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps")
+_CONFIG_KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages")
 
 
 def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = None,
-            I: int | None = None) -> tuple[int, int, int, int, int]:  # noqa: E741
-    """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps) from ``configs.json``.
+            I: int | None = None) -> tuple[int, int, int, int, int, int]:  # noqa: E741
+    """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps, num_stages) from ``configs.json``.
 
     Stage 1 holds two accumulators (gate and up), hence its narrower tile.
     """
@@ -139,28 +140,35 @@ def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, acti
     decision = select_activation_dtype(M, arch=detect_arch() if arch is None else arch, weight_dtype="fp4x2",
                                        activation=activation, gate_mode=gate_mode, quant_type="per_1x32", env=env)
     mode = em.ScaleMode.parse(scale_mode).value
-    block_m, block_n1, block_n2, block_k, warps = _config(M, E, topk, _runtime.INTERPRET, H, I)
+    block_m, block_n1, block_n2, block_k, warps, stages = _config(M, E, topk, _runtime.INTERPRET, H, I)
     return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, M, E, H, I, topk,
-                   block_m, block_n1, block_n2, block_k, warps)
+                   block_m, block_n1, block_n2, block_k, warps, stages)
 
 
 def _align(topk_ids: torch.Tensor, live: torch.Tensor, block_m: int, E: int):
-    """``moe_ref.moe_align_block_size`` on the device (same layout), with torch ops."""
+    """``moe_ref.moe_align_block_size`` on the device (same layout), with torch ops and no host sync.
+
+    Returns (sorted_ids, expert_ids, n_blocks): n_blocks is an upper bound of the blocks (one partial
+    block per expert at most), and blocks past the last expert's have expert id -1.
+    """
     flat = topk_ids.reshape(-1).to(torch.int64)
-    key = torch.where(live.reshape(-1), flat, E)
+    n_pairs = flat.numel()
+    n_blocks = -(-(n_pairs + (block_m - 1) * min(E, n_pairs)) // block_m)
+    key = torch.where(live.reshape(-1), flat, E)  # masked pairs sort last, under key E
     order = torch.argsort(key, stable=True)
     counts = torch.bincount(key, minlength=E + 1)[:E]
-    padded = (counts + block_m - 1) // block_m * block_m
-    total = int(padded.sum())
+    blocks = (counts + block_m - 1) // block_m
     start_in = torch.cumsum(counts, 0) - counts
-    start_out = torch.cumsum(padded, 0) - padded
-    n_live = int(counts.sum())
-    expert_of = key[order[:n_live]]
-    dest = start_out[expert_of] + torch.arange(n_live, device=flat.device) - start_in[expert_of]
-    sorted_ids = torch.full((total,), flat.numel(), dtype=torch.int32, device=flat.device)
-    sorted_ids[dest] = order[:n_live].to(torch.int32)
-    expert_ids = torch.repeat_interleave(torch.arange(E, device=flat.device, dtype=torch.int32), padded // block_m)
-    return sorted_ids, expert_ids, total
+    start_out = (torch.cumsum(blocks, 0) - blocks) * block_m
+    key_sorted = torch.clamp(key[order], max=E - 1)
+    dest = start_out[key_sorted] + torch.arange(n_pairs, device=flat.device) - start_in[key_sorted]
+    dest = torch.where(key[order] < E, dest, n_blocks * block_m)  # masked pairs: a trash slot past the end
+    sorted_ids = torch.full((n_blocks * block_m + 1,), n_pairs, dtype=torch.int32, device=flat.device)
+    sorted_ids[dest] = order.to(torch.int32)
+    block_expert = torch.searchsorted(torch.cumsum(blocks, 0), torch.arange(n_blocks, device=flat.device),
+                                      right=True)
+    expert_ids = torch.where(block_expert < E, block_expert, -1).to(torch.int32)
+    return sorted_ids[:-1], expert_ids, n_blocks
 
 
 def _alloc(shape, dtype, device, poison):
@@ -207,7 +215,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     h_scale = None if kind == KIND_BF16 else _alloc((n_pairs, I // 32), torch.uint8, dev, poison)
     y = _alloc((n_pairs, H), torch.float32, dev, poison)
     if n_pairs:
-        sorted_ids, expert_ids, total = _align(topk_ids, live, plan.block_m, E)
+        sorted_ids, expert_ids, n_blocks = _align(topk_ids, live, plan.block_m, E)
         tw = topk_weights.contiguous().reshape(-1)
         fmt = KernelFormat.of(_ELEMENT_FORMAT[plan.act_dtype]).constexprs("F_", decode=True)
         wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
@@ -215,14 +223,13 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         dummy = torch.zeros(1, dtype=torch.float32, device=dev)
         a_scale_arg = a_scale if a_scale is not None else a_q
         h_scale_arg = h_scale if h_scale is not None else h_q
-        n_blocks = total // plan.block_m
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
-                      num_warps=plan.num_warps, **fmt, **wfmt)
+                      num_warps=plan.num_warps, num_stages=plan.num_stages, **fmt, **wfmt)
         if n_blocks:
             grid1 = (n_blocks, triton.cdiv(I, plan.block_n1))
             _moe_stage1_kernel[grid1](
                 a_q, a_scale_arg, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
-                expert_ids, h_q, h_scale_arg, total, n_pairs, topk, H, I,
+                expert_ids, h_q, h_scale_arg, n_pairs, topk, H, I,
                 a_q.stride(0), a_scale_arg.stride(0), w1.stride(0), w1.stride(1), w1_scale.stride(0),
                 w1_scale.stride(1), h_q.stride(0), h_scale_arg.stride(0),
                 A_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
@@ -233,7 +240,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
             h_in = h_q.view(torch.bfloat16) if kind == KIND_BF16 else h_q
             _moe_stage2_kernel[grid2](
                 h_in, h_scale_arg, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
-                expert_ids, y, total, n_pairs, H, I,
+                expert_ids, y, n_pairs, H, I,
                 h_in.stride(0), h_scale_arg.stride(0), w2.stride(0), w2.stride(1), w2_scale.stride(0),
                 w2_scale.stride(1), y.stride(0),
                 A_KIND=kind, HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, BLOCK_N=plan.block_n2,

@@ -35,33 +35,41 @@ def mma(a, b, acc, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def load_operand_bf16(ptr, scale_ptr, rows, stride, scale_stride, k, row_mask, k_mask, KIND: tl.constexpr,
-                      MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
-    """A [len(rows), len(k)] tile (row-major over k) as exact bf16 values."""
-    mask = row_mask[:, None] & k_mask[None, :]
+def load_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, KIND: tl.constexpr,
+                   BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of a [rows, K] operand as an exact bf16 tile.
+
+    KIND 0: bf16. KIND 1: fp4x2 (K/2 bytes a row) with e8m0 scales (K/32 a row): one contiguous load
+    of BLOCK_K/2 bytes and BLOCK_K/32 scale bytes per row, low and high nibbles decoded apart and
+    interleaved back (element 2j is byte j's low nibble). KIND 2: e4m3 codes with e8m0 scales.
+    K is a multiple of 32, so masks hold per 32-block.
+    """
+    NB: tl.constexpr = BLOCK_K // 32
+    R: tl.constexpr = rows.shape[0]
     if KIND == 0:
-        vals = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=mask, other=0.0)
+        k = k0 + tl.arange(0, BLOCK_K)
+        vals = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=row_mask[:, None] & (k < K)[None, :],
+                       other=0.0)
     else:
-        byte = tl.load(scale_ptr + rows[:, None] * scale_stride + (k // 32)[None, :], mask=mask, other=0).to(tl.int32)
+        sb = k0 // 32 + tl.arange(0, NB)
+        byte = tl.load(scale_ptr + rows[:, None] * scale_stride + sb[None, :],
+                       mask=row_mask[:, None] & (sb < K // 32)[None, :], other=0).to(tl.int32)[:, :, None]
         if KIND == 1:
-            packed = tl.load(ptr + rows[:, None] * stride + (k // 2)[None, :], mask=mask, other=0).to(tl.int32)
-            code = (packed >> ((k & 1) * 4)[None, :]) & 0xF
+            j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
+                             other=0).to(tl.int32)
+            packed = tl.reshape(packed, (R, NB, 16))
+            lo = decode_scaled_bits(packed & 0xF, byte, MAN_BITS, BIAS, SIGN_SHIFT)
+            hi = decode_scaled_bits(packed >> 4, byte, MAN_BITS, BIAS, SIGN_SHIFT)
+            bits = tl.reshape(tl.join(lo, hi), (R, BLOCK_K))
         else:
-            code = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=mask, other=0).to(tl.int32)
-        bits = decode_scaled_bits(code, byte, MAN_BITS, BIAS, SIGN_SHIFT)
+            k = k0 + tl.arange(0, BLOCK_K)
+            code = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=row_mask[:, None] & (k < K)[None, :],
+                           other=0).to(tl.int32)
+            bits = tl.reshape(decode_scaled_bits(tl.reshape(code, (R, NB, 32)), byte, MAN_BITS, BIAS, SIGN_SHIFT),
+                              (R, BLOCK_K))
         vals = bits.to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact: the value is a bf16
     return vals
-
-
-@triton.jit
-def load_weight_t_bf16(w_ptr, ws_ptr, rows, stride_row, scale_stride_row, k, row_mask, k_mask,
-                       MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
-    """W^T [len(k), len(rows)] tile of an MXFP4 matrix (rows x K, packed along K) as exact bf16."""
-    mask = k_mask[:, None] & row_mask[None, :]
-    packed = tl.load(w_ptr + rows[None, :] * stride_row + (k // 2)[:, None], mask=mask, other=0).to(tl.int32)
-    byte = tl.load(ws_ptr + rows[None, :] * scale_stride_row + (k // 32)[:, None], mask=mask, other=0).to(tl.int32)
-    code = (packed >> ((k & 1) * 4)[:, None]) & 0xF
-    return decode_scaled_bits(code, byte, MAN_BITS, BIAS, SIGN_SHIFT).to(tl.float32, bitcast=True).to(tl.bfloat16)
 
 
 @triton.jit
@@ -69,7 +77,7 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
                          KIND: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                          NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                         MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr, FAST_MIN_BYTE: tl.constexpr):
+                         MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
     """Quantize fp32 h [BLOCK_M, BLOCK_N] (columns col0 + arange) along the columns and store it."""
     cols = col0 + tl.arange(0, BLOCK_N)
     col_mask = cols < ncols
@@ -83,7 +91,7 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
         lo, hi = tl.split(tl.reshape(bits, (BLOCK_M, HALF, 2)))
         codes_lo, codes_hi, byte = mx_quantize_pairs(
             tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX,
-            MAX_CODE, NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS, FAST_MIN_BYTE)
+            SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
         codes_lo = tl.reshape(codes_lo, (BLOCK_M, HALF))
         codes_hi = tl.reshape(codes_hi, (BLOCK_M, HALF))
         if KIND == 1:
@@ -100,7 +108,10 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
 
 @triton.jit
 def pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M: tl.constexpr):
-    """This program's block of sorted (token, slot) pairs: (pairs, valid, expert, its w and scale bases)."""
+    """This program's block of sorted (token, slot) pairs: (pairs, valid, expert, its w and scale bases).
+
+    The grid has an upper bound of blocks (no host sync to count them); blocks past the last
+    expert's have expert id -1 and do nothing."""
     pid_m = tl.program_id(0)
     pairs = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
     e = tl.load(expert_ptr + pid_m).to(tl.int64)
@@ -109,7 +120,7 @@ def pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stri
 
 @triton.jit
 def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, out_ptr,
-                       out_scale_ptr, num_padded, num_valid, topk, H, I,
+                       out_scale_ptr, num_valid, topk, H, I,
                        stride_a, stride_as, stride_we, stride_wr, stride_wse, stride_wsr, stride_o, stride_os,
                        A_KIND: tl.constexpr, GATE_MUL: tl.constexpr, UP_OFF_IS_I: tl.constexpr,
                        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOWEIGHT: tl.constexpr, ALPHA: tl.constexpr,
@@ -118,9 +129,8 @@ def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
                        F_MAN_BITS: tl.constexpr, F_BIAS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
                        F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
-                       F_FAST_MIN_BYTE: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
-    if tl.program_id(0) * BLOCK_M < num_padded:
+    if tl.load(expert_ptr + tl.program_id(0)) >= 0:  # -1: a block past the last expert's
         pairs, valid, e, w_e, ws_e = pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,
                                              BLOCK_M)
         tokens = tl.where(valid, pairs // topk, 0)
@@ -131,16 +141,14 @@ def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, H, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = k < H
-            a = load_operand_bf16(a_ptr, a_scale_ptr, tokens, stride_a, stride_as, k, valid, k_mask, A_KIND,
-                                  F_MAN_BITS, F_BIAS, F_SIGN_SHIFT)
-            w_g = load_weight_t_bf16(w_e, ws_e, gate_rows, stride_wr, stride_wsr, k, n_mask, k_mask,
-                                     W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
-            w_u = load_weight_t_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k, n_mask, k_mask,
-                                     W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
-            acc_g = mma(a, w_g, acc_g, INTERPRET)
-            acc_u = mma(a, w_u, acc_u, INTERPRET)
+            a = load_rows_bf16(a_ptr, a_scale_ptr, tokens, stride_a, stride_as, k0, H, valid, A_KIND, BLOCK_K,
+                               F_MAN_BITS, F_BIAS, F_SIGN_SHIFT)
+            w_g = load_rows_bf16(w_e, ws_e, gate_rows, stride_wr, stride_wsr, k0, H, n_mask, 1, BLOCK_K,
+                                 W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+            w_u = load_rows_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k0, H, n_mask, 1, BLOCK_K,
+                                 W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+            acc_g = mma(a, tl.trans(w_g), acc_g, INTERPRET)
+            acc_u = mma(a, tl.trans(w_u), acc_u, INTERPRET)
         if HAS_BIAS:
             acc_g = acc_g + tl.load(bias_ptr + e * 2 * I + gate_rows, mask=n_mask, other=0.0)[None, :]
             acc_u = acc_u + tl.load(bias_ptr + e * 2 * I + up_rows, mask=n_mask, other=0.0)[None, :]
@@ -157,21 +165,20 @@ def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
             h = h * tl.load(tw_ptr + pairs, mask=valid, other=0.0)[:, None]
         store_quantized_rows(out_ptr, out_scale_ptr, h, pairs, tl.program_id(1) * BLOCK_N, valid, I, stride_o, stride_os, A_KIND, MODE,
                              BLOCK_M, BLOCK_N, F_MAN_BITS, F_EMIN, F_EMAX, F_MAX_CODE, F_NAN_CODE, F_SIGN_SHIFT,
-                             F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS, F_FAST_MIN_BYTE)
+                             F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS)
 
 
 @triton.jit
 def _moe_stage2_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, y_ptr,
-                       num_padded, num_valid, H, I,
+                       num_valid, H, I,
                        stride_a, stride_as, stride_we, stride_wr, stride_wse, stride_wsr, stride_y,
                        A_KIND: tl.constexpr, HAS_BIAS: tl.constexpr, WEIGHT_HERE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
                        F_MAN_BITS: tl.constexpr, F_BIAS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
                        F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
-                       F_FAST_MIN_BYTE: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
-    if tl.program_id(0) * BLOCK_M < num_padded:
+    if tl.load(expert_ptr + tl.program_id(0)) >= 0:  # -1: a block past the last expert's
         pairs, valid, e, w_e, ws_e = pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,
                                              BLOCK_M)
         rows = tl.where(valid, pairs, 0)
@@ -179,13 +186,11 @@ def _moe_stage2_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
         n_mask = n < H
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, I, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = k < I
-            a = load_operand_bf16(a_ptr, a_scale_ptr, rows, stride_a, stride_as, k, valid, k_mask, A_KIND,
-                                  F_MAN_BITS, F_BIAS, F_SIGN_SHIFT)
-            w = load_weight_t_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k, n_mask, k_mask,
-                                   W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
-            acc = mma(a, w, acc, INTERPRET)
+            a = load_rows_bf16(a_ptr, a_scale_ptr, rows, stride_a, stride_as, k0, I, valid, A_KIND, BLOCK_K,
+                               F_MAN_BITS, F_BIAS, F_SIGN_SHIFT)
+            w = load_rows_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k0, I, n_mask, 1, BLOCK_K,
+                               W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+            acc = mma(a, tl.trans(w), acc, INTERPRET)
         if HAS_BIAS:
             acc = acc + tl.load(bias_ptr + e * H + n, mask=n_mask, other=0.0)[None, :]
         if WEIGHT_HERE:

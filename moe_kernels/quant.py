@@ -16,7 +16,7 @@ import triton.language as tl
 import emulation as em
 
 from . import _runtime
-from ._numerics import SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_scaled_fast, mx_quantize_pairs
+from ._numerics import SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_scaled, mx_quantize_pairs
 from ._tuning import CONFIGS
 
 __all__ = ["quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token"]
@@ -41,7 +41,7 @@ def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                      MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                      NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                     MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr, FAST_MIN_BYTE: tl.constexpr):
+                     MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 32
     HALF: tl.constexpr = BLOCK_K // 2
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -56,8 +56,8 @@ def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
         lo = load_f32_bits(x_row, (2 * pairs)[None, :] * stride_xk, mask, IS_BF16)
         hi = load_f32_bits(x_row, (2 * pairs + 1)[None, :] * stride_xk, mask, IS_BF16)
     codes_lo, codes_hi, byte = mx_quantize_pairs(
-        tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX, MAX_CODE,
-        NAN_CODE, SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS, FAST_MIN_BYTE)
+        tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX,
+        SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
     codes_lo = tl.reshape(codes_lo, (BLOCK_M, HALF))
     codes_hi = tl.reshape(codes_hi, (BLOCK_M, HALF))
     q_at = q_ptr + rows[:, None].to(tl.int64) * stride_qm + pairs[None, :]
@@ -75,7 +75,7 @@ def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, strid
                           IS_BF16: tl.constexpr, BLOCK_K: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                           NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                          MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr, FAST_MIN_BYTE: tl.constexpr):
+                          MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
     amax_bits = tl.zeros((BLOCK_K,), tl.int32)
@@ -90,7 +90,7 @@ def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, strid
         cols = k0 + tl.arange(0, BLOCK_K)
         bits = load_f32_bits(x_row, cols * stride_xk, cols < K, IS_BF16)
         scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
-        codes = encode_scaled_fast(scaled, 0, 1 << SIGN_SHIFT, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO)
+        codes = encode_scaled(scaled, tl.full(scaled.shape, 127, tl.int32), MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO)
         # scale 0 < s < 2^-126 makes 1/s inf, and 0 * inf a NaN that the emulation encodes as NaN
         codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, NAN_CODE, codes)
         codes = tl.where(amax == 0, 0, tl.where(finite, codes, NAN_CODE))

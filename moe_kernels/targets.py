@@ -31,6 +31,7 @@ from triton.compiler import compile as triton_compile
 
 from . import _runtime, dispatch, moe_gemm, quant
 from ._numerics import SCALE_MODE_IDS, KernelFormat
+from ._tuning import CONFIGS
 
 __all__ = ["TARGETS", "VARIANTS", "EXPECTED", "Variant", "compile_variant", "resources", "check_variant"]
 
@@ -51,18 +52,29 @@ EXPECTED = {
     ("mma_bm16", "sm90"): dict(require=[_MMA_SYNC], forbid=[r"wgmma"]),
     ("mma_bm32", "sm90"): dict(require=[_MMA_SYNC], forbid=[r"wgmma"]),
     ("mma_bm64", "sm90"): dict(require=[r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16"], forbid=[]),
+    ("mma_bm128", "sm90"): dict(require=[r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16"], forbid=[]),
     ("mma_bm16", "gfx950"): dict(require=[r"v_mfma_f32_16x16x32_bf16"], forbid=[]),
     ("mma_bm32", "gfx950"): dict(require=[r"v_mfma_f32_32x32x16_bf16"], forbid=[]),
     ("mma_bm64", "gfx950"): dict(require=[r"v_mfma_f32_32x32x16_bf16"], forbid=[]),
+    ("mma_bm128", "gfx950"): dict(require=[r"v_mfma_f32_32x32x16_bf16"], forbid=[]),
     ("mma_bm16", "gfx942"): dict(require=[r"v_mfma_f32_16x16x16_?bf16"], forbid=[]),
     ("mma_bm32", "gfx942"): dict(require=[r"v_mfma_f32_32x32x8_?bf16"], forbid=[]),
     ("mma_bm64", "gfx942"): dict(require=[r"v_mfma_f32_32x32x8_?bf16"], forbid=[]),
+    ("mma_bm128", "gfx942"): dict(require=[r"v_mfma_f32_32x32x8_?bf16"], forbid=[]),
     # quantizers: integer arithmetic only - no hardware float8 conversions (NUMERICS.md sections 4-5)
-    ("quant", "sm90"): dict(require=[r"max\.s32"], forbid=[r"cvt\.rn\.satfinite\.e4m3", r"cvt\.\w*\.e2m1"]),
-    ("quant", "gfx950"): dict(require=[r"v_max_i32"], forbid=[r"v_cvt_\w*fp8", r"v_cvt_scalef32\w*fp4"]),
-    ("quant", "gfx942"): dict(require=[r"v_max_i32"], forbid=[r"v_cvt_\w*fp8"]),
+    ("quant", "sm90"): dict(require=[r"max\.[su]32"], forbid=[r"cvt\.rn\.satfinite\.e4m3", r"cvt\.\w*\.e2m1"]),
+    ("quant", "gfx950"): dict(require=[r"v_max_[iu]32"], forbid=[r"v_cvt_\w*fp8", r"v_cvt_scalef32\w*fp4"]),
+    ("quant", "gfx942"): dict(require=[r"v_max_[iu]32"], forbid=[r"v_cvt_\w*fp8"]),
 }
 
+
+# The encoder's scaling (``_numerics.encode_scaled``) needs fp32 arithmetic that keeps subnormals:
+# no flush-to-zero forms on sm_90, fp32 denormal mode 3 (inputs and outputs kept) on gfx9.
+for (_cls, _target), _exp in EXPECTED.items():
+    if _target == "sm90":
+        _exp["forbid"].append(r"\.ftz\.f32")
+    else:
+        _exp["require"].append(r"\.amdhsa_float_denorm_mode_32\s+3")
 
 @dataclass(frozen=True)
 class Variant:
@@ -72,6 +84,7 @@ class Variant:
     signature: tuple  # ((arg, type), ...)
     constexprs: tuple  # ((name, value), ...)
     num_warps: int
+    num_stages: int = 3
     # as the JIT specializes a launch: integer args equal to 1 become constants, pointers and integers
     # that are multiples of 16 carry that fact (vectorized loads depend on it)
     ones: tuple = ()
@@ -79,11 +92,11 @@ class Variant:
 
 
 _MOE_SIG1 = dict(a_ptr="*u8", a_scale_ptr="*u8", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
-                 sorted_ptr="*i32", expert_ptr="*i32", out_ptr="*u8", out_scale_ptr="*u8", num_padded="i32",
+                 sorted_ptr="*i32", expert_ptr="*i32", out_ptr="*u8", out_scale_ptr="*u8",
                  num_valid="i32", topk="i32", H="i32", I="i32", stride_a="i32", stride_as="i32", stride_we="i32",
                  stride_wr="i32", stride_wse="i32", stride_wsr="i32", stride_o="i32", stride_os="i32")
 _MOE_SIG2 = dict(a_ptr="*u8", a_scale_ptr="*u8", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
-                 sorted_ptr="*i32", expert_ptr="*i32", y_ptr="*fp32", num_padded="i32", num_valid="i32", H="i32",
+                 sorted_ptr="*i32", expert_ptr="*i32", y_ptr="*fp32", num_valid="i32", H="i32",
                  I="i32", stride_a="i32", stride_as="i32", stride_we="i32", stride_wr="i32", stride_wse="i32",
                  stride_wsr="i32", stride_y="i32")
 _MX_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*u8", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
@@ -96,7 +109,7 @@ def _moe_variants():
     """Stage 1 and 2 for each activation path, at every BLOCK_M the dispatcher picks."""
     wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
             if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
-    configs = {dispatch._config(M, 128, 4) for M in (1, 600, 1200, 8192)}  # every gpu entry of configs.json
+    configs = {tuple(e[k] for k in dispatch._CONFIG_KEYS) for e in CONFIGS["gpu"]}  # every gpu entry
     block_ms = sorted(c[0] for c in configs)
     out = []
     for act_dtype, kind in dispatch._KIND.items():
@@ -106,17 +119,17 @@ def _moe_variants():
         sig1 = {**_MOE_SIG1, **(dict(a_ptr="*bf16", out_ptr="*i16") if bf16 else {})}
         sig2 = {**_MOE_SIG2, **(dict(a_ptr="*bf16") if bf16 else {})}
         for block_m in block_ms:
-            _, block_n1, block_n2, block_k, warps = next(c for c in configs if c[0] == block_m)
+            _, block_n1, block_n2, block_k, warps, stages = next(c for c in configs if c[0] == block_m)
             common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **fmt, **wfmt)
             for gate_mode in ("separated", "interleave"):
                 ce = dict(A_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2,
                           UP_OFF_IS_I=gate_mode == "separated", ACT=0, HAS_BIAS=True, DOWEIGHT=False, ALPHA=1.702,
                           LIMIT=7.0, MODE=0, BLOCK_N=block_n1, **common)
                 out.append(Variant(f"moe_stage1/{path}/{gate_mode}/bm{block_m}", f"mma_bm{block_m}", moe_gemm._moe_stage1_kernel,
-                                   tuple(sig1.items()), tuple(ce.items()), warps))
+                                   tuple(sig1.items()), tuple(ce.items()), warps, stages))
             ce = dict(A_KIND=kind, HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
             out.append(Variant(f"moe_stage2/{path}/bm{block_m}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
-                               tuple(sig2.items()), tuple(ce.items()), warps))
+                               tuple(sig2.items()), tuple(ce.items()), warps, stages))
     return out
 
 
@@ -165,7 +178,7 @@ def compile_variant(name: str, target: str):
     sig = {**{k: t for k, t in v.signature if k not in v.ones}, **{k: "constexpr" for k in ce}}
     attrs = {(v.fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in v.divisible16}
     return triton_compile(ASTSource(v.fn, sig, ce, attrs), target=TARGETS[target],
-                          options={"num_warps": v.num_warps})
+                          options={"num_warps": v.num_warps, "num_stages": v.num_stages})
 
 
 def _cubin_resources(cubin: bytes) -> tuple[int, int]:

@@ -264,3 +264,22 @@ def test_h_not_multiple_of_32_and_bad_env(rng):
     hidden = torch.zeros(4, 48, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="multiple of 32"):
         mk.fused_moe(hidden, *p.args()[1:], arch="gfx950", env={})
+
+
+@pytest.mark.parametrize("M, E, topk, block_m", [(1, 8, 2, 16), (37, 8, 3, 16), (200, 32, 4, 64), (5, 128, 4, 16)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, rng):
+    """fused_moe's sync-free alignment holds moe_ref.moe_align_block_size's blocks, then -1 blocks."""
+    from moe_kernels.dispatch import _align
+    from moe_ref import moe_align_block_size
+
+    ids = torch.from_numpy(rng.integers(0, E, (M, topk)).astype(np.int32))
+    mask = torch.from_numpy((rng.random(E) < 0.6).astype(np.int32)) if masked else None
+    live = torch.ones((M, topk), dtype=torch.bool) if mask is None else (mask != 0)[ids.long()]
+    sorted_ids, expert_ids, n_blocks = _align(ids, live, block_m, E)
+    want_sorted, want_experts, padded = moe_align_block_size(ids, block_m, E, expert_mask=mask)
+    n_real = int(padded) // block_m
+    assert n_blocks >= n_real and sorted_ids.shape == (n_blocks * block_m,)
+    np.testing.assert_array_equal(sorted_ids[: int(padded)].numpy(), np.asarray(want_sorted))
+    np.testing.assert_array_equal(expert_ids[:n_real].numpy(), np.asarray(want_experts))
+    assert (expert_ids[n_real:] == -1).all() and (sorted_ids[int(padded):] == M * topk).all()

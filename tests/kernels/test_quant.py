@@ -11,7 +11,6 @@ import torch
 import emulation as em
 import moe_kernels as mk
 from moe_kernels import quant as quant_module
-from moe_kernels._numerics import KernelFormat
 
 from ..emulation.nasty import random_fp32
 
@@ -115,10 +114,11 @@ def test_special_values(mode, fmt, device):
 
 
 def _boundary_rows(fmt, mode):
-    """Rows of 64 whose first block has scale byte FAST_MIN_BYTE - 1, FAST_MIN_BYTE or + 1 (the bound of
-    the kernels' fast encoder), holding fp32 subnormals and -0 beside its amax; the second block is
-    ordinary. Alone, a row's tile takes the fast encoder exactly when its byte is at least the bound."""
-    fast_min = KernelFormat.of(fmt).fast_min_byte
+    """Rows of 64 whose first block has a scale byte around 2 - emin + man_bits (below it, fp32-subnormal
+    inputs can reach half the format's smallest subnormal once scaled), holding fp32 subnormals and -0
+    beside its amax; the second block is ordinary."""
+    f = em.get_format(fmt)
+    fast_min = 2 - f.emin + f.man_bits
     rows = []
     for amax in np.float32(2.0) ** np.arange(-140, -100, 0.25, dtype=np.float32):
         byte = int(em.mx_scale_e8m0(np.float32([amax]), fmt, mode)[0])
@@ -135,8 +135,7 @@ def _boundary_rows(fmt, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fmt", ["e2m1", "e4m3fn", "e4m3fnuz"])
 def test_special_and_boundary_rows_one_at_a_time(mode, fmt, device):
-    """Each row alone is a tile of its own: all-zero, -0 and NaN tiles take the fast encoder, tiny
-    blocks the general one, and blocks at the fast bound either (_boundary_rows)."""
+    """Each row alone is a tile of its own (no neighbouring rows decide anything)."""
     for x in (*_special_rows(), *_boundary_rows(fmt, mode)):
         x = x[None, :]
         _check_mx(torch.from_numpy(x).to(device), x, mode, fmt)
