@@ -19,7 +19,7 @@ from moe_ref import SWIGLU_ALPHA, SWIGLU_LIMIT, Decision, detect_arch, select_ac
 from . import _runtime
 from ._numerics import SCALE_MODE_IDS, KernelFormat
 from ._tuning import CONFIGS
-from .moe_gemm import KIND_BF16, KIND_FP4, KIND_FP8, _moe_stage1_kernel, _moe_stage2_kernel
+from .moe_gemm import KIND_BF16, KIND_FP4, KIND_FP8, _dequant_rows_kernel, _moe_stage1_kernel, _moe_stage2_kernel
 from .quant import quantize_mxfp4, quantize_mxfp8
 
 __all__ = ["MoEPlan", "MoERun", "PATHS", "plan_moe", "fused_moe"]
@@ -171,6 +171,19 @@ def _align(topk_ids: torch.Tensor, live: torch.Tensor, block_m: int, E: int):
     return sorted_ids[:-1], expert_ids, n_blocks
 
 
+def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, fmt: dict) -> torch.Tensor:
+    """Exact bf16 values [R, K] of MX rows (fp4x2 or e4m3 codes with e8m0 scales)."""
+    R = q.shape[0]
+    out = torch.empty((R, K), dtype=torch.bfloat16, device=q.device)
+    if R:
+        block_k = 128 if K >= 128 else 32
+        _dequant_rows_kernel[(triton.cdiv(R, 16), triton.cdiv(K, block_k))](
+            q, scale, out.view(torch.int16), R, K, q.stride(0), scale.stride(0), out.stride(0), KIND=kind,
+            BLOCK_R=16, BLOCK_K=block_k, MAN_BITS=fmt["F_MAN_BITS"], BIAS=fmt["F_BIAS"],
+            SIGN_SHIFT=fmt["F_SIGN_SHIFT"], num_warps=4)
+    return out
+
+
 def _alloc(shape, dtype, device, poison):
     t = torch.empty(shape, dtype=dtype, device=device)
     if poison:
@@ -221,29 +234,29 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
                 if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
         dummy = torch.zeros(1, dtype=torch.float32, device=dev)
-        a_scale_arg = a_scale if a_scale is not None else a_q
         h_scale_arg = h_scale if h_scale is not None else h_q
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
                       num_warps=plan.num_warps, num_stages=plan.num_stages, **fmt, **wfmt)
         if n_blocks:
+            a_in = a_q if kind == KIND_BF16 else _dequantize_rows(a_q, a_scale, kind, H, fmt)
             grid1 = (n_blocks, triton.cdiv(I, plan.block_n1))
             _moe_stage1_kernel[grid1](
-                a_q, a_scale_arg, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
+                a_in, a_in, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
                 expert_ids, h_q, h_scale_arg, n_pairs, topk, H, I,
-                a_q.stride(0), a_scale_arg.stride(0), w1.stride(0), w1.stride(1), w1_scale.stride(0),
+                a_in.stride(0), 0, w1.stride(0), w1.stride(1), w1_scale.stride(0),
                 w1_scale.stride(1), h_q.stride(0), h_scale_arg.stride(0),
-                A_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
+                A_KIND=KIND_BF16, OUT_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
                 ACT=_ACT_IDS[activation], HAS_BIAS=bias1 is not None, DOWEIGHT=bool(doweight_stage1),
                 ALPHA=float(alpha), LIMIT=float(limit), MODE=SCALE_MODE_IDS[em.ScaleMode(plan.scale_mode)],
                 BLOCK_N=plan.block_n1, **common)
             grid2 = (n_blocks, triton.cdiv(H, plan.block_n2))
-            h_in = h_q.view(torch.bfloat16) if kind == KIND_BF16 else h_q
+            h_in = h_q.view(torch.bfloat16) if kind == KIND_BF16 else _dequantize_rows(h_q, h_scale, kind, I, fmt)
             _moe_stage2_kernel[grid2](
-                h_in, h_scale_arg, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
+                h_in, h_in, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
                 expert_ids, y, n_pairs, H, I,
-                h_in.stride(0), h_scale_arg.stride(0), w2.stride(0), w2.stride(1), w2_scale.stride(0),
+                h_in.stride(0), 0, w2.stride(0), w2.stride(1), w2_scale.stride(0),
                 w2_scale.stride(1), y.stride(0),
-                A_KIND=kind, HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, BLOCK_N=plan.block_n2,
+                A_KIND=KIND_BF16, HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, BLOCK_N=plan.block_n2,
                 **common)
     out_f32 = torch.zeros((M, H), dtype=torch.float32, device=dev)
     y3 = y.view(M, topk, H)

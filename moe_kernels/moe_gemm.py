@@ -3,7 +3,9 @@
 Both kernels walk the ``moe_align_block_size`` layout: program (b, n) owns block b of BLOCK_M sorted
 (token, slot) pairs, all routed to one expert, and BLOCK_N output columns. Operands are decoded
 exactly to bf16 tiles in registers (e2m1 / e4m3 values times an e8m0 scale are exact in bf16 for
-every scale of real tensors) and multiplied on the tensor cores with fp32 accumulation.
+every scale of real tensors) and multiplied on the tensor cores with fp32 accumulation. The
+dispatcher hands quantized activations over already decoded (``_dequant_rows_kernel``, A_KIND 0):
+each is then read once per column tile instead of decoded again in each.
 
 Stage 1: A = the token's quantized hidden row, W = w1[e] gate and up rows (SEPARATED: j and I + j;
 INTERLEAVE: 2j and 2j + 1) -> two fp32 accumulators -> + bias1 -> activation (``moe_ref.activation``,
@@ -35,41 +37,68 @@ def mma(a, b, acc, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def load_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, KIND: tl.constexpr,
-                   BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
-    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of a [rows, K] operand as an exact bf16 tile.
+def load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, KIND: tl.constexpr,
+                       BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MX operand [rows, K], decoded exactly to fp32
+    patterns (int32; every value is a bf16).
 
-    KIND 0: bf16. KIND 1: fp4x2 (K/2 bytes a row) with e8m0 scales (K/32 a row): one contiguous load
-    of BLOCK_K/2 bytes and BLOCK_K/32 scale bytes per row, low and high nibbles decoded apart and
-    interleaved back (element 2j is byte j's low nibble). KIND 2: e4m3 codes with e8m0 scales.
-    K is a multiple of 32, so masks hold per 32-block.
+    KIND 1: fp4x2 (K/2 bytes a row) with e8m0 scales (K/32 a row): one contiguous load of BLOCK_K/2
+    bytes and BLOCK_K/32 scale bytes per row, low and high nibbles decoded apart and interleaved back
+    (element 2j is byte j's low nibble). KIND 2: e4m3 codes with e8m0 scales. K is a multiple of 32,
+    so masks hold per 32-block.
     """
     NB: tl.constexpr = BLOCK_K // 32
     R: tl.constexpr = rows.shape[0]
+    sb = k0 // 32 + tl.arange(0, NB)
+    byte = tl.load(scale_ptr + rows[:, None] * scale_stride + sb[None, :],
+                   mask=row_mask[:, None] & (sb < K // 32)[None, :], other=0).to(tl.int32)[:, :, None]
+    if KIND == 1:
+        j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
+                         other=0).to(tl.int32)
+        packed = tl.reshape(packed, (R, NB, 16))
+        lo = decode_scaled_bits(packed & 0xF, byte, MAN_BITS, BIAS, SIGN_SHIFT)
+        hi = decode_scaled_bits(packed >> 4, byte, MAN_BITS, BIAS, SIGN_SHIFT)
+        bits = tl.reshape(tl.join(lo, hi), (R, BLOCK_K))
+    else:
+        k = k0 + tl.arange(0, BLOCK_K)
+        code = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=row_mask[:, None] & (k < K)[None, :],
+                       other=0).to(tl.int32)
+        bits = tl.reshape(decode_scaled_bits(tl.reshape(code, (R, NB, 32)), byte, MAN_BITS, BIAS, SIGN_SHIFT),
+                          (R, BLOCK_K))
+    return bits
+
+
+@triton.jit
+def load_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, KIND: tl.constexpr,
+                   BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of a [rows, K] operand as an exact bf16 tile: KIND 0
+    bf16, KIND 1/2 MX (``load_rows_f32_bits``)."""
     if KIND == 0:
         k = k0 + tl.arange(0, BLOCK_K)
         vals = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=row_mask[:, None] & (k < K)[None, :],
                        other=0.0)
     else:
-        sb = k0 // 32 + tl.arange(0, NB)
-        byte = tl.load(scale_ptr + rows[:, None] * scale_stride + sb[None, :],
-                       mask=row_mask[:, None] & (sb < K // 32)[None, :], other=0).to(tl.int32)[:, :, None]
-        if KIND == 1:
-            j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
-                             other=0).to(tl.int32)
-            packed = tl.reshape(packed, (R, NB, 16))
-            lo = decode_scaled_bits(packed & 0xF, byte, MAN_BITS, BIAS, SIGN_SHIFT)
-            hi = decode_scaled_bits(packed >> 4, byte, MAN_BITS, BIAS, SIGN_SHIFT)
-            bits = tl.reshape(tl.join(lo, hi), (R, BLOCK_K))
-        else:
-            k = k0 + tl.arange(0, BLOCK_K)
-            code = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=row_mask[:, None] & (k < K)[None, :],
-                           other=0).to(tl.int32)
-            bits = tl.reshape(decode_scaled_bits(tl.reshape(code, (R, NB, 32)), byte, MAN_BITS, BIAS, SIGN_SHIFT),
-                              (R, BLOCK_K))
+        bits = load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, KIND, BLOCK_K,
+                                  MAN_BITS, BIAS, SIGN_SHIFT)
         vals = bits.to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact: the value is a bf16
     return vals
+
+
+@triton.jit
+def _dequant_rows_kernel(q_ptr, s_ptr, out_ptr, R, K, stride_q, stride_s, stride_o, KIND: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr,
+                         SIGN_SHIFT: tl.constexpr):
+    """MX rows (KIND 1 fp4x2 / 2 e4m3, with e8m0 scales) -> their exact bf16 values, stored as bf16
+    patterns (``out_ptr`` int16): the GEMMs then read each activation once instead of decoding it again
+    in every column tile (the products, and so the results, are the same)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k0 = tl.program_id(1) * BLOCK_K
+    bits = load_rows_f32_bits(q_ptr, s_ptr, rows, stride_q, stride_s, k0, K, rows < R, KIND, BLOCK_K, MAN_BITS, BIAS,
+                              SIGN_SHIFT)
+    cols = k0 + tl.arange(0, BLOCK_K)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_o + cols[None, :], (bits >> 16).to(tl.int16),
+             mask=(rows < R)[:, None] & (cols < K)[None, :])
 
 
 @triton.jit
@@ -122,7 +151,8 @@ def pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stri
 def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, out_ptr,
                        out_scale_ptr, num_valid, topk, H, I,
                        stride_a, stride_as, stride_we, stride_wr, stride_wse, stride_wsr, stride_o, stride_os,
-                       A_KIND: tl.constexpr, GATE_MUL: tl.constexpr, UP_OFF_IS_I: tl.constexpr,
+                       A_KIND: tl.constexpr, OUT_KIND: tl.constexpr, GATE_MUL: tl.constexpr,
+                       UP_OFF_IS_I: tl.constexpr,
                        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOWEIGHT: tl.constexpr, ALPHA: tl.constexpr,
                        LIMIT: tl.constexpr, MODE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
@@ -163,7 +193,7 @@ def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
             h = (acc_g * s) * acc_u
         if DOWEIGHT:
             h = h * tl.load(tw_ptr + pairs, mask=valid, other=0.0)[:, None]
-        store_quantized_rows(out_ptr, out_scale_ptr, h, pairs, tl.program_id(1) * BLOCK_N, valid, I, stride_o, stride_os, A_KIND, MODE,
+        store_quantized_rows(out_ptr, out_scale_ptr, h, pairs, tl.program_id(1) * BLOCK_N, valid, I, stride_o, stride_os, OUT_KIND, MODE,
                              BLOCK_M, BLOCK_N, F_MAN_BITS, F_EMIN, F_EMAX, F_MAX_CODE, F_NAN_CODE, F_SIGN_SHIFT,
                              F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS)
 

@@ -61,6 +61,10 @@ EXPECTED = {
     ("mma_bm32", "gfx942"): dict(require=[r"v_mfma_f32_32x32x8_?bf16"], forbid=[]),
     ("mma_bm64", "gfx942"): dict(require=[r"v_mfma_f32_32x32x8_?bf16"], forbid=[]),
     ("mma_bm128", "gfx942"): dict(require=[r"v_mfma_f32_32x32x8_?bf16"], forbid=[]),
+    # activation dequantizer: integer decoding, no float8 conversions
+    ("dequant", "sm90"): dict(require=[r"st\.global"], forbid=[r"cvt\.\w*\.e4m3", r"cvt\.\w*\.e2m1"]),
+    ("dequant", "gfx950"): dict(require=[r"global_store"], forbid=[r"v_cvt_\w*fp8", r"v_cvt_scalef32\w*fp4"]),
+    ("dequant", "gfx942"): dict(require=[r"global_store"], forbid=[r"v_cvt_\w*fp8"]),
     # quantizers: integer arithmetic only - no hardware float8 conversions (NUMERICS.md sections 4-5)
     ("quant", "sm90"): dict(require=[r"max\.[su]32"], forbid=[r"cvt\.rn\.satfinite\.e4m3", r"cvt\.\w*\.e2m1"]),
     ("quant", "gfx950"): dict(require=[r"v_max_[iu]32"], forbid=[r"v_cvt_\w*fp8", r"v_cvt_scalef32\w*fp4"]),
@@ -99,37 +103,44 @@ _MOE_SIG2 = dict(a_ptr="*u8", a_scale_ptr="*u8", w_ptr="*u8", ws_ptr="*u8", bias
                  sorted_ptr="*i32", expert_ptr="*i32", y_ptr="*fp32", num_valid="i32", H="i32",
                  I="i32", stride_a="i32", stride_as="i32", stride_we="i32", stride_wr="i32", stride_wse="i32",
                  stride_wsr="i32", stride_y="i32")
+_DEQ_SIG = dict(q_ptr="*u8", s_ptr="*u8", out_ptr="*i16", R="i32", K="i32", stride_q="i32", stride_s="i32",
+                stride_o="i32")
 _MX_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*u8", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
                stride_qm="i32", stride_sm="i32")
-_PT_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*fp32", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
+_PT_SIG = dict(x_ptr="*i32", q_ptr="*i16", s_ptr="*fp32", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
                stride_qm="i32")
 
 
 def _moe_variants():
-    """Stage 1 and 2 for each activation path, at every BLOCK_M the dispatcher picks."""
+    """Stage 1 for each activation path (bf16 operands in, the path's intermediate out) and stage 2, at
+    every tile configuration of configs.json, and the activation dequantizer of each MX path."""
     wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
             if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
-    configs = {tuple(e[k] for k in dispatch._CONFIG_KEYS) for e in CONFIGS["gpu"]}  # every gpu entry
-    block_ms = sorted(c[0] for c in configs)
+    configs = sorted({tuple(e[k] for k in dispatch._CONFIG_KEYS) for e in CONFIGS["gpu"]})  # every gpu entry
+    sig2 = {**_MOE_SIG2, "a_ptr": "*bf16"}
     out = []
-    for act_dtype, kind in dispatch._KIND.items():
-        fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_", decode=True)
-        path = dispatch.PATHS[act_dtype]
-        bf16 = kind == moe_gemm.KIND_BF16  # bf16 activations in, bf16 bit patterns (int16) out
-        sig1 = {**_MOE_SIG1, **(dict(a_ptr="*bf16", out_ptr="*i16") if bf16 else {})}
-        sig2 = {**_MOE_SIG2, **(dict(a_ptr="*bf16") if bf16 else {})}
-        for block_m in block_ms:
-            _, block_n1, block_n2, block_k, warps, stages = next(c for c in configs if c[0] == block_m)
-            common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **fmt, **wfmt)
+    for block_m, block_n1, block_n2, block_k, warps, stages in configs:
+        common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **wfmt)
+        for act_dtype, kind in dispatch._KIND.items():
+            fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_", decode=True)
+            path = dispatch.PATHS[act_dtype]
+            sig1 = {**_MOE_SIG1, "a_ptr": "*bf16", **({"out_ptr": "*i16"} if kind == moe_gemm.KIND_BF16 else {})}
             for gate_mode in ("separated", "interleave"):
-                ce = dict(A_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2,
+                ce = dict(A_KIND=moe_gemm.KIND_BF16, OUT_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2,
                           UP_OFF_IS_I=gate_mode == "separated", ACT=0, HAS_BIAS=True, DOWEIGHT=False, ALPHA=1.702,
-                          LIMIT=7.0, MODE=0, BLOCK_N=block_n1, **common)
-                out.append(Variant(f"moe_stage1/{path}/{gate_mode}/bm{block_m}", f"mma_bm{block_m}", moe_gemm._moe_stage1_kernel,
-                                   tuple(sig1.items()), tuple(ce.items()), warps, stages))
-            ce = dict(A_KIND=kind, HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
-            out.append(Variant(f"moe_stage2/{path}/bm{block_m}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
-                               tuple(sig2.items()), tuple(ce.items()), warps, stages))
+                          LIMIT=7.0, MODE=0, BLOCK_N=block_n1, **common, **fmt)
+                out.append(Variant(f"moe_stage1/{path}/{gate_mode}/bm{block_m}", f"mma_bm{block_m}",
+                                   moe_gemm._moe_stage1_kernel, tuple(sig1.items()), tuple(ce.items()), warps, stages))
+        fmt = KernelFormat.of("e2m1").constexprs("F_", decode=True)  # unused by A_KIND 0, required by the signature
+        ce = dict(A_KIND=moe_gemm.KIND_BF16, HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common, **fmt)
+        out.append(Variant(f"moe_stage2/bm{block_m}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
+                           tuple(sig2.items()), tuple(ce.items()), warps, stages))
+    for act_dtype in ("fp4x2", "fp8"):
+        kf = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype])
+        ce = dict(KIND=dispatch._KIND[act_dtype], BLOCK_R=16, BLOCK_K=128, MAN_BITS=kf.man_bits, BIAS=kf.bias,
+                  SIGN_SHIFT=kf.sign_shift)
+        out.append(Variant(f"dequant_rows/{act_dtype}", "dequant", moe_gemm._dequant_rows_kernel,
+                           tuple(_DEQ_SIG.items()), tuple(ce.items()), 4))
     return out
 
 
@@ -148,7 +159,7 @@ def _quant_variants():
                                **mx_spec))
     pt_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
     for fmt in ("e4m3fn", "e4m3fnuz"):
-        ce = dict(IS_BF16=True, BLOCK_K=4096, **KernelFormat.of(fmt).constexprs())
+        ce = dict(IS_BF16=True, WORDS=True, BLOCK_K=4096, ONE_PASS=True, **KernelFormat.of(fmt).constexprs())
         out.append(Variant(f"quant_fp8_per_token/{fmt}", "quant", quant._fp8_per_token_kernel,
                            tuple(_PT_SIG.items()), tuple(ce.items()), 8, **pt_spec))
     # fp32 inputs (loaded as int32 patterns)
@@ -158,9 +169,9 @@ def _quant_variants():
         out.append(Variant(f"quant_mx/{fmt}/round_up/fp32", "quant", quant._mx_quant_kernel,
                            tuple({**_MX_SIG, "x_ptr": "*i32", **({} if pack else {"q_ptr": "*i16"})}.items()),
                            tuple(ce.items()), warps, **mx_spec))
-    ce = dict(IS_BF16=False, BLOCK_K=4096, **KernelFormat.of("e4m3fn").constexprs())
+    ce = dict(IS_BF16=False, WORDS=False, BLOCK_K=4096, ONE_PASS=True, **KernelFormat.of("e4m3fn").constexprs())
     out.append(Variant("quant_fp8_per_token/e4m3fn/fp32", "quant", quant._fp8_per_token_kernel,
-                       tuple({**_PT_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), 8, **pt_spec))
+                       tuple(_PT_SIG.items()), tuple(ce.items()), 8, **pt_spec))
     return out
 
 

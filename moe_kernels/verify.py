@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -136,33 +137,77 @@ def _stage1_bytes(run, hidden_np, act_dtype, scale_mode) -> tuple[int, int]:
     return int((got_q == q).sum() + (got_s == s).sum()), q.size + s.size
 
 
+def _reference_key(case: dict, ref_dtype: str, seed: int, mma_k) -> tuple:
+    shape = tuple(case["shape"].items())
+    return (seed, case["M"], shape, case["gate_mode"], ref_dtype, case["scale_mode"], mma_k)
+
+
+def _problem(cache: dict, case: dict, seed: int):
+    pkey = (seed, case["M"], tuple(case["shape"].items()))
+    if pkey not in cache:
+        rng = np.random.default_rng([seed, case["M"], *case["shape"].values()])
+        cache[pkey] = random_moe_problem(rng, M=case["M"], with_bias=True, **case["shape"])
+    return cache[pkey]
+
+
+def _compute_reference(p, case: dict, ref_dtype: str, mma_k):
+    """(emulated reference, float64 ideal, tolerance) of a case's problem."""
+    kw = dict(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], **p.biases())
+    ref, trace = moe_reference(*p.args(), act_dtype=ref_dtype, return_trace=True, **kw)
+    ideal = moe_reference(*p.args(), act_dtype=None, **kw)
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=ref_dtype,
+                             gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], mma_k=mma_k)
+    return ref, ideal, bound
+
+
+def _reference_job(job):  # a worker process: regenerates the problem from its seed
+    case, ref_dtype, seed, mma_k = job
+    return _compute_reference(_problem({}, case, seed), case, ref_dtype, mma_k)
+
+
 def _reference(cache: dict, case: dict, ref_dtype: str, seed: int, mma_k):
     """Problem, emulated reference, ideal and tolerance of a case; cached, since many cases (other
     archs or env) select the same path on the same data and the references dominate the run time."""
-    shape = tuple(case["shape"].items())
-    key = (seed, case["M"], shape, case["gate_mode"], ref_dtype, case["scale_mode"], mma_k)
+    key = _reference_key(case, ref_dtype, seed, mma_k)
     if key not in cache:
-        pkey = (seed, case["M"], shape)
-        if pkey not in cache:
-            rng = np.random.default_rng([seed, case["M"], *case["shape"].values()])
-            cache[pkey] = random_moe_problem(rng, M=case["M"], with_bias=True, **case["shape"])
-        p = cache[pkey]
-        kw = dict(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], **p.biases())
-        ref, trace = moe_reference(*p.args(), act_dtype=ref_dtype, return_trace=True, **kw)
-        ideal = moe_reference(*p.args(), act_dtype=None, **kw)
-        w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
-        bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=ref_dtype,
-                                 gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], mma_k=mma_k)
-        cache[key] = (p, ref, ideal, bound)
+        p = _problem(cache, case, seed)
+        cache[key] = (p, *_compute_reference(p, case, ref_dtype, mma_k))
     return cache[key]
+
+
+def _ref_dtype(case: dict, cfg: VerifyConfig) -> str:
+    from moe_ref import select_activation_dtype
+
+    act = select_activation_dtype(case["M"], arch=case["arch"], gate_mode=case["gate_mode"], env=case["env"]).dtype
+    return cfg.reference_act_dtype or act
+
+
+def prefetch_references(cases, cfg: VerifyConfig, device: str, cache: dict, workers: int) -> None:
+    """Compute the distinct references of ``cases`` in ``workers`` processes (host work that dominates
+    a GPU run: float64 and exact-dot references of gpt-oss shapes) and fill ``cache``."""
+    mma_k = 16 if device != "cpu" else None
+    jobs = {}
+    for case in cases:
+        ref_dtype = _ref_dtype(case, cfg)
+        jobs.setdefault(_reference_key(case, ref_dtype, cfg.seed, mma_k), (case, ref_dtype, cfg.seed, mma_k))
+    jobs = {k: j for k, j in jobs.items() if k not in cache}
+    if workers <= 1 or len(jobs) <= 1:
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as ex:
+        for i, (key, res) in enumerate(zip(jobs, ex.map(_reference_job, jobs.values())), 1):
+            case = jobs[key][0]
+            cache[key] = (_problem(cache, case, cfg.seed), *res)
+            _progress(i, len(jobs), t0, "references")
 
 
 def run_case(case: dict, cfg: VerifyConfig, device: str, seed: int, cache: dict | None = None) -> dict:
     cache = {} if cache is None else cache
-    from moe_ref import select_activation_dtype
-
-    act = select_activation_dtype(case["M"], arch=case["arch"], gate_mode=case["gate_mode"], env=case["env"]).dtype
-    ref_dtype = cfg.reference_act_dtype or act
+    ref_dtype = _ref_dtype(case, cfg)
     p, ref, ideal, bound = _reference(cache, case, ref_dtype, seed, 16 if device != "cpu" else None)
     bound = cfg.tolerance_scale * bound
     pt = p.to_torch(device)
@@ -189,14 +234,17 @@ def run_case(case: dict, cfg: VerifyConfig, device: str, seed: int, cache: dict 
     )
 
 
-def _progress(i: int, n: int, t0: float) -> None:
+def _progress(i: int, n: int, t0: float, what: str = "cases") -> None:
     bar = "#" * int(30 * i / n)
-    print(f"\r[{bar:<30}] {i}/{n} cases, {time.perf_counter() - t0:5.1f}s", end="", file=sys.stderr, flush=True)
+    end = "\n" if i == n and what != "cases" else ""
+    print(f"\r[{bar:<30}] {i}/{n} {what}, {time.perf_counter() - t0:5.1f}s", end=end, file=sys.stderr, flush=True)
 
 
-def run(cfg: VerifyConfig, *, device: str, archs) -> list[dict]:
+def run(cfg: VerifyConfig, *, device: str, archs, workers: int = 1) -> list[dict]:
     cases = list(_cases(cfg, archs))
-    rows, t0, cache = [], time.perf_counter(), {}
+    rows, cache = [], {}
+    prefetch_references(cases, cfg, device, cache, workers)
+    t0 = time.perf_counter()
     _progress(0, len(cases), t0)
     for i, case in enumerate(cases, 1):
         rows.append(run_case(case, cfg, device, cfg.seed, cache))
@@ -274,6 +322,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", default=None, help="directory for report.json, report.md and error_vs_M.png")
     ap.add_argument("--quick", action="store_true", help="a smaller matrix (CI smoke run)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes computing the references (default: up to 8 on a GPU run, 1 on CPU)")
     args = ap.parse_args(argv)
     gpu = torch.cuda.is_available() and not _runtime.INTERPRET
     device = args.device or ("cuda" if gpu else "cpu")
@@ -294,7 +344,8 @@ def main(argv=None) -> int:
     from moe_ref import detect_arch
 
     archs = list(dict.fromkeys(args.arch or [*cfg.archs, detect_arch()]))
-    rows = run(cfg, device=device, archs=archs)
+    workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if device == "cuda" else 1)
+    rows = run(cfg, device=device, archs=archs, workers=workers)
     print(format_table(rows))
     n_fail = sum(r["verdict"] == "FAIL" for r in rows)
     meta = dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",

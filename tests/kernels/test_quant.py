@@ -72,7 +72,7 @@ def _check_per_token(x_t, x_np, fmt):
     np.testing.assert_array_equal(q.cpu().numpy(), q_ref)
 
 
-@pytest.mark.parametrize("shape", [*CPU_SHAPES, (5, 7), (3, 5000)])
+@pytest.mark.parametrize("shape", [*CPU_SHAPES, (5, 7), (3, 5000), (2, 8230), (1, 8193)])  # > 8192: two passes
 @pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_per_token_fp8_bit_exact_cpu(shape, fmt, dtype, rng, device):

@@ -69,3 +69,12 @@ def test_quick_default_smoke_run(tmp_path):
     rows = json.loads((tmp_path / "report.json").read_text())["cases"]
     assert {r["path"] for r in rows} == {"a16w4", "a4w4", "a8w4"}
     assert {r["arch"] for r in rows} >= {"gfx942", "gfx950"}
+
+
+def test_references_computed_in_worker_processes_equal_serial_ones():
+    """--workers: references from a process pool give the report a serial run gives."""
+    cfg = verify.VerifyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()})
+    serial = verify.run(cfg, device="cpu", archs=["gfx950"], workers=1)
+    pooled = verify.run(cfg, device="cpu", archs=["gfx950"], workers=2)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "kernel_seconds"} for r in rows]  # noqa: E731
+    assert drop(pooled) == drop(serial)
