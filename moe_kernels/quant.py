@@ -82,57 +82,31 @@ def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
 
 
 @triton.jit
-def _per_token_codes(lo, hi, amax, inv, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, NAN_CODE: tl.constexpr,
-                     SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr, MAX_FINITE: tl.constexpr):
-    """Two codes per int16 (element 2j in the low byte) of x * inv; a zero row gives 0, a NaN/Inf row NaN."""
-    out = tl.zeros(lo.shape, tl.int32)
-    for half in tl.static_range(2):
-        bits = lo if half == 0 else hi
-        scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
-        codes = encode_scaled(scaled, tl.full(scaled.shape, 127, tl.int32), MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT,
-                              HAS_NEG_ZERO)
-        # scale 0 < s < 2^-126 makes 1/s inf, and 0 * inf a NaN that the emulation encodes as NaN
-        codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, NAN_CODE, codes)
-        codes = tl.where(amax == 0, 0, tl.where(amax < 0x7F800000, codes, NAN_CODE))
-        out = out | (codes << (8 * half))
-    return out.to(tl.int16)
-
-
-@triton.jit
 def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
-                          IS_BF16: tl.constexpr, WORDS: tl.constexpr, BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr,
+                          IS_BF16: tl.constexpr, BLOCK_K: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                           NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
                           MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
-    """One row per program. ONE_PASS (K <= BLOCK_K): the row is read once and stays in registers;
-    else two passes over BLOCK_K chunks (amax, then codes; the second read hits the cache)."""
-    HALF: tl.constexpr = BLOCK_K // 2
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
-    q_row = q_ptr + row.to(tl.int64) * stride_qm  # codes viewed as int16 pairs
-    pairs = tl.arange(0, HALF)
-    if ONE_PASS:
-        lo, hi = load_pairs(x_row, pairs, 2 * pairs < K, 2 * pairs + 1 < K, stride_xk, IS_BF16, WORDS)
-        amax = tl.max(tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF), axis=0)
-    else:
-        amax_bits = tl.zeros((HALF,), tl.int32)
-        for p0 in range(0, (K + 1) // 2, HALF):
-            lo, hi = load_pairs(x_row, p0 + pairs, 2 * (p0 + pairs) < K, 2 * (p0 + pairs) + 1 < K, stride_xk, IS_BF16,
-                                WORDS)
-            amax_bits = tl.maximum(amax_bits, tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF))
-        amax = tl.max(amax_bits, axis=0)
+    amax_bits = tl.zeros((BLOCK_K,), tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        amax_bits = tl.maximum(amax_bits, load_f32_bits(x_row, cols * stride_xk, cols < K, IS_BF16) & 0x7FFFFFFF)
+    amax = tl.max(amax_bits, axis=0)
+    finite = amax < 0x7F800000
     scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), MAX_FINITE)
     inv = tl.math.div_rn(1.0, tl.where(amax == 0, 1.0, scale))
-    if ONE_PASS:
-        tl.store(q_row + pairs, _per_token_codes(lo, hi, amax, inv, MAN_BITS, EMIN, NAN_CODE, SIGN_SHIFT,
-                                                 HAS_NEG_ZERO, MAX_FINITE), mask=2 * pairs < K)
-    else:
-        for p0 in range(0, (K + 1) // 2, HALF):
-            lo, hi = load_pairs(x_row, p0 + pairs, 2 * (p0 + pairs) < K, 2 * (p0 + pairs) + 1 < K, stride_xk, IS_BF16,
-                                WORDS)
-            tl.store(q_row + p0 + pairs, _per_token_codes(lo, hi, amax, inv, MAN_BITS, EMIN, NAN_CODE, SIGN_SHIFT,
-                                                          HAS_NEG_ZERO, MAX_FINITE), mask=2 * (p0 + pairs) < K)
-    tl.store(s_ptr + row, tl.where(amax < 0x7F800000, scale, float("nan")))
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        bits = load_f32_bits(x_row, cols * stride_xk, cols < K, IS_BF16)
+        scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
+        codes = encode_scaled(scaled, tl.full(scaled.shape, 127, tl.int32), MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO)
+        # scale 0 < s < 2^-126 makes 1/s inf, and 0 * inf a NaN that the emulation encodes as NaN
+        codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, NAN_CODE, codes)
+        codes = tl.where(amax == 0, 0, tl.where(finite, codes, NAN_CODE))
+        tl.store(q_ptr + row.to(tl.int64) * stride_qm + cols, codes.to(tl.uint8), mask=cols < K)
+    tl.store(s_ptr + row, tl.where(finite, scale, float("nan")))
 
 
 def _check_input(x, *, need_k32: bool) -> None:
@@ -219,19 +193,14 @@ def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = F
     device = _runtime.launch_device(x)
     xd = x.to(device)
     M, K = xd.shape
+    q = torch.empty((M, K), dtype=torch.uint8, device=device)
     s = torch.empty((M, 1), dtype=torch.float32, device=device)
-    q = torch.empty((M, K + K % 2), dtype=torch.uint8, device=device)  # codes are written in pairs
     if M and K:
-        block_k = min(8192, triton.next_power_of_2(K))
-        words = _words_view(xd)
-        x_arg, stride_xm = (words, words.stride(0)) if words is not None else (_bits_view(xd), xd.stride(0))
-        q16 = q.view(torch.int16)
-        _fp8_per_token_kernel[(M,)](x_arg, q16, s, M, K, stride_xm, xd.stride(1), q16.stride(0),
-                                    IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, BLOCK_K=block_k,
-                                    ONE_PASS=K <= block_k, num_warps=8 if block_k >= 2048 else 4, **kf.constexprs())
+        block_k = min(4096, triton.next_power_of_2(K))
+        _fp8_per_token_kernel[(M,)](_bits_view(xd), q, s, M, K, xd.stride(0), xd.stride(1), q.stride(0),
+                                    IS_BF16=x.dtype == torch.bfloat16, BLOCK_K=block_k,
+                                    num_warps=8 if block_k >= 2048 else 4, **kf.constexprs())
     elif M:
         s.zero_()
-    if K % 2:
-        q = q[:, :K].contiguous()
     q, s = q.to(x.device), s.to(x.device)
     return (q.view(_FLOAT8[f.name]) if as_float8 else q), s

@@ -107,7 +107,7 @@ _DEQ_SIG = dict(q_ptr="*u8", s_ptr="*u8", out_ptr="*i16", R="i32", K="i32", stri
                 stride_o="i32")
 _MX_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*u8", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
                stride_qm="i32", stride_sm="i32")
-_PT_SIG = dict(x_ptr="*i32", q_ptr="*i16", s_ptr="*fp32", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
+_PT_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*fp32", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
                stride_qm="i32")
 
 
@@ -159,9 +159,9 @@ def _quant_variants():
                                **mx_spec))
     pt_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
     for fmt in ("e4m3fn", "e4m3fnuz"):
-        ce = dict(IS_BF16=True, WORDS=True, BLOCK_K=4096, ONE_PASS=True, **KernelFormat.of(fmt).constexprs())
+        ce = dict(IS_BF16=True, BLOCK_K=4096, **KernelFormat.of(fmt).constexprs())
         out.append(Variant(f"quant_fp8_per_token/{fmt}", "quant", quant._fp8_per_token_kernel,
-                           tuple(_PT_SIG.items()), tuple(ce.items()), 8, **pt_spec))
+                           tuple({**_PT_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), 8, **pt_spec))
     # fp32 inputs (loaded as int32 patterns)
     for fmt, pack in (("e2m1", True), ("e4m3fn", False)):
         ce = dict(IS_BF16=False, WORDS=False, PACK_FP4=pack, MODE=0, BLOCK_M=block_m, BLOCK_K=block_k,
@@ -169,9 +169,9 @@ def _quant_variants():
         out.append(Variant(f"quant_mx/{fmt}/round_up/fp32", "quant", quant._mx_quant_kernel,
                            tuple({**_MX_SIG, "x_ptr": "*i32", **({} if pack else {"q_ptr": "*i16"})}.items()),
                            tuple(ce.items()), warps, **mx_spec))
-    ce = dict(IS_BF16=False, WORDS=False, BLOCK_K=4096, ONE_PASS=True, **KernelFormat.of("e4m3fn").constexprs())
+    ce = dict(IS_BF16=False, BLOCK_K=4096, **KernelFormat.of("e4m3fn").constexprs())
     out.append(Variant("quant_fp8_per_token/e4m3fn/fp32", "quant", quant._fp8_per_token_kernel,
-                       tuple(_PT_SIG.items()), tuple(ce.items()), 8, **pt_spec))
+                       tuple({**_PT_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), 8, **pt_spec))
     return out
 
 
