@@ -20,7 +20,9 @@ if [[ $what == quant || $what == tests || $what == all ]]; then
   python -m pytest $tests -m gpu -q -p no:cacheprovider $workers --tb=short 2>&1 | grep -v '^seed:' | tee "$out/gpu_tests_$what.log" | tail -40 || rc=1
 fi
 if [[ $what == verify || $what == all ]]; then
-  python -m moe_kernels.verify --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
+  # references run in worker processes (--workers, 8 on a GPU run): two BLAS threads each
+  OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2 \
+    python -m moe_kernels.verify --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
 fi
 if [[ $what == bench || $what == all ]]; then
   python -m benchmarks.bench_quant --sweep --json "$out/bench_quant.json" 2>&1 | tee "$out/bench_quant.log" || rc=1

@@ -143,10 +143,16 @@ def _reference_key(case: dict, ref_dtype: str, seed: int, mma_k) -> tuple:
 
 
 def _problem(cache: dict, case: dict, seed: int):
+    """The case's random problem: tokens and routing drawn per M, weights and biases per shape (one
+    layer across the M sweep, so the references dequantize its weights once: ``MoEWeights``)."""
     pkey = (seed, case["M"], tuple(case["shape"].items()))
     if pkey not in cache:
-        rng = np.random.default_rng([seed, case["M"], *case["shape"].values()])
-        cache[pkey] = random_moe_problem(rng, M=case["M"], with_bias=True, **case["shape"])
+        layer = random_moe_problem(np.random.default_rng([seed, *case["shape"].values()]), M=1, with_bias=True,
+                                   **case["shape"])
+        p = random_moe_problem(np.random.default_rng([seed, case["M"], *case["shape"].values()]), M=case["M"],
+                               with_bias=True, **case["shape"])
+        cache[pkey] = dataclasses.replace(p, w1=layer.w1, w1_scale=layer.w1_scale, w2=layer.w2,
+                                          w2_scale=layer.w2_scale, bias1=layer.bias1, bias2=layer.bias2)
     return cache[pkey]
 
 

@@ -29,7 +29,9 @@ The ideal path (``act_dtype=None``): the same steps in float64 with no quantizat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,7 +47,13 @@ __all__ = ["MoEWeights", "quantize_activation", "moe_reference", "MoETrace"]
 
 @dataclass(frozen=True)
 class MoEWeights:
-    """Validated weights: packed fp4x2 + e8m0 for both stages, and the sizes they imply."""
+    """Validated weights: packed fp4x2 + e8m0 for both stages, and the sizes they imply.
+
+    Per-expert dequantized matrices and bit ranges are computed once per instance (read-only arrays),
+    and ``from_arrays`` returns the same instance for weights of the same content (the last
+    ``_CACHE_SIZE`` sets, keyed by a digest of their bytes): a report's many references on one
+    layer's weights dequantize them once.
+    """
 
     w1: np.ndarray
     w1_scale: np.ndarray
@@ -54,6 +62,15 @@ class MoEWeights:
     E: int
     H: int
     I: int  # noqa: E741 - the intermediate size, as in every MoE paper
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def _cached(self, key, compute):
+        if key not in self._memo:
+            value = compute()
+            for arr in value if isinstance(value, tuple) else (value,):
+                arr.setflags(write=False)
+            self._memo[key] = value
+        return self._memo[key]
 
     @classmethod
     def from_arrays(cls, w1, w1_scale, w2, w2_scale) -> MoEWeights:
@@ -70,19 +87,35 @@ class MoEWeights:
         for name, arr in (("w1_scale", w1_scale), ("w2", w2), ("w2_scale", w2_scale)):
             if arr.shape != expect[name]:
                 raise ValueError(f"{name}: expected shape {list(expect[name])} (from w1 {list(w1.shape)}), got {list(arr.shape)}")
-        return cls(w1, w1_scale, w2, w2_scale, E, H, I)
+        digest = hashlib.blake2b(digest_size=16)
+        for arr in (w1, w1_scale, w2, w2_scale):
+            digest.update(repr(arr.shape).encode())
+            digest.update(np.ascontiguousarray(arr).data)
+        key = digest.digest()
+        if key in _WEIGHTS_CACHE:
+            _WEIGHTS_CACHE.move_to_end(key)
+            return _WEIGHTS_CACHE[key]
+        weights = cls(w1.copy(), w1_scale.copy(), w2.copy(), w2_scale.copy(), E, H, I)
+        _WEIGHTS_CACHE[key] = weights
+        while len(_WEIGHTS_CACHE) > _CACHE_SIZE:
+            _WEIGHTS_CACHE.popitem(last=False)
+        return weights
 
     def dequant_w1(self, e: int) -> np.ndarray:
-        return em.dequantize_mxfp4(self.w1[e], self.w1_scale[e])
+        return self._cached(("w1", e), lambda: em.dequantize_mxfp4(self.w1[e], self.w1_scale[e]))
 
     def dequant_w2(self, e: int) -> np.ndarray:
-        return em.dequantize_mxfp4(self.w2[e], self.w2_scale[e])
+        return self._cached(("w2", e), lambda: em.dequantize_mxfp4(self.w2[e], self.w2_scale[e]))
 
     def bits_w1(self, e: int):
-        return _mxfp4_bit_range(self.w1[e], self.w1_scale[e])
+        return self._cached(("bits_w1", e), lambda: _mxfp4_bit_range(self.w1[e], self.w1_scale[e]))
 
     def bits_w2(self, e: int):
-        return _mxfp4_bit_range(self.w2[e], self.w2_scale[e])
+        return self._cached(("bits_w2", e), lambda: _mxfp4_bit_range(self.w2[e], self.w2_scale[e]))
+
+
+_WEIGHTS_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 1
 
 
 # Per e2m1 magnitude code: exponent of the lowest set bit and highest exponent + 1 (0 has none).

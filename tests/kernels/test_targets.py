@@ -53,15 +53,16 @@ def test_every_dispatcher_config_is_a_variant():
     for M in (1, 8, 64, 256, 1024, 8192):
         for E, topk in ((128, 4), (32, 4), (8, 2)):
             block_m = dispatch._config(M, E, topk)[0]
+            assert f"moe_stage2/bm{block_m}" in VARIANTS
             for path in dispatch.PATHS.values():
-                assert f"moe_stage2/{path}/bm{block_m}" in VARIANTS
+                assert f"moe_stage1/{path}/separated/bm{block_m}" in VARIANTS
 
 
 def test_the_checks_catch_regressions(tmp_path):
     """A register regression, a missing instruction family and a forbidden one are reported."""
     res = _python("""
         from moe_kernels import targets as t
-        name, target = "moe_stage2/a8w4/bm64", "sm90"
+        name, target = "moe_stage2/bm64", "sm90"
         r = t.resources(name, target)
         tight = {"triton": t.triton.__version__, "entries": {f"{name}@{target}": dict(regs=r["regs"] // 2, shared=r["shared"] // 2)}}
         problems = t.check_variant(name, target, tight)
