@@ -175,11 +175,12 @@ def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, fm
     """Exact bf16 values [R, K] of MX rows (fp4x2 or e4m3 codes with e8m0 scales)."""
     R = q.shape[0]
     out = torch.empty((R, K), dtype=torch.bfloat16, device=q.device)
-    if R:
-        block_k = 128 if K >= 128 else 32
-        _dequant_rows_kernel[(triton.cdiv(R, 16), triton.cdiv(K, block_k))](
+    if R:  # the interpreter pays per program: large tiles there
+        block_r, block_k = (128, min(1024, triton.next_power_of_2(K))) if _runtime.INTERPRET else (16, 128)
+        block_k = max(32, min(block_k, triton.next_power_of_2(K)))
+        _dequant_rows_kernel[(triton.cdiv(R, block_r), triton.cdiv(K, block_k))](
             q, scale, out.view(torch.int16), R, K, q.stride(0), scale.stride(0), out.stride(0), KIND=kind,
-            BLOCK_R=16, BLOCK_K=block_k, MAN_BITS=fmt["F_MAN_BITS"], BIAS=fmt["F_BIAS"],
+            BLOCK_R=block_r, BLOCK_K=block_k, MAN_BITS=fmt["F_MAN_BITS"], BIAS=fmt["F_BIAS"],
             SIGN_SHIFT=fmt["F_SIGN_SHIFT"], num_warps=4)
     return out
 
