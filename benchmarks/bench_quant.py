@@ -27,10 +27,6 @@ SWEEP_TILES = [(16, 256, 4), (16, 256, 8), (8, 256, 4), (32, 256, 8), (8, 512, 4
                (32, 128, 4)]
 
 
-def _time(fn) -> float:
-    return time_ms(fn)
-
-
 def bench(shapes, device) -> list[dict]:
     rows = []
     for M, K in shapes:
@@ -45,7 +41,7 @@ def bench(shapes, device) -> list[dict]:
             src = torch.empty(moved // 2, dtype=torch.uint8, device=device)
             dst = torch.empty_like(src)
             copy, kernel = functools.partial(dst.copy_, src), functools.partial(fn, x)
-            t_copy, t_kernel = _time(copy), _time(kernel)
+            t_copy, t_kernel = time_ms(copy), time_ms(kernel)
             g_copy, g_kernel = time_graph_ms(copy), time_graph_ms(kernel)
             rows.append(dict(kernel=name, M=M, K=K, bytes=moved, t_kernel_ms=t_kernel, t_copy_ms=t_copy,
                              kernel_GBps=moved / t_kernel / 1e6, copy_GBps=moved / t_copy / 1e6,

@@ -171,7 +171,7 @@ def _align(topk_ids: torch.Tensor, live: torch.Tensor, block_m: int, E: int):
     return sorted_ids[:-1], expert_ids, n_blocks
 
 
-def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, fmt: dict) -> torch.Tensor:
+def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, kf: KernelFormat) -> torch.Tensor:
     """Exact bf16 values [R, K] of MX rows (fp4x2 or e4m3 codes with e8m0 scales)."""
     R = q.shape[0]
     out = torch.empty((R, K), dtype=torch.bfloat16, device=q.device)
@@ -180,8 +180,8 @@ def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, fm
         block_k = max(32, min(block_k, triton.next_power_of_2(K)))
         _dequant_rows_kernel[(triton.cdiv(R, block_r), triton.cdiv(K, block_k))](
             q, scale, out.view(torch.int16), R, K, q.stride(0), scale.stride(0), out.stride(0), KIND=kind,
-            BLOCK_R=block_r, BLOCK_K=block_k, MAN_BITS=fmt["F_MAN_BITS"], BIAS=fmt["F_BIAS"],
-            SIGN_SHIFT=fmt["F_SIGN_SHIFT"], num_warps=4)
+            BLOCK_R=block_r, BLOCK_K=block_k, MAN_BITS=kf.man_bits, BIAS=kf.bias, SIGN_SHIFT=kf.sign_shift,
+            num_warps=4)
     return out
 
 
@@ -231,34 +231,33 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     if n_pairs:
         sorted_ids, expert_ids, n_blocks = _align(topk_ids, live, plan.block_m, E)
         tw = topk_weights.contiguous().reshape(-1)
-        fmt = KernelFormat.of(_ELEMENT_FORMAT[plan.act_dtype]).constexprs("F_", decode=True)
+        kf = KernelFormat.of(_ELEMENT_FORMAT[plan.act_dtype])
         wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
                 if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
         dummy = torch.zeros(1, dtype=torch.float32, device=dev)
         h_scale_arg = h_scale if h_scale is not None else h_q
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
-                      num_warps=plan.num_warps, num_stages=plan.num_stages, **fmt, **wfmt)
+                      num_warps=plan.num_warps, num_stages=plan.num_stages, **wfmt)
         if n_blocks:
-            a_in = a_q if kind == KIND_BF16 else _dequantize_rows(a_q, a_scale, kind, H, fmt)
+            a_in = a_q if kind == KIND_BF16 else _dequantize_rows(a_q, a_scale, kind, H, kf)
             grid1 = (n_blocks, triton.cdiv(I, plan.block_n1))
             _moe_stage1_kernel[grid1](
-                a_in, a_in, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
+                a_in, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
                 expert_ids, h_q, h_scale_arg, n_pairs, topk, H, I,
-                a_in.stride(0), 0, w1.stride(0), w1.stride(1), w1_scale.stride(0),
+                a_in.stride(0), w1.stride(0), w1.stride(1), w1_scale.stride(0),
                 w1_scale.stride(1), h_q.stride(0), h_scale_arg.stride(0),
-                A_KIND=KIND_BF16, OUT_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
+                OUT_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
                 ACT=_ACT_IDS[activation], HAS_BIAS=bias1 is not None, DOWEIGHT=bool(doweight_stage1),
                 ALPHA=float(alpha), LIMIT=float(limit), MODE=SCALE_MODE_IDS[em.ScaleMode(plan.scale_mode)],
-                BLOCK_N=plan.block_n1, **common)
+                BLOCK_N=plan.block_n1, **kf.constexprs("F_"), **common)
             grid2 = (n_blocks, triton.cdiv(H, plan.block_n2))
-            h_in = h_q.view(torch.bfloat16) if kind == KIND_BF16 else _dequantize_rows(h_q, h_scale, kind, I, fmt)
+            h_in = h_q.view(torch.bfloat16) if kind == KIND_BF16 else _dequantize_rows(h_q, h_scale, kind, I, kf)
             _moe_stage2_kernel[grid2](
-                h_in, h_in, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
+                h_in, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
                 expert_ids, y, n_pairs, H, I,
-                h_in.stride(0), 0, w2.stride(0), w2.stride(1), w2_scale.stride(0),
+                h_in.stride(0), w2.stride(0), w2.stride(1), w2_scale.stride(0),
                 w2_scale.stride(1), y.stride(0),
-                A_KIND=KIND_BF16, HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, BLOCK_N=plan.block_n2,
-                **common)
+                HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, BLOCK_N=plan.block_n2, **common)
     out_f32 = torch.zeros((M, H), dtype=torch.float32, device=dev)
     y3 = y.view(M, topk, H)
     for k in range(topk):  # slot order, masked slots skipped: moe_ref's step 6

@@ -3,9 +3,9 @@
 Both kernels walk the ``moe_align_block_size`` layout: program (b, n) owns block b of BLOCK_M sorted
 (token, slot) pairs, all routed to one expert, and BLOCK_N output columns. Operands are decoded
 exactly to bf16 tiles in registers (e2m1 / e4m3 values times an e8m0 scale are exact in bf16 for
-every scale of real tensors) and multiplied on the tensor cores with fp32 accumulation. The
-dispatcher hands quantized activations over already decoded (``_dequant_rows_kernel``, A_KIND 0):
-each is then read once per column tile instead of decoded again in each.
+every scale of real tensors) and multiplied on the tensor cores with fp32 accumulation. Activations
+come in as bf16: the dispatcher decodes quantized ones once (``_dequant_rows_kernel``) instead of
+every column tile decoding them again.
 
 Stage 1: A = the token's quantized hidden row, W = w1[e] gate and up rows (SEPARATED: j and I + j;
 INTERLEAVE: 2j and 2j + 1) -> two fp32 accumulators -> + bias1 -> activation (``moe_ref.activation``,
@@ -70,19 +70,19 @@ def load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_ma
 
 
 @triton.jit
-def load_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, KIND: tl.constexpr,
-                   BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
-    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of a [rows, K] operand as an exact bf16 tile: KIND 0
-    bf16, KIND 1/2 MX (``load_rows_f32_bits``)."""
-    if KIND == 0:
-        k = k0 + tl.arange(0, BLOCK_K)
-        vals = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=row_mask[:, None] & (k < K)[None, :],
-                       other=0.0)
-    else:
-        bits = load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, KIND, BLOCK_K,
-                                  MAN_BITS, BIAS, SIGN_SHIFT)
-        vals = bits.to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact: the value is a bf16
-    return vals
+def load_bf16_rows(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of a bf16 [rows, K] operand."""
+    k = k0 + tl.arange(0, BLOCK_K)
+    return tl.load(ptr + rows[:, None] * stride + k[None, :], mask=row_mask[:, None] & (k < K)[None, :], other=0.0)
+
+
+@triton.jit
+def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, BLOCK_K: tl.constexpr,
+                         MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix as an exact bf16 tile."""
+    bits = load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, 1, BLOCK_K, MAN_BITS, BIAS,
+                              SIGN_SHIFT)
+    return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact: the value is a bf16
 
 
 @triton.jit
@@ -136,33 +136,29 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
 
 
 @triton.jit
-def pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M: tl.constexpr):
-    """This program's block of sorted (token, slot) pairs: (pairs, valid, expert, its w and scale bases).
-
-    The grid has an upper bound of blocks (no host sync to count them); blocks past the last
-    expert's have expert id -1 and do nothing."""
-    pid_m = tl.program_id(0)
-    pairs = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
-    e = tl.load(expert_ptr + pid_m).to(tl.int64)
-    return pairs, pairs < num_valid, e, w_ptr + e * stride_we, ws_ptr + e * stride_wse
+def pair_block(sorted_ptr, e, num_valid, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M: tl.constexpr):
+    """This program's block of sorted (token, slot) pairs, all routed to expert ``e``: (pairs, valid,
+    the expert's w and scale bases). The grid has an upper bound of blocks (no host sync to count
+    them); blocks past the last expert's have expert id -1, and the kernels skip them."""
+    pairs = tl.load(sorted_ptr + tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))
+    return pairs, pairs < num_valid, w_ptr + e * stride_we, ws_ptr + e * stride_wse
 
 
 @triton.jit
-def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, out_ptr,
+def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, out_ptr,
                        out_scale_ptr, num_valid, topk, H, I,
-                       stride_a, stride_as, stride_we, stride_wr, stride_wse, stride_wsr, stride_o, stride_os,
-                       A_KIND: tl.constexpr, OUT_KIND: tl.constexpr, GATE_MUL: tl.constexpr,
-                       UP_OFF_IS_I: tl.constexpr,
+                       stride_a, stride_we, stride_wr, stride_wse, stride_wsr, stride_o, stride_os,
+                       OUT_KIND: tl.constexpr, GATE_MUL: tl.constexpr, UP_OFF_IS_I: tl.constexpr,
                        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOWEIGHT: tl.constexpr, ALPHA: tl.constexpr,
                        LIMIT: tl.constexpr, MODE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
-                       F_MAN_BITS: tl.constexpr, F_BIAS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
+                       F_MAN_BITS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
                        F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
-    if tl.load(expert_ptr + tl.program_id(0)) >= 0:  # -1: a block past the last expert's
-        pairs, valid, e, w_e, ws_e = pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,
-                                             BLOCK_M)
+    e = tl.load(expert_ptr + tl.program_id(0)).to(tl.int64)
+    if e >= 0:  # -1: a block past the last expert's
+        pairs, valid, w_e, ws_e = pair_block(sorted_ptr, e, num_valid, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M)
         tokens = tl.where(valid, pairs // topk, 0)
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = n < I
@@ -171,12 +167,11 @@ def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, H, BLOCK_K):
-            a = load_rows_bf16(a_ptr, a_scale_ptr, tokens, stride_a, stride_as, k0, H, valid, A_KIND, BLOCK_K,
-                               F_MAN_BITS, F_BIAS, F_SIGN_SHIFT)
-            w_g = load_rows_bf16(w_e, ws_e, gate_rows, stride_wr, stride_wsr, k0, H, n_mask, 1, BLOCK_K,
-                                 W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
-            w_u = load_rows_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k0, H, n_mask, 1, BLOCK_K,
-                                 W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+            a = load_bf16_rows(a_ptr, tokens, stride_a, k0, H, valid, BLOCK_K)
+            w_g = load_mxfp4_rows_bf16(w_e, ws_e, gate_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K,
+                                       W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+            w_u = load_mxfp4_rows_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K,
+                                       W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
             acc_g = mma(a, tl.trans(w_g), acc_g, INTERPRET)
             acc_u = mma(a, tl.trans(w_u), acc_u, INTERPRET)
         if HAS_BIAS:
@@ -199,27 +194,23 @@ def _moe_stage1_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sort
 
 
 @triton.jit
-def _moe_stage2_kernel(a_ptr, a_scale_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, y_ptr,
+def _moe_stage2_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, y_ptr,
                        num_valid, H, I,
-                       stride_a, stride_as, stride_we, stride_wr, stride_wse, stride_wsr, stride_y,
-                       A_KIND: tl.constexpr, HAS_BIAS: tl.constexpr, WEIGHT_HERE: tl.constexpr,
+                       stride_a, stride_we, stride_wr, stride_wse, stride_wsr, stride_y,
+                       HAS_BIAS: tl.constexpr, WEIGHT_HERE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
-                       F_MAN_BITS: tl.constexpr, F_BIAS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
-                       F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
-                       F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
-    if tl.load(expert_ptr + tl.program_id(0)) >= 0:  # -1: a block past the last expert's
-        pairs, valid, e, w_e, ws_e = pair_block(sorted_ptr, expert_ptr, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,
-                                             BLOCK_M)
+    e = tl.load(expert_ptr + tl.program_id(0)).to(tl.int64)
+    if e >= 0:  # -1: a block past the last expert's
+        pairs, valid, w_e, ws_e = pair_block(sorted_ptr, e, num_valid, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M)
         rows = tl.where(valid, pairs, 0)
         n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = n < H
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, I, BLOCK_K):
-            a = load_rows_bf16(a_ptr, a_scale_ptr, rows, stride_a, stride_as, k0, I, valid, A_KIND, BLOCK_K,
-                               F_MAN_BITS, F_BIAS, F_SIGN_SHIFT)
-            w = load_rows_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k0, I, n_mask, 1, BLOCK_K,
-                               W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+            a = load_bf16_rows(a_ptr, rows, stride_a, k0, I, valid, BLOCK_K)
+            w = load_mxfp4_rows_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k0, I, n_mask, BLOCK_K,
+                                     W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
             acc = mma(a, tl.trans(w), acc, INTERPRET)
         if HAS_BIAS:
             acc = acc + tl.load(bias_ptr + e * H + n, mask=n_mask, other=0.0)[None, :]

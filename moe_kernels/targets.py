@@ -95,13 +95,13 @@ class Variant:
     divisible16: tuple = ()
 
 
-_MOE_SIG1 = dict(a_ptr="*u8", a_scale_ptr="*u8", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
+_MOE_SIG1 = dict(a_ptr="*bf16", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
                  sorted_ptr="*i32", expert_ptr="*i32", out_ptr="*u8", out_scale_ptr="*u8",
-                 num_valid="i32", topk="i32", H="i32", I="i32", stride_a="i32", stride_as="i32", stride_we="i32",
+                 num_valid="i32", topk="i32", H="i32", I="i32", stride_a="i32", stride_we="i32",
                  stride_wr="i32", stride_wse="i32", stride_wsr="i32", stride_o="i32", stride_os="i32")
-_MOE_SIG2 = dict(a_ptr="*u8", a_scale_ptr="*u8", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
+_MOE_SIG2 = dict(a_ptr="*bf16", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
                  sorted_ptr="*i32", expert_ptr="*i32", y_ptr="*fp32", num_valid="i32", H="i32",
-                 I="i32", stride_a="i32", stride_as="i32", stride_we="i32", stride_wr="i32", stride_wse="i32",
+                 I="i32", stride_a="i32", stride_we="i32", stride_wr="i32", stride_wse="i32",
                  stride_wsr="i32", stride_y="i32")
 _DEQ_SIG = dict(q_ptr="*u8", s_ptr="*u8", out_ptr="*i16", R="i32", K="i32", stride_q="i32", stride_s="i32",
                 stride_o="i32")
@@ -117,24 +117,22 @@ def _moe_variants():
     wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
             if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
     configs = sorted({tuple(e[k] for k in dispatch._CONFIG_KEYS) for e in CONFIGS["gpu"]})  # every gpu entry
-    sig2 = {**_MOE_SIG2, "a_ptr": "*bf16"}
     out = []
     for block_m, block_n1, block_n2, block_k, warps, stages in configs:
         common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **wfmt)
         for act_dtype, kind in dispatch._KIND.items():
-            fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_", decode=True)
+            fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_")
             path = dispatch.PATHS[act_dtype]
-            sig1 = {**_MOE_SIG1, "a_ptr": "*bf16", **({"out_ptr": "*i16"} if kind == moe_gemm.KIND_BF16 else {})}
+            sig1 = {**_MOE_SIG1, **({"out_ptr": "*i16"} if kind == moe_gemm.KIND_BF16 else {})}
             for gate_mode in ("separated", "interleave"):
-                ce = dict(A_KIND=moe_gemm.KIND_BF16, OUT_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2,
+                ce = dict(OUT_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2,
                           UP_OFF_IS_I=gate_mode == "separated", ACT=0, HAS_BIAS=True, DOWEIGHT=False, ALPHA=1.702,
                           LIMIT=7.0, MODE=0, BLOCK_N=block_n1, **common, **fmt)
                 out.append(Variant(f"moe_stage1/{path}/{gate_mode}/bm{block_m}", f"mma_bm{block_m}",
                                    moe_gemm._moe_stage1_kernel, tuple(sig1.items()), tuple(ce.items()), warps, stages))
-        fmt = KernelFormat.of("e2m1").constexprs("F_", decode=True)  # unused by A_KIND 0, required by the signature
-        ce = dict(A_KIND=moe_gemm.KIND_BF16, HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common, **fmt)
+        ce = dict(HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
         out.append(Variant(f"moe_stage2/bm{block_m}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
-                           tuple(sig2.items()), tuple(ce.items()), warps, stages))
+                           tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages))
     for act_dtype in ("fp4x2", "fp8"):
         kf = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype])
         ce = dict(KIND=dispatch._KIND[act_dtype], BLOCK_R=16, BLOCK_K=128, MAN_BITS=kf.man_bits, BIAS=kf.bias,

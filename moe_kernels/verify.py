@@ -137,6 +137,11 @@ def _stage1_bytes(run, hidden_np, act_dtype, scale_mode) -> tuple[int, int]:
     return int((got_q == q).sum() + (got_s == s).sum()), q.size + s.size
 
 
+def _mma_k(device: str):
+    """The tolerance's accumulation model: tensor-core blocks of 16 on a GPU, sequential fp32 on CPU."""
+    return 16 if device != "cpu" else None
+
+
 def _reference_key(case: dict, ref_dtype: str, seed: int, mma_k) -> tuple:
     shape = tuple(case["shape"].items())
     return (seed, case["M"], shape, case["gate_mode"], ref_dtype, case["scale_mode"], mma_k)
@@ -192,7 +197,7 @@ def _ref_dtype(case: dict, cfg: VerifyConfig) -> str:
 def prefetch_references(cases, cfg: VerifyConfig, device: str, cache: dict, workers: int) -> None:
     """Compute the distinct references of ``cases`` in ``workers`` processes (host work that dominates
     a GPU run: float64 and exact-dot references of gpt-oss shapes) and fill ``cache``."""
-    mma_k = 16 if device != "cpu" else None
+    mma_k = _mma_k(device)
     jobs = {}
     for case in cases:
         ref_dtype = _ref_dtype(case, cfg)
@@ -214,7 +219,7 @@ def prefetch_references(cases, cfg: VerifyConfig, device: str, cache: dict, work
 def run_case(case: dict, cfg: VerifyConfig, device: str, seed: int, cache: dict | None = None) -> dict:
     cache = {} if cache is None else cache
     ref_dtype = _ref_dtype(case, cfg)
-    p, ref, ideal, bound = _reference(cache, case, ref_dtype, seed, 16 if device != "cpu" else None)
+    p, ref, ideal, bound = _reference(cache, case, ref_dtype, seed, _mma_k(device))
     bound = cfg.tolerance_scale * bound
     pt = p.to_torch(device)
     t0 = time.perf_counter()
