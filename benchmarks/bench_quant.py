@@ -22,12 +22,18 @@ from moe_kernels._tuning import CONFIGS  # noqa: E402
 
 GPU_SHAPES = [(8192, 2880), (16384, 7168)]
 CPU_SHAPES = [(64, 256)]
-# (block_m, block_k, num_warps) tried by --sweep; the winner goes into configs.json's "quant" entry
-SWEEP_TILES = [(16, 256, 4), (16, 256, 8), (8, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8), (4, 512, 4),
-               (32, 128, 4)]
+# configs.json entries tried by --sweep (kernel -> the entry it reads and the overrides to try);
+# the winners go into configs.json
+SWEEP = {
+    "mxfp4": ("quant", [dict(flat_blocks=b, num_warps=w) for b in (64, 128, 256, 512) for w in (4, 8)]),
+    "mxfp8": ("quant", [dict(flat_blocks=b, num_warps=w) for b in (64, 128, 256, 512) for w in (4, 8)]),
+    "fp8_per_token": ("per_token", [dict(block_m=m, block_pairs=p, num_warps=w)
+                                    for m, p in ((4, 64), (8, 64), (16, 64), (4, 128), (8, 128), (2, 256), (4, 256))
+                                    for w in (4, 8)]),
+}
 
 
-def bench(shapes, device) -> list[dict]:
+def bench(shapes, device, only=None) -> list[dict]:
     rows = []
     for M, K in shapes:
         x = torch.randn(M, K, device=device).to(torch.bfloat16)
@@ -37,6 +43,8 @@ def bench(shapes, device) -> list[dict]:
             "fp8_per_token": (mk.quantize_fp8_per_token, M * K + 4 * M),
         }
         for name, (fn, out_bytes) in kernels.items():
+            if only and name != only:
+                continue
             moved = 2 * M * K + out_bytes
             src = torch.empty(moved // 2, dtype=torch.uint8, device=device)
             dst = torch.empty_like(src)
@@ -51,19 +59,21 @@ def bench(shapes, device) -> list[dict]:
 
 
 def sweep(shapes, device) -> list[dict]:
-    """The MX quantizers at every SWEEP_TILES tile (configs.json's entry restored afterwards)."""
-    saved, rows = dict(CONFIGS["quant"]), []
-    try:
-        for block_m, block_k, warps in SWEEP_TILES:
-            CONFIGS["quant"].update(block_m=block_m, block_k=block_k, num_warps=warps)
-            for r in bench(shapes, device):
-                if r["kernel"] != "fp8_per_token":
-                    rows.append(dict(r, tile=[block_m, block_k, warps]))
-                    print(f"  tile {block_m:3d}x{block_k:4d} w{warps}: {r['kernel']:6s} {r['M']}x{r['K']} "
-                          f"{r['t_kernel_ms']:.4f} ms = {r['fraction_of_copy']:.2f} of copy", flush=True)
-    finally:
-        CONFIGS["quant"].clear()
-        CONFIGS["quant"].update(saved)
+    """Each kernel at every SWEEP configuration (configs.json's entries restored afterwards)."""
+    rows = []
+    for kernel, (entry, overrides) in SWEEP.items():
+        saved = dict(CONFIGS[entry])
+        try:
+            for override in overrides:
+                CONFIGS[entry].update(override)
+                for r in bench(shapes, device, only=kernel):
+                    rows.append(dict(r, config=override))
+                    g = r["graph_fraction_of_copy"]
+                    print(f"  {kernel:13s} {r['M']}x{r['K']} {override}: {r['t_kernel_ms']:.4f} ms = "
+                          f"{r['fraction_of_copy']:.2f} of copy (graph {'-' if g is None else f'{g:.2f}'})", flush=True)
+        finally:
+            CONFIGS[entry].clear()
+            CONFIGS[entry].update(saved)
     return rows
 
 
@@ -87,7 +97,7 @@ def main(argv=None):
               f"{'-' if g is None else f'{g:.2f}':>10s}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"card": card, "tile": CONFIGS["quant"], "rows": rows, "sweep": swept}, f, indent=1)
+            json.dump({"card": card, "configs": {k: CONFIGS[k] for k in ("quant", "per_token")}, "rows": rows, "sweep": swept}, f, indent=1)
 
 
 if __name__ == "__main__":

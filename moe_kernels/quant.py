@@ -83,30 +83,56 @@ def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
 
 @triton.jit
 def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
-                          IS_BF16: tl.constexpr, BLOCK_K: tl.constexpr,
+                          IS_BF16: tl.constexpr, WORDS: tl.constexpr, PAIR_STORE: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                           NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
                           MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
-    row = tl.program_id(0)
-    x_row = x_ptr + row.to(tl.int64) * stride_xm
-    amax_bits = tl.zeros((BLOCK_K,), tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        amax_bits = tl.maximum(amax_bits, load_f32_bits(x_row, cols * stride_xk, cols < K, IS_BF16) & 0x7FFFFFFF)
-    amax = tl.max(amax_bits, axis=0)
+    """BLOCK_M rows a program, walked in chunks of BLOCK_P element pairs: amax first, then (the rows
+    are still in L1/L2) the codes, two per 16-bit store where K is even (PAIR_STORE)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm
+    n_pairs = (K + 1) // 2
+    amax_bits = tl.zeros((BLOCK_M, BLOCK_P), tl.int32)
+    for p0 in range(0, n_pairs, BLOCK_P):
+        pairs = p0 + tl.arange(0, BLOCK_P)[None, :]
+        lo, hi = load_pairs(x_rows, pairs, row_mask[:, None] & (pairs < n_pairs),
+                            row_mask[:, None] & (2 * pairs + 1 < K), stride_xk, IS_BF16, WORDS)
+        amax_bits = tl.maximum(amax_bits, tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF))
+    amax = tl.max(amax_bits, axis=1)
     finite = amax < 0x7F800000
     scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), MAX_FINITE)
-    inv = tl.math.div_rn(1.0, tl.where(amax == 0, 1.0, scale))
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        bits = load_f32_bits(x_row, cols * stride_xk, cols < K, IS_BF16)
-        scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
-        codes = encode_scaled(scaled, tl.full(scaled.shape, 127, tl.int32), MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO)
-        # scale 0 < s < 2^-126 makes 1/s inf, and 0 * inf a NaN that the emulation encodes as NaN
-        codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, NAN_CODE, codes)
-        codes = tl.where(amax == 0, 0, tl.where(finite, codes, NAN_CODE))
-        tl.store(q_ptr + row.to(tl.int64) * stride_qm + cols, codes.to(tl.uint8), mask=cols < K)
-    tl.store(s_ptr + row, tl.where(finite, scale, float("nan")))
+    inv = tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), tl.where(amax == 0, 1.0, scale))[:, None]
+    # a zero row's codes are 0; a row holding NaN/Inf gets NaN codes and scale
+    fill = tl.where(amax == 0, 0, tl.where(finite, -1, NAN_CODE))[:, None]
+    q_rows = q_ptr + rows[:, None].to(tl.int64) * stride_qm
+    for p0 in range(0, n_pairs, BLOCK_P):
+        pairs = p0 + tl.arange(0, BLOCK_P)[None, :]
+        mask_lo = row_mask[:, None] & (pairs < n_pairs)
+        mask_hi = row_mask[:, None] & (2 * pairs + 1 < K)
+        lo, hi = load_pairs(x_rows, pairs, mask_lo, mask_hi, stride_xk, IS_BF16, WORDS)
+        codes_lo = _per_token_codes(lo, inv, fill, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+        codes_hi = _per_token_codes(hi, inv, fill, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+        if PAIR_STORE:  # q_ptr: the codes viewed as int16, element 2j in the low byte
+            tl.store(q_rows + pairs, (codes_lo | (codes_hi << 8)).to(tl.int16), mask=mask_lo)
+        else:
+            tl.store(q_rows + 2 * pairs, codes_lo.to(tl.uint8), mask=mask_lo)
+            tl.store(q_rows + 2 * pairs + 1, codes_hi.to(tl.uint8), mask=mask_hi)
+    tl.store(s_ptr + rows, tl.where(finite, scale, float("nan")), mask=row_mask)
+
+
+@triton.jit
+def _per_token_codes(bits, inv, fill, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr,
+                     SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr, NAN_CODE: tl.constexpr):
+    """Codes of fl32(x * inv) (scale byte 127: no further scaling); ``fill`` >= 0 overrides (zero or
+    non-finite rows)."""
+    scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
+    codes = encode_scaled(scaled, tl.full(scaled.shape, 127, tl.int32), MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT,
+                          HAS_NEG_ZERO)
+    # scale 0 < s < 2^-126 makes 1/s inf, and 0 * inf a NaN that the emulation encodes as NaN
+    codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, NAN_CODE, codes)
+    return tl.where(fill >= 0, fill, codes)
 
 
 def _check_input(x, *, need_k32: bool) -> None:
@@ -131,12 +157,28 @@ def _words_view(x: torch.Tensor) -> torch.Tensor | None:
     return x.view(torch.int32)
 
 
-def _mx_config(M: int, K: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_K, num_warps) from configs.json's "quant" entry."""
+def _mx_launch(x, M, K, pack):
+    """(grid, kernel arguments) of one MX quantization of x [M, K] into q [M, K/2 or K] and scales
+    [M, K/32] (both contiguous). A row-contiguous x is seen as [M * K/32, 32]: one row per 32-block,
+    so tiles never straddle the end of a row (K = 2880 in 256-wide tiles would leave the last tile
+    of each row a quarter full); else 2-D tiles of configs.json's "quant" entry."""
     tile = CONFIGS["quant"]
-    block_k = min(tile["block_k"], triton.next_power_of_2(K))
-    block_m = max(1, tile["block_m"] * tile["block_k"] // block_k)
-    return block_m, block_k, tile["num_warps"]
+    words = _words_view(x)
+    x_arg = words if words is not None else _bits_view(x)
+    row_len = K // 2 if words is not None else K
+    if x.stride(1) == 1 and x_arg.stride(0) == row_len:  # flat: 32-blocks as rows
+        rows, cols, block_m, block_k = M * K // 32, 32, tile["flat_blocks"], 32
+        stride_xm, stride_q, stride_s = x_arg.stride(0) * 32 // K, (16 if pack else 32), 1
+    else:
+        block_k = min(tile["block_k"], triton.next_power_of_2(K))
+        rows, cols, block_m = M, K, max(1, tile["block_m"] * tile["block_k"] // block_k)
+        stride_xm, stride_q, stride_s = x_arg.stride(0), (K // 2 if pack else K), K // 32
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_k))
+    q_stride = stride_q // (1 if pack else 2)  # fp8 codes are stored as int16 pairs
+    args = (x_arg, rows, cols, stride_xm, x.stride(1), q_stride, stride_s)
+    meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, BLOCK_M=block_m, BLOCK_K=block_k,
+                num_warps=tile["num_warps"])
+    return grid, args, meta
 
 
 def _mx_quantize(x, fmt, scale_mode, pack):
@@ -149,14 +191,9 @@ def _mx_quantize(x, fmt, scale_mode, pack):
     q = torch.empty((M, K // 2 if pack else K), dtype=torch.uint8, device=device)
     s = torch.empty((M, K // _MX_BLOCK), dtype=torch.uint8, device=device)
     if M and K:
-        block_m, block_k, warps = _mx_config(M, K)
-        grid = (triton.cdiv(M, block_m), triton.cdiv(K, block_k))
-        words = _words_view(xd)
-        x_arg, stride_xm = (words, words.stride(0)) if words is not None else (_bits_view(xd), xd.stride(0))
-        q_arg = q if pack else q.view(torch.int16)
-        _mx_quant_kernel[grid](x_arg, q_arg, s, M, K, stride_xm, xd.stride(1), q_arg.stride(0), s.stride(0),
-                               IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PACK_FP4=pack, MODE=mode,
-                               BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, **kf.constexprs())
+        grid, (x_arg, rows, cols, stride_xm, stride_xk, stride_q, stride_s), meta = _mx_launch(xd, M, K, pack)
+        _mx_quant_kernel[grid](x_arg, q if pack else q.view(torch.int16), s, rows, cols, stride_xm, stride_xk,
+                               stride_q, stride_s, PACK_FP4=pack, MODE=mode, **meta, **kf.constexprs())
     return q.to(x.device), s.to(x.device)
 
 
@@ -196,10 +233,16 @@ def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = F
     q = torch.empty((M, K), dtype=torch.uint8, device=device)
     s = torch.empty((M, 1), dtype=torch.float32, device=device)
     if M and K:
-        block_k = min(4096, triton.next_power_of_2(K))
-        _fp8_per_token_kernel[(M,)](_bits_view(xd), q, s, M, K, xd.stride(0), xd.stride(1), q.stride(0),
-                                    IS_BF16=x.dtype == torch.bfloat16, BLOCK_K=block_k,
-                                    num_warps=8 if block_k >= 2048 else 4, **kf.constexprs())
+        tile = CONFIGS["per_token"]
+        words = _words_view(xd)
+        x_arg, stride_xm = (words, words.stride(0)) if words is not None else (_bits_view(xd), xd.stride(0))
+        pair_store = K % 2 == 0
+        block_p = min(tile["block_pairs"], triton.next_power_of_2((K + 1) // 2))
+        block_m = max(1, tile["block_m"] * tile["block_pairs"] // block_p)
+        _fp8_per_token_kernel[(triton.cdiv(M, block_m),)](
+            x_arg, q.view(torch.int16) if pair_store else q, s, M, K, stride_xm, xd.stride(1),
+            q.stride(0) // (2 if pair_store else 1), IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None,
+            PAIR_STORE=pair_store, BLOCK_M=block_m, BLOCK_P=block_p, num_warps=tile["num_warps"], **kf.constexprs())
     elif M:
         s.zero_()
     q, s = q.to(x.device), s.to(x.device)

@@ -15,6 +15,7 @@ from moe_kernels import quant as quant_module
 from ..emulation.nasty import random_fp32
 
 MODES = [m.value for m in em.ScaleMode]
+LAYOUTS = ["contiguous", "transposed", "strided", "row_padded"]
 CPU_SHAPES = [(0, 64), (1, 32), (37, 96), (130, 320)]
 GPU_SHAPES = [(1, 2880), (257, 2880), (4096, 7168), (3, 8192)]
 
@@ -23,14 +24,16 @@ def _input(rng, shape, dtype, device, layout):
     x = random_fp32(rng, shape)
     if dtype == torch.bfloat16:
         x = em.round_to_bf16(x)
-    t = torch.from_numpy(x)
+    t = torch.from_numpy(x).to(dtype).to(device)  # exact; layouts made after (.to() may compact strides)
     if layout == "transposed":  # same values, column-major storage
         t = t.t().contiguous().t()
     elif layout == "strided":  # every other column of a wider tensor
-        wide = torch.empty((shape[0], 2 * shape[1]), dtype=torch.float32)
+        wide = torch.empty((shape[0], 2 * shape[1]), dtype=dtype, device=device)
         wide[:, ::2] = t
         t = wide[:, ::2]
-    t = t.to(dtype).to(device)
+    elif layout == "row_padded":  # rows contiguous, row stride > K: not one flat buffer of 32-blocks
+        t = torch.nn.functional.pad(t, (0, 64))[:, :shape[1]]
+    assert (layout == "contiguous") == t.is_contiguous() or 0 in shape
     return t, x
 
 
@@ -49,7 +52,7 @@ def _check_mx(x_t, x_np, mode, fmt):
 def _mx_cases(shapes):
     return [(shape, mode, fmt, dtype, layout) for shape in shapes for mode in MODES
             for fmt in ("e2m1", "e4m3fn", "e4m3fnuz") for dtype in (torch.bfloat16, torch.float32)
-            for layout in (["contiguous", "transposed", "strided"] if shape == shapes[2] else ["contiguous"])]
+            for layout in (LAYOUTS if shape == shapes[2] else ["contiguous"])]
 
 
 @pytest.mark.parametrize("shape, mode, fmt, dtype, layout", _mx_cases(CPU_SHAPES))
@@ -72,20 +75,24 @@ def _check_per_token(x_t, x_np, fmt):
     np.testing.assert_array_equal(q.cpu().numpy(), q_ref)
 
 
-@pytest.mark.parametrize("shape", [*CPU_SHAPES, (5, 7), (3, 5000), (2, 8230), (1, 8193)])  # > 8192: two passes
-@pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_per_token_fp8_bit_exact_cpu(shape, fmt, dtype, rng, device):
-    x_t, x_np = _input(rng, shape, dtype, device, "contiguous")
+def _per_token_cases(shapes):
+    """Odd K (byte stores, a half-empty last pair), K past one chunk, every layout at one shape."""
+    return [(shape, fmt, dtype, layout) for shape in shapes for fmt in ("e4m3fn", "e4m3fnuz")
+            for dtype in (torch.bfloat16, torch.float32)
+            for layout in (LAYOUTS if shape == shapes[2] else ["contiguous"])]
+
+
+@pytest.mark.parametrize("shape, fmt, dtype, layout",
+                         _per_token_cases([*CPU_SHAPES, (5, 7), (3, 5000), (2, 8230), (1, 8193), (9, 129)]))
+def test_per_token_fp8_bit_exact_cpu(shape, fmt, dtype, layout, rng, device):
+    x_t, x_np = _input(rng, shape, dtype, device, layout)
     _check_per_token(x_t, x_np, fmt)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", GPU_SHAPES)
-@pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_per_token_fp8_bit_exact_gpu(shape, fmt, dtype, rng, device):
-    x_t, x_np = _input(rng, shape, dtype, device, "contiguous")
+@pytest.mark.parametrize("shape, fmt, dtype, layout", _per_token_cases([*GPU_SHAPES, (33, 2881)]))
+def test_per_token_fp8_bit_exact_gpu(shape, fmt, dtype, layout, rng, device):
+    x_t, x_np = _input(rng, shape, dtype, device, layout)
     _check_per_token(x_t, x_np, fmt)
 
 
@@ -209,3 +216,14 @@ def test_round_up_by_reciprocal_equals_division_for_every_mantissa(fmt):
         ratio_bits = (amax * inv).astype(np.float32).view(np.uint32).astype(np.int64)
         by_reciprocal = np.clip(((ratio_bits + 0x7FFFFF) >> 23) - 127, -127, 127) + 127
         np.testing.assert_array_equal(by_division, by_reciprocal)
+
+
+@pytest.mark.parametrize("layout, dtype, flat, words", [
+    ("contiguous", torch.bfloat16, True, True), ("contiguous", torch.float32, True, False),
+    ("row_padded", torch.bfloat16, False, True), ("transposed", torch.bfloat16, False, False),
+    ("strided", torch.float32, False, False)])
+def test_layouts_reach_each_tiling(layout, dtype, flat, words, rng):
+    """The layouts above exercise every launch form: flat 32-blocks or 2-D tiles, word pairs or not."""
+    x_t, _ = _input(rng, (37, 96), dtype, "cpu", layout)
+    grid, args, meta = quant_module._mx_launch(x_t, 37, 96, pack=True)
+    assert (args[1] == 37 * 96 // 32) == flat and meta["WORDS"] == words
