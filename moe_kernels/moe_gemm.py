@@ -79,10 +79,37 @@ def load_bf16_rows(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
 @triton.jit
 def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, BLOCK_K: tl.constexpr,
                          MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
-    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix as an exact bf16 tile."""
-    bits = load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, 1, BLOCK_K, MAN_BITS, BIAS,
-                              SIGN_SHIFT)
-    return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)  # exact: the value is a bf16
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix as an exact bf16 tile.
+
+    A few instructions a weight (the weight decode is what small-M MoE GEMMs spend their time on):
+    the code's magnitude bits (e2m1: 3) go to fp32 bits 23 - MAN_BITS and up, its sign to bit 31, which
+    reads as value(code) * 2^(BIAS - 127) (e2m1: code 1, 0.5, is the fp32 subnormal 2^-127); two
+    multiplications, by 2^(127 - BIAS) and by the block's 2^(byte - 127) (the subnormal 2^-127 for
+    byte 0; NaN for byte 255), are exact because fp32 keeps subnormals on every target (``moe_kernels.targets`` checks it) and every
+    product is a value times a power of two that fp32 and bf16 hold: e2m1 values have 2 significant
+    bits, so even 0.5 * 2^-127 is an exact bf16 subnormal. Only 6 * 2^127 overflows (to inf, as the
+    fp32 dequantization does).
+    """
+    NB: tl.constexpr = BLOCK_K // 32
+    R: tl.constexpr = rows.shape[0]
+    sb = k0 // 32 + tl.arange(0, NB)
+    byte = tl.load(scale_ptr + rows[:, None] * scale_stride + sb[None, :],
+                   mask=row_mask[:, None] & (sb < K // 32)[None, :], other=0).to(tl.int32)[:, :, None]
+    scale_bits = tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23))
+    scale = scale_bits.to(tl.float32, bitcast=True)
+    j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
+                     other=0).to(tl.int32)
+    packed = tl.reshape(packed, (R, NB, 16))  # byte j: element 2j in the low nibble, 2j + 1 in the high
+    MAG: tl.constexpr = (1 << SIGN_SHIFT) - 1
+    SIGN: tl.constexpr = 1 << SIGN_SHIFT
+    lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & SIGN) << (31 - SIGN_SHIFT))).to(tl.float32, bitcast=True)
+    hi = (((packed & (MAG << 4)) << (19 - MAN_BITS)) | ((packed & (SIGN << 4)) << (27 - SIGN_SHIFT))).to(
+        tl.float32, bitcast=True)
+    unbias: tl.constexpr = 2.0**(127 - BIAS)
+    lo = ((lo * unbias) * scale).to(tl.int32, bitcast=True) >> 16  # the value is a bf16: keep the top half
+    hi = ((hi * unbias) * scale).to(tl.int32, bitcast=True) >> 16  # (no float cast: see NUMERICS.md section 5)
+    return tl.reshape(tl.join(lo, hi), (R, BLOCK_K)).to(tl.int16).to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit

@@ -181,6 +181,20 @@ def _mx_launch(x, M, K, pack):
     return grid, args, meta
 
 
+def _per_token_launch(x, K):
+    """(grid, kernel arguments) of the per-token quantization of x [M, K] into contiguous codes: word
+    pairs where x allows, int16 pair stores where K is even; tile from configs.json's "per_token"."""
+    tile = CONFIGS["per_token"]
+    words = _words_view(x)
+    x_arg, stride_xm = (words, words.stride(0)) if words is not None else (_bits_view(x), x.stride(0))
+    pair_store = K % 2 == 0
+    block_p = min(tile["block_pairs"], triton.next_power_of_2((K + 1) // 2))
+    block_m = max(1, tile["block_m"] * tile["block_pairs"] // block_p)
+    meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PAIR_STORE=pair_store,
+                BLOCK_M=block_m, BLOCK_P=block_p, num_warps=tile["num_warps"])
+    return (triton.cdiv(x.shape[0], block_m),), (x_arg, stride_xm, x.stride(1), K // 2 if pair_store else K), meta
+
+
 def _mx_quantize(x, fmt, scale_mode, pack):
     _check_input(x, need_k32=True)
     kf = KernelFormat.of(fmt)
@@ -233,16 +247,9 @@ def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = F
     q = torch.empty((M, K), dtype=torch.uint8, device=device)
     s = torch.empty((M, 1), dtype=torch.float32, device=device)
     if M and K:
-        tile = CONFIGS["per_token"]
-        words = _words_view(xd)
-        x_arg, stride_xm = (words, words.stride(0)) if words is not None else (_bits_view(xd), xd.stride(0))
-        pair_store = K % 2 == 0
-        block_p = min(tile["block_pairs"], triton.next_power_of_2((K + 1) // 2))
-        block_m = max(1, tile["block_m"] * tile["block_pairs"] // block_p)
-        _fp8_per_token_kernel[(triton.cdiv(M, block_m),)](
-            x_arg, q.view(torch.int16) if pair_store else q, s, M, K, stride_xm, xd.stride(1),
-            q.stride(0) // (2 if pair_store else 1), IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None,
-            PAIR_STORE=pair_store, BLOCK_M=block_m, BLOCK_P=block_p, num_warps=tile["num_warps"], **kf.constexprs())
+        grid, (x_arg, stride_xm, stride_xk, stride_q), meta = _per_token_launch(xd, K)
+        _fp8_per_token_kernel[grid](x_arg, q.view(torch.int16) if meta["PAIR_STORE"] else q, s, M, K, stride_xm,
+                                    stride_xk, stride_q, **meta, **kf.constexprs())
     elif M:
         s.zero_()
     q, s = q.to(x.device), s.to(x.device)

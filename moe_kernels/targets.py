@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -143,33 +144,31 @@ def _moe_variants():
 
 
 def _quant_variants():
-    """Every quantizer variant, specialized as a launch on contiguous x [8192, 2880] is."""
+    """Every quantizer variant, specialized as a launch on contiguous x [8192, 2880] is (bf16 and fp32)."""
     out = []
-    block_m, block_k, warps = quant._mx_config(8192, 2880)
     mx_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
-    for fmt, pack in (("e2m1", True), ("e4m3fn", False), ("e4m3fnuz", False)):
-        q_sig = {} if pack else {"q_ptr": "*i16"}
-        for mode, mode_id in SCALE_MODE_IDS.items():
-            ce = dict(IS_BF16=True, WORDS=True, PACK_FP4=pack, MODE=mode_id, BLOCK_M=block_m, BLOCK_K=block_k,
-                      **KernelFormat.of(fmt).constexprs())
-            out.append(Variant(f"quant_mx/{fmt}/{mode.value}", "quant", quant._mx_quant_kernel,
-                               tuple({**_MX_SIG, "x_ptr": "*i32", **q_sig}.items()), tuple(ce.items()), warps,
-                               **mx_spec))
     pt_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
-    for fmt in ("e4m3fn", "e4m3fnuz"):
-        ce = dict(IS_BF16=True, BLOCK_K=4096, **KernelFormat.of(fmt).constexprs())
-        out.append(Variant(f"quant_fp8_per_token/{fmt}", "quant", quant._fp8_per_token_kernel,
-                           tuple({**_PT_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), 8, **pt_spec))
-    # fp32 inputs (loaded as int32 patterns)
-    for fmt, pack in (("e2m1", True), ("e4m3fn", False)):
-        ce = dict(IS_BF16=False, WORDS=False, PACK_FP4=pack, MODE=0, BLOCK_M=block_m, BLOCK_K=block_k,
-                  **KernelFormat.of(fmt).constexprs())
-        out.append(Variant(f"quant_mx/{fmt}/round_up/fp32", "quant", quant._mx_quant_kernel,
-                           tuple({**_MX_SIG, "x_ptr": "*i32", **({} if pack else {"q_ptr": "*i16"})}.items()),
-                           tuple(ce.items()), warps, **mx_spec))
-    ce = dict(IS_BF16=False, BLOCK_K=4096, **KernelFormat.of("e4m3fn").constexprs())
-    out.append(Variant("quant_fp8_per_token/e4m3fn/fp32", "quant", quant._fp8_per_token_kernel,
-                       tuple({**_PT_SIG, "x_ptr": "*i32"}.items()), tuple(ce.items()), 8, **pt_spec))
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.empty((8192, 2880), dtype=dtype, device="meta")
+        tag = "" if dtype == torch.bfloat16 else "/fp32"
+        x_sig = {"x_ptr": "*i32" if quant._words_view(x) is not None or dtype == torch.float32 else "*i16"}
+        for fmt, pack in (("e2m1", True), ("e4m3fn", False), ("e4m3fnuz", False)):
+            _, _, meta = quant._mx_launch(x, 8192, 2880, pack)
+            warps = meta.pop("num_warps")
+            q_sig = {} if pack else {"q_ptr": "*i16"}
+            for mode, mode_id in SCALE_MODE_IDS.items():
+                if tag and mode_id:  # fp32 inputs: one scale mode
+                    continue
+                ce = dict(PACK_FP4=pack, MODE=mode_id, **meta, **KernelFormat.of(fmt).constexprs())
+                out.append(Variant(f"quant_mx/{fmt}/{mode.value}{tag}", "quant", quant._mx_quant_kernel,
+                                   tuple({**_MX_SIG, **x_sig, **q_sig}.items()), tuple(ce.items()), warps, **mx_spec))
+        _, _, meta = quant._per_token_launch(x, 2880)
+        warps = meta.pop("num_warps")
+        for fmt in ("e4m3fn", "e4m3fnuz"):
+            ce = dict(**meta, **KernelFormat.of(fmt).constexprs())
+            out.append(Variant(f"quant_fp8_per_token/{fmt}{tag}", "quant", quant._fp8_per_token_kernel,
+                               tuple({**_PT_SIG, **x_sig, "q_ptr": "*i16"}.items()), tuple(ce.items()), warps,
+                               **pt_spec))
     return out
 
 
