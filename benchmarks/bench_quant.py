@@ -25,11 +25,12 @@ CPU_SHAPES = [(64, 256)]
 # configs.json entries tried by --sweep (kernel -> the entry it reads and the overrides to try);
 # the winners go into configs.json
 SWEEP = {
-    "mxfp4": ("quant", [dict(flat_blocks=b, num_warps=w) for b in (64, 128, 256, 512) for w in (4, 8)]),
-    "mxfp8": ("quant", [dict(flat_blocks=b, num_warps=w) for b in (64, 128, 256, 512) for w in (4, 8)]),
-    "fp8_per_token": ("per_token", [dict(block_m=m, block_pairs=p, num_warps=w)
-                                    for m, p in ((4, 64), (8, 64), (16, 64), (4, 128), (8, 128), (2, 256), (4, 256))
-                                    for w in (4, 8)]),
+    "mxfp4": ("quant", [dict(flat_blocks=b, num_warps=w, programs_per_sm=p) for b in (128, 256) for w in (4, 8)
+                        for p in (4, 8, 16, 1000)]),
+    "mxfp8": ("quant", [dict(flat_blocks=b, num_warps=w, programs_per_sm=p) for b in (128, 256) for w in (4, 8)
+                        for p in (4, 8, 16, 1000)]),
+    "fp8_per_token": ("per_token", [dict(tile_pairs=t, num_warps=w, programs_per_sm=p) for t in (2048, 4096)
+                                    for w in (4, 8) for p in (4, 8, 16)]),
 }
 
 

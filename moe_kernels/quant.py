@@ -1,13 +1,17 @@
 """Activation quantizers as Triton kernels: MXFP4, MXFP8 and per-token fp8 (emulation's bytes).
 
-One pass over the input: a program owns a [BLOCK_M, BLOCK_K] tile, reads it once (bf16 or fp32 as
-raw bits), reduces each 32-element block's amax with an integer max of the magnitude bits, derives
-the e8m0 byte and encodes the elements with integer arithmetic (``_numerics``), then writes codes
-(fp4x2-packed for MXFP4) and scales. The per-token kernel owns whole rows (two reads of a row that
-stays in cache: amax first, then codes).
+One pass over the input: a tile of [BLOCK_M, BLOCK_K] (a contiguous input: of BLOCK_M 32-blocks)
+is read once (bf16 as 32-bit words of element pairs, or raw bits), each 32-element block's amax is an
+integer max of the magnitude bits, the e8m0 byte follows, the elements are encoded with integer
+arithmetic (``_numerics``), and codes (fp4x2-packed for MXFP4) and scales are written. The per-token
+kernel owns groups of whole rows. Both are persistent (a few programs per SM) and load the next tile
+before working on the current one, so that each program keeps memory busy while it computes.
+Tiles and grids come from ``configs.json`` (an H100 sweep: ``benchmarks/bench_quant.py --sweep``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -59,18 +63,42 @@ def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
                      MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                      NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
                      MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+    """Persistent along the rows: program (p, c) owns row tiles p, p + P, ... of column tile c, and
+    issues the next tile's load before this one's arithmetic."""
+    HALF: tl.constexpr = BLOCK_K // 2
+    pairs = tl.program_id(1) * HALF + tl.arange(0, HALF)  # pair j holds elements 2j (lo) and 2j+1 (hi)
+    lo, hi = _mx_load(x_ptr, tl.program_id(0), pairs, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+    for tile in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
+        next_lo, next_hi = _mx_load(x_ptr, tile + tl.num_programs(0), pairs, M, K, stride_xm, stride_xk, IS_BF16,
+                                    WORDS, BLOCK_M)
+        _mx_quant_store(q_ptr, s_ptr, lo, hi, tile * BLOCK_M + tl.arange(0, BLOCK_M), pairs, M, K, stride_qm,
+                        stride_sm, PACK_FP4, MODE, BLOCK_M, BLOCK_K, MAN_BITS, EMIN, EMAX, SIGN_SHIFT, HAS_NEG_ZERO,
+                        MAX_FINITE, TINY_BITS)
+        lo, hi = next_lo, next_hi
+
+
+@triton.jit
+def _mx_load(x_ptr, tile, pairs, M, K, stride_xm, stride_xk, IS_BF16: tl.constexpr, WORDS: tl.constexpr,
+             BLOCK_M: tl.constexpr):
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask = (rows[:, None] < M) & (pairs[None, :] < K // 2)
+    return load_pairs(x_ptr + rows[:, None].to(tl.int64) * stride_xm, pairs[None, :], mask, mask, stride_xk,
+                      IS_BF16, WORDS)
+
+
+@triton.jit
+def _mx_quant_store(q_ptr, s_ptr, lo, hi, rows, pairs, M, K, stride_qm, stride_sm, PACK_FP4: tl.constexpr,
+                    MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr,
+                    EMIN: tl.constexpr, EMAX: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
+                    MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 32
     HALF: tl.constexpr = BLOCK_K // 2
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    pairs = tl.program_id(1) * HALF + tl.arange(0, HALF)  # pair j holds elements 2j (lo) and 2j+1 (hi)
-    mask = (rows[:, None] < M) & (pairs[None, :] < K // 2)
-    lo, hi = load_pairs(x_ptr + rows[:, None].to(tl.int64) * stride_xm, pairs[None, :], mask, mask, stride_xk,
-                        IS_BF16, WORDS)
     codes_lo, codes_hi, byte = mx_quantize_pairs(
         tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX,
         SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
     codes_lo = tl.reshape(codes_lo, (BLOCK_M, HALF))
     codes_hi = tl.reshape(codes_hi, (BLOCK_M, HALF))
+    mask = (rows[:, None] < M) & (pairs[None, :] < K // 2)
     q_at = q_ptr + rows[:, None].to(tl.int64) * stride_qm + pairs[None, :]
     if PACK_FP4:  # fp4x2: element 2j in the low nibble
         tl.store(q_at, (codes_lo | (codes_hi << 4)).to(tl.uint8), mask=mask)
@@ -84,42 +112,81 @@ def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
 @triton.jit
 def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
                           IS_BF16: tl.constexpr, WORDS: tl.constexpr, PAIR_STORE: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, ONE_CHUNK: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                           NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
                           MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
-    """BLOCK_M rows a program, walked in chunks of BLOCK_P element pairs: amax first, then (the rows
-    are still in L1/L2) the codes, two per 16-bit store where K is even (PAIR_STORE)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < M
-    x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm
+    """Persistent: program p owns row groups p, p + P, ... of BLOCK_M rows. ONE_CHUNK (a row fits in
+    BLOCK_P element pairs): a group is read once, and the next group's load is issued before this
+    one's arithmetic (a row's amax has to be known before any of its codes, so without the prefetch
+    every group would wait for its own load). Else a group is walked in BLOCK_P-pair chunks twice:
+    amax first, then (the rows still in L1/L2) the codes."""
+    n_groups = tl.cdiv(M, BLOCK_M)
     n_pairs = (K + 1) // 2
-    amax_bits = tl.zeros((BLOCK_M, BLOCK_P), tl.int32)
-    for p0 in range(0, n_pairs, BLOCK_P):
-        pairs = p0 + tl.arange(0, BLOCK_P)[None, :]
-        lo, hi = load_pairs(x_rows, pairs, row_mask[:, None] & (pairs < n_pairs),
-                            row_mask[:, None] & (2 * pairs + 1 < K), stride_xk, IS_BF16, WORDS)
-        amax_bits = tl.maximum(amax_bits, tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF))
-    amax = tl.max(amax_bits, axis=1)
+    cols = tl.arange(0, BLOCK_P)[None, :]
+    if ONE_CHUNK:
+        lo, hi = _per_token_load(x_ptr, tl.program_id(0), cols, M, K, stride_xm, stride_xk, IS_BF16, WORDS,
+                                 BLOCK_M)
+        for group in range(tl.program_id(0), n_groups, tl.num_programs(0)):
+            next_lo, next_hi = _per_token_load(x_ptr, group + tl.num_programs(0), cols, M, K, stride_xm,
+                                               stride_xk, IS_BF16, WORDS, BLOCK_M)
+            rows = group * BLOCK_M + tl.arange(0, BLOCK_M)
+            amax = tl.max(tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF), axis=1)
+            inv, fill = _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE, NAN_CODE)
+            _per_token_store(q_ptr, lo, hi, inv, fill, rows, cols, M, K, stride_qm, PAIR_STORE, MAN_BITS, EMIN,
+                             MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+            lo, hi = next_lo, next_hi
+    else:
+        for group in range(tl.program_id(0), n_groups, tl.num_programs(0)):
+            rows = group * BLOCK_M + tl.arange(0, BLOCK_M)
+            amax_bits = tl.zeros((BLOCK_M, BLOCK_P), tl.int32)
+            for p0 in range(0, n_pairs, BLOCK_P):
+                lo, hi = _per_token_load(x_ptr, group, p0 + cols, M, K, stride_xm, stride_xk, IS_BF16, WORDS,
+                                         BLOCK_M)
+                amax_bits = tl.maximum(amax_bits, tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF))
+            inv, fill = _per_token_scale(tl.max(amax_bits, axis=1), s_ptr, rows, M, MAX_FINITE, NAN_CODE)
+            for p0 in range(0, n_pairs, BLOCK_P):
+                lo, hi = _per_token_load(x_ptr, group, p0 + cols, M, K, stride_xm, stride_xk, IS_BF16, WORDS,
+                                         BLOCK_M)
+                _per_token_store(q_ptr, lo, hi, inv, fill, rows, p0 + cols, M, K, stride_qm, PAIR_STORE, MAN_BITS,
+                                 EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+
+
+@triton.jit
+def _per_token_load(x_ptr, group, pairs, M, K, stride_xm, stride_xk, IS_BF16: tl.constexpr, WORDS: tl.constexpr,
+                    BLOCK_M: tl.constexpr):
+    """Element pairs ``pairs`` [1, P] of row group ``group`` as fp32 patterns (0 past M or K)."""
+    rows = group * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]
+    x_rows = x_ptr + rows.to(tl.int64) * stride_xm
+    return load_pairs(x_rows, pairs, (rows < M) & (pairs < (K + 1) // 2), (rows < M) & (2 * pairs + 1 < K),
+                      stride_xk, IS_BF16, WORDS)
+
+
+@triton.jit
+def _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE: tl.constexpr, NAN_CODE: tl.constexpr):
+    """Store the rows' scales fl32(amax / max) (NaN for a row with NaN/Inf) -> (fl32(1 / scale) [R, 1],
+    the code that overrides every element [R, 1]: 0 for a zero row, NaN for a non-finite one, else -1)."""
     finite = amax < 0x7F800000
     scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), MAX_FINITE)
-    inv = tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), tl.where(amax == 0, 1.0, scale))[:, None]
-    # a zero row's codes are 0; a row holding NaN/Inf gets NaN codes and scale
-    fill = tl.where(amax == 0, 0, tl.where(finite, -1, NAN_CODE))[:, None]
+    inv = tl.math.div_rn(tl.full(amax.shape, 1.0, tl.float32), tl.where(amax == 0, 1.0, scale))
+    tl.store(s_ptr + rows, tl.where(finite, scale, float("nan")), mask=rows < M)
+    return inv[:, None], tl.where(amax == 0, 0, tl.where(finite, -1, NAN_CODE))[:, None]
+
+
+@triton.jit
+def _per_token_store(q_ptr, lo, hi, inv, fill, rows, pairs, M, K, stride_qm, PAIR_STORE: tl.constexpr,
+                     MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr, SIGN_SHIFT: tl.constexpr,
+                     HAS_NEG_ZERO: tl.constexpr, NAN_CODE: tl.constexpr):
+    """Encode and store element pairs (2j, 2j + 1) of the rows: two codes per 16-bit store where K is even."""
+    codes_lo = _per_token_codes(lo, inv, fill, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+    codes_hi = _per_token_codes(hi, inv, fill, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
     q_rows = q_ptr + rows[:, None].to(tl.int64) * stride_qm
-    for p0 in range(0, n_pairs, BLOCK_P):
-        pairs = p0 + tl.arange(0, BLOCK_P)[None, :]
-        mask_lo = row_mask[:, None] & (pairs < n_pairs)
-        mask_hi = row_mask[:, None] & (2 * pairs + 1 < K)
-        lo, hi = load_pairs(x_rows, pairs, mask_lo, mask_hi, stride_xk, IS_BF16, WORDS)
-        codes_lo = _per_token_codes(lo, inv, fill, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-        codes_hi = _per_token_codes(hi, inv, fill, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-        if PAIR_STORE:  # q_ptr: the codes viewed as int16, element 2j in the low byte
-            tl.store(q_rows + pairs, (codes_lo | (codes_hi << 8)).to(tl.int16), mask=mask_lo)
-        else:
-            tl.store(q_rows + 2 * pairs, codes_lo.to(tl.uint8), mask=mask_lo)
-            tl.store(q_rows + 2 * pairs + 1, codes_hi.to(tl.uint8), mask=mask_hi)
-    tl.store(s_ptr + rows, tl.where(finite, scale, float("nan")), mask=row_mask)
+    mask_lo = (rows[:, None] < M) & (pairs < (K + 1) // 2)
+    if PAIR_STORE:  # q_ptr: the codes viewed as int16, element 2j in the low byte
+        tl.store(q_rows + pairs, (codes_lo | (codes_hi << 8)).to(tl.int16), mask=mask_lo)
+    else:
+        tl.store(q_rows + 2 * pairs, codes_lo.to(tl.uint8), mask=mask_lo)
+        tl.store(q_rows + 2 * pairs + 1, codes_hi.to(tl.uint8), mask=(rows[:, None] < M) & (2 * pairs + 1 < K))
 
 
 @triton.jit
@@ -173,7 +240,9 @@ def _mx_launch(x, M, K, pack):
         block_k = min(tile["block_k"], triton.next_power_of_2(K))
         rows, cols, block_m = M, K, max(1, tile["block_m"] * tile["block_k"] // block_k)
         stride_xm, stride_q, stride_s = x_arg.stride(0), (K // 2 if pack else K), K // 32
-    grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_k))
+    col_tiles = triton.cdiv(cols, block_k)
+    grid = (min(triton.cdiv(rows, block_m), max(1, tile["programs_per_sm"] * _sm_count(x.device) // col_tiles)),
+            col_tiles)
     q_stride = stride_q // (1 if pack else 2)  # fp8 codes are stored as int16 pairs
     args = (x_arg, rows, cols, stride_xm, x.stride(1), q_stride, stride_s)
     meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, BLOCK_M=block_m, BLOCK_K=block_k,
@@ -183,16 +252,24 @@ def _mx_launch(x, M, K, pack):
 
 def _per_token_launch(x, K):
     """(grid, kernel arguments) of the per-token quantization of x [M, K] into contiguous codes: word
-    pairs where x allows, int16 pair stores where K is even; tile from configs.json's "per_token"."""
+    pairs where x allows, int16 pair stores where K is even; tile and persistent grid from
+    configs.json's "per_token"."""
     tile = CONFIGS["per_token"]
     words = _words_view(x)
     x_arg, stride_xm = (words, words.stride(0)) if words is not None else (_bits_view(x), x.stride(0))
     pair_store = K % 2 == 0
-    block_p = min(tile["block_pairs"], triton.next_power_of_2((K + 1) // 2))
-    block_m = max(1, tile["block_m"] * tile["block_pairs"] // block_p)
+    block_p = min(tile["max_pairs"], triton.next_power_of_2((K + 1) // 2))
+    block_m = max(1, tile["tile_pairs"] // block_p)
+    groups = triton.cdiv(x.shape[0], block_m)
+    grid = min(groups, tile["programs_per_sm"] * _sm_count(x.device))  # CPU (interpreter): as one SM
     meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PAIR_STORE=pair_store,
-                BLOCK_M=block_m, BLOCK_P=block_p, num_warps=tile["num_warps"])
-    return (triton.cdiv(x.shape[0], block_m),), (x_arg, stride_xm, x.stride(1), K // 2 if pair_store else K), meta
+                BLOCK_M=block_m, BLOCK_P=block_p, ONE_CHUNK=2 * block_p >= K, num_warps=tile["num_warps"])
+    return (grid,), (x_arg, stride_xm, x.stride(1), K // 2 if pair_store else K), meta
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _mx_quantize(x, fmt, scale_mode, pack):

@@ -227,3 +227,19 @@ def test_layouts_reach_each_tiling(layout, dtype, flat, words, rng):
     x_t, _ = _input(rng, (37, 96), dtype, "cpu", layout)
     grid, args, meta = quant_module._mx_launch(x_t, 37, 96, pack=True)
     assert (args[1] == 37 * 96 // 32) == flat and meta["WORDS"] == words
+
+
+@pytest.mark.parametrize("where", ["interpreter", pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("layout", ["contiguous", "row_padded"])
+def test_persistent_loops_with_one_program_per_sm(layout, where, rng, device, monkeypatch):
+    """With one program per SM (one on a CPU) every program walks many tiles and prefetches past the
+    end: still the emulation's bytes."""
+    for entry in ("quant", "per_token"):
+        monkeypatch.setitem(quant_module.CONFIGS[entry], "programs_per_sm", 1)
+    for shape in ((130, 320), (9, 129 * 32)):
+        x_t, x_np = _input(rng, shape, torch.bfloat16, device, layout)
+        _check_mx(x_t, x_np, "round_up", "e2m1")
+        _check_mx(x_t, x_np, "even", "e4m3fn")
+        _check_per_token(x_t, x_np, "e4m3fn")
+    grid, _, meta = quant_module._mx_launch(_input(rng, (130, 320), torch.bfloat16, device, layout)[0], 130, 320, True)
+    assert grid[0] * meta["BLOCK_M"] < (130 * 320 // 32 if layout == "contiguous" else 130)  # loops ran
