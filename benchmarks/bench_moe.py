@@ -5,7 +5,9 @@ gpt-oss-120b layer: E=128, H=I=2880, top-k 4, routing from random logits (softma
 - torch._grouped_mm on the dequantized bf16 weights, and a per-expert torch loop for small M;
 - floors: the touched experts' MXFP4 bytes (4.25 bits per weight) over the measured device copy
   bandwidth, and the layer's FLOPs over the measured bf16 matmul rate.
-Times are triton.testing.do_bench medians (ms). Without a GPU it runs tiny shapes under the interpreter
+Times are triton.testing.do_bench medians (ms), host launch overhead included; the CUDA-graph columns
+(``triton.testing.do_bench_cudagraph``) replay captured calls: device time, as a serving engine that
+captures decode steps sees it (routing prep of the peers is outside their timing). Without a GPU it runs tiny shapes under the interpreter
 (wall-clock, one call) so that it cannot rot. ``--json PATH`` saves the rows.
 """
 
@@ -22,7 +24,7 @@ import functools
 import json
 
 import emulation as em
-from benchmarks._timing import time_ms  # noqa: E402
+from benchmarks._timing import time_graph_ms, time_ms  # noqa: E402
 
 GPU_SHAPE = dict(E=128, H=2880, I=2880, topk=4)
 GPU_MS = (1, 8, 64, 256, 1024, 4096, 8192)
@@ -37,6 +39,14 @@ ROUTES = {  # the selector's inputs that make it choose each path at any M
 
 def _time(fn) -> float:
     return time_ms(fn, warmup=10, rep=100)
+
+
+def _graph(fn) -> float | None:
+    """CUDA-graph replay median (device time without host launch overhead), None if not capturable."""
+    try:
+        return time_graph_ms(fn)
+    except RuntimeError:
+        return None
 
 
 def _weights(E, H, I, device, gen):  # noqa: E741
@@ -126,8 +136,11 @@ def bench(shape, ms, device, on_row=lambda row, copy_bw, flops: None):
         for path, route in ROUTES.items():
             fn = functools.partial(mk.fused_moe, hidden, w1, s1, w2, s2, weights, ids, **route)
             row[path] = _time(fn)
+            row[f"{path}_graph"] = _graph(fn)
+        gmm = functools.partial(grouped_mm_moe, hidden, w1t, w2t, weights, ids, prep)
         try:
-            row["grouped_mm"] = _time(functools.partial(grouped_mm_moe, hidden, w1t, w2t, weights, ids, prep))
+            row["grouped_mm"] = _time(gmm)
+            row["grouped_mm_graph"] = _graph(gmm)
         except (RuntimeError, AttributeError, NotImplementedError) as exc:
             row["grouped_mm"], row["grouped_mm_error"] = None, str(exc).splitlines()[0][:120]
         if M <= 64:
@@ -150,7 +163,8 @@ def main(argv=None):
     shape, ms = (GPU_SHAPE, GPU_MS) if gpu else (CPU_SHAPE, CPU_MS)
     card = torch.cuda.get_device_name() if gpu else "cpu (Triton interpreter, wall-clock of one call)"
     print(f"card: {card}; shape {shape}")
-    print(f"{'M':>6s} {'a16w4':>9s} {'a4w4':>9s} {'a8w4':>9s} {'grouped':>9s} {'loop':>9s} {'x vs gmm (best path)':>21s} {'floor':>9s} {'% floor':>8s}")
+    print(f"{'M':>6s} {'a16w4':>9s} {'a4w4':>9s} {'a8w4':>9s} {'grouped':>9s} {'loop':>9s} {'x vs gmm (best path)':>21s} "
+          f"{'floor':>9s} {'% floor':>8s} | CUDA graphs: {'best':>7s} {'grouped':>8s} {'x':>6s}")
     done = []
 
     def on_row(r, copy_bw, flops):  # print and save as each M finishes (a long run keeps what it measured)
@@ -162,7 +176,11 @@ def main(argv=None):
         print(f"{r['M']:6d} {r['a16w4']:9.3f} {r['a4w4']:9.3f} {r['a8w4']:9.3f} "
               f"{'-' if gmm is None else f'{gmm:9.3f}':>9} {'-' if loop is None else f'{loop:9.3f}':>9} "
               f"{'-' if not gmm else f'{gmm / best:.2f}x':>21} {'-' if not floor else f'{floor:9.3f}':>9} "
-              f"{'-' if not floor else f'{100 * floor / best:7.0f}%':>8}", flush=True)
+              f"{'-' if not floor else f'{100 * floor / best:7.0f}%':>8}", end="")
+        graphs = [r[f"{p}_graph"] for p in ROUTES if r.get(f"{p}_graph")]
+        g_best, g_gmm = (min(graphs) if graphs else None), r.get("grouped_mm_graph")
+        print(f" | {'':13s}{'-' if g_best is None else f'{g_best:7.3f}':>7} {'-' if g_gmm is None else f'{g_gmm:8.3f}':>8} "
+              f"{'-' if not (g_best and g_gmm) else f'{g_gmm / g_best:.2f}x':>6}", flush=True)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(card=card, shape=shape, copy_Bps=copy_bw, bf16_flops=flops, rows=done), f, indent=1)

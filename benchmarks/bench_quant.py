@@ -30,7 +30,7 @@ SWEEP = {
     "mxfp8": ("quant", [dict(flat_blocks=b, num_warps=w, programs_per_sm=p) for b in (128, 256) for w in (4, 8)
                         for p in (4, 8, 16, 1000)]),
     "fp8_per_token": ("per_token", [dict(tile_pairs=t, num_warps=w, programs_per_sm=p) for t in (2048, 4096)
-                                    for w in (4, 8) for p in (4, 8, 16)]),
+                                    for w in (4, 8) for p in (4, 8, 16, 1000)]),
 }
 
 
@@ -59,10 +59,12 @@ def bench(shapes, device, only=None) -> list[dict]:
     return rows
 
 
-def sweep(shapes, device) -> list[dict]:
+def sweep(shapes, device, kernels) -> list[dict]:
     """Each kernel at every SWEEP configuration (configs.json's entries restored afterwards)."""
     rows = []
     for kernel, (entry, overrides) in SWEEP.items():
+        if kernel not in kernels:
+            continue
         saved = dict(CONFIGS[entry])
         try:
             for override in overrides:
@@ -81,12 +83,13 @@ def sweep(shapes, device) -> list[dict]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None)
-    ap.add_argument("--sweep", action="store_true", help="also time the MX quantizers at other tiles")
+    ap.add_argument("--sweep", nargs="*", default=None, metavar="KERNEL",
+                    help="also time the kernels (all, or those named) at the SWEEP configurations")
     args = ap.parse_args(argv)
     gpu = torch.cuda.is_available() and not _runtime.INTERPRET
     device = "cuda" if gpu else "cpu"
     card = torch.cuda.get_device_name() if gpu else "cpu (Triton interpreter)"
-    swept = sweep(GPU_SHAPES if gpu else CPU_SHAPES, device) if args.sweep else []
+    swept = [] if args.sweep is None else sweep(GPU_SHAPES if gpu else CPU_SHAPES, device, args.sweep or list(SWEEP))
     rows = bench(GPU_SHAPES if gpu else CPU_SHAPES, device)
     print(f"card: {card}")
     print(f"{'kernel':15s} {'M':>6s} {'K':>6s} {'kernel ms':>10s} {'copy ms':>9s} {'GB/s':>8s} {'copy GB/s':>9s} "

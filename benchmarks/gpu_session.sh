@@ -25,7 +25,7 @@ if [[ $what == verify || $what == all ]]; then
     python -m moe_kernels.verify --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
 fi
 if [[ $what == bench || $what == all ]]; then
-  python -m benchmarks.bench_quant --sweep --json "$out/bench_quant.json" 2>&1 | tee "$out/bench_quant.log" || rc=1
+  python -m benchmarks.bench_quant --json "$out/bench_quant.json" 2>&1 | tee "$out/bench_quant.log" || rc=1
   python -m benchmarks.bench_moe --json "$out/bench_moe.json" 2>&1 | tee "$out/bench_moe.log" || rc=1
 fi
 exit $rc

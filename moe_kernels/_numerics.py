@@ -82,7 +82,15 @@ def encode_scaled(bits, byte, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FI
     half = s >> 1
     v = tl.abs(bits.to(tl.float32, bitcast=True)) * ((127 - half) << 23).to(tl.float32, bitcast=True)
     v = v * ((127 - (s - half)) << 23).to(tl.float32, bitcast=True)
-    v = tl.minimum(v, MAX_FINITE)
+    code = encode_magnitude(tl.minimum(v, MAX_FINITE), bits, MAN_BITS, EMIN, SIGN_SHIFT, HAS_NEG_ZERO)
+    return tl.where(byte == 255, 0, code)
+
+
+@triton.jit
+def encode_magnitude(v, bits, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, SIGN_SHIFT: tl.constexpr,
+                     HAS_NEG_ZERO: tl.constexpr):
+    """Code of the fp32 magnitude v (not NaN, rounding to at most MAX_FINITE) with the sign of the
+    fp32 patterns ``bits``: ties to even (``encode_scaled``'s split at 2^EMIN)."""
     min_normal: tl.constexpr = 2.0**EMIN
     magic_bits: tl.constexpr = (127 + EMIN - MAN_BITS + 23) << 23  # 2^(EMIN - MAN_BITS + 23)
     sub = (tl.minimum(v, min_normal) + tl.full(v.shape, magic_bits, tl.int32).to(tl.float32, bitcast=True))
@@ -95,7 +103,7 @@ def encode_scaled(bits, byte, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FI
         code = code | sign
     else:
         code = tl.where(code != 0, code | sign, code)
-    return tl.where(byte == 255, 0, code)
+    return code
 
 
 @triton.jit

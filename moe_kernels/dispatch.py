@@ -19,7 +19,8 @@ from moe_ref import SWIGLU_ALPHA, SWIGLU_LIMIT, Decision, detect_arch, select_ac
 from . import _runtime
 from ._numerics import SCALE_MODE_IDS, KernelFormat
 from ._tuning import CONFIGS
-from .moe_gemm import KIND_BF16, KIND_FP4, KIND_FP8, _dequant_rows_kernel, _moe_stage1_kernel, _moe_stage2_kernel
+from .moe_gemm import (KIND_BF16, KIND_FP4, KIND_FP8, _dequant_rows_kernel, _moe_stage1_kernel, _moe_stage2_kernel,
+                       _sum_slots_kernel)
 from .quant import quantize_mxfp4, quantize_mxfp8
 
 __all__ = ["MoEPlan", "MoERun", "PATHS", "plan_moe", "fused_moe"]
@@ -98,8 +99,11 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
     _check(topk_weights.dtype == torch.float32 and topk_weights.shape == topk_ids.shape, "topk_weights",
            f"expected float32 {list(topk_ids.shape)}, got {topk_weights.dtype} {list(topk_weights.shape)}")
     if topk_ids.numel():
-        lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # one host sync
-        _check(lo >= 0 and hi < E, "topk_ids", f"expert ids must lie in [0, {E - 1}], got [{lo}, {hi}]")
+        if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():  # no host sync in a CUDA graph
+            torch._assert_async(((topk_ids >= 0) & (topk_ids < E)).all(), f"topk_ids: expert ids must lie in [0, {E - 1}]")
+        else:
+            lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # one host sync
+            _check(lo >= 0 and hi < E, "topk_ids", f"expert ids must lie in [0, {E - 1}], got [{lo}, {hi}]")
     for name, shape in (("bias1", (E, 2 * I)), ("bias2", (E, H))):
         b = named[name]
         if b is not None:
@@ -113,20 +117,32 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
 _CONFIG_KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages")
 
 
-def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = None,
-            I: int | None = None) -> tuple[int, int, int, int, int, int]:  # noqa: E741
-    """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps, num_stages) from ``configs.json``.
+def _backend() -> str:
+    """configs.json's name for the GPU backend this process runs on ("hip" on ROCm, else "cuda")."""
+    return "hip" if torch.version.hip else "cuda"
 
-    Stage 1 holds two accumulators (gate and up), hence its narrower tile.
+
+def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = None,
+            I: int | None = None, backend: str | None = None) -> tuple[int, int, int, int, int, int]:  # noqa: E741
+    """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps, num_stages) from ``configs.json``:
+    the first "gpu" entry whose bucket holds M * topk / E pairs per expert and whose optional H, I and
+    backend match. Stage 1 holds two accumulators (gate and up), hence its narrower tile.
     """
     if interpret:
         return tuple(CONFIGS["interpreter"][k] for k in _CONFIG_KEYS)
+    backend = backend or _backend()
     pairs_per_expert = max(1, M * topk // max(E, 1))
     for entry in CONFIGS["gpu"]:
         fits = entry["max_pairs_per_expert"] is None or pairs_per_expert <= entry["max_pairs_per_expert"]
-        if fits and entry.get("H", H) == H and entry.get("I", I) == I:
+        if fits and entry.get("H", H) == H and entry.get("I", I) == I and entry.get("backend", backend) == backend:
             return tuple(entry[k] for k in _CONFIG_KEYS)
-    raise LookupError(f"configs.json has no gpu entry for M={M}, E={E}, topk={topk}, H={H}, I={I}")
+    raise LookupError(f"configs.json has no gpu entry for M={M}, E={E}, topk={topk}, H={H}, I={I}, {backend}")
+
+
+def config_name(config) -> str:
+    """A tile configuration's short name (variant names, benchmark tables): bm16n32x32k128w4s3."""
+    block_m, block_n1, block_n2, block_k, warps, stages = config
+    return f"bm{block_m}n{block_n1}x{block_n2}k{block_k}w{warps}s{stages}"
 
 
 def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, activation="swiglu",
@@ -154,7 +170,7 @@ def _align(topk_ids: torch.Tensor, live: torch.Tensor, block_m: int, E: int):
     flat = topk_ids.reshape(-1).to(torch.int64)
     n_pairs = flat.numel()
     n_blocks = -(-(n_pairs + (block_m - 1) * min(E, n_pairs)) // block_m)
-    key = torch.where(live.reshape(-1), flat, E)  # masked pairs sort last, under key E
+    key = flat if live is None else torch.where(live.reshape(-1), flat, E)  # masked pairs sort last, under key E
     order = torch.argsort(key, stable=True)
     counts = torch.bincount(key, minlength=E + 1)[:E]
     blocks = (counts + block_m - 1) // block_m
@@ -162,7 +178,8 @@ def _align(topk_ids: torch.Tensor, live: torch.Tensor, block_m: int, E: int):
     start_out = (torch.cumsum(blocks, 0) - blocks) * block_m
     key_sorted = torch.clamp(key[order], max=E - 1)
     dest = start_out[key_sorted] + torch.arange(n_pairs, device=flat.device) - start_in[key_sorted]
-    dest = torch.where(key[order] < E, dest, n_blocks * block_m)  # masked pairs: a trash slot past the end
+    if live is not None:
+        dest = torch.where(key[order] < E, dest, n_blocks * block_m)  # masked pairs: a trash slot past the end
     sorted_ids = torch.full((n_blocks * block_m + 1,), n_pairs, dtype=torch.int32, device=flat.device)
     sorted_ids[dest] = order.to(torch.int32)
     block_expert = torch.searchsorted(torch.cumsum(blocks, 0), torch.arange(n_blocks, device=flat.device),
@@ -213,8 +230,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         to, (hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids))
     bias1, bias2, expert_mask = to(bias1), to(bias2), to(expert_mask)
     M, E, H, I, topk = plan.M, plan.E, plan.H, plan.I, plan.topk  # noqa: E741
-    live = torch.ones((M, topk), dtype=torch.bool, device=dev) if expert_mask is None else \
-        (expert_mask != 0)[topk_ids.to(torch.int64)]
+    live = None if expert_mask is None else (expert_mask != 0)[topk_ids.to(torch.int64)]  # None: all live
 
     if plan.act_dtype == "bf16":
         a_q, a_scale = hidden.contiguous(), None
@@ -258,12 +274,15 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
                 h_in.stride(0), w2.stride(0), w2.stride(1), w2_scale.stride(0),
                 w2_scale.stride(1), y.stride(0),
                 HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, BLOCK_N=plan.block_n2, **common)
-    out_f32 = torch.zeros((M, H), dtype=torch.float32, device=dev)
-    y3 = y.view(M, topk, H)
-    for k in range(topk):  # slot order, masked slots skipped: moe_ref's step 6
-        out_f32 = torch.where(live[:, k, None], out_f32 + y3[:, k], out_f32)
-    out = out_f32.to(torch.bfloat16).to(origin)
+    out = torch.empty((M, H), dtype=torch.bfloat16, device=dev)
+    if M:
+        block_t, block_h = (64, 512) if _runtime.INTERPRET else (4, 256)
+        _sum_slots_kernel[(triton.cdiv(M, block_t), triton.cdiv(H, block_h))](
+            y, y if live is None else live, out.view(torch.int16), M, H, topk, HAS_MASK=live is not None,
+            BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
+    out = out.to(origin)
     if return_trace:
         h_view = h_q.view(torch.bfloat16) if kind == KIND_BF16 else h_q
+        live = torch.ones((M, topk), dtype=torch.bool, device=dev) if live is None else live
         return out, MoERun(plan, a_q, a_scale, h_view, h_scale, y, live)
     return out

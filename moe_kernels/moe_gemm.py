@@ -244,3 +244,24 @@ def _moe_stage2_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
         if WEIGHT_HERE:
             acc = acc * tl.load(tw_ptr + pairs, mask=valid, other=0.0)[:, None]
         tl.store(y_ptr + rows[:, None] * stride_y + n[None, :], acc, mask=valid[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _sum_slots_kernel(y_ptr, live_ptr, out_ptr, M, H, topk, HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr,
+                      BLOCK_H: tl.constexpr):
+    """out[t] = bf16(((y[t, 0] + y[t, 1]) + ...) + y[t, topk - 1]) in fp32, slots in order, masked slots
+    (live 0) skipped, a token with none gets +0 (``moe_ref``'s step 6); y [M * topk, H] fp32, out as
+    int16 bf16 patterns (ties to even)."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (t < M)[:, None] & (h < H)[None, :]
+    acc = tl.zeros((BLOCK_T, BLOCK_H), tl.float32)
+    for k in range(topk):
+        pair = t.to(tl.int64) * topk + k
+        y = tl.load(y_ptr + pair[:, None] * H + h[None, :], mask=mask, other=0.0)
+        if HAS_MASK:
+            live = tl.load(live_ptr + pair, mask=t < M, other=0) != 0
+            acc = tl.where(live[:, None], acc + y, acc)
+        else:
+            acc = acc + y
+    tl.store(out_ptr + t[:, None].to(tl.int64) * H + h[None, :], f32_to_bf16_bits(acc).to(tl.int16), mask=mask)

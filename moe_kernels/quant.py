@@ -20,7 +20,8 @@ import triton.language as tl
 import emulation as em
 
 from . import _runtime
-from ._numerics import SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_scaled, mx_quantize_pairs
+from ._numerics import (SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_magnitude, encode_scaled,
+                        mx_quantize_pairs)
 from ._tuning import CONFIGS
 
 __all__ = ["quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token"]
@@ -112,44 +113,68 @@ def _mx_quant_store(q_ptr, s_ptr, lo, hi, rows, pairs, M, K, stride_qm, stride_s
 @triton.jit
 def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
                           IS_BF16: tl.constexpr, WORDS: tl.constexpr, PAIR_STORE: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, ONE_CHUNK: tl.constexpr,
+                          BLOCK_M: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, W3: tl.constexpr,
+                          ONE_CHUNK: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                           NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
                           MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
-    """Persistent: program p owns row groups p, p + P, ... of BLOCK_M rows. ONE_CHUNK (a row fits in
-    BLOCK_P element pairs): a group is read once, and the next group's load is issued before this
-    one's arithmetic (a row's amax has to be known before any of its codes, so without the prefetch
-    every group would wait for its own load). Else a group is walked in BLOCK_P-pair chunks twice:
-    amax first, then (the rows still in L1/L2) the codes."""
+    """Persistent: program p owns row groups p, p + P, ... of BLOCK_M rows.
+
+    ONE_CHUNK: a row's element pairs are three power-of-two parts W1 + W2 + W3 (K = 2880: 1024 + 256
+    + 256 of 1440 pairs; one power of two would be 2048, and the padding costs issue slots, which is
+    what bounds this kernel), each group read once, the next group's load issued before this one's
+    arithmetic (a row's amax has to be known before any of its codes). Else rows are walked in
+    chunks of W1 pairs twice: amax first, then (the rows still in L1/L2) the codes."""
     n_groups = tl.cdiv(M, BLOCK_M)
-    n_pairs = (K + 1) // 2
-    cols = tl.arange(0, BLOCK_P)[None, :]
+    c1 = tl.arange(0, W1)[None, :]
     if ONE_CHUNK:
-        lo, hi = _per_token_load(x_ptr, tl.program_id(0), cols, M, K, stride_xm, stride_xk, IS_BF16, WORDS,
-                                 BLOCK_M)
+        c2 = W1 + tl.arange(0, W2)[None, :]
+        c3 = W1 + W2 + tl.arange(0, W3)[None, :]
+        g = tl.program_id(0)
+        lo1, hi1 = _per_token_load(x_ptr, g, c1, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+        lo2, hi2 = _per_token_load(x_ptr, g, c2, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+        lo3, hi3 = _per_token_load(x_ptr, g, c3, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
         for group in range(tl.program_id(0), n_groups, tl.num_programs(0)):
-            next_lo, next_hi = _per_token_load(x_ptr, group + tl.num_programs(0), cols, M, K, stride_xm,
-                                               stride_xk, IS_BF16, WORDS, BLOCK_M)
+            g = group + tl.num_programs(0)
+            nlo1, nhi1 = _per_token_load(x_ptr, g, c1, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+            nlo2, nhi2 = _per_token_load(x_ptr, g, c2, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+            nlo3, nhi3 = _per_token_load(x_ptr, g, c3, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
             rows = group * BLOCK_M + tl.arange(0, BLOCK_M)
-            amax = tl.max(tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF), axis=1)
-            inv, fill = _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE, NAN_CODE)
-            _per_token_store(q_ptr, lo, hi, inv, fill, rows, cols, M, K, stride_qm, PAIR_STORE, MAN_BITS, EMIN,
-                             MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-            lo, hi = next_lo, next_hi
-    else:
-        for group in range(tl.program_id(0), n_groups, tl.num_programs(0)):
-            rows = group * BLOCK_M + tl.arange(0, BLOCK_M)
-            amax_bits = tl.zeros((BLOCK_M, BLOCK_P), tl.int32)
-            for p0 in range(0, n_pairs, BLOCK_P):
-                lo, hi = _per_token_load(x_ptr, group, p0 + cols, M, K, stride_xm, stride_xk, IS_BF16, WORDS,
-                                         BLOCK_M)
-                amax_bits = tl.maximum(amax_bits, tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF))
-            inv, fill = _per_token_scale(tl.max(amax_bits, axis=1), s_ptr, rows, M, MAX_FINITE, NAN_CODE)
-            for p0 in range(0, n_pairs, BLOCK_P):
-                lo, hi = _per_token_load(x_ptr, group, p0 + cols, M, K, stride_xm, stride_xk, IS_BF16, WORDS,
-                                         BLOCK_M)
-                _per_token_store(q_ptr, lo, hi, inv, fill, rows, p0 + cols, M, K, stride_qm, PAIR_STORE, MAN_BITS,
+            amax = tl.maximum(tl.maximum(_amax_bits(lo1, hi1), _amax_bits(lo2, hi2)), _amax_bits(lo3, hi3))
+            inv, fill, plain = _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE, NAN_CODE, TINY_BITS)
+            if plain:  # every row finite with a normal scale: no special values anywhere
+                _per_token_store(q_ptr, lo1, hi1, inv, fill, rows, c1, M, K, stride_qm, PAIR_STORE, True, MAN_BITS,
                                  EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+                _per_token_store(q_ptr, lo2, hi2, inv, fill, rows, c2, M, K, stride_qm, PAIR_STORE, True, MAN_BITS,
+                                 EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+                _per_token_store(q_ptr, lo3, hi3, inv, fill, rows, c3, M, K, stride_qm, PAIR_STORE, True, MAN_BITS,
+                                 EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+            else:
+                _per_token_store(q_ptr, lo1, hi1, inv, fill, rows, c1, M, K, stride_qm, PAIR_STORE, False,
+                                 MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+                _per_token_store(q_ptr, lo2, hi2, inv, fill, rows, c2, M, K, stride_qm, PAIR_STORE, False,
+                                 MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+                _per_token_store(q_ptr, lo3, hi3, inv, fill, rows, c3, M, K, stride_qm, PAIR_STORE, False,
+                                 MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+            lo1, hi1, lo2, hi2, lo3, hi3 = nlo1, nhi1, nlo2, nhi2, nlo3, nhi3
+    else:
+        n_pairs = (K + 1) // 2
+        for group in range(tl.program_id(0), n_groups, tl.num_programs(0)):
+            rows = group * BLOCK_M + tl.arange(0, BLOCK_M)
+            amax = tl.zeros((BLOCK_M,), tl.int32)
+            for p0 in range(0, n_pairs, W1):
+                lo, hi = _per_token_load(x_ptr, group, p0 + c1, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+                amax = tl.maximum(amax, _amax_bits(lo, hi))
+            inv, fill, plain = _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE, NAN_CODE, TINY_BITS)
+            for p0 in range(0, n_pairs, W1):
+                lo, hi = _per_token_load(x_ptr, group, p0 + c1, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+                _per_token_store(q_ptr, lo, hi, inv, fill, rows, p0 + c1, M, K, stride_qm, PAIR_STORE, False,
+                                 MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+
+
+@triton.jit
+def _amax_bits(lo, hi):
+    return tl.max(tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF), axis=1)
 
 
 @triton.jit
@@ -163,23 +188,26 @@ def _per_token_load(x_ptr, group, pairs, M, K, stride_xm, stride_xk, IS_BF16: tl
 
 
 @triton.jit
-def _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE: tl.constexpr, NAN_CODE: tl.constexpr):
+def _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE: tl.constexpr, NAN_CODE: tl.constexpr, TINY_BITS: tl.constexpr):
     """Store the rows' scales fl32(amax / max) (NaN for a row with NaN/Inf) -> (fl32(1 / scale) [R, 1],
-    the code that overrides every element [R, 1]: 0 for a zero row, NaN for a non-finite one, else -1)."""
+    the code that overrides every element [R, 1]: 0 for a zero row, NaN for a non-finite one, else -1;
+    plain: every row of the group finite with a normal scale (amax >= max * 2^-126), so that
+    |x * inv| <= max (1 + 2^-22) rounds to at most max, and no product is NaN or infinite)."""
     finite = amax < 0x7F800000
     scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), MAX_FINITE)
     inv = tl.math.div_rn(tl.full(amax.shape, 1.0, tl.float32), tl.where(amax == 0, 1.0, scale))
     tl.store(s_ptr + rows, tl.where(finite, scale, float("nan")), mask=rows < M)
-    return inv[:, None], tl.where(amax == 0, 0, tl.where(finite, -1, NAN_CODE))[:, None]
+    plain = tl.min((finite & (amax >= TINY_BITS)).to(tl.int32), axis=0) == 1
+    return inv[:, None], tl.where(amax == 0, 0, tl.where(finite, -1, NAN_CODE))[:, None], plain
 
 
 @triton.jit
 def _per_token_store(q_ptr, lo, hi, inv, fill, rows, pairs, M, K, stride_qm, PAIR_STORE: tl.constexpr,
-                     MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr, SIGN_SHIFT: tl.constexpr,
-                     HAS_NEG_ZERO: tl.constexpr, NAN_CODE: tl.constexpr):
+                     PLAIN: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr,
+                     SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr, NAN_CODE: tl.constexpr):
     """Encode and store element pairs (2j, 2j + 1) of the rows: two codes per 16-bit store where K is even."""
-    codes_lo = _per_token_codes(lo, inv, fill, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-    codes_hi = _per_token_codes(hi, inv, fill, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+    codes_lo = _per_token_codes(lo, inv, fill, PLAIN, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+    codes_hi = _per_token_codes(hi, inv, fill, PLAIN, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
     q_rows = q_ptr + rows[:, None].to(tl.int64) * stride_qm
     mask_lo = (rows[:, None] < M) & (pairs < (K + 1) // 2)
     if PAIR_STORE:  # q_ptr: the codes viewed as int16, element 2j in the low byte
@@ -190,16 +218,21 @@ def _per_token_store(q_ptr, lo, hi, inv, fill, rows, pairs, M, K, stride_qm, PAI
 
 
 @triton.jit
-def _per_token_codes(bits, inv, fill, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr,
-                     SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr, NAN_CODE: tl.constexpr):
-    """Codes of fl32(x * inv) (scale byte 127: no further scaling); ``fill`` >= 0 overrides (zero or
-    non-finite rows)."""
-    scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
-    codes = encode_scaled(scaled, tl.full(scaled.shape, 127, tl.int32), MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT,
-                          HAS_NEG_ZERO)
-    # scale 0 < s < 2^-126 makes 1/s inf, and 0 * inf a NaN that the emulation encodes as NaN
-    codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, NAN_CODE, codes)
-    return tl.where(fill >= 0, fill, codes)
+def _per_token_codes(bits, inv, fill, PLAIN: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr,
+                     MAX_FINITE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
+                     NAN_CODE: tl.constexpr):
+    """Codes of fl32(x * inv) (``_per_token_scale``). PLAIN: |x| * inv needs no clamp or checks; else
+    clamped, NaN products (0 * inf when 1/scale overflows) give NaN, and ``fill`` >= 0 overrides."""
+    if PLAIN:
+        v = tl.abs(bits.to(tl.float32, bitcast=True)) * inv
+        codes = encode_magnitude(v, bits, MAN_BITS, EMIN, SIGN_SHIFT, HAS_NEG_ZERO)
+    else:
+        scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
+        codes = encode_scaled(scaled, tl.full(scaled.shape, 127, tl.int32), MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT,
+                              HAS_NEG_ZERO)
+        codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, NAN_CODE, codes)
+        codes = tl.where(fill >= 0, fill, codes)
+    return codes
 
 
 def _check_input(x, *, need_k32: bool) -> None:
@@ -258,13 +291,28 @@ def _per_token_launch(x, K):
     words = _words_view(x)
     x_arg, stride_xm = (words, words.stride(0)) if words is not None else (_bits_view(x), x.stride(0))
     pair_store = K % 2 == 0
-    block_p = min(tile["max_pairs"], triton.next_power_of_2((K + 1) // 2))
-    block_m = max(1, tile["tile_pairs"] // block_p)
+    n_pairs = (K + 1) // 2
+    one_chunk = n_pairs <= tile["max_pairs"]
+    widths = _three_powers_of_two(n_pairs) if one_chunk else (tile["max_pairs"], 1, 1)
+    block_m = max(1, tile["tile_pairs"] // triton.next_power_of_2(n_pairs))
     groups = triton.cdiv(x.shape[0], block_m)
     grid = min(groups, tile["programs_per_sm"] * _sm_count(x.device))  # CPU (interpreter): as one SM
     meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PAIR_STORE=pair_store,
-                BLOCK_M=block_m, BLOCK_P=block_p, ONE_CHUNK=2 * block_p >= K, num_warps=tile["num_warps"])
+                BLOCK_M=block_m, W1=widths[0], W2=widths[1], W3=widths[2], ONE_CHUNK=one_chunk,
+                num_warps=tile["num_warps"])
     return (grid,), (x_arg, stride_xm, x.stride(1), K // 2 if pair_store else K), meta
+
+
+def _three_powers_of_two(n: int) -> tuple[int, int, int]:
+    """Powers of two w1 >= w2 >= w3 with w1 + w2 + w3 >= n, little above it (1440 -> 1024, 256, 256;
+    3584 -> 2048, 1024, 512); a part not needed is 1 (past the row's end: fully masked)."""
+    w1 = 1 << (n.bit_length() - 1)
+    rest = n - w1
+    if rest == 0:
+        return w1, 1, 1
+    w2 = 1 << (rest.bit_length() - 1)
+    rest -= w2
+    return w1, w2, triton.next_power_of_2(rest) if rest else 1
 
 
 @functools.cache

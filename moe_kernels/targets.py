@@ -90,6 +90,7 @@ class Variant:
     constexprs: tuple  # ((name, value), ...)
     num_warps: int
     num_stages: int = 3
+    targets: tuple = tuple(TARGETS)  # the targets it is built for (a backend's own tile: that backend's)
     # as the JIT specializes a launch: integer args equal to 1 become constants, pointers and integers
     # that are multiples of 16 carry that fact (vectorized loads depend on it)
     ones: tuple = ()
@@ -117,9 +118,16 @@ def _moe_variants():
     every tile configuration of configs.json, and the activation dequantizer of each MX path."""
     wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
             if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
-    configs = sorted({tuple(e[k] for k in dispatch._CONFIG_KEYS) for e in CONFIGS["gpu"]})  # every gpu entry
+    configs = {}  # every gpu entry, and the targets of the backends it serves
+    for e in CONFIGS["gpu"]:
+        cfg = tuple(e[k] for k in dispatch._CONFIG_KEYS)
+        for t, target in TARGETS.items():
+            if e.get("backend", target.backend) == target.backend:
+                configs.setdefault(cfg, []).append(t)
     out = []
-    for block_m, block_n1, block_n2, block_k, warps, stages in configs:
+    for cfg, targets in sorted(configs.items()):
+        block_m, block_n1, block_n2, block_k, warps, stages = cfg
+        name = dispatch.config_name(cfg)
         common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **wfmt)
         for act_dtype, kind in dispatch._KIND.items():
             fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_")
@@ -129,11 +137,12 @@ def _moe_variants():
                 ce = dict(OUT_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2,
                           UP_OFF_IS_I=gate_mode == "separated", ACT=0, HAS_BIAS=True, DOWEIGHT=False, ALPHA=1.702,
                           LIMIT=7.0, MODE=0, BLOCK_N=block_n1, **common, **fmt)
-                out.append(Variant(f"moe_stage1/{path}/{gate_mode}/bm{block_m}", f"mma_bm{block_m}",
-                                   moe_gemm._moe_stage1_kernel, tuple(sig1.items()), tuple(ce.items()), warps, stages))
+                out.append(Variant(f"moe_stage1/{path}/{gate_mode}/{name}", f"mma_bm{block_m}",
+                                   moe_gemm._moe_stage1_kernel, tuple(sig1.items()), tuple(ce.items()), warps, stages,
+                                   targets=tuple(targets)))
         ce = dict(HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
-        out.append(Variant(f"moe_stage2/bm{block_m}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
-                           tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages))
+        out.append(Variant(f"moe_stage2/{name}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
+                           tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages, targets=tuple(targets)))
     for act_dtype in ("fp4x2", "fp8"):
         kf = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype])
         ce = dict(KIND=dispatch._KIND[act_dtype], BLOCK_R=16, BLOCK_K=128, MAN_BITS=kf.man_bits, BIAS=kf.bias,
@@ -249,7 +258,7 @@ def main(argv=None) -> int:
     for name in VARIANTS:
         if args.only not in name:
             continue
-        for target in TARGETS:
+        for target in VARIANTS[name].targets:
             r = resources(name, target)
             problems = check_variant(name, target, baseline)
             failures += bool(problems)

@@ -236,10 +236,13 @@ def test_persistent_loops_with_one_program_per_sm(layout, where, rng, device, mo
     end: still the emulation's bytes."""
     for entry in ("quant", "per_token"):
         monkeypatch.setitem(quant_module.CONFIGS[entry], "programs_per_sm", 1)
-    for shape in ((130, 320), (9, 129 * 32)):
+    for shape in ((9, 129 * 32), (130, 320), *([(2000, 2880)] if device.type == "cuda" else [])):
         x_t, x_np = _input(rng, shape, torch.bfloat16, device, layout)
         _check_mx(x_t, x_np, "round_up", "e2m1")
         _check_mx(x_t, x_np, "even", "e4m3fn")
         _check_per_token(x_t, x_np, "e4m3fn")
-    grid, _, meta = quant_module._mx_launch(_input(rng, (130, 320), torch.bfloat16, device, layout)[0], 130, 320, True)
-    assert grid[0] * meta["BLOCK_M"] < (130 * 320 // 32 if layout == "contiguous" else 130)  # loops ran
+    M, K = shape
+    grid, _, meta = quant_module._mx_launch(x_t, M, K, True)
+    assert grid[0] * meta["BLOCK_M"] < (M * K // 32 if layout == "contiguous" else M)  # the loops ran
+    grid, _, meta = quant_module._per_token_launch(x_t, K)
+    assert grid[0] * meta["BLOCK_M"] < M

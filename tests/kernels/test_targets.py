@@ -39,7 +39,8 @@ def test_every_variant_builds_for_every_target_without_problems(table):
     from moe_kernels.targets import TARGETS, VARIANTS
 
     seen = {(r["kernel"], r["target"]) for r in data["rows"]}
-    assert seen == {(v, t) for v in VARIANTS for t in TARGETS}
+    assert seen == {(name, t) for name, v in VARIANTS.items() for t in v.targets}
+    assert {t for _, t in seen} == set(TARGETS)
     bad = [f"{r['kernel']}@{r['target']}: {r['problems']}" for r in data["rows"] if r["problems"]]
     assert not bad, "\n".join(bad)
     assert all(r["spills"] == 0 for r in data["rows"])
@@ -50,19 +51,23 @@ def test_every_dispatcher_config_is_a_variant():
     from moe_kernels import dispatch
     from moe_kernels.targets import VARIANTS
 
-    for M in (1, 8, 64, 256, 1024, 8192):
-        for E, topk in ((128, 4), (32, 4), (8, 2)):
-            block_m = dispatch._config(M, E, topk)[0]
-            assert f"moe_stage2/bm{block_m}" in VARIANTS
-            for path in dispatch.PATHS.values():
-                assert f"moe_stage1/{path}/separated/bm{block_m}" in VARIANTS
+    from moe_kernels.targets import TARGETS
+
+    for backend in ("cuda", "hip"):
+        for M in (1, 8, 64, 256, 1024, 8192):
+            for E, topk in ((128, 4), (32, 4), (8, 2)):
+                name = dispatch.config_name(dispatch._config(M, E, topk, backend=backend))
+                built_for = {t for t, target in TARGETS.items() if target.backend == backend}
+                assert built_for <= set(VARIANTS[f"moe_stage2/{name}"].targets)
+                for path in dispatch.PATHS.values():
+                    assert built_for <= set(VARIANTS[f"moe_stage1/{path}/separated/{name}"].targets)
 
 
 def test_the_checks_catch_regressions(tmp_path):
     """A register regression, a missing instruction family and a forbidden one are reported."""
     res = _python("""
         from moe_kernels import targets as t
-        name, target = "moe_stage2/bm64", "sm90"
+        name, target = next(n for n in t.VARIANTS if n.startswith("moe_stage2/bm64")), "sm90"
         r = t.resources(name, target)
         tight = {"triton": t.triton.__version__, "entries": {f"{name}@{target}": dict(regs=r["regs"] // 2, shared=r["shared"] // 2)}}
         problems = t.check_variant(name, target, tight)
