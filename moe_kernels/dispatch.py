@@ -19,9 +19,17 @@ from moe_ref import SWIGLU_ALPHA, SWIGLU_LIMIT, Decision, detect_arch, select_ac
 from . import _runtime
 from ._numerics import SCALE_MODE_IDS, KernelFormat
 from ._tuning import CONFIGS
-from .moe_gemm import (KIND_BF16, KIND_FP4, KIND_FP8, _dequant_rows_kernel, _moe_stage1_kernel, _moe_stage2_kernel,
-                       _sum_slots_kernel)
+from .moe_gemm import (
+    KIND_BF16,
+    KIND_FP4,
+    KIND_FP8,
+    _dequant_rows_kernel,
+    _moe_stage1_kernel,
+    _moe_stage2_kernel,
+    _sum_slots_kernel,
+)
 from .quant import quantize_mxfp4, quantize_mxfp8
+from .routing import align_pairs
 
 __all__ = ["MoEPlan", "MoERun", "PATHS", "plan_moe", "fused_moe"]
 
@@ -67,9 +75,11 @@ class MoERun:
     live: torch.Tensor  # bool [M, topk]: the pair's expert is in expert_mask
 
 
-def _check(cond: bool, arg: str, msg: str) -> None:
+def _check(cond: bool, arg: str, msg) -> None:
+    """Raise ValueError naming ``arg``; ``msg`` a string or a callable (formatted only on failure:
+    validation runs on every call)."""
     if not cond:
-        raise ValueError(f"{arg}: {msg}")
+        raise ValueError(f"{arg}: {msg() if callable(msg) else msg}")
 
 
 def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1, bias2, expert_mask):
@@ -79,38 +89,40 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     devices = {str(t.device) for t in named.values() if t is not None}
-    _check(len(devices) == 1, "inputs", f"all tensors must be on one device, got {sorted(devices)}")
+    _check(len(devices) == 1, "inputs", lambda: f"all tensors must be on one device, got {sorted(devices)}")
     _check(hidden.dtype == torch.bfloat16 and hidden.dim() == 2, "hidden",
-           f"expected a 2-D torch.bfloat16 tensor [M, H], got {hidden.dtype} {list(hidden.shape)}")
+           lambda: f"expected a 2-D torch.bfloat16 tensor [M, H], got {hidden.dtype} {list(hidden.shape)}")
     for name in ("w1", "w1_scale", "w2", "w2_scale"):
         t = named[name]
-        _check(t.dtype == torch.uint8 and t.dim() == 3, name, f"expected a 3-D torch.uint8 tensor, got {t.dtype} {list(t.shape)}")
+        _check(t.dtype == torch.uint8 and t.dim() == 3, name,
+               lambda t=t: f"expected a 3-D torch.uint8 tensor, got {t.dtype} {list(t.shape)}")
         _check(t.stride(-1) == 1, name, "the last dimension must be contiguous (public layout, packed along K)")
     M, H = hidden.shape
     E, two_i, h_half = w1.shape
     I = two_i // 2  # noqa: E741
-    _check(H % 32 == 0, "hidden", f"H={H} is not a multiple of 32 (one e8m0 scale per 32 values)")
-    _check(two_i % 2 == 0 and I % 32 == 0, "w1", f"2*I={two_i}: I must be a multiple of 32")
-    _check(h_half * 2 == H, "w1", f"expected shape [E, 2*I, H/2={H // 2}], got {list(w1.shape)}")
+    _check(H % 32 == 0, "hidden", lambda: f"H={H} is not a multiple of 32 (one e8m0 scale per 32 values)")
+    _check(two_i % 2 == 0 and I % 32 == 0, "w1", lambda: f"2*I={two_i}: I must be a multiple of 32")
+    _check(h_half * 2 == H, "w1", lambda: f"expected shape [E, 2*I, H/2={H // 2}], got {list(w1.shape)}")
     for name, shape in (("w1_scale", (E, 2 * I, H // 32)), ("w2", (E, H, I // 2)), ("w2_scale", (E, H, I // 32))):
-        _check(tuple(named[name].shape) == shape, name, f"expected shape {list(shape)}, got {list(named[name].shape)}")
-    _check(topk_ids.dim() == 2 and topk_ids.shape[0] == M, "topk_ids", f"expected shape [M={M}, topk], got {list(topk_ids.shape)}")
-    _check(topk_ids.dtype in (torch.int32, torch.int64), "topk_ids", f"expected int32, got {topk_ids.dtype}")
+        _check(tuple(named[name].shape) == shape, name,
+               lambda shape=shape, t=named[name]: f"expected shape {list(shape)}, got {list(t.shape)}")
+    _check(topk_ids.dim() == 2 and topk_ids.shape[0] == M, "topk_ids", lambda: f"expected shape [M={M}, topk], got {list(topk_ids.shape)}")
+    _check(topk_ids.dtype in (torch.int32, torch.int64), "topk_ids", lambda: f"expected int32, got {topk_ids.dtype}")
     _check(topk_weights.dtype == torch.float32 and topk_weights.shape == topk_ids.shape, "topk_weights",
-           f"expected float32 {list(topk_ids.shape)}, got {topk_weights.dtype} {list(topk_weights.shape)}")
+           lambda: f"expected float32 {list(topk_ids.shape)}, got {topk_weights.dtype} {list(topk_weights.shape)}")
     if topk_ids.numel():
         if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():  # no host sync in a CUDA graph
             torch._assert_async(((topk_ids >= 0) & (topk_ids < E)).all(), f"topk_ids: expert ids must lie in [0, {E - 1}]")
         else:
             lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # one host sync
-            _check(lo >= 0 and hi < E, "topk_ids", f"expert ids must lie in [0, {E - 1}], got [{lo}, {hi}]")
+            _check(lo >= 0 and hi < E, "topk_ids", lambda: f"expert ids must lie in [0, {E - 1}], got [{lo}, {hi}]")
     for name, shape in (("bias1", (E, 2 * I)), ("bias2", (E, H))):
         b = named[name]
         if b is not None:
             _check(b.dtype == torch.float32 and tuple(b.shape) == shape, name,
-                   f"expected float32 {list(shape)}, got {b.dtype} {list(b.shape)}")
+                   lambda shape=shape, b=b: f"expected float32 {list(shape)}, got {b.dtype} {list(b.shape)}")
     if expert_mask is not None:
-        _check(tuple(expert_mask.shape) == (E,), "expert_mask", f"expected shape [{E}], got {list(expert_mask.shape)}")
+        _check(tuple(expert_mask.shape) == (E,), "expert_mask", lambda: f"expected shape [{E}], got {list(expert_mask.shape)}")
     return M, E, H, I, topk_ids.shape[1]
 
 
@@ -159,33 +171,6 @@ def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, acti
     block_m, block_n1, block_n2, block_k, warps, stages = _config(M, E, topk, _runtime.INTERPRET, H, I)
     return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, M, E, H, I, topk,
                    block_m, block_n1, block_n2, block_k, warps, stages)
-
-
-def _align(topk_ids: torch.Tensor, live: torch.Tensor, block_m: int, E: int):
-    """``moe_ref.moe_align_block_size`` on the device (same layout), with torch ops and no host sync.
-
-    Returns (sorted_ids, expert_ids, n_blocks): n_blocks is an upper bound of the blocks (one partial
-    block per expert at most), and blocks past the last expert's have expert id -1.
-    """
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    n_pairs = flat.numel()
-    n_blocks = -(-(n_pairs + (block_m - 1) * min(E, n_pairs)) // block_m)
-    key = flat if live is None else torch.where(live.reshape(-1), flat, E)  # masked pairs sort last, under key E
-    order = torch.argsort(key, stable=True)
-    counts = torch.bincount(key, minlength=E + 1)[:E]
-    blocks = (counts + block_m - 1) // block_m
-    start_in = torch.cumsum(counts, 0) - counts
-    start_out = (torch.cumsum(blocks, 0) - blocks) * block_m
-    key_sorted = torch.clamp(key[order], max=E - 1)
-    dest = start_out[key_sorted] + torch.arange(n_pairs, device=flat.device) - start_in[key_sorted]
-    if live is not None:
-        dest = torch.where(key[order] < E, dest, n_blocks * block_m)  # masked pairs: a trash slot past the end
-    sorted_ids = torch.full((n_blocks * block_m + 1,), n_pairs, dtype=torch.int32, device=flat.device)
-    sorted_ids[dest] = order.to(torch.int32)
-    block_expert = torch.searchsorted(torch.cumsum(blocks, 0), torch.arange(n_blocks, device=flat.device),
-                                      right=True)
-    expert_ids = torch.where(block_expert < E, block_expert, -1).to(torch.int32)
-    return sorted_ids[:-1], expert_ids, n_blocks
 
 
 def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, kf: KernelFormat) -> torch.Tensor:
@@ -245,12 +230,12 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     h_scale = None if kind == KIND_BF16 else _alloc((n_pairs, I // 32), torch.uint8, dev, poison)
     y = _alloc((n_pairs, H), torch.float32, dev, poison)
     if n_pairs:
-        sorted_ids, expert_ids, n_blocks = _align(topk_ids, live, plan.block_m, E)
+        sorted_ids, expert_ids, n_blocks = align_pairs(topk_ids, live, plan.block_m, E)
         tw = topk_weights.contiguous().reshape(-1)
         kf = KernelFormat.of(_ELEMENT_FORMAT[plan.act_dtype])
         wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
                 if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
-        dummy = torch.zeros(1, dtype=torch.float32, device=dev)
+        dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_scale_arg = h_scale if h_scale is not None else h_q
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
                       num_warps=plan.num_warps, num_stages=plan.num_stages, **wfmt)

@@ -20,8 +20,14 @@ import triton.language as tl
 import emulation as em
 
 from . import _runtime
-from ._numerics import (SCALE_MODE_IDS, KernelFormat, bf16_bits_to_f32_bits, encode_magnitude, encode_scaled,
-                        mx_quantize_pairs)
+from ._numerics import (
+    SCALE_MODE_IDS,
+    KernelFormat,
+    bf16_bits_to_f32_bits,
+    encode_magnitude,
+    encode_scaled,
+    mx_quantize_pairs,
+)
 from ._tuning import CONFIGS
 
 __all__ = ["quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token"]

@@ -266,17 +266,24 @@ def test_h_not_multiple_of_32_and_bad_env(rng):
         mk.fused_moe(hidden, *p.args()[1:], arch="gfx950", env={})
 
 
-@pytest.mark.parametrize("M, E, topk, block_m", [(1, 8, 2, 16), (37, 8, 3, 16), (200, 32, 4, 64), (5, 128, 4, 16)])
-@pytest.mark.parametrize("masked", [False, True])
-def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, rng):
-    """fused_moe's sync-free alignment holds moe_ref.moe_align_block_size's blocks, then -1 blocks."""
-    from moe_kernels.dispatch import _align
+@pytest.mark.parametrize("M, E, topk, block_m", [(1, 8, 2, 16), (37, 8, 3, 16), (200, 32, 4, 64), (5, 128, 4, 16),
+                                                (128, 128, 4, 16)])
+@pytest.mark.parametrize("masked", [None, False, True])
+@pytest.mark.parametrize("impl", ["one_program", "torch"])
+@pytest.mark.parametrize("where", ["interpreter", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, impl, where, rng, device):
+    """fused_moe's sync-free alignment (both implementations) holds moe_ref.moe_align_block_size's
+    blocks, then -1 blocks; masked None: no expert mask (no live tensor), False: all live."""
+    from moe_kernels import routing
     from moe_ref import moe_align_block_size
 
     ids = torch.from_numpy(rng.integers(0, E, (M, topk)).astype(np.int32))
     mask = torch.from_numpy((rng.random(E) < 0.6).astype(np.int32)) if masked else None
-    live = torch.ones((M, topk), dtype=torch.bool) if mask is None else (mask != 0)[ids.long()]
-    sorted_ids, expert_ids, n_blocks = _align(ids, live, block_m, E)
+    live = None if masked is None else torch.ones((M, topk), dtype=torch.bool) if mask is None else (mask != 0)[ids.long()]
+    n_blocks = -(-(M * topk + (block_m - 1) * min(E, M * topk)) // block_m)
+    align = routing._align_one_program if impl == "one_program" else routing._align_torch
+    sorted_ids, expert_ids = align(ids.to(device), None if live is None else live.to(device), block_m, E, n_blocks)
+    sorted_ids, expert_ids = sorted_ids.cpu(), expert_ids.cpu()
     want_sorted, want_experts, padded = moe_align_block_size(ids, block_m, E, expert_mask=mask)
     n_real = int(padded) // block_m
     assert n_blocks >= n_real and sorted_ids.shape == (n_blocks * block_m,)

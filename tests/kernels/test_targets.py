@@ -49,9 +49,7 @@ def test_every_variant_builds_for_every_target_without_problems(table):
 
 def test_every_dispatcher_config_is_a_variant():
     from moe_kernels import dispatch
-    from moe_kernels.targets import VARIANTS
-
-    from moe_kernels.targets import TARGETS
+    from moe_kernels.targets import TARGETS, VARIANTS
 
     for backend in ("cuda", "hip"):
         for M in (1, 8, 64, 256, 1024, 8192):

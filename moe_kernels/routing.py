@@ -1,0 +1,88 @@
+"""``moe_ref.moe_align_block_size`` on the device, without host syncs (CUDA-graph capturable).
+
+Two implementations of one layout: up to ``SMALL_PAIRS`` (token, slot) pairs - decode, where host
+overhead is the cost - a single Triton program does it all (counts, block starts, stable ranks,
+scatter, block experts) in one launch; above, about twenty torch ops whose device time is small next
+to the GEMMs'. Both return (sorted_ids, expert_ids, n_blocks): n_blocks is an upper bound of the
+blocks (one partial block per expert at most), blocks past the last expert's have expert id -1, and
+``tests/kernels/test_fused_moe.py`` holds both to ``moe_ref``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["align_pairs", "SMALL_PAIRS"]
+
+SMALL_PAIRS = 512
+
+
+def align_pairs(topk_ids: torch.Tensor, live: torch.Tensor | None, block_m: int, E: int):
+    """Block layout of the (token, slot) pairs by expert; ``live`` None: every pair's expert is here."""
+    n_pairs = topk_ids.numel()
+    n_blocks = -(-(n_pairs + (block_m - 1) * min(E, n_pairs)) // block_m)
+    if n_pairs <= SMALL_PAIRS:
+        return (*_align_one_program(topk_ids, live, block_m, E, n_blocks), n_blocks)
+    return (*_align_torch(topk_ids, live, block_m, E, n_blocks), n_blocks)
+
+
+def _align_torch(topk_ids, live, block_m, E, n_blocks):
+    flat = topk_ids.reshape(-1).to(torch.int64)
+    n_pairs = flat.numel()
+    key = flat if live is None else torch.where(live.reshape(-1), flat, E)  # masked pairs sort last, under key E
+    order = torch.argsort(key, stable=True)
+    counts = torch.zeros(E + 1, dtype=torch.int64, device=flat.device).scatter_add_(0, key, torch.ones_like(key))[:E]
+    blocks = (counts + block_m - 1) // block_m
+    start_in = torch.cumsum(counts, 0) - counts
+    start_out = (torch.cumsum(blocks, 0) - blocks) * block_m
+    key_sorted = torch.clamp(key[order], max=E - 1)
+    dest = start_out[key_sorted] + torch.arange(n_pairs, device=flat.device) - start_in[key_sorted]
+    if live is not None:
+        dest = torch.where(key[order] < E, dest, n_blocks * block_m)  # masked pairs: a trash slot past the end
+    sorted_ids = torch.full((n_blocks * block_m + 1,), n_pairs, dtype=torch.int32, device=flat.device)
+    sorted_ids[dest] = order.to(torch.int32)
+    block_expert = torch.searchsorted(torch.cumsum(blocks, 0), torch.arange(n_blocks, device=flat.device),
+                                      right=True)
+    return sorted_ids[:-1], torch.where(block_expert < E, block_expert, -1).to(torch.int32)
+
+
+def _align_one_program(topk_ids, live, block_m, E, n_blocks):
+    dev = topk_ids.device
+    n_pairs = topk_ids.numel()
+    sorted_ids = torch.empty(n_blocks * block_m, dtype=torch.int32, device=dev)
+    expert_ids = torch.empty(n_blocks, dtype=torch.int32, device=dev)
+    ids = topk_ids.reshape(-1)
+    _align_kernel[(1,)](ids, ids if live is None else live.reshape(-1), sorted_ids, expert_ids, n_pairs, E, n_blocks,
+                        BLOCK_M=block_m, HAS_LIVE=live is not None, PAIRS=triton.next_power_of_2(n_pairs),
+                        EXPERTS=triton.next_power_of_2(E + 1), BLOCKS=triton.next_power_of_2(n_blocks),
+                        num_warps=4)
+    return sorted_ids, expert_ids
+
+
+@triton.jit
+def _align_kernel(ids_ptr, live_ptr, sorted_ptr, expert_ptr, n_pairs, E, n_blocks, BLOCK_M: tl.constexpr,
+                  HAS_LIVE: tl.constexpr, PAIRS: tl.constexpr, EXPERTS: tl.constexpr, BLOCKS: tl.constexpr):
+    """One program: pair i of expert e goes to start_out[e] + (its rank among e's pairs, in pair order),
+    start_out[e] = BLOCK_M * (blocks of the experts before e); block b's expert is the number of
+    experts whose blocks end at or before b (E or more: -1). Masked pairs are not placed."""
+    i = tl.arange(0, PAIRS)
+    key = tl.load(ids_ptr + i, mask=i < n_pairs, other=E).to(tl.int32)
+    if HAS_LIVE:
+        key = tl.where(tl.load(live_ptr + i, mask=i < n_pairs, other=0) != 0, key, E)
+    e = tl.arange(0, EXPERTS)
+    one_hot = key[:, None] == e[None, :]  # [PAIRS, EXPERTS]
+    counts = tl.sum(one_hot.to(tl.int32), axis=0)
+    blocks = tl.where(e < E, (counts + BLOCK_M - 1) // BLOCK_M, 0)
+    ends = tl.cumsum(blocks, axis=0)  # blocks of experts 0..e
+    start = tl.sum(tl.where(one_hot, (ends - blocks)[None, :], 0), axis=1) * BLOCK_M
+    j = tl.arange(0, PAIRS)
+    rank = tl.sum(((key[None, :] == key[:, None]) & (j[None, :] < i[:, None])).to(tl.int32), axis=1)
+    r = tl.arange(0, BLOCKS * BLOCK_M)
+    tl.store(sorted_ptr + r, tl.full(r.shape, 0, tl.int32) + n_pairs, mask=r < n_blocks * BLOCK_M)
+    tl.debug_barrier()  # the fill above lands before the scatter below
+    tl.store(sorted_ptr + start + rank, i, mask=(i < n_pairs) & (key < E))
+    b = tl.arange(0, BLOCKS)
+    owner = tl.sum((ends[None, :] <= b[:, None]).to(tl.int32), axis=1)
+    tl.store(expert_ptr + b, tl.where(owner < E, owner, -1), mask=b < n_blocks)
