@@ -29,8 +29,8 @@ SWEEP = {
                         for p in (4, 8, 16, 1000)]),
     "mxfp8": ("quant", [dict(flat_blocks=b, num_warps=w, programs_per_sm=p) for b in (128, 256) for w in (4, 8)
                         for p in (4, 8, 16, 1000)]),
-    "fp8_per_token": ("per_token", [dict(tile_pairs=t, num_warps=w, programs_per_sm=p) for t in (2048, 4096)
-                                    for w in (4, 8) for p in (4, 8, 16, 1000)]),
+    "fp8_per_token": ("per_token", [dict(tile_pairs=t, pairs_per_thread=n, programs_per_sm=p) for t in (2048, 4096)
+                                    for n in (4, 8, 16) for p in (4, 8, 16)]),
 }
 
 

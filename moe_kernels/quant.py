@@ -300,12 +300,13 @@ def _per_token_launch(x, K):
     n_pairs = (K + 1) // 2
     one_chunk = n_pairs <= tile["max_pairs"]
     widths = _three_powers_of_two(n_pairs) if one_chunk else (tile["max_pairs"], 1, 1)
-    block_m = max(1, tile["tile_pairs"] // triton.next_power_of_2(n_pairs))
+    pairs_p2 = triton.next_power_of_2(min(n_pairs, tile["max_pairs"]))
+    block_m = max(1, tile["tile_pairs"] // pairs_p2)
+    warps = min(16, max(4, block_m * pairs_p2 // tile["pairs_per_thread"] // 32))
     groups = triton.cdiv(x.shape[0], block_m)
     grid = min(groups, tile["programs_per_sm"] * _sm_count(x.device))  # CPU (interpreter): as one SM
     meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PAIR_STORE=pair_store,
-                BLOCK_M=block_m, W1=widths[0], W2=widths[1], W3=widths[2], ONE_CHUNK=one_chunk,
-                num_warps=tile["num_warps"])
+                BLOCK_M=block_m, W1=widths[0], W2=widths[1], W3=widths[2], ONE_CHUNK=one_chunk, num_warps=warps)
     return (grid,), (x_arg, stride_xm, x.stride(1), K // 2 if pair_store else K), meta
 
 
