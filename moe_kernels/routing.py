@@ -2,7 +2,7 @@
 
 Two implementations of one layout: up to ``SMALL_PAIRS`` (token, slot) pairs - decode, where host
 overhead is the cost - a single Triton program does it all (counts, block starts, stable ranks,
-scatter, block experts) in one launch; above, about twenty torch ops whose device time is small next
+scatter, block experts) in one launch, with tensors of at most pairs x 32 or experts x 32; above, about twenty torch ops whose device time is small next
 to the GEMMs'. Both return (sorted_ids, expert_ids, n_blocks): n_blocks is an upper bound of the
 blocks (one partial block per expert at most), blocks past the last expert's have expert id -1, and
 ``tests/kernels/test_fused_moe.py`` holds both to ``moe_ref``.
@@ -16,7 +16,7 @@ import triton.language as tl
 
 __all__ = ["align_pairs", "SMALL_PAIRS"]
 
-SMALL_PAIRS = 512
+SMALL_PAIRS = 256
 
 
 def align_pairs(topk_ids: torch.Tensor, live: torch.Tensor | None, block_m: int, E: int):
@@ -53,36 +53,51 @@ def _align_one_program(topk_ids, live, block_m, E, n_blocks):
     n_pairs = topk_ids.numel()
     sorted_ids = torch.empty(n_blocks * block_m, dtype=torch.int32, device=dev)
     expert_ids = torch.empty(n_blocks, dtype=torch.int32, device=dev)
+    start = torch.empty(E + 1, dtype=torch.int32, device=dev)  # scratch: each expert's first slot
     ids = topk_ids.reshape(-1)
-    _align_kernel[(1,)](ids, ids if live is None else live.reshape(-1), sorted_ids, expert_ids, n_pairs, E, n_blocks,
-                        BLOCK_M=block_m, HAS_LIVE=live is not None, PAIRS=triton.next_power_of_2(n_pairs),
+    _align_kernel[(1,)](ids, ids if live is None else live.reshape(-1), sorted_ids, expert_ids, start, n_pairs, E,
+                        n_blocks, BLOCK_M=block_m, HAS_LIVE=live is not None, PAIRS=triton.next_power_of_2(n_pairs),
                         EXPERTS=triton.next_power_of_2(E + 1), BLOCKS=triton.next_power_of_2(n_blocks),
-                        num_warps=4)
+                        MAX_RUN=triton.cdiv(n_pairs, block_m), CHUNK=32, num_warps=4)
     return sorted_ids, expert_ids
 
 
 @triton.jit
-def _align_kernel(ids_ptr, live_ptr, sorted_ptr, expert_ptr, n_pairs, E, n_blocks, BLOCK_M: tl.constexpr,
-                  HAS_LIVE: tl.constexpr, PAIRS: tl.constexpr, EXPERTS: tl.constexpr, BLOCKS: tl.constexpr):
-    """One program: pair i of expert e goes to start_out[e] + (its rank among e's pairs, in pair order),
-    start_out[e] = BLOCK_M * (blocks of the experts before e); block b's expert is the number of
-    experts whose blocks end at or before b (E or more: -1). Masked pairs are not placed."""
-    i = tl.arange(0, PAIRS)
-    key = tl.load(ids_ptr + i, mask=i < n_pairs, other=E).to(tl.int32)
+def _keys(ids_ptr, live_ptr, idx, n_pairs, E, HAS_LIVE: tl.constexpr):
+    """Expert of pairs ``idx``; E for a masked pair or one past the end."""
+    key = tl.load(ids_ptr + idx, mask=idx < n_pairs, other=E).to(tl.int32)
     if HAS_LIVE:
-        key = tl.where(tl.load(live_ptr + i, mask=i < n_pairs, other=0) != 0, key, E)
+        key = tl.where(tl.load(live_ptr + idx, mask=idx < n_pairs, other=0) != 0, key, E)
+    return key
+
+
+@triton.jit
+def _align_kernel(ids_ptr, live_ptr, sorted_ptr, expert_ptr, start_ptr, n_pairs, E, n_blocks,
+                  BLOCK_M: tl.constexpr, HAS_LIVE: tl.constexpr, PAIRS: tl.constexpr, EXPERTS: tl.constexpr,
+                  BLOCKS: tl.constexpr, MAX_RUN: tl.constexpr, CHUNK: tl.constexpr):
+    """One program, no [pairs x pairs] tensors: counts and stable ranks from a loop over CHUNK-pair
+    slices; pair i of expert e goes to start[e] + (its rank among e's pairs, in pair order), start[e] =
+    BLOCK_M * (blocks of the experts before e), gathered through the ``start_ptr`` scratch; expert e
+    writes its id into its blocks (at most MAX_RUN), over a fill of -1. Masked pairs are not placed."""
+    i = tl.arange(0, PAIRS)
+    key = _keys(ids_ptr, live_ptr, i, n_pairs, E, HAS_LIVE)
     e = tl.arange(0, EXPERTS)
-    one_hot = key[:, None] == e[None, :]  # [PAIRS, EXPERTS]
-    counts = tl.sum(one_hot.to(tl.int32), axis=0)
+    counts = tl.zeros((EXPERTS,), tl.int32)
+    rank = tl.zeros((PAIRS,), tl.int32)
+    for j0 in tl.static_range(0, PAIRS, CHUNK):
+        j = j0 + tl.arange(0, CHUNK)
+        key_j = _keys(ids_ptr, live_ptr, j, n_pairs, E, HAS_LIVE)
+        counts += tl.sum((key_j[None, :] == e[:, None]).to(tl.int32), axis=1)
+        rank += tl.sum(((key_j[None, :] == key[:, None]) & (j[None, :] < i[:, None])).to(tl.int32), axis=1)
     blocks = tl.where(e < E, (counts + BLOCK_M - 1) // BLOCK_M, 0)
-    ends = tl.cumsum(blocks, axis=0)  # blocks of experts 0..e
-    start = tl.sum(tl.where(one_hot, (ends - blocks)[None, :], 0), axis=1) * BLOCK_M
-    j = tl.arange(0, PAIRS)
-    rank = tl.sum(((key[None, :] == key[:, None]) & (j[None, :] < i[:, None])).to(tl.int32), axis=1)
+    first = tl.cumsum(blocks, axis=0) - blocks  # each expert's first block
+    tl.store(start_ptr + e, first * BLOCK_M, mask=e <= E)
     r = tl.arange(0, BLOCKS * BLOCK_M)
     tl.store(sorted_ptr + r, tl.full(r.shape, 0, tl.int32) + n_pairs, mask=r < n_blocks * BLOCK_M)
-    tl.debug_barrier()  # the fill above lands before the scatter below
-    tl.store(sorted_ptr + start + rank, i, mask=(i < n_pairs) & (key < E))
     b = tl.arange(0, BLOCKS)
-    owner = tl.sum((ends[None, :] <= b[:, None]).to(tl.int32), axis=1)
-    tl.store(expert_ptr + b, tl.where(owner < E, owner, -1), mask=b < n_blocks)
+    tl.store(expert_ptr + b, tl.full(b.shape, -1, tl.int32), mask=b < n_blocks)
+    tl.debug_barrier()  # the scratch and the fills land before the gathers and scatters below
+    placed = (i < n_pairs) & (key < E)
+    tl.store(sorted_ptr + tl.load(start_ptr + key, mask=placed, other=0) + rank, i, mask=placed)
+    for k in tl.static_range(MAX_RUN):
+        tl.store(expert_ptr + first + k, e, mask=(k < blocks) & (e < E))

@@ -30,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
 
-from . import _runtime, dispatch, moe_gemm, quant
+from . import _runtime, dispatch, moe_gemm, quant, routing
 from ._numerics import SCALE_MODE_IDS, KernelFormat
 from ._tuning import CONFIGS
 
@@ -66,6 +66,10 @@ EXPECTED = {
     ("dequant", "sm90"): dict(require=[r"st\.global"], forbid=[r"cvt\.\w*\.e4m3", r"cvt\.\w*\.e2m1"]),
     ("dequant", "gfx950"): dict(require=[r"global_store"], forbid=[r"v_cvt_\w*fp8", r"v_cvt_scalef32\w*fp4"]),
     ("dequant", "gfx942"): dict(require=[r"global_store"], forbid=[r"v_cvt_\w*fp8"]),
+    # routing (alignment, slot sum): integer and fp32 adds, plain global stores
+    ("routing", "sm90"): dict(require=[r"st\.global"], forbid=[]),
+    ("routing", "gfx950"): dict(require=[r"global_store"], forbid=[]),
+    ("routing", "gfx942"): dict(require=[r"global_store"], forbid=[]),
     # quantizers: integer arithmetic only - no hardware float8 conversions (NUMERICS.md sections 4-5)
     ("quant", "sm90"): dict(require=[r"max\.[su]32"], forbid=[r"cvt\.rn\.satfinite\.e4m3", r"cvt\.\w*\.e2m1"]),
     ("quant", "gfx950"): dict(require=[r"v_max_[iu]32"], forbid=[r"v_cvt_\w*fp8", r"v_cvt_scalef32\w*fp4"]),
@@ -149,6 +153,14 @@ def _moe_variants():
                   SIGN_SHIFT=kf.sign_shift)
         out.append(Variant(f"dequant_rows/{act_dtype}", "dequant", moe_gemm._dequant_rows_kernel,
                            tuple(_DEQ_SIG.items()), tuple(ce.items()), 4))
+    # decode alignment (M=64, top-4, E=128, BLOCK_M 16) and the slot sum, as fused_moe launches them
+    ce = dict(BLOCK_M=16, HAS_LIVE=False, PAIRS=256, EXPERTS=256, BLOCKS=256, MAX_RUN=16, CHUNK=32)
+    sig = dict(ids_ptr="*i32", live_ptr="*i32", sorted_ptr="*i32", expert_ptr="*i32", start_ptr="*i32",
+               n_pairs="i32", E="i32", n_blocks="i32")
+    out.append(Variant("align_pairs", "routing", routing._align_kernel, tuple(sig.items()), tuple(ce.items()), 4))
+    ce = dict(HAS_MASK=True, BLOCK_T=4, BLOCK_H=256)
+    sig = dict(y_ptr="*fp32", live_ptr="*i1", out_ptr="*i16", M="i32", H="i32", topk="i32")
+    out.append(Variant("sum_slots", "routing", moe_gemm._sum_slots_kernel, tuple(sig.items()), tuple(ce.items()), 4))
     return out
 
 

@@ -267,7 +267,7 @@ def test_h_not_multiple_of_32_and_bad_env(rng):
 
 
 @pytest.mark.parametrize("M, E, topk, block_m", [(1, 8, 2, 16), (37, 8, 3, 16), (200, 32, 4, 64), (5, 128, 4, 16),
-                                                (128, 128, 4, 16)])
+                                                (64, 128, 4, 16)])
 @pytest.mark.parametrize("masked", [None, False, True])
 @pytest.mark.parametrize("impl", ["one_program", "torch"])
 @pytest.mark.parametrize("where", ["interpreter", pytest.param("gpu", marks=pytest.mark.gpu)])
@@ -276,6 +276,9 @@ def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, impl, wher
     blocks, then -1 blocks; masked None: no expert mask (no live tensor), False: all live."""
     from moe_kernels import routing
     from moe_ref import moe_align_block_size
+
+    if impl == "one_program" and M * topk > routing.SMALL_PAIRS:
+        pytest.skip("align_pairs sends more pairs to the torch implementation")
 
     ids = torch.from_numpy(rng.integers(0, E, (M, topk)).astype(np.int32))
     mask = torch.from_numpy((rng.random(E) < 0.6).astype(np.int32)) if masked else None
