@@ -14,7 +14,7 @@ import json
 # isort: off
 import moe_kernels as mk  # before triton: it picks the interpreter on a machine without a GPU
 import torch
-from moe_kernels import _runtime
+from moe_kernels import _persistent, _runtime
 # isort: on
 
 from benchmarks._timing import time_graph_ms, time_ms  # noqa: E402
@@ -26,11 +26,11 @@ CPU_SHAPES = [(64, 256)]
 # the winners go into configs.json
 SWEEP = {
     "mxfp4": ("quant", [dict(flat_blocks=b, num_warps=w, programs_per_sm=p) for b in (128, 256) for w in (4, 8)
-                        for p in (4, 8, 16, 1000)]),
+                        for p in ("occupancy", 8, 16)]),
     "mxfp8": ("quant", [dict(flat_blocks=b, num_warps=w, programs_per_sm=p) for b in (128, 256) for w in (4, 8)
-                        for p in (4, 8, 16, 1000)]),
-    "fp8_per_token": ("per_token", [dict(tile_pairs=t, pairs_per_thread=n, programs_per_sm=p) for t in (2048, 4096)
-                                    for n in (4, 8, 16) for p in (4, 8, 16)]),
+                        for p in ("occupancy", 8, 16)]),
+    "fp8_per_token": ("per_token", [dict(tile_pairs=2048, pairs_per_thread=n, programs_per_sm=p) for n in (4, 8)
+                                    for p in ("occupancy", 4, 5, 6, 8, 16)]),
 }
 
 
@@ -99,9 +99,12 @@ def main(argv=None):
         print(f"{r['kernel']:15s} {r['M']:6d} {r['K']:6d} {r['t_kernel_ms']:10.4f} {r['t_copy_ms']:9.4f} "
               f"{r['kernel_GBps']:8.0f} {r['copy_GBps']:9.0f} {r['fraction_of_copy']:6.2f} "
               f"{'-' if g is None else f'{g:.2f}':>10s}")
+    resident = {str(k): v for k, v in _persistent._RESIDENT.items()}
+    if resident:
+        print("programs resident per SM (persistent grids):", resident)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"card": card, "configs": {k: CONFIGS[k] for k in ("quant", "per_token")}, "rows": rows, "sweep": swept}, f, indent=1)
+            json.dump({"card": card, "resident_per_sm": resident, "configs": {k: CONFIGS[k] for k in ("quant", "per_token")}, "rows": rows, "sweep": swept}, f, indent=1)
 
 
 if __name__ == "__main__":

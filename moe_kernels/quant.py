@@ -11,15 +11,13 @@ Tiles and grids come from ``configs.json`` (an H100 sweep: ``benchmarks/bench_qu
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 import emulation as em
 
-from . import _runtime
+from . import _persistent, _runtime
 from ._numerics import (
     SCALE_MODE_IDS,
     KernelFormat,
@@ -280,13 +278,14 @@ def _mx_launch(x, M, K, pack):
         rows, cols, block_m = M, K, max(1, tile["block_m"] * tile["block_k"] // block_k)
         stride_xm, stride_q, stride_s = x_arg.stride(0), (K // 2 if pack else K), K // 32
     col_tiles = triton.cdiv(cols, block_k)
-    grid = (min(triton.cdiv(rows, block_m), max(1, tile["programs_per_sm"] * _sm_count(x.device) // col_tiles)),
-            col_tiles)
+    key = ("mx", block_m, block_k, tile["num_warps"])
+    grid = (max(1, _persistent.programs(key, triton.cdiv(rows, block_m), tile["programs_per_sm"], x.device)
+                // col_tiles), col_tiles)
     q_stride = stride_q // (1 if pack else 2)  # fp8 codes are stored as int16 pairs
     args = (x_arg, rows, cols, stride_xm, x.stride(1), q_stride, stride_s)
     meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, BLOCK_M=block_m, BLOCK_K=block_k,
                 num_warps=tile["num_warps"])
-    return grid, args, meta
+    return grid, args, meta, key
 
 
 def _per_token_launch(x, K):
@@ -304,10 +303,11 @@ def _per_token_launch(x, K):
     block_m = max(1, tile["tile_pairs"] // pairs_p2)
     warps = min(16, max(4, block_m * pairs_p2 // tile["pairs_per_thread"] // 32))
     groups = triton.cdiv(x.shape[0], block_m)
-    grid = min(groups, tile["programs_per_sm"] * _sm_count(x.device))  # CPU (interpreter): as one SM
+    key = ("per_token", block_m, widths, warps)
     meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PAIR_STORE=pair_store,
                 BLOCK_M=block_m, W1=widths[0], W2=widths[1], W3=widths[2], ONE_CHUNK=one_chunk, num_warps=warps)
-    return (grid,), (x_arg, stride_xm, x.stride(1), K // 2 if pair_store else K), meta
+    grid = _persistent.programs(key, groups, tile["programs_per_sm"], x.device)
+    return (grid,), (x_arg, stride_xm, x.stride(1), K // 2 if pair_store else K), meta, key
 
 
 def _three_powers_of_two(n: int) -> tuple[int, int, int]:
@@ -322,11 +322,6 @@ def _three_powers_of_two(n: int) -> tuple[int, int, int]:
     return w1, w2, triton.next_power_of_2(rest) if rest else 1
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
 def _mx_quantize(x, fmt, scale_mode, pack):
     _check_input(x, need_k32=True)
     kf = KernelFormat.of(fmt)
@@ -337,9 +332,11 @@ def _mx_quantize(x, fmt, scale_mode, pack):
     q = torch.empty((M, K // 2 if pack else K), dtype=torch.uint8, device=device)
     s = torch.empty((M, K // _MX_BLOCK), dtype=torch.uint8, device=device)
     if M and K:
-        grid, (x_arg, rows, cols, stride_xm, stride_xk, stride_q, stride_s), meta = _mx_launch(xd, M, K, pack)
-        _mx_quant_kernel[grid](x_arg, q if pack else q.view(torch.int16), s, rows, cols, stride_xm, stride_xk,
-                               stride_q, stride_s, PACK_FP4=pack, MODE=mode, **meta, **kf.constexprs())
+        grid, (x_arg, rows, cols, stride_xm, stride_xk, stride_q, stride_s), meta, key = _mx_launch(xd, M, K, pack)
+        compiled = _mx_quant_kernel[grid](x_arg, q if pack else q.view(torch.int16), s, rows, cols, stride_xm,
+                                          stride_xk, stride_q, stride_s, PACK_FP4=pack, MODE=mode, **meta,
+                                          **kf.constexprs())
+        _persistent.record(key, xd.device, compiled, meta["num_warps"])
     return q.to(x.device), s.to(x.device)
 
 
@@ -379,9 +376,10 @@ def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = F
     q = torch.empty((M, K), dtype=torch.uint8, device=device)
     s = torch.empty((M, 1), dtype=torch.float32, device=device)
     if M and K:
-        grid, (x_arg, stride_xm, stride_xk, stride_q), meta = _per_token_launch(xd, K)
-        _fp8_per_token_kernel[grid](x_arg, q.view(torch.int16) if meta["PAIR_STORE"] else q, s, M, K, stride_xm,
-                                    stride_xk, stride_q, **meta, **kf.constexprs())
+        grid, (x_arg, stride_xm, stride_xk, stride_q), meta, key = _per_token_launch(xd, K)
+        compiled = _fp8_per_token_kernel[grid](x_arg, q.view(torch.int16) if meta["PAIR_STORE"] else q, s, M, K,
+                                               stride_xm, stride_xk, stride_q, **meta, **kf.constexprs())
+        _persistent.record(key, xd.device, compiled, meta["num_warps"])
     elif M:
         s.zero_()
     q, s = q.to(x.device), s.to(x.device)

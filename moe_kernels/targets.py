@@ -174,7 +174,7 @@ def _quant_variants():
         tag = "" if dtype == torch.bfloat16 else "/fp32"
         x_sig = {"x_ptr": "*i32" if quant._words_view(x) is not None or dtype == torch.float32 else "*i16"}
         for fmt, pack in (("e2m1", True), ("e4m3fn", False), ("e4m3fnuz", False)):
-            _, _, meta = quant._mx_launch(x, 8192, 2880, pack)
+            _, _, meta, _ = quant._mx_launch(x, 8192, 2880, pack)
             warps = meta.pop("num_warps")
             q_sig = {} if pack else {"q_ptr": "*i16"}
             for mode, mode_id in SCALE_MODE_IDS.items():
@@ -183,7 +183,7 @@ def _quant_variants():
                 ce = dict(PACK_FP4=pack, MODE=mode_id, **meta, **KernelFormat.of(fmt).constexprs())
                 out.append(Variant(f"quant_mx/{fmt}/{mode.value}{tag}", "quant", quant._mx_quant_kernel,
                                    tuple({**_MX_SIG, **x_sig, **q_sig}.items()), tuple(ce.items()), warps, **mx_spec))
-        _, _, meta = quant._per_token_launch(x, 2880)
+        _, _, meta, _ = quant._per_token_launch(x, 2880)
         warps = meta.pop("num_warps")
         for fmt in ("e4m3fn", "e4m3fnuz"):
             ce = dict(**meta, **KernelFormat.of(fmt).constexprs())

@@ -225,7 +225,7 @@ def test_round_up_by_reciprocal_equals_division_for_every_mantissa(fmt):
 def test_layouts_reach_each_tiling(layout, dtype, flat, words, rng):
     """The layouts above exercise every launch form: flat 32-blocks or 2-D tiles, word pairs or not."""
     x_t, _ = _input(rng, (37, 96), dtype, "cpu", layout)
-    grid, args, meta = quant_module._mx_launch(x_t, 37, 96, pack=True)
+    grid, args, meta, _ = quant_module._mx_launch(x_t, 37, 96, pack=True)
     assert (args[1] == 37 * 96 // 32) == flat and meta["WORDS"] == words
 
 
@@ -242,7 +242,7 @@ def test_persistent_loops_with_one_program_per_sm(layout, where, rng, device, mo
         _check_mx(x_t, x_np, "even", "e4m3fn")
         _check_per_token(x_t, x_np, "e4m3fn")
     M, K = shape
-    grid, _, meta = quant_module._mx_launch(x_t, M, K, True)
+    grid, _, meta, _ = quant_module._mx_launch(x_t, M, K, True)
     assert grid[0] * meta["BLOCK_M"] < (M * K // 32 if layout == "contiguous" else M)  # the loops ran
-    grid, _, meta = quant_module._per_token_launch(x_t, K)
+    grid, _, meta, _ = quant_module._per_token_launch(x_t, K)
     assert grid[0] * meta["BLOCK_M"] < M
