@@ -261,7 +261,7 @@ def _words_view(x: torch.Tensor) -> torch.Tensor | None:
     return x.view(torch.int32)
 
 
-def _mx_launch(x, M, K, pack):
+def _mx_launch(x, M, K, pack, variant=()):
     """(grid, kernel arguments) of one MX quantization of x [M, K] into q [M, K/2 or K] and scales
     [M, K/32] (both contiguous). A row-contiguous x is seen as [M * K/32, 32]: one row per 32-block,
     so tiles never straddle the end of a row (K = 2880 in 256-wide tiles would leave the last tile
@@ -278,17 +278,17 @@ def _mx_launch(x, M, K, pack):
         rows, cols, block_m = M, K, max(1, tile["block_m"] * tile["block_k"] // block_k)
         stride_xm, stride_q, stride_s = x_arg.stride(0), (K // 2 if pack else K), K // 32
     col_tiles = triton.cdiv(cols, block_k)
-    key = ("mx", block_m, block_k, tile["num_warps"])
-    grid = (max(1, _persistent.programs(key, triton.cdiv(rows, block_m), tile["programs_per_sm"], x.device)
-                // col_tiles), col_tiles)
     q_stride = stride_q // (1 if pack else 2)  # fp8 codes are stored as int16 pairs
     args = (x_arg, rows, cols, stride_xm, x.stride(1), q_stride, stride_s)
     meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, BLOCK_M=block_m, BLOCK_K=block_k,
                 num_warps=tile["num_warps"])
+    key = ("mx", pack, variant, tuple(sorted(meta.items())))  # one compiled kernel: one occupancy
+    grid = (max(1, _persistent.programs(key, triton.cdiv(rows, block_m), tile["programs_per_sm"], x.device)
+                // col_tiles), col_tiles)
     return grid, args, meta, key
 
 
-def _per_token_launch(x, K):
+def _per_token_launch(x, K, variant=()):
     """(grid, kernel arguments) of the per-token quantization of x [M, K] into contiguous codes: word
     pairs where x allows, int16 pair stores where K is even; tile and persistent grid from
     configs.json's "per_token"."""
@@ -303,9 +303,9 @@ def _per_token_launch(x, K):
     block_m = max(1, tile["tile_pairs"] // pairs_p2)
     warps = min(16, max(4, block_m * pairs_p2 // tile["pairs_per_thread"] // 32))
     groups = triton.cdiv(x.shape[0], block_m)
-    key = ("per_token", block_m, widths, warps)
     meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PAIR_STORE=pair_store,
                 BLOCK_M=block_m, W1=widths[0], W2=widths[1], W3=widths[2], ONE_CHUNK=one_chunk, num_warps=warps)
+    key = ("per_token", variant, tuple(sorted(meta.items())))
     grid = _persistent.programs(key, groups, tile["programs_per_sm"], x.device)
     return (grid,), (x_arg, stride_xm, x.stride(1), K // 2 if pair_store else K), meta, key
 
@@ -332,7 +332,8 @@ def _mx_quantize(x, fmt, scale_mode, pack):
     q = torch.empty((M, K // 2 if pack else K), dtype=torch.uint8, device=device)
     s = torch.empty((M, K // _MX_BLOCK), dtype=torch.uint8, device=device)
     if M and K:
-        grid, (x_arg, rows, cols, stride_xm, stride_xk, stride_q, stride_s), meta, key = _mx_launch(xd, M, K, pack)
+        grid, (x_arg, rows, cols, stride_xm, stride_xk, stride_q, stride_s), meta, key = _mx_launch(
+            xd, M, K, pack, (fmt, mode))
         compiled = _mx_quant_kernel[grid](x_arg, q if pack else q.view(torch.int16), s, rows, cols, stride_xm,
                                           stride_xk, stride_q, stride_s, PACK_FP4=pack, MODE=mode, **meta,
                                           **kf.constexprs())
@@ -376,7 +377,7 @@ def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = F
     q = torch.empty((M, K), dtype=torch.uint8, device=device)
     s = torch.empty((M, 1), dtype=torch.float32, device=device)
     if M and K:
-        grid, (x_arg, stride_xm, stride_xk, stride_q), meta, key = _per_token_launch(xd, K)
+        grid, (x_arg, stride_xm, stride_xk, stride_q), meta, key = _per_token_launch(xd, K, (f.name,))
         compiled = _fp8_per_token_kernel[grid](x_arg, q.view(torch.int16) if meta["PAIR_STORE"] else q, s, M, K,
                                                stride_xm, stride_xk, stride_q, **meta, **kf.constexprs())
         _persistent.record(key, xd.device, compiled, meta["num_warps"])
