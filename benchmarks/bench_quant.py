@@ -29,8 +29,8 @@ SWEEP = {
                         for p in ("occupancy", 8, 16)]),
     "mxfp8": ("quant", [dict(flat_blocks=b, num_warps=w, programs_per_sm=p) for b in (128, 256) for w in (4, 8)
                         for p in ("occupancy", 8, 16)]),
-    "fp8_per_token": ("per_token", [dict(tile_pairs=2048, pairs_per_thread=n, programs_per_sm=p) for n in (4, 8)
-                                    for p in ("occupancy", 4, 5, 6, 8, 16)]),
+    "fp8_per_token": ("per_token", [dict(tile_pairs=t, pairs_per_thread=n, programs_per_sm="occupancy")
+                                    for t in (2048, 4096, 8192) for n in (4, 8, 16)]),
 }
 
 
