@@ -115,7 +115,7 @@ def _mx_quant_store(q_ptr, s_ptr, lo, hi, rows, pairs, M, K, stride_qm, stride_s
 
 
 @triton.jit
-def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
+def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, n_pairs, stride_xm, stride_xk, stride_qm,
                           IS_BF16: tl.constexpr, WORDS: tl.constexpr, PAIR_STORE: tl.constexpr,
                           BLOCK_M: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, W3: tl.constexpr,
                           ONE_CHUNK: tl.constexpr,
@@ -124,8 +124,8 @@ def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, strid
                           MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
     """Persistent: program p owns row groups p, p + P, ... of BLOCK_M rows.
 
-    ONE_CHUNK: a row's element pairs are three power-of-two parts W1 + W2 + W3 (K = 2880: 1024 + 256
-    + 256 of 1440 pairs; one power of two would be 2048, and the padding costs issue slots, which is
+    ONE_CHUNK: a row's element pairs are up to three power-of-two parts W1 + W2 + W3 (K = 2880: 1024 +
+    512 for 1440 pairs; one power of two would be 2048, and the padding costs issue slots, which is
     what bounds this kernel), each group read once, the next group's load issued before this one's
     arithmetic (a row's amax has to be known before any of its codes). Else rows are walked in
     chunks of W1 pairs twice: amax first, then (the rows still in L1/L2) the codes."""
@@ -134,46 +134,59 @@ def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, strid
     if ONE_CHUNK:
         c2 = W1 + tl.arange(0, W2)[None, :]
         c3 = W1 + W2 + tl.arange(0, W3)[None, :]
-        g = tl.program_id(0)
-        lo1, hi1 = _per_token_load(x_ptr, g, c1, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
-        lo2, hi2 = _per_token_load(x_ptr, g, c2, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
-        lo3, hi3 = _per_token_load(x_ptr, g, c3, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+        parts = _per_token_load_parts(x_ptr, tl.program_id(0), c1, c2, c3, M, K, n_pairs, stride_xm, stride_xk,
+                                      IS_BF16, WORDS, BLOCK_M)
         for group in range(tl.program_id(0), n_groups, tl.num_programs(0)):
-            g = group + tl.num_programs(0)
-            nlo1, nhi1 = _per_token_load(x_ptr, g, c1, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
-            nlo2, nhi2 = _per_token_load(x_ptr, g, c2, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
-            nlo3, nhi3 = _per_token_load(x_ptr, g, c3, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+            next_parts = _per_token_load_parts(x_ptr, group + tl.num_programs(0), c1, c2, c3, M, K, n_pairs,
+                                               stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+            lo1, hi1, lo2, hi2, lo3, hi3 = parts
             rows = group * BLOCK_M + tl.arange(0, BLOCK_M)
             amax = tl.maximum(tl.maximum(_amax_bits(lo1, hi1), _amax_bits(lo2, hi2)), _amax_bits(lo3, hi3))
             inv, fill, plain = _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE, NAN_CODE, TINY_BITS)
             if plain:  # every row finite with a normal scale: no special values anywhere
-                _per_token_store(q_ptr, lo1, hi1, inv, fill, rows, c1, M, K, stride_qm, PAIR_STORE, True, MAN_BITS,
-                                 EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-                _per_token_store(q_ptr, lo2, hi2, inv, fill, rows, c2, M, K, stride_qm, PAIR_STORE, True, MAN_BITS,
-                                 EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-                _per_token_store(q_ptr, lo3, hi3, inv, fill, rows, c3, M, K, stride_qm, PAIR_STORE, True, MAN_BITS,
-                                 EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+                _per_token_store_parts(parts, c1, c2, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE,
+                                       True, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
             else:
-                _per_token_store(q_ptr, lo1, hi1, inv, fill, rows, c1, M, K, stride_qm, PAIR_STORE, False,
-                                 MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-                _per_token_store(q_ptr, lo2, hi2, inv, fill, rows, c2, M, K, stride_qm, PAIR_STORE, False,
-                                 MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-                _per_token_store(q_ptr, lo3, hi3, inv, fill, rows, c3, M, K, stride_qm, PAIR_STORE, False,
-                                 MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-            lo1, hi1, lo2, hi2, lo3, hi3 = nlo1, nhi1, nlo2, nhi2, nlo3, nhi3
+                _per_token_store_parts(parts, c1, c2, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE,
+                                       False, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+            parts = next_parts
     else:
-        n_pairs = (K + 1) // 2
         for group in range(tl.program_id(0), n_groups, tl.num_programs(0)):
             rows = group * BLOCK_M + tl.arange(0, BLOCK_M)
             amax = tl.zeros((BLOCK_M,), tl.int32)
             for p0 in range(0, n_pairs, W1):
-                lo, hi = _per_token_load(x_ptr, group, p0 + c1, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+                lo, hi = _per_token_load(x_ptr, group, p0 + c1, M, K, n_pairs, stride_xm, stride_xk, IS_BF16, WORDS,
+                                         BLOCK_M)
                 amax = tl.maximum(amax, _amax_bits(lo, hi))
             inv, fill, plain = _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE, NAN_CODE, TINY_BITS)
             for p0 in range(0, n_pairs, W1):
-                lo, hi = _per_token_load(x_ptr, group, p0 + c1, M, K, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
-                _per_token_store(q_ptr, lo, hi, inv, fill, rows, p0 + c1, M, K, stride_qm, PAIR_STORE, False,
+                lo, hi = _per_token_load(x_ptr, group, p0 + c1, M, K, n_pairs, stride_xm, stride_xk, IS_BF16, WORDS,
+                                         BLOCK_M)
+                _per_token_store(lo, hi, p0 + c1, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, False,
                                  MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+
+
+@triton.jit
+def _per_token_load_parts(x_ptr, group, c1, c2, c3, M, K, n_pairs, stride_xm, stride_xk, IS_BF16: tl.constexpr,
+                          WORDS: tl.constexpr, BLOCK_M: tl.constexpr):
+    lo1, hi1 = _per_token_load(x_ptr, group, c1, M, K, n_pairs, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+    lo2, hi2 = _per_token_load(x_ptr, group, c2, M, K, n_pairs, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+    lo3, hi3 = _per_token_load(x_ptr, group, c3, M, K, n_pairs, stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
+    return lo1, hi1, lo2, hi2, lo3, hi3
+
+
+@triton.jit
+def _per_token_store_parts(parts, c1, c2, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm,
+                           PAIR_STORE: tl.constexpr, PLAIN: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr,
+                           MAX_FINITE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
+                           NAN_CODE: tl.constexpr):
+    lo1, hi1, lo2, hi2, lo3, hi3 = parts
+    _per_token_store(lo1, hi1, c1, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, PLAIN, MAN_BITS,
+                     EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+    _per_token_store(lo2, hi2, c2, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, PLAIN, MAN_BITS,
+                     EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+    _per_token_store(lo3, hi3, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, PLAIN, MAN_BITS,
+                     EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
 
 
 @triton.jit
@@ -182,12 +195,12 @@ def _amax_bits(lo, hi):
 
 
 @triton.jit
-def _per_token_load(x_ptr, group, pairs, M, K, stride_xm, stride_xk, IS_BF16: tl.constexpr, WORDS: tl.constexpr,
-                    BLOCK_M: tl.constexpr):
+def _per_token_load(x_ptr, group, pairs, M, K, n_pairs, stride_xm, stride_xk, IS_BF16: tl.constexpr,
+                    WORDS: tl.constexpr, BLOCK_M: tl.constexpr):
     """Element pairs ``pairs`` [1, P] of row group ``group`` as fp32 patterns (0 past M or K)."""
     rows = group * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]
     x_rows = x_ptr + rows.to(tl.int64) * stride_xm
-    return load_pairs(x_rows, pairs, (rows < M) & (pairs < (K + 1) // 2), (rows < M) & (2 * pairs + 1 < K),
+    return load_pairs(x_rows, pairs, (rows < M) & (pairs < n_pairs), (rows < M) & (2 * pairs + 1 < K),
                       stride_xk, IS_BF16, WORDS)
 
 
@@ -206,14 +219,14 @@ def _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE: tl.constexpr, NAN_CODE: t
 
 
 @triton.jit
-def _per_token_store(q_ptr, lo, hi, inv, fill, rows, pairs, M, K, stride_qm, PAIR_STORE: tl.constexpr,
+def _per_token_store(lo, hi, pairs, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE: tl.constexpr,
                      PLAIN: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr,
                      SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr, NAN_CODE: tl.constexpr):
     """Encode and store element pairs (2j, 2j + 1) of the rows: two codes per 16-bit store where K is even."""
     codes_lo = _per_token_codes(lo, inv, fill, PLAIN, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
     codes_hi = _per_token_codes(hi, inv, fill, PLAIN, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
     q_rows = q_ptr + rows[:, None].to(tl.int64) * stride_qm
-    mask_lo = (rows[:, None] < M) & (pairs < (K + 1) // 2)
+    mask_lo = (rows[:, None] < M) & (pairs < n_pairs)
     if PAIR_STORE:  # q_ptr: the codes viewed as int16, element 2j in the low byte
         tl.store(q_rows + pairs, (codes_lo | (codes_hi << 8)).to(tl.int16), mask=mask_lo)
     else:
@@ -311,15 +324,17 @@ def _per_token_launch(x, K, variant=()):
 
 
 def _three_powers_of_two(n: int) -> tuple[int, int, int]:
-    """Powers of two w1 >= w2 >= w3 with w1 + w2 + w3 >= n, little above it (1440 -> 1024, 256, 256;
-    3584 -> 2048, 1024, 512); a part not needed is 1 (past the row's end: fully masked)."""
+    """Powers of two w1 >= w2 >= w3 with w1 + w2 + w3 >= n and the fewest padded lanes, then the
+    fewest parts (1440 -> 1024, 512, -; 3584 -> 2048, 1024, 512); a part not needed is 1 (past the
+    row's end: fully masked)."""
     w1 = 1 << (n.bit_length() - 1)
     rest = n - w1
     if rest == 0:
         return w1, 1, 1
+    two = (w1, triton.next_power_of_2(rest), 1)
     w2 = 1 << (rest.bit_length() - 1)
-    rest -= w2
-    return w1, w2, triton.next_power_of_2(rest) if rest else 1
+    three = (w1, w2, triton.next_power_of_2(rest - w2) if rest > w2 else 1)
+    return two if sum(two[:2]) <= sum(three) - (three[2] == 1) else three
 
 
 def _mx_quantize(x, fmt, scale_mode, pack):
@@ -379,7 +394,7 @@ def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = F
     if M and K:
         grid, (x_arg, stride_xm, stride_xk, stride_q), meta, key = _per_token_launch(xd, K, (f.name,))
         compiled = _fp8_per_token_kernel[grid](x_arg, q.view(torch.int16) if meta["PAIR_STORE"] else q, s, M, K,
-                                               stride_xm, stride_xk, stride_q, **meta, **kf.constexprs())
+                                               (K + 1) // 2, stride_xm, stride_xk, stride_q, **meta, **kf.constexprs())
         _persistent.record(key, xd.device, compiled, meta["num_warps"])
     elif M:
         s.zero_()

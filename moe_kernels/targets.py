@@ -113,8 +113,8 @@ _DEQ_SIG = dict(q_ptr="*u8", s_ptr="*u8", out_ptr="*i16", R="i32", K="i32", stri
                 stride_o="i32")
 _MX_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*u8", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
                stride_qm="i32", stride_sm="i32")
-_PT_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*fp32", M="i32", K="i32", stride_xm="i32", stride_xk="i32",
-               stride_qm="i32")
+_PT_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*fp32", M="i32", K="i32", n_pairs="i32", stride_xm="i32",
+               stride_xk="i32", stride_qm="i32")
 
 
 def _moe_variants():
@@ -168,7 +168,8 @@ def _quant_variants():
     """Every quantizer variant, specialized as a launch on contiguous x [8192, 2880] is (bf16 and fp32)."""
     out = []
     mx_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
-    pt_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
+    pt_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "n_pairs", "stride_xm",
+                                                     "stride_qm"))
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.empty((8192, 2880), dtype=dtype, device="meta")
         tag = "" if dtype == torch.bfloat16 else "/fp32"
