@@ -30,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
 
-from . import _runtime, dispatch, moe_gemm, quant, routing
+from . import _per_token, _rows, _runtime, dispatch, moe_gemm, quant, routing
 from ._numerics import SCALE_MODE_IDS, KernelFormat
 from ._tuning import CONFIGS
 
@@ -173,7 +173,7 @@ def _quant_variants():
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.empty((8192, 2880), dtype=dtype, device="meta")
         tag = "" if dtype == torch.bfloat16 else "/fp32"
-        x_sig = {"x_ptr": "*i32" if quant._words_view(x) is not None or dtype == torch.float32 else "*i16"}
+        x_sig = {"x_ptr": "*i32" if _rows.words_view(x) is not None or dtype == torch.float32 else "*i16"}
         for fmt, pack in (("e2m1", True), ("e4m3fn", False), ("e4m3fnuz", False)):
             _, _, meta, _ = quant._mx_launch(x, 8192, 2880, pack)
             warps = meta.pop("num_warps")
@@ -184,11 +184,11 @@ def _quant_variants():
                 ce = dict(PACK_FP4=pack, MODE=mode_id, **meta, **KernelFormat.of(fmt).constexprs())
                 out.append(Variant(f"quant_mx/{fmt}/{mode.value}{tag}", "quant", quant._mx_quant_kernel,
                                    tuple({**_MX_SIG, **x_sig, **q_sig}.items()), tuple(ce.items()), warps, **mx_spec))
-        _, _, meta, _ = quant._per_token_launch(x, 2880)
+        _, _, meta, _ = _per_token.launch(x, 2880)
         warps = meta.pop("num_warps")
         for fmt in ("e4m3fn", "e4m3fnuz"):
             ce = dict(**meta, **KernelFormat.of(fmt).constexprs())
-            out.append(Variant(f"quant_fp8_per_token/{fmt}{tag}", "quant", quant._fp8_per_token_kernel,
+            out.append(Variant(f"quant_fp8_per_token/{fmt}{tag}", "quant", _per_token.fp8_per_token_kernel,
                                tuple({**_PT_SIG, **x_sig, "q_ptr": "*i16"}.items()), tuple(ce.items()), warps,
                                **pt_spec))
     return out

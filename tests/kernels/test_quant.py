@@ -10,6 +10,7 @@ import torch
 
 import emulation as em
 import moe_kernels as mk
+from moe_kernels import _per_token as per_token_module
 from moe_kernels import quant as quant_module
 
 from ..emulation.nasty import random_fp32
@@ -190,9 +191,12 @@ def test_bad_input(call, match):
 def test_kernels_never_use_float_casts_the_interpreter_gets_wrong():
     """Guard (NUMERICS.md section 5): conversions are integer arithmetic, so the interpreter is exact."""
     import moe_kernels._numerics as numerics
+    import moe_kernels._rows as rows
     import moe_kernels.moe_gemm as moe_gemm
+    import moe_kernels.routing as routing
 
-    kernels = [obj for module in (quant_module, numerics, moe_gemm) for obj in vars(module).values()
+    kernels = [obj for module in (quant_module, per_token_module, rows, numerics, moe_gemm, routing)
+               for obj in vars(module).values()
                if hasattr(obj, "fn") and callable(obj.fn) and obj.fn.__module__ == module.__name__]
     assert len(kernels) >= 10
     for kernel in kernels:
@@ -244,5 +248,5 @@ def test_persistent_loops_with_one_program_per_sm(layout, where, rng, device, mo
     M, K = shape
     grid, _, meta, _ = quant_module._mx_launch(x_t, M, K, True)
     assert grid[0] * meta["BLOCK_M"] < (M * K // 32 if layout == "contiguous" else M)  # the loops ran
-    grid, _, meta, _ = quant_module._per_token_launch(x_t, K)
+    grid, _, meta, _ = per_token_module.launch(x_t, K)
     assert grid[0] * meta["BLOCK_M"] < M
