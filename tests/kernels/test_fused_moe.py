@@ -266,10 +266,14 @@ def test_h_not_multiple_of_32_and_bad_env(rng):
         mk.fused_moe(hidden, *p.args()[1:], arch="gfx950", env={})
 
 
-@pytest.mark.parametrize("M, E, topk, block_m", [(1, 8, 2, 16), (37, 8, 3, 16), (200, 32, 4, 64), (5, 128, 4, 16),
-                                                (64, 128, 4, 16)])
+_ALIGN_SHAPES = [(1, 8, 2, 16), (37, 8, 3, 16), (200, 32, 4, 64), (5, 128, 4, 16), (64, 128, 4, 16)]
+_SMALL_PAIRS = 256  # moe_kernels.routing.SMALL_PAIRS (asserted below): the one-program range
+
+
+@pytest.mark.parametrize("M, E, topk, block_m, impl",
+                         [(*shape, impl) for shape in _ALIGN_SHAPES for impl in ("one_program", "torch")
+                          if impl == "torch" or shape[0] * shape[2] <= _SMALL_PAIRS])
 @pytest.mark.parametrize("masked", [None, False, True])
-@pytest.mark.parametrize("impl", ["one_program", "torch"])
 @pytest.mark.parametrize("where", ["interpreter", pytest.param("gpu", marks=pytest.mark.gpu)])
 def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, impl, where, rng, device):
     """fused_moe's sync-free alignment (both implementations) holds moe_ref.moe_align_block_size's
@@ -277,8 +281,7 @@ def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, impl, wher
     from moe_kernels import routing
     from moe_ref import moe_align_block_size
 
-    if impl == "one_program" and M * topk > routing.SMALL_PAIRS:
-        pytest.skip("align_pairs sends more pairs to the torch implementation")
+    assert routing.SMALL_PAIRS == _SMALL_PAIRS
 
     ids = torch.from_numpy(rng.integers(0, E, (M, topk)).astype(np.int32))
     mask = torch.from_numpy((rng.random(E) < 0.6).astype(np.int32)) if masked else None
