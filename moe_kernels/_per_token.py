@@ -21,12 +21,12 @@ from ._tuning import CONFIGS
 
 @triton.jit
 def fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, n_pairs, stride_xm, stride_xk, stride_qm,
-                          IS_BF16: tl.constexpr, WORDS: tl.constexpr, PAIR_STORE: tl.constexpr,
-                          BLOCK_M: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, W3: tl.constexpr,
-                          ONE_CHUNK: tl.constexpr,
-                          MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
-                          NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                          MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+                         IS_BF16: tl.constexpr, WORDS: tl.constexpr, PAIR_STORE: tl.constexpr,
+                         BLOCK_M: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, W3: tl.constexpr,
+                         ONE_CHUNK: tl.constexpr,
+                         MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
+                         NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
+                         MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
     """Persistent: program p owns row groups p, p + P, ... of BLOCK_M rows.
 
     ONE_CHUNK: a row's element pairs are up to three power-of-two parts W1 + W2 + W3 (K = 2880: 1024 +
@@ -158,9 +158,9 @@ def _per_token_codes(bits, inv, fill, PLAIN: tl.constexpr, MAN_BITS: tl.constexp
 
 
 def launch(x, K, variant=()):
-    """(grid, kernel arguments) of the per-token quantization of x [M, K] into contiguous codes: word
-    pairs where x allows, int16 pair stores where K is even; tile and persistent grid from
-    configs.json's "per_token"."""
+    """(grid, kernel arguments, meta, occupancy key) of the per-token quantization of x [M, K] into
+    contiguous codes: word pairs where x allows, int16 pair stores where K is even; tile and
+    persistent grid from configs.json's "per_token"."""
     tile = CONFIGS["per_token"]
     words = words_view(x)
     x_arg, stride_xm = (words, words.stride(0)) if words is not None else (bits_view(x), x.stride(0))
