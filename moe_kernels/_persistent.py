@@ -37,9 +37,16 @@ def record(key, device: torch.device, compiled, num_warps: int) -> None:
     n_regs = getattr(compiled, "n_regs", 0)
     if not n_regs:
         return
-    props = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)
+    regs, smem, max_threads = device_limits(device)
     threads = 32 * num_warps
-    by_regs = props["max_num_regs"] // (n_regs * threads)
-    by_smem = props["max_shared_mem"] // max(1, compiled.metadata.shared)
-    by_threads = torch.cuda.get_device_properties(device).max_threads_per_multi_processor // threads
-    _RESIDENT[key, device] = max(1, min(by_regs, by_smem, by_threads))
+    by_regs = regs // (n_regs * threads)
+    by_smem = smem // max(1, compiled.metadata.shared)
+    _RESIDENT[key, device] = max(1, min(by_regs, by_smem, max_threads // threads))
+
+
+@functools.cache
+def device_limits(device: torch.device) -> tuple[int, int, int]:
+    """(32-bit registers, shared-memory bytes, threads) of one SM of a CUDA device."""
+    props = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)
+    return props["max_num_regs"], props["max_shared_mem"], \
+        torch.cuda.get_device_properties(device).max_threads_per_multi_processor

@@ -250,3 +250,27 @@ def test_persistent_loops_with_one_program_per_sm(layout, where, rng, device, mo
     assert grid[0] * meta["BLOCK_M"] < (M * K // 32 if layout == "contiguous" else M)  # the loops ran
     grid, _, meta, _ = per_token_module.launch(x_t, K)
     assert grid[0] * meta["BLOCK_M"] < M
+
+
+def test_persistent_grid_sizes(monkeypatch):
+    """Grids: a fixed count per SM, or "occupancy" - the configured fallback until a launch recorded
+    the programs resident per SM from registers, shared memory and warps (the smallest bound wins)."""
+    from types import SimpleNamespace
+
+    from moe_kernels import _persistent
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert _persistent.programs("k", 1000, 8, cpu) == 8  # the interpreter counts as one SM
+    assert _persistent.programs("k", 3, 8, cpu) == 3
+    assert _persistent.programs("k", 1000, "occupancy", cpu) == 4
+    monkeypatch.setattr(_persistent, "sm_count", lambda device: 132)
+    monkeypatch.setattr(_persistent.torch.version, "hip", None)
+    monkeypatch.setattr(_persistent, "device_limits", lambda device: (65536, 232448, 2048))  # an H100 SM
+    monkeypatch.setattr(_persistent, "_RESIDENT", {})
+    assert _persistent.programs("k", 10**6, "occupancy", cuda) == 4 * 132  # nothing recorded yet
+    for n_regs, shared, warps, want in ((72, 128, 4, 7), (40, 128, 4, 12), (32, 128, 4, 16), (32, 100_000, 4, 2),
+                                        (56, 32, 8, 4)):
+        _persistent._RESIDENT.clear()
+        _persistent.record("k", cuda, SimpleNamespace(n_regs=n_regs, metadata=SimpleNamespace(shared=shared)), warps)
+        assert _persistent.programs("k", 10**6, "occupancy", cuda) == want * 132, (n_regs, shared, warps)
+    _persistent.record("k", cuda, None, 4)  # no compiled kernel (the interpreter): nothing changes
