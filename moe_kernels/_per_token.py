@@ -176,7 +176,7 @@ def launch(x, K, variant=()):
                 BLOCK_M=block_m, W1=widths[0], W2=widths[1], W3=widths[2], ONE_CHUNK=one_chunk, num_warps=warps)
     key = ("per_token", variant, tuple(sorted(meta.items())))
     grid = _persistent.programs(key, groups, tile["programs_per_sm"], x.device)
-    return (grid,), (x_arg, stride_xm, x.stride(1), K // 2 if pair_store else K), meta, key
+    return (grid,), (x_arg, n_pairs, stride_xm, x.stride(1), K // 2 if pair_store else K), meta, key
 
 
 def _three_powers_of_two(n: int) -> tuple[int, int, int]:

@@ -30,6 +30,11 @@ def programs(key, n_tiles: int, per_sm, device: torch.device, fallback: int = 4)
     return max(1, min(n_tiles, per_sm * sm_count(device)))
 
 
+def launch(kernel, grid, key, device: torch.device, *args, **meta) -> None:
+    """``kernel[grid](*args, **meta)``, then :func:`record` its occupancy under ``key``."""
+    record(key, device, kernel[grid](*args, **meta), meta["num_warps"])
+
+
 def record(key, device: torch.device, compiled, num_warps: int) -> None:
     """Programs of ``compiled`` (a launch's return value) resident per SM of a CUDA device."""
     if (key, device) in _RESIDENT or device.type != "cuda" or torch.version.hip or compiled is None:

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+import emulation as em
+
 from ._numerics import bf16_bits_to_f32_bits
 
 __all__ = ["load_f32_bits", "load_pairs", "check_input", "bits_view", "words_view"]
@@ -47,8 +49,9 @@ def check_input(x, *, need_k32: bool) -> None:
         raise TypeError(f"x: expected dtype torch.bfloat16 or torch.float32, got {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"x: expected a 2-D tensor [M, K], got shape {list(x.shape)}")
-    if need_k32 and x.shape[1] % 32:
-        raise ValueError(f"x: K={x.shape[1]} is not a multiple of {32} (one e8m0 scale per 32 values)")
+    if need_k32 and x.shape[1] % em.BLOCK_SIZE:
+        raise ValueError(f"x: K={x.shape[1]} is not a multiple of {em.BLOCK_SIZE} (one e8m0 scale per "
+                         f"{em.BLOCK_SIZE} values)")
 
 
 def bits_view(x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,24 @@ def mma(a, b, acc, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
+    """The e8m0 bytes of columns k0 .. k0 + BLOCK_K of rows ``rows``, int32 [R, BLOCK_K/32, 1] (0 masked)."""
+    sb = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    return tl.load(scale_ptr + rows[:, None] * scale_stride + sb[None, :],
+                   mask=row_mask[:, None] & (sb < K // 32)[None, :], other=0).to(tl.int32)[:, :, None]
+
+
+@triton.jit
+def load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
+    """fp4x2 bytes of columns k0 .. k0 + BLOCK_K of rows ``rows`` (one contiguous load of BLOCK_K/2 bytes
+    a row), int32 [R, BLOCK_K/32, 16]: byte j holds element 2j in its low nibble, 2j + 1 in its high."""
+    j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
+                     other=0).to(tl.int32)
+    return tl.reshape(packed, (rows.shape[0], BLOCK_K // 32, 16))
+
+
+@triton.jit
 def load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, KIND: tl.constexpr,
                        BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
     """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MX operand [rows, K], decoded exactly to fp32
@@ -49,14 +67,9 @@ def load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_ma
     """
     NB: tl.constexpr = BLOCK_K // 32
     R: tl.constexpr = rows.shape[0]
-    sb = k0 // 32 + tl.arange(0, NB)
-    byte = tl.load(scale_ptr + rows[:, None] * scale_stride + sb[None, :],
-                   mask=row_mask[:, None] & (sb < K // 32)[None, :], other=0).to(tl.int32)[:, :, None]
+    byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
     if KIND == 1:
-        j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
-                         other=0).to(tl.int32)
-        packed = tl.reshape(packed, (R, NB, 16))
+        packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
         lo = decode_scaled_bits(packed & 0xF, byte, MAN_BITS, BIAS, SIGN_SHIFT)
         hi = decode_scaled_bits(packed >> 4, byte, MAN_BITS, BIAS, SIGN_SHIFT)
         bits = tl.reshape(tl.join(lo, hi), (R, BLOCK_K))
@@ -90,17 +103,11 @@ def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_
     bits, so even 0.5 * 2^-127 is an exact bf16 subnormal. Only 6 * 2^127 overflows (to inf, as the
     fp32 dequantization does).
     """
-    NB: tl.constexpr = BLOCK_K // 32
     R: tl.constexpr = rows.shape[0]
-    sb = k0 // 32 + tl.arange(0, NB)
-    byte = tl.load(scale_ptr + rows[:, None] * scale_stride + sb[None, :],
-                   mask=row_mask[:, None] & (sb < K // 32)[None, :], other=0).to(tl.int32)[:, :, None]
+    byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
     scale_bits = tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23))
     scale = scale_bits.to(tl.float32, bitcast=True)
-    j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
-                     other=0).to(tl.int32)
-    packed = tl.reshape(packed, (R, NB, 16))  # byte j: element 2j in the low nibble, 2j + 1 in the high
+    packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
     MAG: tl.constexpr = (1 << SIGN_SHIFT) - 1
     SIGN: tl.constexpr = 1 << SIGN_SHIFT
     lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & SIGN) << (31 - SIGN_SHIFT))).to(tl.float32, bitcast=True)

@@ -120,10 +120,9 @@ def _mx_quantize(x, fmt, scale_mode, pack):
     if M and K:
         grid, (x_arg, rows, cols, stride_xm, stride_xk, stride_q, stride_s), meta, key = _mx_launch(
             xd, M, K, pack, (fmt, mode))
-        compiled = _mx_quant_kernel[grid](x_arg, q if pack else q.view(torch.int16), s, rows, cols, stride_xm,
-                                          stride_xk, stride_q, stride_s, PACK_FP4=pack, MODE=mode, **meta,
-                                          **kf.constexprs())
-        _persistent.record(key, xd.device, compiled, meta["num_warps"])
+        _persistent.launch(_mx_quant_kernel, grid, key, xd.device, x_arg, q if pack else q.view(torch.int16), s,
+                           rows, cols, stride_xm, stride_xk, stride_q, stride_s, PACK_FP4=pack, MODE=mode, **meta,
+                           **kf.constexprs())
     return q.to(x.device), s.to(x.device)
 
 
@@ -163,11 +162,10 @@ def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = F
     q = torch.empty((M, K), dtype=torch.uint8, device=device)
     s = torch.empty((M, 1), dtype=torch.float32, device=device)
     if M and K:
-        grid, (x_arg, stride_xm, stride_xk, stride_q), meta, key = _per_token.launch(xd, K, (f.name,))
+        grid, (x_arg, n_pairs, stride_xm, stride_xk, stride_q), meta, key = _per_token.launch(xd, K, (f.name,))
         q_arg = q.view(torch.int16) if meta["PAIR_STORE"] else q
-        compiled = _per_token.fp8_per_token_kernel[grid](x_arg, q_arg, s, M, K, (K + 1) // 2, stride_xm, stride_xk,
-                                                         stride_q, **meta, **kf.constexprs())
-        _persistent.record(key, xd.device, compiled, meta["num_warps"])
+        _persistent.launch(_per_token.fp8_per_token_kernel, grid, key, xd.device, x_arg, q_arg, s, M, K, n_pairs,
+                           stride_xm, stride_xk, stride_q, **meta, **kf.constexprs())
     elif M:
         s.zero_()
     q, s = q.to(x.device), s.to(x.device)

@@ -168,8 +168,7 @@ def _quant_variants():
     """Every quantizer variant, specialized as a launch on contiguous x [8192, 2880] is (bf16 and fp32)."""
     out = []
     mx_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
-    pt_spec = dict(ones=("stride_xk",), divisible16=("x_ptr", "q_ptr", "s_ptr", "K", "n_pairs", "stride_xm",
-                                                     "stride_qm"))
+    pt_spec = dict(mx_spec, divisible16=(*mx_spec["divisible16"], "n_pairs"))
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.empty((8192, 2880), dtype=dtype, device="meta")
         tag = "" if dtype == torch.bfloat16 else "/fp32"
