@@ -9,6 +9,8 @@ arithmetic (a row's amax must be known before any of its codes). Longer rows are
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -23,13 +25,13 @@ from ._tuning import CONFIGS
 def fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, n_pairs, stride_xm, stride_xk, stride_qm,
                          IS_BF16: tl.constexpr, WORDS: tl.constexpr, PAIR_STORE: tl.constexpr,
                          BLOCK_M: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, W3: tl.constexpr,
-                         ONE_CHUNK: tl.constexpr,
+                         ONE_CHUNK: tl.constexpr, ONE_REDUCTION: tl.constexpr,
                          MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
                          NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
                          MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
     """Persistent: program p owns row groups p, p + P, ... of BLOCK_M rows.
 
-    ONE_CHUNK: a row's element pairs are up to three power-of-two parts W1 + W2 + W3 (K = 2880: 1024 +
+    ONE_CHUNK: a row's element pairs are up to three power-of-two parts W1 + W2 + W3 (K = 2880: 3 x
     512 for 1440 pairs; one power of two would be 2048, and the padding costs issue slots, which is
     what bounds this kernel), each group read once, the next group's load issued before this one's
     arithmetic (a row's amax has to be known before any of its codes). Else rows are walked in
@@ -46,7 +48,11 @@ def fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, n_pairs, stride_xm, stride_x
                                                stride_xm, stride_xk, IS_BF16, WORDS, BLOCK_M)
             lo1, hi1, lo2, hi2, lo3, hi3 = parts
             rows = group * BLOCK_M + tl.arange(0, BLOCK_M)
-            amax = tl.maximum(tl.maximum(_amax_bits(lo1, hi1), _amax_bits(lo2, hi2)), _amax_bits(lo3, hi3))
+            if ONE_REDUCTION:  # parts of width W1 or 1 (broadcast; fully masked): one cross-warp reduction
+                amax = tl.max(tl.maximum(tl.maximum(_abs_max(lo1, hi1), _abs_max(lo2, hi2)), _abs_max(lo3, hi3)),
+                              axis=1)
+            else:
+                amax = tl.maximum(tl.maximum(_amax_bits(lo1, hi1), _amax_bits(lo2, hi2)), _amax_bits(lo3, hi3))
             inv, fill, plain = _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE, NAN_CODE, TINY_BITS)
             if plain:  # every row finite with a normal scale: no special values anywhere
                 _per_token_store_parts(parts, c1, c2, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE,
@@ -95,8 +101,13 @@ def _per_token_store_parts(parts, c1, c2, c3, q_ptr, inv, fill, rows, M, K, n_pa
 
 
 @triton.jit
+def _abs_max(lo, hi):
+    return tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF)
+
+
+@triton.jit
 def _amax_bits(lo, hi):
-    return tl.max(tl.maximum(lo & 0x7FFFFFFF, hi & 0x7FFFFFFF), axis=1)
+    return tl.max(_abs_max(lo, hi), axis=1)
 
 
 @triton.jit
@@ -160,34 +171,36 @@ def _per_token_codes(bits, inv, fill, PLAIN: tl.constexpr, MAN_BITS: tl.constexp
 def launch(x, K, variant=()):
     """(grid, kernel arguments, meta, occupancy key) of the per-token quantization of x [M, K] into
     contiguous codes: word pairs where x allows, int16 pair stores where K is even; tile and
-    persistent grid from configs.json's "per_token"."""
+    persistent grid from configs.json's "per_token": rows of a group, and warps such that each
+    thread holds pairs_per_thread pairs of the widest part."""
     tile = CONFIGS["per_token"]
     words = words_view(x)
     x_arg, stride_xm = (words, words.stride(0)) if words is not None else (bits_view(x), x.stride(0))
     pair_store = K % 2 == 0
     n_pairs = (K + 1) // 2
     one_chunk = n_pairs <= tile["max_pairs"]
-    widths = _three_powers_of_two(n_pairs) if one_chunk else (tile["max_pairs"], 1, 1)
+    widths = row_parts(n_pairs) if one_chunk else (tile["max_pairs"], 1, 1)
     pairs_p2 = triton.next_power_of_2(min(n_pairs, tile["max_pairs"]))
     block_m = max(1, tile["tile_pairs"] // pairs_p2)
-    warps = min(16, max(4, block_m * pairs_p2 // tile["pairs_per_thread"] // 32))
+    warps = min(16, max(4, block_m * widths[0] // tile["pairs_per_thread"] // 32))
     groups = triton.cdiv(x.shape[0], block_m)
     meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PAIR_STORE=pair_store,
-                BLOCK_M=block_m, W1=widths[0], W2=widths[1], W3=widths[2], ONE_CHUNK=one_chunk, num_warps=warps)
+                BLOCK_M=block_m, W1=widths[0], W2=widths[1], W3=widths[2], ONE_CHUNK=one_chunk,
+                ONE_REDUCTION=all(w in (1, widths[0]) for w in widths), num_warps=warps)
     key = ("per_token", variant, tuple(sorted(meta.items())))
     grid = _persistent.programs(key, groups, tile["programs_per_sm"], x.device)
     return (grid,), (x_arg, n_pairs, stride_xm, x.stride(1), K // 2 if pair_store else K), meta, key
 
 
-def _three_powers_of_two(n: int) -> tuple[int, int, int]:
-    """Powers of two w1 >= w2 >= w3 with w1 + w2 + w3 >= n and the fewest padded lanes, then the
-    fewest parts (1440 -> 1024, 512, -; 3584 -> 2048, 1024, 512); a part not needed is 1 (past the
-    row's end: fully masked)."""
-    w1 = 1 << (n.bit_length() - 1)
-    rest = n - w1
-    if rest == 0:
-        return w1, 1, 1
-    two = (w1, triton.next_power_of_2(rest), 1)
-    w2 = 1 << (rest.bit_length() - 1)
-    three = (w1, w2, triton.next_power_of_2(rest - w2) if rest > w2 else 1)
-    return two if sum(two[:2]) <= sum(three) - (three[2] == 1) else three
+@functools.cache
+def row_parts(n: int) -> tuple[int, int, int]:
+    """Powers of two w1 >= w2 >= w3 with w1 + w2 + w3 >= n and the fewest lanes; among those, equal
+    widths (one amax reduction instead of one per part), then the fewest parts (1440 -> 512 x 3;
+    3584 -> 2048, 1024, 512; 4096 -> 4096, 1, 1). A part past the row's end (width 1) is fully masked."""
+    powers = [1 << i for i in range(triton.next_power_of_2(n).bit_length())]
+    triples = [(a, b, c) for a in powers for b in powers if b <= a for c in powers if c <= b and a + b + c >= n]
+
+    def rank(ws):
+        used = [w for w, start in zip(ws, (0, ws[0], ws[0] + ws[1])) if start < n]
+        return sum(used), len(set(used)) > 1, len(used)
+    return min(triples, key=rank)

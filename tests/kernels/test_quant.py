@@ -84,10 +84,25 @@ def _per_token_cases(shapes):
 
 
 @pytest.mark.parametrize("shape, fmt, dtype, layout",
-                         _per_token_cases([*CPU_SHAPES, (5, 7), (3, 5000), (2, 8230), (1, 8193), (9, 129)]))
+                         _per_token_cases([*CPU_SHAPES, (5, 7), (3, 5000), (2, 8230), (1, 8193), (9, 129),
+                                           (3, 2880)]))
 def test_per_token_fp8_bit_exact_cpu(shape, fmt, dtype, layout, rng, device):
     x_t, x_np = _input(rng, shape, dtype, device, layout)
     _check_per_token(x_t, x_np, fmt)
+
+
+def test_per_token_row_parts():
+    """A row of n element pairs as three power-of-two parts: covering n with the fewest lanes, then
+    equal widths (one amax reduction), then the fewest parts; a part past the row's end has width 1."""
+    for n in range(1, 4097):
+        parts = per_token_module.row_parts(n)
+        starts = (0, parts[0], parts[0] + parts[1])
+        used = [w for w, start in zip(parts, starts) if start < n]
+        assert all(w & (w - 1) == 0 for w in parts) and list(parts) == sorted(parts, reverse=True)
+        assert sum(used) >= n and all(w == 1 for w, start in zip(parts, starts) if start >= n), (n, parts)
+        assert sum(used) - n < max(1, used[-1]), (n, parts)  # padding within the last part used
+    assert [per_token_module.row_parts(n) for n in (1440, 3584, 4096, 16, 7)] == [
+        (512, 512, 512), (2048, 1024, 512), (4096, 1, 1), (16, 1, 1), (4, 2, 1)]
 
 
 @pytest.mark.gpu
