@@ -27,6 +27,7 @@ from .moe_gemm import (
     _moe_stage1_kernel,
     _moe_stage2_kernel,
     _sum_slots_kernel,
+    weight_constexprs,
 )
 from .quant import quantize_mxfp4, quantize_mxfp8
 from .routing import align_pairs
@@ -233,8 +234,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         sorted_ids, expert_ids, n_blocks = align_pairs(topk_ids, live, plan.block_m, E)
         tw = topk_weights.contiguous().reshape(-1)
         kf = KernelFormat.of(_ELEMENT_FORMAT[plan.act_dtype])
-        wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
-                if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
+        wfmt = weight_constexprs(ptx=not _runtime.INTERPRET and _backend() == "cuda")
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_scale_arg = h_scale if h_scale is not None else h_q
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,

@@ -19,10 +19,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._numerics import decode_scaled_bits, f32_to_bf16_bits, mx_quantize_pairs
+from ._numerics import KernelFormat, decode_scaled_bits, f32_to_bf16_bits, mx_quantize_pairs
 
 # activation kinds: 0 bf16, 1 MXFP4 (e2m1, packed), 2 MXFP8 (e4m3fn)
 KIND_BF16, KIND_FP4, KIND_FP8 = 0, 1, 2
+
+
+def weight_constexprs(ptx: bool) -> dict:
+    """The GEMMs' W_ constexprs: the e2m1 decode's parameters, and W_PTX (the NVIDIA bf16x2 decode of
+    ``load_mxfp4_rows_bf16``; False under the interpreter and on ROCm)."""
+    fmt = KernelFormat.of("e2m1").constexprs(decode=True)
+    return {"W_MAN_BITS": fmt["MAN_BITS"], "W_BIAS": fmt["BIAS"], "W_SIGN_SHIFT": fmt["SIGN_SHIFT"], "W_PTX": ptx}
 
 
 @triton.jit
@@ -47,10 +54,10 @@ def load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K: tl
 @triton.jit
 def load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
     """fp4x2 bytes of columns k0 .. k0 + BLOCK_K of rows ``rows`` (one contiguous load of BLOCK_K/2 bytes
-    a row), int32 [R, BLOCK_K/32, 16]: byte j holds element 2j in its low nibble, 2j + 1 in its high."""
+    a row), uint8 [R, BLOCK_K/32, 16]: byte j holds element 2j in its low nibble, 2j + 1 in its high."""
     j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
-                     other=0).to(tl.int32)
+                     other=0)
     return tl.reshape(packed, (rows.shape[0], BLOCK_K // 32, 16))
 
 
@@ -69,7 +76,7 @@ def load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_ma
     R: tl.constexpr = rows.shape[0]
     byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
     if KIND == 1:
-        packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
+        packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K).to(tl.int32)
         lo = decode_scaled_bits(packed & 0xF, byte, MAN_BITS, BIAS, SIGN_SHIFT)
         hi = decode_scaled_bits(packed >> 4, byte, MAN_BITS, BIAS, SIGN_SHIFT)
         bits = tl.reshape(tl.join(lo, hi), (R, BLOCK_K))
@@ -91,32 +98,82 @@ def load_bf16_rows(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, BLOCK_K: tl.constexpr,
-                         MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+                         MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr,
+                         PTX: tl.constexpr = False):
     """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix as an exact bf16 tile.
 
-    A few instructions a weight (the weight decode is what small-M MoE GEMMs spend their time on):
-    the code's magnitude bits (e2m1: 3) go to fp32 bits 23 - MAN_BITS and up, its sign to bit 31, which
-    reads as value(code) * 2^(BIAS - 127) (e2m1: code 1, 0.5, is the fp32 subnormal 2^-127); two
-    multiplications, by 2^(127 - BIAS) and by the block's 2^(byte - 127) (the subnormal 2^-127 for
-    byte 0; NaN for byte 255), are exact because fp32 keeps subnormals on every target (``moe_kernels.targets`` checks it) and every
-    product is a value times a power of two that fp32 and bf16 hold: e2m1 values have 2 significant
-    bits, so even 0.5 * 2^-127 is an exact bf16 subnormal. Only 6 * 2^127 overflows (to inf, as the
-    fp32 dequantization does).
+    The weight decode is what MoE GEMMs issue most instructions for, so it is a few a weight: the
+    code's magnitude bits (e2m1: 3) are placed at the low exponent and high mantissa bits of a float,
+    its sign at the sign bit, which reads as value(code) * 2^(BIAS - 127) (fp32; bf16 alike: e2m1 code
+    1, 0.5, is the subnormal 2^-127); two multiplications, by 2^(127 - BIAS) and by the block's
+    2^(byte - 127) (the subnormal 2^-127 for byte 0; NaN for byte 255), are exact because subnormals
+    are kept (fp32 on every target, ``moe_kernels.targets`` checks it; bf16 arithmetic has no flush
+    mode) and every product is a value times a power of two that bf16 holds: e2m1 values have 2
+    significant bits, so even 0.5 * 2^-127 is an exact bf16 subnormal. Only 6 * 2^127 overflows (to
+    inf, as the fp32 dequantization does).
+
+    PTX (NVIDIA, sm_80+; e2m1 only): both nibbles of a byte decoded at once as a bf16x2 pair, two ``fma.rn.bf16x2``
+    per pair (~3.5 instructions a weight instead of ~9); else the same steps in fp32 on int32 lanes.
     """
     R: tl.constexpr = rows.shape[0]
     byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
-    scale_bits = tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23))
-    scale = scale_bits.to(tl.float32, bitcast=True)
     packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
     MAG: tl.constexpr = (1 << SIGN_SHIFT) - 1
     SIGN: tl.constexpr = 1 << SIGN_SHIFT
-    lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & SIGN) << (31 - SIGN_SHIFT))).to(tl.float32, bitcast=True)
-    hi = (((packed & (MAG << 4)) << (19 - MAN_BITS)) | ((packed & (SIGN << 4)) << (27 - SIGN_SHIFT))).to(
-        tl.float32, bitcast=True)
-    unbias: tl.constexpr = 2.0**(127 - BIAS)
-    lo = ((lo * unbias) * scale).to(tl.int32, bitcast=True) >> 16  # the value is a bf16: keep the top half
-    hi = ((hi * unbias) * scale).to(tl.int32, bitcast=True) >> 16  # (no float cast: see NUMERICS.md section 5)
-    return tl.reshape(tl.join(lo, hi), (R, BLOCK_K)).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    if PTX:
+        scale16 = tl.where(byte == 0, 0x0040, tl.where(byte == 255, 0x7FC0, byte << 7))  # bf16 2^(byte - 127)
+        pairs = _e2m1x2_to_bf16x2(packed, tl.broadcast_to(scale16 | (scale16 << 16), packed.shape))
+        lo = pairs.to(tl.int16)  # element 2j: the low half
+        hi = (pairs >> 16).to(tl.int16)
+    else:
+        packed = packed.to(tl.int32)
+        scale = tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23)).to(tl.float32,
+                                                                                                   bitcast=True)
+        lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & SIGN) << (31 - SIGN_SHIFT))).to(tl.float32,
+                                                                                              bitcast=True)
+        hi = (((packed & (MAG << 4)) << (19 - MAN_BITS)) | ((packed & (SIGN << 4)) << (27 - SIGN_SHIFT))).to(
+            tl.float32, bitcast=True)
+        unbias: tl.constexpr = 2.0**(127 - BIAS)
+        lo = (((lo * unbias) * scale).to(tl.int32, bitcast=True) >> 16).to(tl.int16)  # a bf16: the top half
+        hi = (((hi * unbias) * scale).to(tl.int32, bitcast=True) >> 16).to(tl.int16)  # (no float cast: NUMERICS 5)
+    return tl.reshape(tl.join(lo, hi), (R, BLOCK_K)).to(tl.bfloat16, bitcast=True)
+
+
+def _e2m1x2_asm() -> str:
+    """PTX for four fp4x2 bytes ($4, one register) and their scales ($5-$8, bf16 2^(byte - 127) in both
+    halves) -> four bf16x2 pairs ($0-$3): prmt puts byte i's low nibble at bits 0-3 and its high nibble
+    (from x >> 4) at bits 16-19; the magnitude bits move to bf16 bit 7 - MAN_BITS and up, the sign to
+    bit 15, both halves at once; then two fma.rn.bf16x2 with -0 addends (exact: ``load_mxfp4_rows_bf16``)."""
+    f = KernelFormat.of("e2m1")
+    mag = (1 << f.sign_shift) - 1
+    unbias = (127 + 127 - f.bias) << 7  # bf16 2^(127 - BIAS)
+    body = "".join(f"""
+        prmt.b32 t, $4, y, {0x4400 + 0x1111 * i};
+        and.b32 m, t, {mag | (mag << 16)};
+        shl.b32 m, m, {7 - f.man_bits};
+        and.b32 s, t, {(1 << f.sign_shift) | (1 << (f.sign_shift + 16))};
+        shl.b32 s, s, {15 - f.sign_shift};
+        or.b32 w, m, s;
+        fma.rn.bf16x2 w, w, u, z;
+        fma.rn.bf16x2 ${i}, w, ${5 + i}, z;""" for i in range(4))
+    return f"""{{
+        .reg .b32 y, t, m, s, w, u, z;
+        shr.u32 y, $4, 4;
+        mov.b32 u, {unbias | (unbias << 16)};
+        mov.b32 z, {0x80008000};{body}
+        }}"""
+
+
+_E2M1X2_ASM: tl.constexpr = tl.constexpr(_e2m1x2_asm())
+
+
+@triton.jit
+def _e2m1x2_to_bf16x2(packed, scale_pairs):
+    """fp4x2 bytes (uint8) -> int32 bf16x2 patterns: low half value(low nibble) * 2^(byte - 127), high
+    half value(high nibble) * 2^(byte - 127); ``scale_pairs``: the bf16 2^(byte - 127) in both halves.
+    Four bytes an asm call (``_e2m1x2_asm``)."""
+    return tl.inline_asm_elementwise(asm=_E2M1X2_ASM, constraints="=r,=r,=r,=r,r,r,r,r,r", args=[packed, scale_pairs],
+                                     dtype=tl.int32, is_pure=True, pack=4)
 
 
 @triton.jit
@@ -189,7 +246,8 @@ def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
                        F_MAN_BITS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
                        F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
-                       W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
+                       W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
+                       W_PTX: tl.constexpr):
     e = tl.load(expert_ptr + tl.program_id(0)).to(tl.int64)
     if e >= 0:  # -1: a block past the last expert's
         pairs, valid, w_e, ws_e = pair_block(sorted_ptr, e, num_valid, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M)
@@ -203,9 +261,9 @@ def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
         for k0 in range(0, H, BLOCK_K):
             a = load_bf16_rows(a_ptr, tokens, stride_a, k0, H, valid, BLOCK_K)
             w_g = load_mxfp4_rows_bf16(w_e, ws_e, gate_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K,
-                                       W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+                                       W_MAN_BITS, W_BIAS, W_SIGN_SHIFT, W_PTX)
             w_u = load_mxfp4_rows_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K,
-                                       W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+                                       W_MAN_BITS, W_BIAS, W_SIGN_SHIFT, W_PTX)
             acc_g = mma(a, tl.trans(w_g), acc_g, INTERPRET)
             acc_u = mma(a, tl.trans(w_u), acc_u, INTERPRET)
         if HAS_BIAS:
@@ -233,7 +291,8 @@ def _moe_stage2_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
                        stride_a, stride_we, stride_wr, stride_wse, stride_wsr, stride_y,
                        HAS_BIAS: tl.constexpr, WEIGHT_HERE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
-                       W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr):
+                       W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
+                       W_PTX: tl.constexpr):
     e = tl.load(expert_ptr + tl.program_id(0)).to(tl.int64)
     if e >= 0:  # -1: a block past the last expert's
         pairs, valid, w_e, ws_e = pair_block(sorted_ptr, e, num_valid, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M)
@@ -244,7 +303,7 @@ def _moe_stage2_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
         for k0 in range(0, I, BLOCK_K):
             a = load_bf16_rows(a_ptr, rows, stride_a, k0, I, valid, BLOCK_K)
             w = load_mxfp4_rows_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k0, I, n_mask, BLOCK_K,
-                                     W_MAN_BITS, W_BIAS, W_SIGN_SHIFT)
+                                     W_MAN_BITS, W_BIAS, W_SIGN_SHIFT, W_PTX)
             acc = mma(a, tl.trans(w), acc, INTERPRET)
         if HAS_BIAS:
             acc = acc + tl.load(bias_ptr + e * H + n, mask=n_mask, other=0.0)[None, :]

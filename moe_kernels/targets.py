@@ -117,11 +117,17 @@ _PT_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*fp32", M="i32", K="i32", n_pai
                stride_xk="i32", stride_qm="i32")
 
 
+# what the JIT knows at gpt-oss shapes (H = I = 2880): every pointer and size is a multiple of 16, the
+# scale rows (90 bytes) are not
+_MOE_DIV16_1 = ("a_ptr", "w_ptr", "ws_ptr", "bias_ptr", "tw_ptr", "sorted_ptr", "expert_ptr", "out_ptr",
+                "out_scale_ptr", "H", "I", "stride_a", "stride_we", "stride_wr", "stride_wse", "stride_o")
+_MOE_DIV16_2 = ("a_ptr", "w_ptr", "ws_ptr", "bias_ptr", "tw_ptr", "sorted_ptr", "expert_ptr", "y_ptr", "H", "I",
+                "stride_a", "stride_we", "stride_wr", "stride_wse", "stride_y")
+
+
 def _moe_variants():
     """Stage 1 for each activation path (bf16 operands in, the path's intermediate out) and stage 2, at
     every tile configuration of configs.json, and the activation dequantizer of each MX path."""
-    wfmt = {f"W_{k}": v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items()
-            if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
     configs = {}  # every gpu entry, and the targets of the backends it serves
     for e in CONFIGS["gpu"]:
         cfg = tuple(e[k] for k in dispatch._CONFIG_KEYS)
@@ -132,7 +138,8 @@ def _moe_variants():
     for cfg, targets in sorted(configs.items()):
         block_m, block_n1, block_n2, block_k, warps, stages = cfg
         name = dispatch.config_name(cfg)
-        common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **wfmt)
+        ptx = all(TARGETS[t].backend == "cuda" for t in targets)  # as fused_moe picks the decode
+        common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **moe_gemm.weight_constexprs(ptx))
         for act_dtype, kind in dispatch._KIND.items():
             fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_")
             path = dispatch.PATHS[act_dtype]
@@ -143,10 +150,11 @@ def _moe_variants():
                           LIMIT=7.0, MODE=0, BLOCK_N=block_n1, **common, **fmt)
                 out.append(Variant(f"moe_stage1/{path}/{gate_mode}/{name}", f"mma_bm{block_m}",
                                    moe_gemm._moe_stage1_kernel, tuple(sig1.items()), tuple(ce.items()), warps, stages,
-                                   targets=tuple(targets)))
+                                   targets=tuple(targets), divisible16=_MOE_DIV16_1))
         ce = dict(HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
         out.append(Variant(f"moe_stage2/{name}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
-                           tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages, targets=tuple(targets)))
+                           tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages, targets=tuple(targets),
+                           divisible16=_MOE_DIV16_2))
     for act_dtype in ("fp4x2", "fp8"):
         kf = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype])
         ce = dict(KIND=dispatch._KIND[act_dtype], BLOCK_R=16, BLOCK_K=128, MAN_BITS=kf.man_bits, BIAS=kf.bias,

@@ -10,7 +10,7 @@ import triton.language as tl
 
 import emulation as em
 from moe_kernels._numerics import KernelFormat, encode_scaled
-from moe_kernels.moe_gemm import load_mxfp4_rows_bf16
+from moe_kernels.moe_gemm import load_mxfp4_rows_bf16, weight_constexprs
 
 from ..emulation.oracle import oracle_encode
 
@@ -65,29 +65,33 @@ def test_encoder_is_exact_at_every_scale(fmt, where, rng, device):
 
 @triton.jit
 def _weight_decode_kernel(w_ptr, s_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                          MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+                          W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
+                          W_PTX: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k0 = tl.program_id(1) * BLOCK_K
-    w = load_mxfp4_rows_bf16(w_ptr, s_ptr, rows, K // 2, K // 32, k0, K, rows < R, BLOCK_K, MAN_BITS, BIAS, SIGN_SHIFT)
+    w = load_mxfp4_rows_bf16(w_ptr, s_ptr, rows, K // 2, K // 32, k0, K, rows < R, BLOCK_K, W_MAN_BITS, W_BIAS,
+                             W_SIGN_SHIFT, W_PTX)
     cols = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], w.to(tl.int16, bitcast=True), mask=(rows < R)[:, None])
 
 
-@pytest.mark.parametrize("where", ["interpreter", pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("where, ptx", [
+    ("interpreter", False), pytest.param("gpu", False, marks=pytest.mark.gpu),
+    *([pytest.param("gpu", True, marks=pytest.mark.gpu, id="gpu-ptx")] if torch.version.hip is None else [])])
 @pytest.mark.parametrize("block_k", [32, 128])
-def test_weight_decode_is_exact_at_every_scale(block_k, where, device):
-    """The GEMMs' MXFP4 weight decode (``load_mxfp4_rows_bf16``): every fp4x2 byte at every scale byte
-    (row r has scale byte r in all its blocks) gives the bf16 of ``emulation.dequantize_mxfp4``, bit for
-    bit: subnormal results (scale bytes near 0) included, 6 * 2^127 -> inf, byte 255 -> NaN."""
+def test_weight_decode_is_exact_at_every_scale(block_k, where, ptx, device):
+    """The GEMMs' MXFP4 weight decode (``load_mxfp4_rows_bf16``, portable and, on NVIDIA, the bf16x2 PTX
+    that fused_moe uses there): every fp4x2 byte at every scale byte (row r has scale byte r in all its
+    blocks) gives the bf16 of ``emulation.dequantize_mxfp4``, bit for bit: subnormal results (scale
+    bytes near 0) included, 6 * 2^127 -> inf, byte 255 -> NaN."""
     R, K = 256, 512  # each row: the 256 byte values, one block of 16 bytes after another
     packed = np.tile(np.arange(256, dtype=np.uint8), (R, 1))
     scale = np.repeat(np.arange(256, dtype=np.uint8)[:, None], K // 32, axis=1)
     want = em.dequantize_mxfp4(packed, scale)
     assert np.array_equal(em.round_to_bf16(want), want, equal_nan=True)  # every value is a bf16
     out = torch.full((R, K), -1, dtype=torch.int16, device=device)  # poison
-    ce = {k: v for k, v in KernelFormat.of("e2m1").constexprs(decode=True).items() if k in ("MAN_BITS", "BIAS", "SIGN_SHIFT")}
     _weight_decode_kernel[(R // 16, K // block_k)](torch.from_numpy(packed).to(device), torch.from_numpy(scale).to(device),
-                                                   out, R, K, BLOCK_R=16, BLOCK_K=block_k, **ce)
+                                                   out, R, K, BLOCK_R=16, BLOCK_K=block_k, **weight_constexprs(ptx))
     got = (out.cpu().numpy().astype(np.int32).view(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     keep = ~np.isnan(want)
