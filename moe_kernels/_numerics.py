@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from types import MappingProxyType
 
 import numpy as np
 import triton
@@ -46,14 +47,16 @@ class KernelFormat:
         return cls(f.man_bits, f.bias, f.emin, f.emax, f.max_code, nan, f.bits - 1, f.negative_zero is not None,
                    f.max_finite, tiny)
 
-    def constexprs(self, prefix: str = "", *, decode: bool = False) -> dict:
-        """Kernel constexpr arguments, names prefixed (``F_MAN_BITS``...); ``decode`` adds BIAS."""
+    @cache  # noqa: B019  (a few formats x prefixes; the instances are cached too)
+    def constexprs(self, prefix: str = "", *, decode: bool = False) -> MappingProxyType:
+        """Kernel constexpr arguments, names prefixed (``F_MAN_BITS``...); ``decode`` adds BIAS (read-only,
+        computed once: launches pass them on every call)."""
         d = dict(MAN_BITS=self.man_bits, EMIN=self.emin, EMAX=self.emax, MAX_CODE=self.max_code,
                  NAN_CODE=self.nan_code, SIGN_SHIFT=self.sign_shift, HAS_NEG_ZERO=self.has_neg_zero,
                  MAX_FINITE=self.max_finite, TINY_BITS=self.tiny_bits)
         if decode:
             d["BIAS"] = self.bias
-        return {prefix + k: v for k, v in d.items()}
+        return MappingProxyType({prefix + k: v for k, v in d.items()})
 
 
 @triton.jit

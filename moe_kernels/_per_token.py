@@ -170,26 +170,32 @@ def _per_token_codes(bits, inv, fill, PLAIN: tl.constexpr, MAN_BITS: tl.constexp
 
 def launch(x, K, variant=()):
     """(grid, kernel arguments, meta, occupancy key) of the per-token quantization of x [M, K] into
-    contiguous codes: word pairs where x allows, int16 pair stores where K is even; tile and
-    persistent grid from configs.json's "per_token": rows of a group, and warps such that each
-    thread holds pairs_per_thread pairs of the widest part."""
+    contiguous codes: word pairs where x allows, int16 pair stores where K is even; the tiling
+    (``_tiling``, cached) and the persistent grid from configs.json's "per_token"."""
     tile = CONFIGS["per_token"]
     words = words_view(x)
     x_arg, stride_xm = (words, words.stride(0)) if words is not None else (bits_view(x), x.stride(0))
-    pair_store = K % 2 == 0
+    meta, key = _tiling(K, x.dtype, words is not None, variant,
+                        tuple(tile[k] for k in ("max_pairs", "tile_pairs", "pairs_per_thread")))
+    grid = _persistent.programs(key, triton.cdiv(x.shape[0], meta["BLOCK_M"]), tile["programs_per_sm"], x.device)
     n_pairs = (K + 1) // 2
-    one_chunk = n_pairs <= tile["max_pairs"]
-    widths = row_parts(n_pairs) if one_chunk else (tile["max_pairs"], 1, 1)
-    pairs_p2 = triton.next_power_of_2(min(n_pairs, tile["max_pairs"]))
-    block_m = max(1, tile["tile_pairs"] // pairs_p2)
-    warps = min(16, max(4, block_m * widths[0] // tile["pairs_per_thread"] // 32))
-    groups = triton.cdiv(x.shape[0], block_m)
-    meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, PAIR_STORE=pair_store,
+    return (grid,), (x_arg, n_pairs, stride_xm, x.stride(1), K // 2 if meta["PAIR_STORE"] else K), dict(meta), key
+
+
+@functools.lru_cache(maxsize=256)
+def _tiling(K, dtype, words, variant, tile):
+    """Rows of a group and warps such that each thread holds pairs_per_thread pairs of the widest part
+    (``tile``: configs.json's max_pairs, tile_pairs, pairs_per_thread; part of the cache key)."""
+    max_pairs, tile_pairs, pairs_per_thread = tile
+    n_pairs = (K + 1) // 2
+    one_chunk = n_pairs <= max_pairs
+    widths = row_parts(n_pairs) if one_chunk else (max_pairs, 1, 1)
+    block_m = max(1, tile_pairs // triton.next_power_of_2(min(n_pairs, max_pairs)))
+    warps = min(16, max(4, block_m * widths[0] // pairs_per_thread // 32))
+    meta = dict(IS_BF16=dtype == torch.bfloat16, WORDS=words, PAIR_STORE=K % 2 == 0,
                 BLOCK_M=block_m, W1=widths[0], W2=widths[1], W3=widths[2], ONE_CHUNK=one_chunk,
                 ONE_REDUCTION=all(w in (1, widths[0]) for w in widths), num_warps=warps)
-    key = ("per_token", variant, tuple(sorted(meta.items())))
-    grid = _persistent.programs(key, groups, tile["programs_per_sm"], x.device)
-    return (grid,), (x_arg, n_pairs, stride_xm, x.stride(1), K // 2 if pair_store else K), meta, key
+    return meta, ("per_token", variant, tuple(sorted(meta.items())))
 
 
 @functools.cache

@@ -11,6 +11,8 @@ Tiles and grids come from ``configs.json`` (an H100 sweep: ``benchmarks/bench_qu
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -82,30 +84,39 @@ def _mx_quant_store(q_ptr, s_ptr, lo, hi, rows, pairs, M, K, stride_qm, stride_s
 
 
 def _mx_launch(x, M, K, pack, variant=()):
-    """(grid, kernel arguments) of one MX quantization of x [M, K] into q [M, K/2 or K] and scales
-    [M, K/32] (both contiguous). A row-contiguous x is seen as [M * K/32, 32]: one row per 32-block,
-    so tiles never straddle the end of a row (K = 2880 in 256-wide tiles would leave the last tile
-    of each row a quarter full); else 2-D tiles of configs.json's "quant" entry."""
-    tile = CONFIGS["quant"]
+    """(grid, kernel arguments, meta, occupancy key) of one MX quantization of x [M, K] into q [M, K/2
+    or K] and scales [M, K/32] (both contiguous); the tiling (``_mx_tiling``) is cached per layout, so
+    that a call costs little more than its launch."""
     words = words_view(x)
     x_arg = words if words is not None else bits_view(x)
-    row_len = K // 2 if words is not None else K
-    if x.stride(1) == 1 and x_arg.stride(0) == row_len:  # flat: 32-blocks as rows
-        rows, cols, block_m, block_k = M * K // 32, 32, tile["flat_blocks"], 32
-        stride_xm, stride_q, stride_s = x_arg.stride(0) * 32 // K, (16 if pack else 32), 1
+    rows, cols, stride_xm, q_stride, stride_s, n_tiles, col_tiles, meta, key = _mx_tiling(
+        M, K, x_arg.stride(0), x.stride(1), x.dtype, words is not None, pack, variant,
+        tuple(CONFIGS["quant"][k] for k in ("flat_blocks", "block_m", "block_k", "num_warps")))
+    grid = (max(1, _persistent.programs(key, n_tiles, CONFIGS["quant"]["programs_per_sm"], x.device) // col_tiles),
+            col_tiles)
+    return grid, (x_arg, rows, cols, stride_xm, x.stride(1), q_stride, stride_s), dict(meta), key
+
+
+@functools.lru_cache(maxsize=256)
+def _mx_tiling(M, K, stride_row, stride_xk, dtype, words, pack, variant, tile):
+    """A row-contiguous x is seen as [M * K/32, 32]: one row per 32-block, so tiles never straddle the
+    end of a row (K = 2880 in 256-wide tiles would leave the last tile of each row a quarter full);
+    else 2-D tiles of configs.json's "quant" entry. ``stride_row``: x's row stride in the loaded units
+    (32-bit words of bf16 pairs where ``words``); ``tile``: configs.json's values (part of the cache key)."""
+    flat_blocks, tile_m, tile_k, num_warps = tile
+    row_len = K // 2 if words else K
+    if stride_xk == 1 and stride_row == row_len:  # flat: 32-blocks as rows
+        rows, cols, block_m, block_k = M * K // 32, 32, flat_blocks, 32
+        stride_xm, stride_q, stride_s = stride_row * 32 // K, (16 if pack else 32), 1
     else:
-        block_k = min(tile["block_k"], triton.next_power_of_2(K))
-        rows, cols, block_m = M, K, max(1, tile["block_m"] * tile["block_k"] // block_k)
-        stride_xm, stride_q, stride_s = x_arg.stride(0), (K // 2 if pack else K), K // 32
-    col_tiles = triton.cdiv(cols, block_k)
+        block_k = min(tile_k, triton.next_power_of_2(K))
+        rows, cols, block_m = M, K, max(1, tile_m * tile_k // block_k)
+        stride_xm, stride_q, stride_s = stride_row, (K // 2 if pack else K), K // 32
     q_stride = stride_q // (1 if pack else 2)  # fp8 codes are stored as int16 pairs
-    args = (x_arg, rows, cols, stride_xm, x.stride(1), q_stride, stride_s)
-    meta = dict(IS_BF16=x.dtype == torch.bfloat16, WORDS=words is not None, BLOCK_M=block_m, BLOCK_K=block_k,
-                num_warps=tile["num_warps"])
+    meta = dict(IS_BF16=dtype == torch.bfloat16, WORDS=words, BLOCK_M=block_m, BLOCK_K=block_k,
+                num_warps=num_warps)
     key = ("mx", pack, variant, tuple(sorted(meta.items())))  # one compiled kernel: one occupancy
-    grid = (max(1, _persistent.programs(key, triton.cdiv(rows, block_m), tile["programs_per_sm"], x.device)
-                // col_tiles), col_tiles)
-    return grid, args, meta, key
+    return rows, cols, stride_xm, q_stride, stride_s, triton.cdiv(rows, block_m), triton.cdiv(cols, block_k), meta, key
 
 
 def _mx_quantize(x, fmt, scale_mode, pack):

@@ -133,6 +133,27 @@ def test_bit_exact_on_exact_inputs_gpu(path, gate_mode, doweight, bias, mask, mo
     _run_bit_exact(path, gate_mode, doweight, bias, mask, mode, rng, device, dict(M=200, E=32, H=256, I=256, topk=4))
 
 
+def _backend_tiles():
+    from moe_kernels import dispatch
+    from moe_kernels._tuning import CONFIGS
+
+    backend = dispatch._backend()
+    return [e for e in CONFIGS["gpu"] if e.get("backend", backend) == backend]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", range(len(_backend_tiles())))
+@pytest.mark.parametrize("path", PATH_NAMES)
+def test_bit_exact_at_every_tile_configuration_gpu(tile, path, rng, device, monkeypatch):
+    """Each configs.json tile of this GPU's backend (the large-M ones are chosen only past 64 pairs per
+    expert, which the shapes above do not reach), forced on one problem: the reference's bits."""
+    from moe_kernels._tuning import CONFIGS
+
+    monkeypatch.setitem(CONFIGS, "gpu", [dict(_backend_tiles()[tile], max_pairs_per_expert=None)])
+    _run_bit_exact(path, "interleave", False, True, False, "round_up", rng, device,
+                   dict(M=200, E=8, H=256, I=192, topk=2))
+
+
 @functools.lru_cache(maxsize=4)
 def _problem_and_references(seed: int, shape: tuple, gate_mode: str):
     """One random problem and its emulated references on every path (shared by the paths' tests)."""
