@@ -111,12 +111,6 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
     _check(topk_ids.dtype in (torch.int32, torch.int64), "topk_ids", lambda: f"expected int32, got {topk_ids.dtype}")
     _check(topk_weights.dtype == torch.float32 and topk_weights.shape == topk_ids.shape, "topk_weights",
            lambda: f"expected float32 {list(topk_ids.shape)}, got {topk_weights.dtype} {list(topk_weights.shape)}")
-    if topk_ids.numel():
-        if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():  # no host sync in a CUDA graph
-            torch._assert_async(((topk_ids >= 0) & (topk_ids < E)).all(), f"topk_ids: expert ids must lie in [0, {E - 1}]")
-        else:
-            lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # one host sync
-            _check(lo >= 0 and hi < E, "topk_ids", lambda: f"expert ids must lie in [0, {E - 1}], got [{lo}, {hi}]")
     for name, shape in (("bias1", (E, 2 * I)), ("bias2", (E, H))):
         b = named[name]
         if b is not None:
@@ -125,6 +119,40 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
     if expert_mask is not None:
         _check(tuple(expert_mask.shape) == (E,), "expert_mask", lambda: f"expected shape [{E}], got {list(expert_mask.shape)}")
     return M, E, H, I, topk_ids.shape[1]
+
+
+def _check_ids(topk_ids, E, defer: bool):
+    """The expert ids' range check. On the host it is immediate; for a CUDA tensor it would be a host
+    sync that stalls the caller until the GPU catches up, so with ``defer`` it is queued on the device
+    (a flag copied to pinned memory, an event) and :func:`_raise_bad_ids` waits for that event only
+    after the kernels are queued (they drop out-of-range ids meanwhile: ``routing``); under CUDA-graph
+    capture it is a device assert."""
+    if not topk_ids.numel():
+        return None
+    if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():  # no host sync in a CUDA graph
+        torch._assert_async(((topk_ids >= 0) & (topk_ids < E)).all(), f"topk_ids: expert ids must lie in [0, {E - 1}]")
+        return None
+    if topk_ids.is_cuda and defer:
+        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+        flag.copy_(((topk_ids < 0) | (topk_ids >= E)).any(), non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return topk_ids, E, flag, done
+    _raise_bad_ids((topk_ids, E, None, None))
+    return None
+
+
+def _raise_bad_ids(pending) -> None:
+    """Raise the ValueError of a range check (``_check_ids``) that failed; None: nothing pending."""
+    if pending is None:
+        return
+    topk_ids, E, flag, done = pending
+    if flag is not None:
+        done.synchronize()
+        if not bool(flag):
+            return
+    lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # one host sync
+    _check(lo >= 0 and hi < E, "topk_ids", lambda: f"expert ids must lie in [0, {E - 1}], got [{lo}, {hi}]")
 
 
 _CONFIG_KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages")
@@ -162,8 +190,17 @@ def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, acti
              gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT, bias1=None, bias2=None,
              doweight_stage1=False, expert_mask=None, scale_mode="round_up", arch=None, env=None) -> MoEPlan:
     """Validate the call and return the plan ``fused_moe`` would execute (selector decision included)."""
+    plan, _ = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, bias1, bias2,
+                    expert_mask, scale_mode, arch, env, defer_ids=False)
+    return plan
+
+
+def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, bias1, bias2, expert_mask,
+          scale_mode, arch, env, defer_ids):
+    """(plan, pending id check) - ``plan_moe``, with the ids' range check deferred where ``defer_ids``."""
     M, E, H, I, topk = _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1, bias2,
                                  expert_mask)
+    pending = _check_ids(topk_ids, E, defer_ids)
     if activation not in _ACT_IDS:
         raise ValueError(f"activation={activation!r} is not supported by the kernels; expected one of {list(_ACT_IDS)}")
     decision = select_activation_dtype(M, arch=detect_arch() if arch is None else arch, weight_dtype="fp4x2",
@@ -171,7 +208,7 @@ def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, acti
     mode = em.ScaleMode.parse(scale_mode).value
     block_m, block_n1, block_n2, block_k, warps, stages = _config(M, E, topk, _runtime.INTERPRET, H, I)
     return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, M, E, H, I, topk,
-                   block_m, block_n1, block_n2, block_k, warps, stages)
+                   block_m, block_n1, block_n2, block_k, warps, stages), pending
 
 
 def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, kf: KernelFormat) -> torch.Tensor:
@@ -205,10 +242,8 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     ``return_trace=True`` returns ``(out, MoERun)`` with the quantized intermediates; ``poison=True``
     fills every buffer the kernels write with NaN / 0xFF first (a testing aid).
     """
-    plan = plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation=activation,
-                    gate_mode=gate_mode, alpha=alpha, limit=limit, bias1=bias1, bias2=bias2,
-                    doweight_stage1=doweight_stage1, expert_mask=expert_mask, scale_mode=scale_mode, arch=arch,
-                    env=env)
+    plan, pending = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, bias1,
+                          bias2, expert_mask, scale_mode, arch, env, defer_ids=True)
     origin = hidden.device
     dev = _runtime.launch_device(hidden)
     to = lambda t: None if t is None else t.to(dev)  # noqa: E731
@@ -216,7 +251,8 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         to, (hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids))
     bias1, bias2, expert_mask = to(bias1), to(bias2), to(expert_mask)
     M, E, H, I, topk = plan.M, plan.E, plan.H, plan.I, plan.topk  # noqa: E741
-    live = None if expert_mask is None else (expert_mask != 0)[topk_ids.to(torch.int64)]  # None: all live
+    # None: all live (ids clamped: out-of-range ones are dropped by the alignment and then reported)
+    live = None if expert_mask is None else (expert_mask != 0)[topk_ids.to(torch.int64).clamp(0, E - 1)]
 
     if plan.act_dtype == "bf16":
         a_q, a_scale = hidden.contiguous(), None
@@ -265,6 +301,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         _sum_slots_kernel[(triton.cdiv(M, block_t), triton.cdiv(H, block_h))](
             y, y if live is None else live, out.view(torch.int16), M, H, topk, HAS_MASK=live is not None,
             BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
+    _raise_bad_ids(pending)
     out = out.to(origin)
     if return_trace:
         h_view = h_q.view(torch.bfloat16) if kind == KIND_BF16 else h_q

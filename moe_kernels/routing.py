@@ -20,7 +20,9 @@ SMALL_PAIRS = 256
 
 
 def align_pairs(topk_ids: torch.Tensor, live: torch.Tensor | None, block_m: int, E: int):
-    """Block layout of the (token, slot) pairs by expert; ``live`` None: every pair's expert is here."""
+    """Block layout of the (token, slot) pairs by expert; ``live`` None: every pair's expert is here.
+    Pairs whose id is outside [0, E) are not placed (as masked ones): ``fused_moe`` reports them after
+    the kernels are queued, and they must not index out of bounds meanwhile."""
     n_pairs = topk_ids.numel()
     n_blocks = -(-(n_pairs + (block_m - 1) * min(E, n_pairs)) // block_m)
     if n_pairs <= SMALL_PAIRS:
@@ -31,7 +33,8 @@ def align_pairs(topk_ids: torch.Tensor, live: torch.Tensor | None, block_m: int,
 def _align_torch(topk_ids, live, block_m, E, n_blocks):
     flat = topk_ids.reshape(-1).to(torch.int64)
     n_pairs = flat.numel()
-    key = flat if live is None else torch.where(live.reshape(-1), flat, E)  # masked pairs sort last, under key E
+    placed = (flat >= 0) & (flat < E) if live is None else (flat >= 0) & (flat < E) & live.reshape(-1)
+    key = torch.where(placed, flat, E)  # masked pairs (and ids out of range) sort last, under key E
     order = torch.argsort(key, stable=True)
     counts = torch.zeros(E + 1, dtype=torch.int64, device=flat.device).scatter_add_(0, key, torch.ones_like(key))[:E]
     blocks = (counts + block_m - 1) // block_m
@@ -39,8 +42,7 @@ def _align_torch(topk_ids, live, block_m, E, n_blocks):
     start_out = (torch.cumsum(blocks, 0) - blocks) * block_m
     key_sorted = torch.clamp(key[order], max=E - 1)
     dest = start_out[key_sorted] + torch.arange(n_pairs, device=flat.device) - start_in[key_sorted]
-    if live is not None:
-        dest = torch.where(key[order] < E, dest, n_blocks * block_m)  # masked pairs: a trash slot past the end
+    dest = torch.where(key[order] < E, dest, n_blocks * block_m)  # masked pairs: a trash slot past the end
     sorted_ids = torch.full((n_blocks * block_m + 1,), n_pairs, dtype=torch.int32, device=flat.device)
     sorted_ids[dest] = order.to(torch.int32)
     block_expert = torch.searchsorted(torch.cumsum(blocks, 0), torch.arange(n_blocks, device=flat.device),
@@ -64,8 +66,9 @@ def _align_one_program(topk_ids, live, block_m, E, n_blocks):
 
 @triton.jit
 def _keys(ids_ptr, live_ptr, idx, n_pairs, E, HAS_LIVE: tl.constexpr):
-    """Expert of pairs ``idx``; E for a masked pair or one past the end."""
+    """Expert of pairs ``idx``; E for a masked pair, an id outside [0, E) or one past the end."""
     key = tl.load(ids_ptr + idx, mask=idx < n_pairs, other=E).to(tl.int32)
+    key = tl.where((key >= 0) & (key < E), key, E)
     if HAS_LIVE:
         key = tl.where(tl.load(live_ptr + idx, mask=idx < n_pairs, other=0) != 0, key, E)
     return key

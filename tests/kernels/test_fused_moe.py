@@ -278,6 +278,49 @@ def test_bad_input_names_the_argument(change, match, rng):
         mk.fused_moe(*kw.values(), arch="gfx950", env={})
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [4, 200])  # 8 / 400 pairs: the one-program and the torch alignment
+@pytest.mark.parametrize("masked", [False, True])
+def test_out_of_range_ids_raise_on_the_gpu(M, masked, rng, device):
+    """On a GPU the range check is queued with the kernels (no host sync before them) and raised once
+    they are queued: still the ValueError naming topk_ids, and the CUDA context stays usable."""
+    p = random_moe_problem(rng, M=M, E=4, H=64, I=64, topk=2).to_torch(device)
+    kw = dict(zip(["hidden", "w1", "w1_scale", "w2", "w2_scale", "topk_weights", "topk_ids"], p.args()))
+    good = mk.fused_moe(*kw.values(), arch="gfx950", env={})
+    mask = torch.tensor([1, 0, 1, 1], dtype=torch.int32, device=device) if masked else None
+    for bad in (-1, 4, 1000):
+        ids = kw["topk_ids"].clone()
+        ids[M // 2, 1] = bad
+        with pytest.raises(ValueError, match=r"topk_ids: expert ids must lie in \[0, 3\]"):
+            mk.fused_moe(*{**kw, "topk_ids": ids}.values(), arch="gfx950", env={}, expert_mask=mask)
+    again = mk.fused_moe(*kw.values(), arch="gfx950", env={})
+    assert torch.equal(good.view(torch.int16), again.view(torch.int16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", PATH_NAMES)
+def test_cuda_graph_replay_equals_eager(path, rng, device):
+    """fused_moe captured in a CUDA graph (no host sync inside; the id check is a device assert) and
+    replayed on new inputs copied into the captured buffers: the eager call's bits."""
+    shape = dict(M=64, E=8, H=256, I=128, topk=2)
+    route = {**ROUTES[path, "interleave"], "gate_mode": "interleave"}
+    static = random_moe_problem(rng, **shape).to_torch(device)
+    args = list(static.args())
+    mk.fused_moe(*args, **route)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mk.fused_moe(*args, **route)
+    for _ in range(2):
+        fresh = random_moe_problem(rng, **shape).to_torch(device)
+        for buf, new in zip(args, fresh.args()):
+            buf.copy_(new)
+        graph.replay()
+        want = mk.fused_moe(*fresh.args(), **route)
+        torch.cuda.synchronize()
+        assert torch.equal(out.view(torch.int16), want.view(torch.int16))
+
+
 def test_h_not_multiple_of_32_and_bad_env(rng):
     p = random_moe_problem(rng, M=4, E=4, H=64, I=32, topk=2).to_torch()
     with pytest.raises(ValueError, match="AITER_MOE_FORCE_BF16_ACT='yes please'"):
@@ -294,11 +337,13 @@ _SMALL_PAIRS = 256  # moe_kernels.routing.SMALL_PAIRS (asserted below): the one-
 @pytest.mark.parametrize("M, E, topk, block_m, impl",
                          [(*shape, impl) for shape in _ALIGN_SHAPES for impl in ("one_program", "torch")
                           if impl == "torch" or shape[0] * shape[2] <= _SMALL_PAIRS])
-@pytest.mark.parametrize("masked", [None, False, True])
+@pytest.mark.parametrize("masked, bad_ids", [(None, False), (False, False), (True, False), (None, True), (True, True)])
 @pytest.mark.parametrize("where", ["interpreter", pytest.param("gpu", marks=pytest.mark.gpu)])
-def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, impl, where, rng, device):
+def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, bad_ids, impl, where, rng, device):
     """fused_moe's sync-free alignment (both implementations) holds moe_ref.moe_align_block_size's
-    blocks, then -1 blocks; masked None: no expert mask (no live tensor), False: all live."""
+    blocks, then -1 blocks; masked None: no expert mask (no live tensor), False: all live. bad_ids:
+    some ids outside [0, E) (fused_moe raises for them after its kernels are queued): those pairs are
+    not placed, as if they belonged to an extra, masked expert E."""
     from moe_kernels import routing
     from moe_ref import moe_align_block_size
 
@@ -307,11 +352,17 @@ def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, impl, wher
     ids = torch.from_numpy(rng.integers(0, E, (M, topk)).astype(np.int32))
     mask = torch.from_numpy((rng.random(E) < 0.6).astype(np.int32)) if masked else None
     live = None if masked is None else torch.ones((M, topk), dtype=torch.bool) if mask is None else (mask != 0)[ids.long()]
+    ref_ids, ref_mask = ids, mask
+    if bad_ids:
+        bad = torch.from_numpy(rng.random((M, topk)) < 0.2)
+        ids = torch.where(bad, torch.from_numpy(rng.choice([-1, E, E + 7, -(2**31)], (M, topk)).astype(np.int32)), ids)
+        ref_ids = torch.where(bad, E, ids)
+        ref_mask = torch.cat([torch.ones(E, dtype=torch.int32) if mask is None else mask, torch.zeros(1, dtype=torch.int32)])
     n_blocks = -(-(M * topk + (block_m - 1) * min(E, M * topk)) // block_m)
     align = routing._align_one_program if impl == "one_program" else routing._align_torch
     sorted_ids, expert_ids = align(ids.to(device), None if live is None else live.to(device), block_m, E, n_blocks)
     sorted_ids, expert_ids = sorted_ids.cpu(), expert_ids.cpu()
-    want_sorted, want_experts, padded = moe_align_block_size(ids, block_m, E, expert_mask=mask)
+    want_sorted, want_experts, padded = moe_align_block_size(ref_ids, block_m, E + bad_ids, expert_mask=ref_mask)
     n_real = int(padded) // block_m
     assert n_blocks >= n_real and sorted_ids.shape == (n_blocks * block_m,)
     np.testing.assert_array_equal(sorted_ids[: int(padded)].numpy(), np.asarray(want_sorted))
