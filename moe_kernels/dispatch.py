@@ -8,6 +8,7 @@ bf16 -> a16w4, fp4x2 -> a4w4 (MXFP4 activations, ``quantize_mxfp4``), fp8 -> a8w
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -163,6 +164,14 @@ def _backend() -> str:
     return "hip" if torch.version.hip else "cuda"
 
 
+@functools.cache
+def _ptx_decode(device: torch.device) -> bool:
+    """Whether the GEMMs decode weights with their PTX (``moe_gemm.load_mxfp4_rows_bf16``): NVIDIA
+    GPUs with bf16x2 arithmetic (sm_80 and later); the interpreter and ROCm use the portable decode."""
+    return (not _runtime.INTERPRET and device.type == "cuda" and _backend() == "cuda"
+            and torch.cuda.get_device_capability(device) >= (8, 0))
+
+
 def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = None,
             I: int | None = None, backend: str | None = None) -> tuple[int, int, int, int, int, int]:  # noqa: E741
     """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps, num_stages) from ``configs.json``:
@@ -270,7 +279,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         sorted_ids, expert_ids, n_blocks = align_pairs(topk_ids, live, plan.block_m, E)
         tw = topk_weights.contiguous().reshape(-1)
         kf = KernelFormat.of(_ELEMENT_FORMAT[plan.act_dtype])
-        wfmt = weight_constexprs(ptx=not _runtime.INTERPRET and _backend() == "cuda")
+        wfmt = weight_constexprs(ptx=_ptx_decode(dev))
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_scale_arg = h_scale if h_scale is not None else h_q
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
