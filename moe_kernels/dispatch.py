@@ -286,7 +286,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
                       num_warps=plan.num_warps, num_stages=plan.num_stages, **wfmt)
         if n_blocks:
             a_in = a_q if kind == KIND_BF16 else _dequantize_rows(a_q, a_scale, kind, H, kf)
-            grid1 = (n_blocks, triton.cdiv(I, plan.block_n1))
+            grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.block_and_tile)
             _moe_stage1_kernel[grid1](
                 a_in, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
                 expert_ids, h_q, h_scale_arg, n_pairs, topk, H, I,
@@ -296,7 +296,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
                 ACT=_ACT_IDS[activation], HAS_BIAS=bias1 is not None, DOWEIGHT=bool(doweight_stage1),
                 ALPHA=float(alpha), LIMIT=float(limit), MODE=SCALE_MODE_IDS[em.ScaleMode(plan.scale_mode)],
                 BLOCK_N=plan.block_n1, **kf.constexprs("F_"), **common)
-            grid2 = (n_blocks, triton.cdiv(H, plan.block_n2))
+            grid2 = (n_blocks * triton.cdiv(H, plan.block_n2),)
             h_in = h_q.view(torch.bfloat16) if kind == KIND_BF16 else _dequantize_rows(h_q, h_scale, kind, I, kf)
             _moe_stage2_kernel[grid2](
                 h_in, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
