@@ -122,12 +122,11 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
     return M, E, H, I, topk_ids.shape[1]
 
 
-def _check_ids(topk_ids, E, defer: bool):
+def _check_ids(topk_ids, E, defer: bool) -> _PendingIdCheck | None:
     """The expert ids' range check. On the host it is immediate; for a CUDA tensor it would be a host
     sync that stalls the caller until the GPU catches up, so with ``defer`` it is queued on the device
-    (a flag copied to pinned memory, an event) and :func:`_raise_bad_ids` waits for that event only
-    after the kernels are queued (they drop out-of-range ids meanwhile: ``routing``); under CUDA-graph
-    capture it is a device assert."""
+    (a flag copied to pinned memory, an event) and finished only after the kernels are queued (they
+    drop out-of-range ids meanwhile: ``routing``); under CUDA-graph capture it is a device assert."""
     if not topk_ids.numel():
         return None
     if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():  # no host sync in a CUDA graph
@@ -138,22 +137,29 @@ def _check_ids(topk_ids, E, defer: bool):
         flag.copy_(((topk_ids < 0) | (topk_ids >= E)).any(), non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        return topk_ids, E, flag, done
-    _raise_bad_ids((topk_ids, E, None, None))
+        return _PendingIdCheck(topk_ids, E, flag, done)
+    _raise_if_ids_out_of_range(topk_ids, E)
     return None
 
 
-def _raise_bad_ids(pending) -> None:
-    """Raise the ValueError of a range check (``_check_ids``) that failed; None: nothing pending."""
-    if pending is None:
-        return
-    topk_ids, E, flag, done = pending
-    if flag is not None:
-        done.synchronize()
-        if not bool(flag):
-            return
+def _raise_if_ids_out_of_range(topk_ids, E) -> None:
     lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # one host sync
     _check(lo >= 0 and hi < E, "topk_ids", lambda: f"expert ids must lie in [0, {E - 1}], got [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class _PendingIdCheck:
+    """A range check queued on the device (``_check_ids``): ``finish`` waits for it alone."""
+
+    topk_ids: torch.Tensor
+    E: int
+    out_of_range: torch.Tensor  # pinned bool, filled by the device
+    done: torch.cuda.Event
+
+    def finish(self) -> None:
+        self.done.synchronize()
+        if bool(self.out_of_range):
+            _raise_if_ids_out_of_range(self.topk_ids, self.E)
 
 
 _CONFIG_KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages")
@@ -286,7 +292,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
                       num_warps=plan.num_warps, num_stages=plan.num_stages, **wfmt)
         if n_blocks:
             a_in = a_q if kind == KIND_BF16 else _dequantize_rows(a_q, a_scale, kind, H, kf)
-            grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.block_and_tile)
+            grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.program_block)
             _moe_stage1_kernel[grid1](
                 a_in, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
                 expert_ids, h_q, h_scale_arg, n_pairs, topk, H, I,
@@ -310,7 +316,8 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         _sum_slots_kernel[(triton.cdiv(M, block_t), triton.cdiv(H, block_h))](
             y, y if live is None else live, out.view(torch.int16), M, H, topk, HAS_MASK=live is not None,
             BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
-    _raise_bad_ids(pending)
+    if pending is not None:
+        pending.finish()
     out = out.to(origin)
     if return_trace:
         h_view = h_q.view(torch.bfloat16) if kind == KIND_BF16 else h_q

@@ -227,21 +227,22 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
 
 
 @triton.jit
-def block_and_tile(N, BLOCK_N: tl.constexpr):
-    """(block of pairs, column tile) of this program. The grid is 1-D, column tiles fastest: programs
-    that run together share one block's activation rows and one expert's weights in L2 (blocks are
-    sorted by expert), instead of all blocks' rows streaming from memory again for every column tile."""
+def program_block(sorted_ptr, expert_ptr, num_valid, N, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """This program's block of sorted (token, slot) pairs and its BLOCK_N output columns: (expert e,
+    pairs, valid, the expert's w and scale bases, first column, columns n, n < N).
+
+    The grid is 1-D, column tiles fastest: programs that run together share one block's activation
+    rows and one expert's weights in L2 (blocks are sorted by expert), instead of all blocks' rows
+    streaming from memory again for every column tile. It has an upper bound of blocks (no host sync
+    to count them); blocks past the last expert's have expert id -1, and the kernels skip them."""
     n_tiles = tl.cdiv(N, BLOCK_N)
-    return tl.program_id(0) // n_tiles, tl.program_id(0) % n_tiles
-
-
-@triton.jit
-def pair_block(sorted_ptr, block, e, num_valid, w_ptr, ws_ptr, stride_we, stride_wse, BLOCK_M: tl.constexpr):
-    """Block ``block`` of sorted (token, slot) pairs, all routed to expert ``e``: (pairs, valid, the
-    expert's w and scale bases). The grid has an upper bound of blocks (no host sync to count them);
-    blocks past the last expert's have expert id -1, and the kernels skip them."""
+    block = tl.program_id(0) // n_tiles
+    e = tl.load(expert_ptr + block).to(tl.int64)
     pairs = tl.load(sorted_ptr + block * BLOCK_M + tl.arange(0, BLOCK_M))
-    return pairs, pairs < num_valid, w_ptr + e * stride_we, ws_ptr + e * stride_wse
+    col0 = (tl.program_id(0) % n_tiles) * BLOCK_N
+    n = col0 + tl.arange(0, BLOCK_N)
+    return e, pairs, pairs < num_valid, w_ptr + e * stride_we, ws_ptr + e * stride_wse, col0, n, n < N
 
 
 @triton.jit
@@ -257,14 +258,10 @@ def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
                        W_PTX: tl.constexpr):
-    block, tile = block_and_tile(I, BLOCK_N)
-    e = tl.load(expert_ptr + block).to(tl.int64)
+    e, pairs, valid, w_e, ws_e, col0, n, n_mask = program_block(sorted_ptr, expert_ptr, num_valid, I, w_ptr, ws_ptr,
+                                                                stride_we, stride_wse, BLOCK_M, BLOCK_N)
     if e >= 0:  # -1: a block past the last expert's
-        pairs, valid, w_e, ws_e = pair_block(sorted_ptr, block, e, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,
-                                             BLOCK_M)
         tokens = tl.where(valid, pairs // topk, 0)
-        n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = n < I
         gate_rows = n * GATE_MUL
         up_rows = gate_rows + (I if UP_OFF_IS_I else 1)
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -291,7 +288,7 @@ def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
             h = (acc_g * s) * acc_u
         if DOWEIGHT:
             h = h * tl.load(tw_ptr + pairs, mask=valid, other=0.0)[:, None]
-        store_quantized_rows(out_ptr, out_scale_ptr, h, pairs, tile * BLOCK_N, valid, I, stride_o, stride_os, OUT_KIND, MODE,
+        store_quantized_rows(out_ptr, out_scale_ptr, h, pairs, col0, valid, I, stride_o, stride_os, OUT_KIND, MODE,
                              BLOCK_M, BLOCK_N, F_MAN_BITS, F_EMIN, F_EMAX, F_MAX_CODE, F_NAN_CODE, F_SIGN_SHIFT,
                              F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS)
 
@@ -304,14 +301,10 @@ def _moe_stage2_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
                        W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
                        W_PTX: tl.constexpr):
-    block, tile = block_and_tile(H, BLOCK_N)
-    e = tl.load(expert_ptr + block).to(tl.int64)
+    e, pairs, valid, w_e, ws_e, _, n, n_mask = program_block(sorted_ptr, expert_ptr, num_valid, H, w_ptr, ws_ptr,
+                                                             stride_we, stride_wse, BLOCK_M, BLOCK_N)
     if e >= 0:  # -1: a block past the last expert's
-        pairs, valid, w_e, ws_e = pair_block(sorted_ptr, block, e, num_valid, w_ptr, ws_ptr, stride_we, stride_wse,
-                                             BLOCK_M)
         rows = tl.where(valid, pairs, 0)
-        n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = n < H
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, I, BLOCK_K):
             a = load_bf16_rows(a_ptr, rows, stride_a, k0, I, valid, BLOCK_K)
