@@ -113,7 +113,7 @@ def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_
     inf, as the fp32 dequantization does).
 
     PTX (NVIDIA, sm_80+; e2m1 only): both nibbles of a byte decoded at once as a bf16x2 pair, two ``fma.rn.bf16x2``
-    per pair (~3.5 instructions a weight instead of ~9); else the same steps in fp32 on int32 lanes.
+    per pair (~3 instructions a weight instead of ~9); else the same steps in fp32 on int32 lanes.
     """
     R: tl.constexpr = rows.shape[0]
     byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
@@ -121,8 +121,12 @@ def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_
     MAG: tl.constexpr = (1 << SIGN_SHIFT) - 1
     SIGN: tl.constexpr = 1 << SIGN_SHIFT
     if PTX:
-        scale16 = tl.where(byte == 0, 0x0040, tl.where(byte == 255, 0x7FC0, byte << 7))  # bf16 2^(byte - 127)
-        pairs = _e2m1x2_to_bf16x2(packed, tl.broadcast_to(scale16 | (scale16 << 16), packed.shape))
+        # bf16x2 2^(byte - 127) in both halves: byte << 7, or the subnormal 0x0040 for byte 0 (the max);
+        # byte 255 gives inf there, and its NaN comes from the first factor instead of 2^(127 - BIAS)
+        scale_pair = tl.maximum(byte * 0x00800080, 0x00400040)
+        unbias_pair = _bf16x2_unbias_or_nan(scale_pair)
+        pairs = _e2m1x2_to_bf16x2(packed, tl.broadcast_to(scale_pair, packed.shape),
+                                  tl.broadcast_to(unbias_pair, packed.shape))
         lo = pairs.to(tl.int16)  # element 2j: the low half
         hi = (pairs >> 16).to(tl.int16)
     else:
@@ -140,40 +144,60 @@ def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_
 
 
 def _e2m1x2_asm() -> str:
-    """PTX for four fp4x2 bytes ($4, one register) and their scales ($5-$8, bf16 2^(byte - 127) in both
-    halves) -> four bf16x2 pairs ($0-$3): prmt puts byte i's low nibble at bits 0-3 and its high nibble
-    (from x >> 4) at bits 16-19; the magnitude bits move to bf16 bit 7 - MAN_BITS and up, the sign to
-    bit 15, both halves at once; then two fma.rn.bf16x2 with -0 addends (exact: ``load_mxfp4_rows_bf16``)."""
+    """PTX for four fp4x2 bytes ($4, one register) -> four bf16x2 pairs ($0-$3); $5-$8: each byte's
+    bf16x2 scale 2^(byte - 127) in both halves, $9-$12: bf16x2 2^(127 - BIAS) (NaN for byte 255).
+
+    prmt puts byte i of x << 4 (its low nibble on top) in bits 8-15 and byte i of x (high nibble on
+    top) in bits 24-31: each half holds its code in bits 12-15, the sign already at bit 15; one shift
+    moves the magnitude bits to bit 7 - MAN_BITS and up, one lop3 keeps them and the signs, both halves
+    at once (4 instructions a byte); then two fma.rn.bf16x2 with -0 addends (exact:
+    ``load_mxfp4_rows_bf16``)."""
     f = KernelFormat.of("e2m1")
-    mag = (1 << f.sign_shift) - 1
-    unbias = (127 + 127 - f.bias) << 7  # bf16 2^(127 - BIAS)
+    mag = ((1 << f.sign_shift) - 1) << (7 - f.man_bits)
+    shift = 16 - 1 - f.sign_shift - (7 - f.man_bits)  # code at bits 12-15 -> magnitude at 7 - MAN_BITS
     body = "".join(f"""
-        prmt.b32 t, $4, y, {0x4400 + 0x1111 * i};
-        and.b32 m, t, {mag | (mag << 16)};
-        shl.b32 m, m, {7 - f.man_bits};
-        and.b32 s, t, {(1 << f.sign_shift) | (1 << (f.sign_shift + 16))};
-        shl.b32 s, s, {15 - f.sign_shift};
+        prmt.b32 t, x4, $4, {0x4400 + 0x1111 * i};
+        shr.b32 m, t, {shift};
+        and.b32 s, t, {0x80008000};
+        and.b32 m, m, {mag | (mag << 16)};
         or.b32 w, m, s;
-        fma.rn.bf16x2 w, w, u, z;
+        fma.rn.bf16x2 w, w, ${9 + i}, z;
         fma.rn.bf16x2 ${i}, w, ${5 + i}, z;""" for i in range(4))
     return f"""{{
-        .reg .b32 y, t, m, s, w, u, z;
-        shr.u32 y, $4, 4;
-        mov.b32 u, {unbias | (unbias << 16)};
+        .reg .b32 x4, t, m, s, w, z;
+        shl.b32 x4, $4, 4;
         mov.b32 z, {0x80008000};{body}
         }}"""
 
 
 _E2M1X2_ASM: tl.constexpr = tl.constexpr(_e2m1x2_asm())
+_E2M1X2_CONSTRAINTS: tl.constexpr = tl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 9))  # 4 outputs; 1 + 4 + 4 inputs
+
+
+_UNBIAS_ASM: tl.constexpr = tl.constexpr(f"""{{
+        .reg .b32 z, u;
+        mov.b32 z, {0x80008000};
+        mov.b32 u, {((254 - KernelFormat.of("e2m1").bias) << 7) * 0x10001};
+        fma.rn.bf16x2 $0, $1, z, u;
+        }}""")
 
 
 @triton.jit
-def _e2m1x2_to_bf16x2(packed, scale_pairs):
+def _bf16x2_unbias_or_nan(scale_pairs):
+    """bf16x2 2^(127 - BIAS) in both halves, NaN where ``scale_pairs`` is inf (byte 255): scale * -0 + 2^(127 - BIAS)
+    is -0 + 2^(127 - BIAS) for a finite scale and NaN for inf (one instruction instead of a compare and a select)."""
+    return tl.inline_asm_elementwise(asm=_UNBIAS_ASM, constraints="=r,r", args=[scale_pairs], dtype=tl.int32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _e2m1x2_to_bf16x2(packed, scale_pairs, unbias_pairs):
     """fp4x2 bytes (uint8) -> int32 bf16x2 patterns: low half value(low nibble) * 2^(byte - 127), high
-    half value(high nibble) * 2^(byte - 127); ``scale_pairs``: the bf16 2^(byte - 127) in both halves.
-    Four bytes an asm call (``_e2m1x2_asm``)."""
-    return tl.inline_asm_elementwise(asm=_E2M1X2_ASM, constraints="=r,=r,=r,=r,r,r,r,r,r", args=[packed, scale_pairs],
-                                     dtype=tl.int32, is_pure=True, pack=4)
+    half value(high nibble) * 2^(byte - 127); ``scale_pairs``: the bf16 2^(byte - 127) in both halves
+    (subnormal for byte 0; inf for byte 255), ``unbias_pairs``: 2^(127 - BIAS), NaN for byte 255. Four
+    bytes an asm call (``_e2m1x2_asm``)."""
+    return tl.inline_asm_elementwise(asm=_E2M1X2_ASM, constraints=_E2M1X2_CONSTRAINTS,
+                                     args=[packed, scale_pairs, unbias_pairs], dtype=tl.int32, is_pure=True, pack=4)
 
 
 @triton.jit
