@@ -71,8 +71,9 @@ class MoERun:
     plan: MoEPlan
     a_q: torch.Tensor  # stage-1 input: bf16 [M, H], fp4x2 [M, H/2] or e4m3fn codes [M, H]
     a_scale: torch.Tensor | None  # e8m0 [M, H/32]
-    h_q: torch.Tensor  # stage-2 input: bf16 [M*topk, I], fp4x2 [.., I/2] or codes [.., I]
+    h_q: torch.Tensor  # stage-1 output: bf16 [M*topk, I], fp4x2 [.., I/2] or codes [.., I]
     h_scale: torch.Tensor | None  # e8m0 [M*topk, I/32]
+    h_values: torch.Tensor  # stage-2 input, bf16 [M*topk, I]: the values of h_q (h_q itself on the bf16 path)
     y: torch.Tensor  # stage-2 output per pair, fp32 [M*topk, H] (after bias2 and routing weight)
     live: torch.Tensor  # bool [M, topk]: the pair's expert is in expert_mask
 
@@ -277,9 +278,10 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         a_q, a_scale = quantize_mxfp8(hidden, fmt="e4m3fn", scale_mode=plan.scale_mode)
     kind = _KIND[plan.act_dtype]
     n_pairs = M * topk
-    h_cols = I // 2 if kind == KIND_FP4 else I
-    h_q = _alloc((n_pairs, h_cols), torch.int16 if kind == KIND_BF16 else torch.uint8, dev, poison)
-    h_scale = None if kind == KIND_BF16 else _alloc((n_pairs, I // 32), torch.uint8, dev, poison)
+    h_vals = _alloc((n_pairs, I), torch.int16, dev, poison)  # the stage-2 input: bf16 values of the quantized h
+    store_codes = return_trace and kind != KIND_BF16  # the MX codes and scales themselves, for the trace
+    h_q = _alloc((n_pairs, I // 2 if kind == KIND_FP4 else I), torch.uint8, dev, poison) if store_codes else None
+    h_scale = _alloc((n_pairs, I // 32), torch.uint8, dev, poison) if store_codes else None
     y = _alloc((n_pairs, H), torch.float32, dev, poison)
     if n_pairs:
         sorted_ids, expert_ids, n_blocks = align_pairs(topk_ids, live, plan.block_m, E)
@@ -287,7 +289,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         kf = KernelFormat.of(_ELEMENT_FORMAT[plan.act_dtype])
         wfmt = weight_constexprs(ptx=_ptx_decode(dev))
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
-        h_scale_arg = h_scale if h_scale is not None else h_q
+        h_q_arg, h_scale_arg = (h_q, h_scale) if store_codes else (h_vals, h_vals)  # STORE_CODES=False: never written
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
                       num_warps=plan.num_warps, num_stages=plan.num_stages, **wfmt)
         if n_blocks:
@@ -295,15 +297,15 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
             grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.program_block)
             _moe_stage1_kernel[grid1](
                 a_in, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
-                expert_ids, h_q, h_scale_arg, n_pairs, topk, H, I,
+                expert_ids, h_vals, h_q_arg, h_scale_arg, n_pairs, topk, H, I,
                 a_in.stride(0), w1.stride(0), w1.stride(1), w1_scale.stride(0),
-                w1_scale.stride(1), h_q.stride(0), h_scale_arg.stride(0),
-                OUT_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
+                w1_scale.stride(1), h_vals.stride(0), h_q_arg.stride(0), h_scale_arg.stride(0),
+                OUT_KIND=kind, STORE_CODES=store_codes, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
                 ACT=_ACT_IDS[activation], HAS_BIAS=bias1 is not None, DOWEIGHT=bool(doweight_stage1),
                 ALPHA=float(alpha), LIMIT=float(limit), MODE=SCALE_MODE_IDS[em.ScaleMode(plan.scale_mode)],
-                BLOCK_N=plan.block_n1, **kf.constexprs("F_"), **common)
+                BLOCK_N=plan.block_n1, **kf.constexprs("F_", decode=True), **common)
             grid2 = (n_blocks * triton.cdiv(H, plan.block_n2),)
-            h_in = h_q.view(torch.bfloat16) if kind == KIND_BF16 else _dequantize_rows(h_q, h_scale, kind, I, kf)
+            h_in = h_vals.view(torch.bfloat16)
             _moe_stage2_kernel[grid2](
                 h_in, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
                 expert_ids, y, n_pairs, H, I,
@@ -320,7 +322,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         pending.finish()
     out = out.to(origin)
     if return_trace:
-        h_view = h_q.view(torch.bfloat16) if kind == KIND_BF16 else h_q
+        h_view = h_vals.view(torch.bfloat16) if kind == KIND_BF16 else h_q
         live = torch.ones((M, topk), dtype=torch.bool, device=dev) if live is None else live
-        return out, MoERun(plan, a_q, a_scale, h_view, h_scale, y, live)
+        return out, MoERun(plan, a_q, a_scale, h_view, h_scale, h_vals.view(torch.bfloat16), y, live)
     return out

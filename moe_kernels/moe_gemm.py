@@ -4,13 +4,14 @@ Both kernels walk the ``moe_align_block_size`` layout: program (b, n) owns block
 (token, slot) pairs, all routed to one expert, and BLOCK_N output columns. Operands are decoded
 exactly to bf16 tiles in registers (e2m1 / e4m3 values times an e8m0 scale are exact in bf16 for
 every scale of real tensors) and multiplied on the tensor cores with fp32 accumulation. Activations
-come in as bf16: the dispatcher decodes quantized ones once (``_dequant_rows_kernel``) instead of
-every column tile decoding them again.
+come in as bf16: the dispatcher decodes the quantized stage-1 input once (``_dequant_rows_kernel``)
+instead of every column tile decoding it again, and stage 1 stores the stage-2 input as the bf16
+values of its quantized codes (the codes and scales themselves only when asked for).
 
 Stage 1: A = the token's quantized hidden row, W = w1[e] gate and up rows (SEPARATED: j and I + j;
 INTERLEAVE: 2j and 2j + 1) -> two fp32 accumulators -> + bias1 -> activation (``moe_ref.activation``,
 fp32, correctly rounded division) -> (routing weight) -> the stage-2 quantizer (bf16 RNE, or MX per
-32 columns along I with the same scale mode) -> intermediate row of the pair.
+32 columns along I with the same scale mode) -> intermediate row of the pair, as bf16 values.
 Stage 2: A = the pair's intermediate row, W = w2[e] -> + bias2 -> (routing weight) -> y[pair] fp32.
 """
 
@@ -217,17 +218,21 @@ def _dequant_rows_kernel(q_ptr, s_ptr, out_ptr, R, K, stride_q, stride_s, stride
 
 
 @triton.jit
-def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols, stride, scale_stride,
-                         KIND: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
-                         NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                         MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
-    """Quantize fp32 h [BLOCK_M, BLOCK_N] (columns col0 + arange) along the columns and store it."""
+def store_quantized_rows(val_ptr, out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols, stride_v, stride,
+                         scale_stride, KIND: tl.constexpr, MODE: tl.constexpr, STORE_CODES: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr,
+                         EMAX: tl.constexpr, MAX_CODE: tl.constexpr, NAN_CODE: tl.constexpr,
+                         SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr, MAX_FINITE: tl.constexpr,
+                         TINY_BITS: tl.constexpr, BIAS: tl.constexpr):
+    """Quantize fp32 h [BLOCK_M, BLOCK_N] (columns col0 + arange) along the columns; store the quantized
+    values as bf16 patterns (``val_ptr`` int16: what stage 2 reads; the MX values decoded exactly as
+    ``_dequant_rows_kernel`` does, without a pass of their own) and, with STORE_CODES, the MX codes
+    (``out_ptr``) and scale bytes (``out_scale_ptr``)."""
     cols = col0 + tl.arange(0, BLOCK_N)
     col_mask = cols < ncols
     mask = row_mask[:, None] & col_mask[None, :]
     if KIND == 0:
-        tl.store(out_ptr + rows[:, None] * stride + cols[None, :], f32_to_bf16_bits(h).to(tl.int16), mask=mask)
+        tl.store(val_ptr + rows[:, None] * stride_v + cols[None, :], f32_to_bf16_bits(h).to(tl.int16), mask=mask)
     else:
         NB: tl.constexpr = BLOCK_N // 32
         HALF: tl.constexpr = BLOCK_N // 2
@@ -236,18 +241,23 @@ def store_quantized_rows(out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols,
         codes_lo, codes_hi, byte = mx_quantize_pairs(
             tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX,
             SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
-        codes_lo = tl.reshape(codes_lo, (BLOCK_M, HALF))
-        codes_hi = tl.reshape(codes_hi, (BLOCK_M, HALF))
-        if KIND == 1:
-            pcols = col0 // 2 + tl.arange(0, HALF)
-            tl.store(out_ptr + rows[:, None] * stride + pcols[None, :], (codes_lo | (codes_hi << 4)).to(tl.uint8),
-                     mask=row_mask[:, None] & (pcols < ncols // 2)[None, :])
-        else:
-            codes = tl.reshape(tl.join(codes_lo, codes_hi), (BLOCK_M, BLOCK_N))
-            tl.store(out_ptr + rows[:, None] * stride + cols[None, :], codes.to(tl.uint8), mask=mask)
-        scols = col0 // 32 + tl.arange(0, NB)
-        tl.store(out_scale_ptr + rows[:, None] * scale_stride + scols[None, :], byte.to(tl.uint8),
-                 mask=row_mask[:, None] & (scols < ncols // 32)[None, :])
+        val_lo = tl.reshape(decode_scaled_bits(codes_lo, byte[:, :, None], MAN_BITS, BIAS, SIGN_SHIFT), (BLOCK_M, HALF))
+        val_hi = tl.reshape(decode_scaled_bits(codes_hi, byte[:, :, None], MAN_BITS, BIAS, SIGN_SHIFT), (BLOCK_M, HALF))
+        vals = tl.reshape(tl.join(val_lo, val_hi), (BLOCK_M, BLOCK_N))
+        tl.store(val_ptr + rows[:, None] * stride_v + cols[None, :], (vals >> 16).to(tl.int16), mask=mask)
+        if STORE_CODES:
+            codes_lo = tl.reshape(codes_lo, (BLOCK_M, HALF))
+            codes_hi = tl.reshape(codes_hi, (BLOCK_M, HALF))
+            if KIND == 1:
+                pcols = col0 // 2 + tl.arange(0, HALF)
+                tl.store(out_ptr + rows[:, None] * stride + pcols[None, :],
+                         (codes_lo | (codes_hi << 4)).to(tl.uint8), mask=row_mask[:, None] & (pcols < ncols // 2)[None, :])
+            else:
+                codes = tl.reshape(tl.join(codes_lo, codes_hi), (BLOCK_M, BLOCK_N))
+                tl.store(out_ptr + rows[:, None] * stride + cols[None, :], codes.to(tl.uint8), mask=mask)
+            scols = col0 // 32 + tl.arange(0, NB)
+            tl.store(out_scale_ptr + rows[:, None] * scale_stride + scols[None, :], byte.to(tl.uint8),
+                     mask=row_mask[:, None] & (scols < ncols // 32)[None, :])
 
 
 @triton.jit
@@ -270,17 +280,17 @@ def program_block(sorted_ptr, expert_ptr, num_valid, N, w_ptr, ws_ptr, stride_we
 
 
 @triton.jit
-def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, out_ptr,
+def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, val_ptr, out_ptr,
                        out_scale_ptr, num_valid, topk, H, I,
-                       stride_a, stride_we, stride_wr, stride_wse, stride_wsr, stride_o, stride_os,
-                       OUT_KIND: tl.constexpr, GATE_MUL: tl.constexpr, UP_OFF_IS_I: tl.constexpr,
+                       stride_a, stride_we, stride_wr, stride_wse, stride_wsr, stride_v, stride_o, stride_os,
+                       OUT_KIND: tl.constexpr, STORE_CODES: tl.constexpr, GATE_MUL: tl.constexpr, UP_OFF_IS_I: tl.constexpr,
                        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOWEIGHT: tl.constexpr, ALPHA: tl.constexpr,
                        LIMIT: tl.constexpr, MODE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
                        F_MAN_BITS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
                        F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
                        F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
-                       W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
+                       F_BIAS: tl.constexpr, W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
                        W_PTX: tl.constexpr):
     e, pairs, valid, w_e, ws_e, col0, n, n_mask = program_block(sorted_ptr, expert_ptr, num_valid, I, w_ptr, ws_ptr,
                                                                 stride_we, stride_wse, BLOCK_M, BLOCK_N)
@@ -312,9 +322,9 @@ def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
             h = (acc_g * s) * acc_u
         if DOWEIGHT:
             h = h * tl.load(tw_ptr + pairs, mask=valid, other=0.0)[:, None]
-        store_quantized_rows(out_ptr, out_scale_ptr, h, pairs, col0, valid, I, stride_o, stride_os, OUT_KIND, MODE,
-                             BLOCK_M, BLOCK_N, F_MAN_BITS, F_EMIN, F_EMAX, F_MAX_CODE, F_NAN_CODE, F_SIGN_SHIFT,
-                             F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS)
+        store_quantized_rows(val_ptr, out_ptr, out_scale_ptr, h, pairs, col0, valid, I, stride_v, stride_o, stride_os,
+                             OUT_KIND, MODE, STORE_CODES, BLOCK_M, BLOCK_N, F_MAN_BITS, F_EMIN, F_EMAX, F_MAX_CODE,
+                             F_NAN_CODE, F_SIGN_SHIFT, F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS, F_BIAS)
 
 
 @triton.jit

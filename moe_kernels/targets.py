@@ -102,9 +102,10 @@ class Variant:
 
 
 _MOE_SIG1 = dict(a_ptr="*bf16", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
-                 sorted_ptr="*i32", expert_ptr="*i32", out_ptr="*u8", out_scale_ptr="*u8",
+                 sorted_ptr="*i32", expert_ptr="*i32", val_ptr="*i16", out_ptr="*u8", out_scale_ptr="*u8",
                  num_valid="i32", topk="i32", H="i32", I="i32", stride_a="i32", stride_we="i32",
-                 stride_wr="i32", stride_wse="i32", stride_wsr="i32", stride_o="i32", stride_os="i32")
+                 stride_wr="i32", stride_wse="i32", stride_wsr="i32", stride_v="i32", stride_o="i32",
+                 stride_os="i32")
 _MOE_SIG2 = dict(a_ptr="*bf16", w_ptr="*u8", ws_ptr="*u8", bias_ptr="*fp32", tw_ptr="*fp32",
                  sorted_ptr="*i32", expert_ptr="*i32", y_ptr="*fp32", num_valid="i32", H="i32",
                  I="i32", stride_a="i32", stride_we="i32", stride_wr="i32", stride_wse="i32",
@@ -119,8 +120,8 @@ _PT_SIG = dict(x_ptr="*i16", q_ptr="*u8", s_ptr="*fp32", M="i32", K="i32", n_pai
 
 # what the JIT knows at gpt-oss shapes (H = I = 2880): every pointer and size is a multiple of 16, the
 # scale rows (90 bytes) are not
-_MOE_DIV16_1 = ("a_ptr", "w_ptr", "ws_ptr", "bias_ptr", "tw_ptr", "sorted_ptr", "expert_ptr", "out_ptr",
-                "out_scale_ptr", "H", "I", "stride_a", "stride_we", "stride_wr", "stride_wse", "stride_o")
+_MOE_DIV16_1 = ("a_ptr", "w_ptr", "ws_ptr", "bias_ptr", "tw_ptr", "sorted_ptr", "expert_ptr", "val_ptr", "out_ptr",
+                "out_scale_ptr", "H", "I", "stride_a", "stride_we", "stride_wr", "stride_wse", "stride_v", "stride_o")
 _MOE_DIV16_2 = ("a_ptr", "w_ptr", "ws_ptr", "bias_ptr", "tw_ptr", "sorted_ptr", "expert_ptr", "y_ptr", "H", "I",
                 "stride_a", "stride_we", "stride_wr", "stride_wse", "stride_y")
 
@@ -141,11 +142,11 @@ def _moe_variants():
         ptx = all(TARGETS[t].backend == "cuda" for t in targets)  # as fused_moe picks the decode
         common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **moe_gemm.weight_constexprs(ptx))
         for act_dtype, kind in dispatch._KIND.items():
-            fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_")
+            fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_", decode=True)
             path = dispatch.PATHS[act_dtype]
-            sig1 = {**_MOE_SIG1, **({"out_ptr": "*i16"} if kind == moe_gemm.KIND_BF16 else {})}
-            for gate_mode in ("separated", "interleave"):
-                ce = dict(OUT_KIND=kind, GATE_MUL=1 if gate_mode == "separated" else 2,
+            sig1 = _MOE_SIG1
+            for gate_mode in ("separated", "interleave"):  # fused_moe's own launch: no codes for a trace
+                ce = dict(OUT_KIND=kind, STORE_CODES=False, GATE_MUL=1 if gate_mode == "separated" else 2,
                           UP_OFF_IS_I=gate_mode == "separated", ACT=0, HAS_BIAS=True, DOWEIGHT=False, ALPHA=1.702,
                           LIMIT=7.0, MODE=0, BLOCK_N=block_n1, **common, **fmt)
                 out.append(Variant(f"moe_stage1/{path}/{gate_mode}/{name}", f"mma_bm{block_m}",

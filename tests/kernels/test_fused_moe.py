@@ -297,6 +297,38 @@ def test_out_of_range_ids_raise_on_the_gpu(M, masked, rng, device):
     assert torch.equal(good.view(torch.int16), again.view(torch.int16))
 
 
+def _check_stage2_input(path, rng, device, shape):
+    route = {**ROUTES[path, "separated"], "gate_mode": "separated"}
+    pt = random_moe_problem(rng, **shape).to_torch(device)
+    traced, run = mk.fused_moe(*pt.args(), return_trace=True, poison=True, **route)
+    fast = mk.fused_moe(*pt.args(), poison=True, **route)
+    assert run.plan.path == path
+    assert torch.equal(fast.view(torch.int16), traced.view(torch.int16)), "storing the codes changed the result"
+    got = run.h_values.float().cpu().numpy()
+    if path == "a16w4":
+        np.testing.assert_array_equal(got.view(np.uint32), run.h_q.float().cpu().numpy().view(np.uint32))
+        return
+    codes, scale = run.h_q.cpu().numpy(), run.h_scale.cpu().numpy()
+    want = em.dequantize_mxfp4(codes, scale) if path == "a4w4" else em.dequantize_mxfp8(codes, scale)
+    want = np.where(np.abs(want) < 2.0**-126, np.copysign(0.0, want), want).astype(np.float32)  # documented flush
+    assert np.isfinite(want).all() and (np.abs(want) > 0).mean() > 0.25, "a degenerate draw"
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("path", PATH_NAMES)
+def test_stage2_input_is_the_value_of_the_stage1_codes(path, rng, device):
+    """Stage 1 stores the stage-2 input as the bf16 values of its quantized codes (the codes only for a
+    trace): those values are the emulation's dequantization of the codes, and a call without a trace
+    (no codes stored) gives the same bits."""
+    _check_stage2_input(path, rng, device, dict(M=24, E=4, H=64, I=128, topk=2))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", PATH_NAMES)
+def test_stage2_input_is_the_value_of_the_stage1_codes_gpu(path, rng, device):
+    _check_stage2_input(path, rng, device, dict(M=200, E=8, H=256, I=384, topk=4))  # M < 256: a16w4 is reachable
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", PATH_NAMES)
 def test_cuda_graph_replay_equals_eager(path, rng, device):
