@@ -241,20 +241,18 @@ def store_quantized_rows(val_ptr, out_ptr, out_scale_ptr, h, rows, col0, row_mas
         codes_lo, codes_hi, byte = mx_quantize_pairs(
             tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX,
             SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
-        val_lo = tl.reshape(decode_scaled_bits(codes_lo, byte[:, :, None], MAN_BITS, BIAS, SIGN_SHIFT), (BLOCK_M, HALF))
-        val_hi = tl.reshape(decode_scaled_bits(codes_hi, byte[:, :, None], MAN_BITS, BIAS, SIGN_SHIFT), (BLOCK_M, HALF))
-        vals = tl.reshape(tl.join(val_lo, val_hi), (BLOCK_M, BLOCK_N))
+        codes = tl.reshape(tl.join(codes_lo, codes_hi), (BLOCK_M, NB, 32))  # element order within each block
+        vals = tl.reshape(decode_scaled_bits(codes, byte[:, :, None], MAN_BITS, BIAS, SIGN_SHIFT), (BLOCK_M, BLOCK_N))
         tl.store(val_ptr + rows[:, None] * stride_v + cols[None, :], (vals >> 16).to(tl.int16), mask=mask)
         if STORE_CODES:
-            codes_lo = tl.reshape(codes_lo, (BLOCK_M, HALF))
-            codes_hi = tl.reshape(codes_hi, (BLOCK_M, HALF))
             if KIND == 1:
                 pcols = col0 // 2 + tl.arange(0, HALF)
                 tl.store(out_ptr + rows[:, None] * stride + pcols[None, :],
-                         (codes_lo | (codes_hi << 4)).to(tl.uint8), mask=row_mask[:, None] & (pcols < ncols // 2)[None, :])
+                         tl.reshape(codes_lo | (codes_hi << 4), (BLOCK_M, HALF)).to(tl.uint8),
+                         mask=row_mask[:, None] & (pcols < ncols // 2)[None, :])
             else:
-                codes = tl.reshape(tl.join(codes_lo, codes_hi), (BLOCK_M, BLOCK_N))
-                tl.store(out_ptr + rows[:, None] * stride + cols[None, :], codes.to(tl.uint8), mask=mask)
+                tl.store(out_ptr + rows[:, None] * stride + cols[None, :],
+                         tl.reshape(codes, (BLOCK_M, BLOCK_N)).to(tl.uint8), mask=mask)
             scols = col0 // 32 + tl.arange(0, NB)
             tl.store(out_scale_ptr + rows[:, None] * scale_stride + scols[None, :], byte.to(tl.uint8),
                      mask=row_mask[:, None] & (scols < ncols // 32)[None, :])
