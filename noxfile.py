@@ -10,6 +10,7 @@ with ``--system-site-packages`` and installs neither.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -19,25 +20,66 @@ nox.options.reuse_existing_virtualenvs = True
 CPU_TORCH = "torch==2.13.0"
 USE_INSTALLED_TORCH = os.environ.get("MOE_ORACLE_USE_INSTALLED_TORCH", "0").lower() in ("1", "true")
 VENV_PARAMS = ["--system-site-packages"] if USE_INSTALLED_TORCH else []
+LOCK = Path(__file__).parent / "constraints.txt"
+LOCK_PYTHON = (3, 11)  # the interpreter the lock was resolved on (its header says so)
 
 
-def _install(session: nox.Session, *extras: str) -> None:
+def _lock_args(session: nox.Session) -> list[str]:
+    """``-c <lock>``: the pinned versions (without torch/triton where the vendor's are used)."""
+    py = tuple(int(p) for p in session.run("python", "-c", "import sys; print(*sys.version_info[:2])",
+                                           silent=True).split())
+    if py < LOCK_PYTHON:
+        session.error(f"constraints.txt was resolved on Python {'.'.join(map(str, LOCK_PYTHON))}; this is "
+                      f"{'.'.join(map(str, py))}: use `nox -s tests_latest` (newest releases, no lock)")
+    if not USE_INSTALLED_TORCH:
+        return ["-c", str(LOCK)]
+    kept = [ln for ln in LOCK.read_text().splitlines() if not ln.startswith(("torch==", "triton=="))]
+    path = Path(session.create_tmp()) / "constraints-installed-torch.txt"
+    path.write_text("\n".join(kept) + "\n")
+    return ["-c", str(path)]
+
+
+def _install(session: nox.Session, *extras: str, locked: bool = True) -> None:
+    pins = _lock_args(session) if locked else ["--upgrade", "--upgrade-strategy", "eager"]
     spec = f".[{','.join(extras)}]" if extras else "."
     if USE_INSTALLED_TORCH:
         session.run("python", "-c", "import torch, triton; print('using installed torch', torch.__version__, 'triton', triton.__version__)")
-        session.install("-e", spec)
+        session.install(*pins, "-e", spec)
     else:
-        session.install(CPU_TORCH, "triton", "-e", f".[{','.join(('kernels',) + extras)}]")
+        session.install(*pins, CPU_TORCH, "triton", "-e", f".[{','.join(('kernels',) + extras)}]")
 
 
-@nox.session(venv_params=VENV_PARAMS)
-def tests(session: nox.Session) -> None:
-    """The CPU suite (kernels under TRITON_INTERPRET=1), in parallel."""
-    _install(session, "test", "plot")
+def _run_suite(session: nox.Session) -> None:
     session.run(
         "pytest", "-n", "auto", "-m", "not gpu and not exhaustive", *session.posargs,
         env={"TRITON_INTERPRET": "1"},
     )
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def tests(session: nox.Session) -> None:
+    """The CPU suite (kernels under TRITON_INTERPRET=1), in parallel, with the locked versions."""
+    _install(session, "test", "plot")
+    _run_suite(session)
+
+
+@nox.session(venv_params=VENV_PARAMS, reuse_venv=False)
+def tests_latest(session: nox.Session) -> None:
+    """The CPU suite against the newest releases (no lock): upstream changes show up here first."""
+    _install(session, "test", "plot", locked=False)
+    session.run("python", "-m", "pip", "freeze")
+    _run_suite(session)
+
+
+@nox.session(reuse_venv=False)
+def lock(session: nox.Session) -> None:
+    """Re-resolve the newest releases and rewrite constraints.txt (then review the diff, run nox -s tests)."""
+    session.install(CPU_TORCH, "triton", "-e", ".[kernels,test,plot]", "ruff")
+    frozen = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True)
+    header = [ln for ln in LOCK.read_text().splitlines() if ln.startswith("#")]
+    pins = sorted((ln.split("+")[0] for ln in frozen.splitlines() if "==" in ln), key=str.lower)
+    LOCK.write_text("\n".join(header + pins) + "\n")
+    session.log(f"wrote {LOCK} ({len(pins)} pins); update the date in its header")
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -79,7 +121,7 @@ def targets(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("-c", str(LOCK), "ruff")
     session.run("ruff", "check", ".")
 
 

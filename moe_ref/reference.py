@@ -187,8 +187,12 @@ def _bias(b, shape, name):
 def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act_dtype,
                   activation="swiglu", gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT,
                   bias1=None, bias2=None, doweight_stage1=False, expert_mask=None, scale_mode="round_up",
-                  return_trace=False):
+                  intermediate_dtype=None, return_trace=False):
     """Reference MoE (see the module docstring for the exact definition).
+
+    ``intermediate_dtype`` (emulated paths only): the quantization of step 4, by default the path's
+    own (``act_dtype``); "bf16", "fp4x2", "fp8", or "fp32" (not quantized) model an implementation
+    that quantizes its intermediate differently from its input (a diagnosis, not a path).
 
     Returns [M, H]: float64 for the ideal path; bf16 values for the emulated paths (float32 NumPy,
     or a torch.bfloat16 tensor when ``hidden`` is a torch tensor). ``return_trace=True`` returns
@@ -211,6 +215,10 @@ def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *,
     if mask.shape != (E,):
         raise ValueError(f"expert_mask: expected shape [{E}], got {list(mask.shape)}")
     em.ScaleMode.parse(scale_mode)
+    h_dtype = act_dtype if intermediate_dtype is None else intermediate_dtype
+    if h_dtype is not None and h_dtype not in (*ACT_DTYPES, "fp32"):
+        raise ValueError(f"intermediate_dtype={intermediate_dtype!r} is not valid; expected None, 'fp32' or one of "
+                         f"{list(ACT_DTYPES)}")
 
     ideal = act_dtype is None
     ft = np.float64 if ideal else np.float32
@@ -234,7 +242,7 @@ def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *,
         h = gated_activation(g.astype(ft), activation=activation, gate_mode=gate_mode, alpha=alpha, limit=limit)
         if doweight_stage1:
             h = (h * wts[rows, None]).astype(ft)
-        hq = h if ideal else quantize_activation(h, act_dtype, scale_mode)
+        hq = h if ideal or h_dtype == "fp32" else quantize_activation(h, h_dtype, scale_mode)
         y = hq @ w2e.T.astype(np.float64) if ideal else exact_matmul_f32(hq, w2e, weights.bits_w2(e))
         if b2 is not None:
             y = (y + b2[e].astype(ft)).astype(ft)

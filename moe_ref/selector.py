@@ -9,6 +9,7 @@ default. ``python -m moe_ref`` prints the table from the same data.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ from .env import ENV_VARS, read_env
 
 __all__ = [
     "ACTIVATIONS", "GATE_MODES", "WEIGHT_DTYPES", "QUANT_TYPES", "ACT_DTYPES", "Override", "Rule",
-    "DECISION_TABLE", "Decision", "select_activation_dtype", "detect_arch", "format_decision_table",
+    "DECISION_TABLE", "Decision", "select_activation_dtype", "detect_arch", "format_decision_table", "AMD_ARCHS",
+    "normalize_arch", "known_archs_text",
 ]
 
 ACTIVATIONS = ("swiglu", "silu", "gelu")
@@ -97,11 +99,24 @@ def _check(value, valid, arg):
         raise ValueError(f"{arg}={value!r} is not valid; expected one of {list(valid)}")
 
 
+# Arch names the selector knows: AMD targets by gfx name, NVIDIA as sm<major><minor> (what
+# ``detect_arch`` returns for any CUDA device), and "cpu". Anything else is a typo, not an arch.
+AMD_ARCHS = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1101", "gfx1200", "gfx1201", "gfx1250")
+_NVIDIA_ARCH = re.compile(r"sm[1-9][0-9]{1,2}a?")
+
+
+def known_archs_text() -> str:
+    return f"{', '.join(AMD_ARCHS)}, sm<NN> (NVIDIA, e.g. sm90, sm100) or cpu"
+
+
 def normalize_arch(arch: str) -> str:
-    """"gfx950:sramecc+:xnack-" -> "gfx950"; lower-case; ValueError for a non-string or empty arch."""
+    """"gfx950:sramecc+:xnack-" -> "gfx950"; lower-case; ValueError for a non-string, empty or unknown arch."""
     if not isinstance(arch, str) or not arch.split(":")[0].strip():
-        raise ValueError(f"arch={arch!r} is not valid; expected a string like 'gfx950', 'gfx942', 'sm90' or 'cpu'")
-    return arch.split(":")[0].strip().lower()
+        raise ValueError(f"arch={arch!r} is not valid; expected one of {known_archs_text()}")
+    name = arch.split(":")[0].strip().lower()
+    if name not in AMD_ARCHS and name != "cpu" and not _NVIDIA_ARCH.fullmatch(name):
+        raise ValueError(f"arch={arch!r} is not a known arch; expected one of {known_archs_text()}")
+    return name
 
 
 def detect_arch() -> str:

@@ -62,7 +62,10 @@ def _bf16_ulp(x: np.ndarray) -> np.ndarray:
 
 
 def _flip_step(h: np.ndarray, b_h: np.ndarray, act_dtype: str, scale_mode) -> np.ndarray:
-    """D per element: 0 where Q(h') == Q(h) for every |h' - h| <= b_h, else one step at the larger scale."""
+    """D per element: 0 where Q(h') == Q(h) for every |h' - h| <= b_h, else one step at the larger scale
+    (act_dtype "fp32": no quantization, D = b_h itself)."""
+    if act_dtype == "fp32":
+        return b_h
     if act_dtype == "bf16":
         lo, hi = em.round_to_bf16((h - b_h).astype(np.float32)), em.round_to_bf16((h + b_h).astype(np.float32))
         return np.where(lo == hi, 0.0, 2 * _bf16_ulp(np.abs(h) + b_h))

@@ -136,7 +136,8 @@ def test_environment_is_read_at_call_time(monkeypatch):
     "kwargs, match",
     [(dict(activation="relu"), "activation='relu'.*swiglu"), (dict(gate_mode="split"), "gate_mode='split'"),
      (dict(weight_dtype="int4"), "weight_dtype='int4'"), (dict(quant_type="per_2x2"), "quant_type='per_2x2'"),
-     (dict(quant_type="per_token"), "fp4x2"), (dict(arch=""), "arch=''"), (dict(arch=None), "arch=None")],
+     (dict(quant_type="per_token"), "fp4x2"), (dict(arch=""), "arch=''"), (dict(arch=None), "arch=None"),
+     (dict(arch="gfx9999"), "arch='gfx9999' is not a known arch; expected one of gfx90a"), (dict(arch="sm9"), "sm9")],
 )
 def test_unknown_values_raise_listing_valid_ones(kwargs, match):
     with pytest.raises(ValueError, match=match):

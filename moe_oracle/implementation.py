@@ -1,0 +1,138 @@
+"""The contract for an implementation under test, and how a user's objects become one.
+
+An implementation provides any subset of five callables, each with the signature, layouts and return
+values of the project's own (``moe_kernels``):
+
+- ``quantize_mxfp4(x [M, K] bf16/fp32, *, scale_mode=...) -> (fp4x2 uint8 [M, K/2], e8m0 uint8 [M, K/32])``
+- ``quantize_mxfp8(x, *, fmt="e4m3fn", scale_mode=...) -> (codes uint8 [M, K], e8m0 uint8 [M, K/32])``
+- ``quantize_fp8_per_token(x, *, fmt="e4m3fn") -> (codes uint8 [M, K], scale fp32 [M, 1])``
+- ``fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode, bias1, bias2, ...)``
+  ``-> out bf16 [M, H]`` (or a :class:`LayerResult`, which may also say which activation path ran)
+- ``select_act_dtype(M, *, arch, gate_mode, env) -> "bf16" | "fp4x2" | "fp8"`` (its own dispatch)
+
+Keyword arguments a callable does not declare are not passed (``scale_mode``, ``fmt``, ``arch``,
+``env``, ``poison``); an ``env`` it does not take is applied to ``os.environ`` for the call, as a
+process environment would be. Codes may come back as float8 tensors (viewed as bytes), scales as
+float8_e8m0fnu or uint8, and transposed or strided views: they are compared by value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import os
+import types
+from collections.abc import Callable, Mapping
+
+__all__ = ["Implementation", "LayerResult", "QUANTIZER_KINDS", "as_implementation", "call_with", "applied_env"]
+
+QUANTIZER_KINDS = ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token")
+_CALLABLES = (*QUANTIZER_KINDS, "fused_moe", "select_act_dtype")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerResult:
+    """What a richer ``fused_moe`` adapter returns: the output, and what it knows of its own run."""
+
+    out: object  # [M, H] tensor
+    act_dtype: str | None = None  # the activation path it took ("bf16", "fp4x2", "fp8"), if it says
+    a_q: object = None  # stage-1 input as quantized (fp4x2 / e4m3 codes, bf16), if it exposes it
+    a_scale: object = None  # its e8m0 scales [M, H/32]
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """An implementation under test. ``scale_modes``: the modes its MX quantizers can be asked for
+    (None: any, through ``scale_mode=``); ``declared``: conventions it claims (e.g. {"ties": "even"}),
+    checked against what is measured; ``archs``: the arch profiles it can be run at (None: any, through
+    ``arch=``; else only these, e.g. the device's own); ``note``: one line for the report."""
+
+    name: str
+    quantize_mxfp4: Callable | None = None
+    quantize_mxfp8: Callable | None = None
+    quantize_fp8_per_token: Callable | None = None
+    fused_moe: Callable | None = None
+    select_act_dtype: Callable | None = None
+    scale_modes: tuple[str, ...] | None = None
+    fp8_formats: tuple[str, ...] = ("e4m3fn",)
+    declared: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    archs: tuple[str, ...] | None = None
+    version: str = ""
+    note: str = ""
+
+    def provides(self) -> list[str]:
+        return [n for n in _CALLABLES if getattr(self, n) is not None]
+
+
+def as_implementation(obj, name: str | None = None) -> Implementation:
+    """An :class:`Implementation` from what a user has: one already, a module or object with attributes
+    named like ours (any subset), a mapping of those names, or one callable (taken as ``fused_moe``)."""
+    if isinstance(obj, Implementation):
+        return obj
+    if isinstance(obj, Mapping):
+        unknown = sorted(set(obj) - set(_CALLABLES))
+        if unknown:
+            raise ValueError(f"impl: unknown callable name(s) {unknown}; expected some of {list(_CALLABLES)}")
+        found = dict(obj)
+    elif callable(obj) and not isinstance(obj, (types.ModuleType, type)):
+        found = {"fused_moe": obj}
+    else:
+        found = {n: getattr(obj, n) for n in _CALLABLES if callable(getattr(obj, n, None))}
+    if not found:
+        raise ValueError(f"impl: {obj!r} provides none of {list(_CALLABLES)}")
+    label = name or getattr(obj, "__name__", None) or type(obj).__name__
+    return Implementation(label, **found)
+
+
+def load_spec(spec: str) -> Implementation:
+    """``module:attr`` (attr an Implementation, a factory returning one, a module/object or a callable)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"impl={spec!r}: expected a registered name or module:attr")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"impl={spec!r}: cannot import {module_name}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"impl={spec!r}: {module_name} has no attribute {attr}")
+        obj = getattr(obj, part)
+    if inspect.isfunction(obj) and not inspect.signature(obj).parameters:  # a factory
+        obj = obj()
+    return as_implementation(obj, name=spec)
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+@contextlib.contextmanager
+def applied_env(env: Mapping[str, str] | None):
+    """``os.environ`` with ``env`` set for the duration (restored after, also on error)."""
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    try:
+        os.environ.update(env or {})
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def call_with(fn, *args, env: Mapping[str, str] | None = None, **kwargs):
+    """Call ``fn`` with the keyword arguments it declares (the rest dropped; None values dropped
+    only where undeclared); an ``env`` it does not take is applied to ``os.environ`` for the call."""
+    passed = {k: v for k, v in kwargs.items() if _accepts(fn, k)}
+    if env is not None and _accepts(fn, "env"):
+        return fn(*args, env=env, **passed)
+    with applied_env(env):
+        return fn(*args, **passed)

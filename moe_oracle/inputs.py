@@ -1,0 +1,62 @@
+"""Test inputs for quantizers: blocks of 32 by kind, so that a difference can be named by the kind of
+block it sits in (ordinary, ties, zero, subnormal, huge amax, NaN/Inf)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import emulation as em
+
+__all__ = ["BLOCK_KINDS", "quantizer_input", "classify_blocks"]
+
+BLOCK_KINDS = ("ordinary", "ties", "zero", "subnormal", "huge", "nan_inf")
+
+
+def _grid_midpoints(fmt: str) -> np.ndarray:
+    f = em.get_format(fmt)
+    vals = em.decode(np.arange(f.num_codes), f).astype(np.float64)
+    vals = np.unique(vals[np.isfinite(vals) & (vals >= 0)])
+    return (vals[:-1] + vals[1:]) / 2
+
+
+def _block(rng, kind: str, fmt: str) -> np.ndarray:
+    f = em.get_format(fmt)
+    k = int(rng.integers(-12, 12))
+    if kind == "ordinary":
+        return rng.standard_normal(32) * 2.0 ** rng.uniform(-20, 20)
+    if kind == "ties":  # amax = max_finite * 2^k (the scale 2^k in every mode), elements on grid midpoints
+        mids = _grid_midpoints(fmt)
+        x = rng.choice(mids[mids < f.max_finite], 32) * np.where(rng.random(32) < 0.5, -1, 1)
+        x[int(rng.integers(32))] = f.max_finite
+        return x * 2.0**k
+    if kind == "zero":
+        return np.where(rng.random(32) < 0.5, -0.0, 0.0)
+    if kind == "subnormal":  # fp32 subnormal amax
+        return rng.standard_normal(32) * 2.0**-135
+    if kind == "huge":
+        return rng.standard_normal(32) * 2.0**125
+    x = rng.standard_normal(32)
+    x[rng.integers(32, size=2)] = rng.choice([np.nan, np.inf, -np.inf], 2)
+    return x
+
+
+def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: str = "e2m1") -> np.ndarray:
+    """fp32 [M, K]: each 32-block of one kind, every kind present; ``fmt`` picks the tie grid."""
+    kinds = np.array(BLOCK_KINDS)[rng.integers(len(BLOCK_KINDS), size=(M, K // 32))]
+    kinds.reshape(-1)[: len(BLOCK_KINDS)] = BLOCK_KINDS
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.stack([np.concatenate([_block(rng, kind, fmt) for kind in row]) for row in kinds])
+    return x.astype(np.float32)
+
+
+def classify_blocks(x: np.ndarray) -> np.ndarray:
+    """The kind of every 32-block of fp32 ``x`` [M, K] from its values -> str [M, K/32]."""
+    b = x.reshape(x.shape[0], -1, 32).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        amax = np.abs(b).max(-1)
+    kinds = np.full(amax.shape, "ordinary", dtype=object)
+    kinds[amax < 2.0**-126] = "subnormal"
+    kinds[amax > 2.0**100] = "huge"
+    kinds[amax == 0] = "zero"
+    kinds[~np.isfinite(amax) | np.isnan(b).any(-1)] = "nan_inf"
+    return kinds

@@ -1,0 +1,179 @@
+"""One MoE case of the report: run the implementation's ``fused_moe``, compare with the reference of
+the path the selector chose (bytes of the stage-1 input where the implementation exposes them, the
+output within the derived bound), and diagnose what does not match."""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import numpy as np
+
+import emulation as em
+from moe_ref import select_activation_dtype
+from moe_ref.selector import ACT_DTYPES
+
+from . import references as refs
+from .compare import compare_output
+from .implementation import LayerResult, call_with
+
+__all__ = ["PATH_NAMES", "layer_capabilities", "check_layer_case"]
+
+PATH_NAMES = {"bf16": "a16w4", "fp4x2": "a4w4", "fp8": "a8w4"}
+
+
+def layer_capabilities(fn) -> set[str]:
+    """The keyword arguments of ``fused_moe``'s contract that ``fn`` declares (all, with **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    names = {p.name for p in params}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        names |= {"gate_mode", "bias1", "bias2", "scale_mode", "arch", "env", "poison"}
+    return names
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _as_numpy(t) -> np.ndarray:
+    torch = _torch()
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu()
+        if t.dtype.is_floating_point and t.dtype.itemsize < 4:
+            t = t.float()
+        if t.dtype in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e4m3fnuz", None),
+                       getattr(torch, "float8_e8m0fnu", None)):
+            t = t.view(torch.uint8)
+        return t.contiguous().numpy()
+    return np.asarray(t)
+
+
+def _fill_allocator(device, nbytes: int, byte: int) -> None:
+    """Leave freed memory holding ``byte`` (0xFF: NaN in every float type) where the implementation's
+    buffers will come from: the caching allocator on a GPU; best effort on a CPU heap."""
+    torch = _torch()
+    t = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8, device=device)
+    t.fill_(byte)
+    del t
+
+
+def _run(impl, pt, case, caps, fill: int, device) -> tuple[np.ndarray, LayerResult, float]:
+    M, s = case["M"], case["shape"]
+    H, I, topk = s["H"], s["I"], s["topk"]  # noqa: E741
+    _fill_allocator(device, min(4 * (M * topk * (2 * I + H) * 4 + M * H * 2), 1 << 30), fill)
+    kw = dict(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], arch=case["arch"])
+    if "bias1" in caps:
+        kw.update(pt.biases())
+    if "poison" in caps:
+        kw["poison"] = fill == 0xFF
+    t0 = time.perf_counter()
+    result = call_with(impl.fused_moe, *pt.args(), env=case["env"], **kw)
+    if device.type == "cuda":
+        _torch().cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    if not isinstance(result, LayerResult):
+        result = LayerResult(result[0] if isinstance(result, tuple) else result)
+    out = _as_numpy(result.out).astype(np.float64)
+    if out.shape != (M, H):
+        raise ValueError(f"{impl.name}: fused_moe returned shape {list(out.shape)}, expected [M={M}, H={H}]")
+    return out, result, seconds
+
+
+def _stage1_bytes(result: LayerResult, hidden_bf16: np.ndarray, act_dtype: str, scale_mode) -> tuple[int, int] | None:
+    """(equal, total) bytes of the exposed stage-1 input against the emulation; None if not exposed."""
+    if result.a_q is None:
+        return None
+    got = _as_numpy(result.a_q)
+    if act_dtype == "bf16":
+        want = em.encode(hidden_bf16, "bf16")
+        got = em.encode(got.astype(np.float32), "bf16") if got.dtype != np.uint16 else got
+        return int((got == want).sum()), want.size
+    if act_dtype == "fp4x2":
+        q, s = em.quantize_mxfp4(hidden_bf16, scale_mode=scale_mode)
+    else:
+        q, s = em.quantize_mxfp8(hidden_bf16, fmt="e4m3fn", scale_mode=scale_mode)
+    got_s = _as_numpy(result.a_scale)
+    if got.shape != q.shape or got_s.shape != s.shape:
+        return 0, q.size + s.size
+    return int((got == q).sum() + (got_s == s).sum()), q.size + s.size
+
+
+def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selected, reported) -> list[str]:
+    """Why the output does (not) match: another path's reference, an unquantized intermediate, NaN."""
+    mma_k = refs.mma_k_of(device.type)
+    notes = []
+    if reported is not None and reported != selected:
+        notes.append(f"it reports path {PATH_NAMES.get(reported, reported)}; the selector chose {PATH_NAMES[selected]}")
+    _, ref, _, _ = refs.reference(cache, case, selected, seed, mma_k, with_bias)
+    bad = int((~np.isfinite(out) & np.isfinite(ref)).sum())
+    if bad:
+        notes.append(f"{cmp['nan_out']} NaN and {cmp['inf_out']} Inf outputs ({bad} where the reference is finite)")
+    if cmp["within_tolerance"]:
+        notes.insert(0, f"matches the {PATH_NAMES[selected]} reference (margin {cmp['margin']:.3g})")
+        return notes
+    tried = []
+    for other in ACT_DTYPES:
+        variants = [(other, None)] if other != selected else []
+        variants += [(other, h) for h in ("bf16", "fp32") if other == selected and h != other]
+        for act, inter in variants:
+            _, r, ideal, b = refs.reference(cache, case, act, seed, mma_k, with_bias, intermediate=inter)
+            m = compare_output(out, r, ideal, b)["margin"]
+            label = (f"the {PATH_NAMES[act]} path's reference" if inter is None else
+                     f"the {PATH_NAMES[act]} reference with its intermediate {'unquantized (fp32)' if inter == 'fp32' else 'in bf16'}")
+            tried.append((m, label, act, inter))
+    tried.sort(key=lambda t: t[0])
+    best_m, label, act, inter = tried[0]
+    if best_m <= 1.0 and inter is None:
+        notes.insert(0, f"matches {label} (margin {best_m:.3g}): it took {PATH_NAMES[act]} where the selector chose "
+                        f"{PATH_NAMES[selected]}")
+    elif best_m <= 1.0:
+        notes.insert(0, f"matches {label} (margin {best_m:.3g}): the stage-2 input was not quantized as the "
+                        f"{PATH_NAMES[selected]} path requires")
+    else:
+        notes.insert(0, f"matches no path's reference (margin {cmp['margin']:.3g} on {PATH_NAMES[selected]}; "
+                        f"closest: {label}, margin {best_m:.3g})")
+    return notes
+
+
+def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> dict:
+    """The report's row for one case (see ``report.ROW_LEGEND`` for the fields)."""
+    torch = _torch()
+    caps = layer_capabilities(impl.fused_moe)
+    with_bias = "bias1" in caps
+    decision = select_activation_dtype(case["M"], arch=case["arch"], gate_mode=case["gate_mode"], env=case["env"])
+    selected = cfg.reference_act_dtype or decision.dtype
+    mma_k = refs.mma_k_of(device.type)
+    p, ref, ideal, bound = refs.reference(cache, case, selected, seed, mma_k, with_bias)
+    bound = cfg.tolerance_scale * bound
+    pt = p.to_torch(device)
+    before = [t.clone() for t in pt.args()]
+    out, result, seconds = _run(impl, pt, case, caps, 0xFF, device)
+    cmp = compare_output(out, ref, ideal, bound)
+    reported = result.act_dtype
+    notes = _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selected, reported)
+    out_zeroed, _, _ = _run(impl, pt, case, caps, 0x00, device)
+    changed = int((out_zeroed.view(np.uint64) != out.view(np.uint64)).sum())
+    if changed:
+        notes.append(f"output changes with memory it should not read: {changed} of {out.size} elements differ "
+                     f"between a run over NaN-filled and one over zeroed memory")
+    touched = [n for n, a, b in zip(("hidden", "w1", "w1_scale", "w2", "w2_scale", "topk_weights", "topk_ids"),
+                                    before, pt.args()) if not torch.equal(a, b)]
+    if touched:
+        notes.append(f"it wrote to its inputs: {', '.join(touched)}")
+    bytes_eq = _stage1_bytes(result, p.hidden, reported or selected, case["scale_mode"])
+    ok = cmp["within_tolerance"] and not changed and not touched and (bytes_eq is None or bytes_eq[0] == bytes_eq[1])
+    ok = ok and (reported is None or reported == selected)
+    s = case["shape"]
+    return dict(
+        impl=impl.name, E=s["E"], H=s["H"], I=s["I"], topk=s["topk"], M=case["M"], arch=case["arch"], env=case["env"],
+        gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], path=PATH_NAMES[selected], act_dtype=selected,
+        reported_act_dtype=reported, rule=decision.rule, reason=decision.reason,
+        bytes_equal=None if bytes_eq is None else bytes_eq[0], bytes_total=None if bytes_eq is None else bytes_eq[1],
+        **cmp, poison_sensitive=bool(changed), kernel_seconds=seconds, verdict="PASS" if ok else "FAIL",
+        diagnosis=notes,
+    )

@@ -1,0 +1,173 @@
+"""Checking a quantizer: its bytes against the emulation's, and when they differ, which convention
+(scale mode x tie rule) it does follow, bit for bit, and in which kinds of blocks it still differs.
+
+Works with torch and NumPy alone: the quantizer is any callable of the contract
+(``moe_oracle.implementation``); the project's Triton kernels are not imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+import emulation as em
+
+from .implementation import _accepts, call_with
+from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, quantizer_input
+
+__all__ = ["QuantizerCheck", "check_quantizer", "MX_KINDS"]
+
+MX_KINDS = {"quantize_mxfp4": "e2m1", "quantize_mxfp8": None}  # mxfp8: its fp8 format
+TIES = ("even", "away")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerCheck:
+    """One quantizer on one input: the verdict, and the diagnosis."""
+
+    kind: str  # quantize_mxfp4 | quantize_mxfp8 | quantize_fp8_per_token
+    fmt: str
+    input_dtype: str
+    expected: str  # the convention judged against, e.g. "round_up, ties even"
+    bytes_equal: int
+    bytes_total: int
+    follows: str | None  # the convention that reproduces its ordinary blocks bit for bit (None: none does)
+    closest: str  # the best candidate, with how many blocks it misses
+    differing: dict  # block kind -> number of blocks that differ from `expected`
+    policies: dict  # what it does on zero / NaN-Inf blocks (rows), against the contract
+    notes: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.bytes_equal == self.bytes_total else "FAIL"
+
+    def diagnosis(self) -> str:
+        if self.verdict == "PASS":
+            return f"bit-exact under {self.expected} ({self.bytes_total} bytes)"
+        parts = [f"{self.bytes_total - self.bytes_equal} of {self.bytes_total} bytes differ from {self.expected}"]
+        where = ", ".join(f"{k}: {n}" for k, n in self.differing.items() if n)
+        if where:
+            parts.append(f"differing blocks by kind: {where}")
+        parts.append(f"follows {self.follows} on ordinary/tie/subnormal/huge blocks" if self.follows
+                     else f"no scale mode x tie rule reproduces it; closest {self.closest}")
+        parts += [f"{k}: {v}" for k, v in self.policies.items()]
+        return "; ".join(parts + list(self.notes))
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _bytes(t) -> np.ndarray:
+    torch = _torch()
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu()
+        if t.dtype.itemsize == 1 and t.dtype != torch.uint8:
+            t = t.view(torch.uint8)
+        return t.contiguous().numpy()
+    return np.asarray(t)
+
+
+def _call(fn, x_np, input_dtype, device, **kw):
+    torch = _torch()
+    x = torch.from_numpy(x_np).to(device=device, dtype=getattr(torch, input_dtype))
+    q, s = call_with(fn, x, **kw)
+    return _bytes(q), _bytes(s) if _bytes(s).dtype == np.uint8 else _bytes(s).astype(np.float32)
+
+
+def _mx_candidates(x, fmt):
+    for mode, ties in itertools.product(em.ScaleMode, TIES):
+        codes, scale = em.quantize_mx(x, fmt, scale_mode=mode, ties=ties)
+        yield f"{mode.value}, ties {ties}", codes, scale
+
+
+def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
+    q, s = _call(fn, x, input_dtype, device, scale_mode=scale_mode.value, fmt=fmt)
+    M, K = x.shape
+    codes = em.unpack_fp4x2(q) if pack else q
+    if codes.shape != (M, K) or s.shape != (M, K // 32):
+        raise ValueError(f"{kind}: returned codes {list(q.shape)} and scales {list(s.shape)}; expected "
+                         f"[{M}, {K // 2 if pack else K}] and [{M}, {K // 32}]")
+    kinds = classify_blocks(x)
+    want_c, want_s = em.quantize_mx(x, fmt, scale_mode=scale_mode, ties=ties)
+    expected = f"{scale_mode.value}, ties {ties}"
+    want_q = em.pack_fp4x2(want_c) if pack else want_c
+    equal = int((q == want_q).sum() + (s == want_s).sum())
+    blk = lambda c, sc: (c.reshape(M, -1, 32) == codes.reshape(M, -1, 32)).all(-1) & (sc == s)  # noqa: E731
+    # ties: ordinary blocks holding an element exactly on a grid midpoint at the expected scale
+    scale_v = np.ldexp(1.0, want_s.astype(np.int32) - 127)
+    ratio = np.abs(x.reshape(M, -1, 32).astype(np.float64)) / scale_v[..., None]
+    tie = np.isin(ratio, _grid_midpoints(fmt)).any(-1) & (kinds == "ordinary")
+    kinds = np.where(tie, "ties", kinds)
+    ok = blk(want_c, want_s)
+    differing = {k: int((~ok & (kinds == k)).sum()) for k in BLOCK_KINDS}
+    core = ~np.isin(kinds, ["zero", "nan_inf"])
+    scored = sorted(((int((~blk(c, sc) & core).sum()), name) for name, c, sc in _mx_candidates(x, fmt)))
+    follows = scored[0][1] if scored[0][0] == 0 else None
+    closest = f"{scored[0][1]} ({scored[0][0]} of {int(core.sum())} blocks differ)"
+    policies = {}
+    for k, contract in (("zero", "scale 0x00, codes +-0"), ("nan_inf", "scale 0xFF, codes 0")):
+        sel = kinds == k
+        if sel.any() and not ok[sel].all():
+            got = sorted({int(b) for b in s[sel]})
+            policies[f"{k} blocks"] = f"scale byte(s) {[hex(b) for b in got]} (contract: {contract})"
+    return QuantizerCheck(kind, fmt, input_dtype, expected, equal, want_q.size + want_s.size, follows, closest,
+                          differing, policies)
+
+
+def _per_token_check(fn, x, fmt, input_dtype, device):
+    q, s = _call(fn, x, input_dtype, device, fmt=fmt)
+    M, K = x.shape
+    s = s.reshape(M, -1)[:, :1].astype(np.float32)
+    want_q, want_s = em.quantize_fp8_per_token(x, fmt=fmt, reciprocal=True)
+    equal = int((q.reshape(M, K) == want_q).sum() + (s.view(np.uint32) == want_s.view(np.uint32)).sum())
+    rows_finite = np.isfinite(x).all(1)
+    zero = rows_finite & (np.abs(x).max(1) == 0)
+    ordinary = rows_finite & ~zero
+    scored = []
+    for recip in (True, False):
+        c, sc = em.quantize_fp8_per_token(x, fmt=fmt, reciprocal=recip)
+        bad = ~((c == q.reshape(M, K)).all(1) & (sc.view(np.uint32) == s.view(np.uint32)).all(1))
+        scored.append((int((bad & ordinary).sum()), "x * (1/s)" if recip else "x / s"))
+    scored.sort()
+    ok = (want_q == q.reshape(M, K)).all(1) & (want_s.view(np.uint32) == s.view(np.uint32)).all(1)
+    differing = {"ordinary": int((~ok & ordinary).sum()), "zero": int((~ok & zero).sum()),
+                 "nan_inf": int((~ok & ~rows_finite).sum())}
+    policies = {}
+    if differing["zero"]:
+        policies["zero rows"] = f"scale {sorted({float(v) for v in s[zero, 0]})} (contract: 0.0, codes 0x00)"
+    if differing["nan_inf"]:
+        policies["NaN/Inf rows"] = f"scale {sorted({str(float(v)) for v in s[~rows_finite, 0]})} (contract: NaN, codes NaN)"
+    return QuantizerCheck("quantize_fp8_per_token", fmt, input_dtype, "scale amax/max, x * (1/s), ties even",
+                          equal, want_q.size + want_s.size, scored[0][1] if scored[0][0] == 0 else None,
+                          f"{scored[0][1]} ({scored[0][0]} of {int(ordinary.sum())} rows differ)", differing, policies)
+
+
+def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even", fmt: str | None = None,
+                    input_dtype: str = "bfloat16", device="cpu", seed: int = 0, M: int = 32, K: int = 256,
+                    x: np.ndarray | None = None) -> QuantizerCheck:
+    """Check one quantizer callable of the contract (``kind``: quantize_mxfp4, quantize_mxfp8,
+    quantize_fp8_per_token) against the emulation under ``scale_mode`` and ``ties`` on fresh nasty
+    data drawn from ``seed`` (or on ``x``, fp32 [M, K]); see :class:`QuantizerCheck`."""
+    if kind not in (*MX_KINDS, "quantize_fp8_per_token"):
+        raise ValueError(f"kind={kind!r} is not valid; expected one of {[*MX_KINDS, 'quantize_fp8_per_token']}")
+    if ties not in TIES:
+        raise ValueError(f"ties={ties!r} is not valid; expected one of {list(TIES)}")
+    mode = em.ScaleMode.parse(scale_mode)
+    elem = MX_KINDS.get(kind) or fmt or "e4m3fn"
+    if x is None:
+        x = quantizer_input(np.random.default_rng(seed), M, K, elem)
+    torch = _torch()
+    x = torch.from_numpy(np.asarray(x, np.float32)).to(getattr(torch, input_dtype)).float().numpy()  # as the kernel sees it
+    if kind == "quantize_fp8_per_token":
+        result = _per_token_check(fn, x, elem, input_dtype, device)
+    else:
+        result = _mx_check(kind, fn, x, elem, mode, ties, input_dtype, device, pack=kind == "quantize_mxfp4")
+    if not _accepts(fn, "scale_mode") and kind != "quantize_fp8_per_token":
+        result = dataclasses.replace(result, notes=result.notes + ("takes no scale_mode: its own fixed mode",))
+    return dataclasses.replace(result, seed=seed)
