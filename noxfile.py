@@ -100,7 +100,7 @@ def exhaustive(session: nox.Session) -> None:
 def verify(session: nox.Session) -> None:
     """The main job: the conformance report on its embedded default configuration."""
     _install(session, "plot")
-    session.run("python", "-m", "moe_kernels.verify", *session.posargs, env=_interpret_without_gpu())
+    session.run("python", "-m", "moe_oracle", *session.posargs, env=_interpret_without_gpu())
 
 
 @nox.session(venv_params=VENV_PARAMS)

@@ -22,7 +22,7 @@ fi
 if [[ $what == verify || $what == all ]]; then
   # references run in worker processes (--workers, 8 on a GPU run): two BLAS threads each
   OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2 \
-    python -m moe_kernels.verify --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
+    python -m moe_oracle --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
 fi
 if [[ $what == bench || $what == all ]]; then
   python -m benchmarks.bench_quant --json "$out/bench_quant.json" 2>&1 | tee "$out/bench_quant.log" || rc=1

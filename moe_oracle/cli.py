@@ -1,0 +1,158 @@
+"""``moe-oracle verify``: the conformance report of an implementation over a matrix of cases.
+
+For every case (shape, M, arch, env, gate mode, scale mode) the selector says which activation path
+the layer must take; the implementation's ``fused_moe`` runs, and its output is compared with that
+path's emulated reference within the derived bound (and its stage-1 bytes with the emulation's,
+where it exposes them); its quantizers are checked byte for byte on nasty data; its own dispatch,
+if it has one, against the selector. Exit status: 0 all pass, 1 any case fails, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from .config import DEFAULT_ARCHS, DEFAULT_CPU, DEFAULT_GPU, QUICK, load_config
+
+__all__ = ["main", "cli", "build_parser"]
+
+_NEEDS = "moe-oracle verify needs torch (and triton for Triton implementations): pip install 'moe-oracle[kernels]'"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="moe-oracle verify", description=__doc__.split("\n\n")[0],
+                                 epilog="Exit status: 0 every case passes, 1 some case fails, 2 bad usage.")
+    ap.add_argument("--impl", default=None,
+                    help="implementation under test: ours (default), aiter-triton, triton-kernels, or module:attr")
+    ap.add_argument("--config", help="JSON or TOML file (keys: shapes, M, archs, envs, gate_modes, scale_modes, seed, "
+                                     "tolerance_scale, reference_act_dtype, impl)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
+    ap.add_argument("--arch", action="append",
+                    help="arch profile(s) to run, repeatable (default: the config's, else gfx942, gfx950 and the detected one)")
+    ap.add_argument("--seed", type=int, default=None, help="base seed (default: fresh, printed)")
+    ap.add_argument("--out", default=None, help="directory for report.json, report.md and margin_vs_M.png "
+                                                "(without it nothing is written)")
+    ap.add_argument("--quick", action="store_true", help="a smaller matrix (CI smoke run)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes computing the references (default: up to 8 on a GPU run, 1 on CPU)")
+    ap.add_argument("--only", choices=["all", "quantizers", "moe"], default="all", help="which checks to run")
+    return ap
+
+
+def _archs(args, cfg) -> tuple[list[str], str]:
+    from moe_ref import detect_arch
+    from moe_ref.selector import normalize_arch
+
+    if args.arch:
+        archs = list(dict.fromkeys(normalize_arch(a) for a in args.arch))
+        return archs, f"{', '.join(archs)} (--arch)"
+    if cfg.archs is not None:
+        return list(cfg.archs), f"{', '.join(cfg.archs)} (config)"
+    detected = detect_arch()
+    archs = list(dict.fromkeys([*DEFAULT_ARCHS, detected]))
+    return archs, f"{', '.join(DEFAULT_ARCHS)} (default) + {detected} (the detected device)"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if importlib.util.find_spec("torch") is None:
+        print(_NEEDS, file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config) if args.config else None
+        impl_spec = args.impl or (cfg.impl if cfg else "ours")
+        from .implementations import resolve
+
+        impl = resolve(impl_spec)
+        archs, archs_why = (None, None)
+    except (ValueError, ImportError) as exc:
+        print(f"moe-oracle verify: {exc}", file=sys.stderr)
+        return 2
+    import torch
+
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    gpu = torch.cuda.is_available() and not interpret
+    device = args.device or ("cuda" if gpu else "cpu")
+    if device == "cuda" and not gpu:
+        print("moe-oracle verify: --device cuda: no GPU is visible (or TRITON_INTERPRET=1)", file=sys.stderr)
+        return 2
+    cfg = cfg or (QUICK if args.quick else DEFAULT_GPU if device == "cuda" else DEFAULT_CPU)
+    try:
+        archs, archs_why = _archs(args, cfg)
+    except ValueError as exc:
+        print(f"moe-oracle verify: --arch: {exc}", file=sys.stderr)
+        return 2
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+    if cfg.seed is None:
+        import secrets
+
+        cfg = dataclasses.replace(cfg, seed=secrets.randbits(32))
+    from . import engine
+    from .report import LEGEND, format_quantizers, format_table, quant_cost_by_path, write
+
+    print(f"implementation: {impl.name} ({', '.join(impl.provides())})" + (f"; {impl.note}" if impl.note else ""))
+    print(f"seed: {cfg.seed} (rerun with --seed {cfg.seed}); archs: {archs_why}; device: {device}")
+    quant = engine.run_quantizers(impl, cfg, device=device) if args.only != "moe" else []
+    rows, selector = [], []
+    if impl.fused_moe is not None and args.only != "quantizers":
+        layer_archs = engine.layer_archs(impl, archs)
+        if layer_archs is None:
+            from moe_ref import detect_arch
+
+            layer_archs = [detect_arch()]
+            print(f"note: {impl.name}'s fused_moe takes no arch: run at the device's arch ({layer_archs[0]}) only")
+        workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if device == "cuda" else 1)
+        rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers)
+    if args.only != "quantizers":
+        selector = engine.run_selector(impl, cfg, archs)
+    if quant:
+        print("\nQuantizers (bytes against the emulation; the diagnosis names the convention followed):")
+        print(format_quantizers(quant))
+    if rows:
+        print("\n" + format_table(rows))
+        print("\n" + LEGEND)
+        print("quantization cost per path (reference vs ideal): "
+              + ", ".join(f"{p} {c:.3g}" for p, c in sorted(quant_cost_by_path(rows).items())))
+    if selector:
+        bad = [s for s in selector if not s["agree"]]
+        print(f"\nits dispatch vs the selector: {len(selector) - len(bad)} of {len(selector)} agree")
+        for s in bad[:20]:
+            print(f"    M={s['M']} {s['arch']} {s['gate_mode']} env={s['env']}: selector {s['selector']}, it {s['impl']}")
+    verdicts = [r["verdict"] for r in rows] + [c["verdict"] for c in quant] + ["PASS" if s["agree"] else "FAIL"
+                                                                              for s in selector]
+    n_fail = sum(v != "PASS" for v in verdicts)
+    print(f"\n{len(verdicts) - n_fail} passed, {n_fail} failed")
+    if args.out:
+        meta = dict(impl=impl.name, device=torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
+                    seed=cfg.seed, config=dataclasses.asdict(cfg), archs=archs, archs_why=archs_why,
+                    torch=torch.__version__)
+        files = write(Path(args.out), rows, quant, selector, meta)
+        print("wrote " + ", ".join(str(f) for f in files))
+    else:
+        print("(nothing written: pass --out DIR to keep report.json, report.md and the plot)")
+    return 1 if n_fail else 0
+
+
+def cli() -> None:
+    """Console script: ``moe-oracle verify [options]`` (``moe-oracle --help``)."""
+    argv = sys.argv[1:]
+    top = argparse.ArgumentParser(prog="moe-oracle", description="Prove that MXFP4 MoE kernels compute exactly what "
+                                  "they should.", epilog="commands:\n  verify    the conformance report (moe-oracle "
+                                  "verify --help)", formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("command", choices=["verify"], help="verify: the conformance report")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        print("\n" + build_parser().format_help())
+        sys.exit(0 if argv else 2)
+    if argv[0] != "verify":
+        top.error(f"unknown command {argv[0]!r}; expected: verify")
+    sys.exit(main(argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

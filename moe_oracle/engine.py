@@ -1,0 +1,106 @@
+"""The engine: every check an implementation's callables allow, over the configured matrix."""
+
+from __future__ import annotations
+
+import time
+import traceback
+import zlib
+
+from moe_ref import select_activation_dtype
+
+from . import references as refs
+from .implementation import Implementation, _accepts, call_with
+from .layer import check_layer_case, layer_capabilities
+from .progress import Progress
+from .quantizers import check_quantizer
+
+__all__ = ["run_layers", "run_quantizers", "run_selector", "layer_archs"]
+
+
+def layer_archs(impl: Implementation, archs):
+    """The arch profiles a layer can be run at: all asked for when it takes ``arch``, else its own."""
+    if impl.archs is not None:
+        return [a for a in archs if a in impl.archs] or list(impl.archs)
+    return list(archs) if "arch" in layer_capabilities(impl.fused_moe) else None
+
+
+def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1) -> list[dict]:
+    """One row per case; a case that raises is a row with its error (the rest still run)."""
+    import torch
+
+    device = torch.device(device)
+    gate_modes = cfg.gate_modes
+    caps = layer_capabilities(impl.fused_moe)
+    if "gate_mode" not in caps:
+        gate_modes = (impl.declared.get("gate_mode", "separated"),)
+    case_list = list(refs.cases(cfg, archs, gate_modes))
+    cache: dict = {}
+    mma_k = refs.mma_k_of(device.type)
+    jobs = [(c, cfg.reference_act_dtype or select_activation_dtype(c["M"], arch=c["arch"], gate_mode=c["gate_mode"],
+                                                                   env=c["env"]).dtype, cfg.seed, mma_k, "bias1" in caps)
+            for c in case_list]
+    refs.prefetch(jobs, cache, workers)
+    progress = Progress(len(case_list), "cases")
+    rows, t0 = [], time.perf_counter()
+    for case in case_list:
+        try:
+            rows.append(check_layer_case(impl, case, cfg, device, cfg.seed, cache))
+        except Exception as exc:  # noqa: BLE001 - a failing case is a row, never the end of the report
+            s = case["shape"]
+            rows.append(dict(impl=impl.name, E=s["E"], H=s["H"], I=s["I"], topk=s["topk"], M=case["M"], arch=case["arch"],
+                             env=case["env"], gate_mode=case["gate_mode"], scale_mode=case["scale_mode"],
+                             verdict="FAIL", error=f"{type(exc).__name__}: {exc}",
+                             traceback=traceback.format_exc(limit=4)))
+        progress.step(f"{time.perf_counter() - t0:.0f}s")
+    progress.close()
+    return rows
+
+
+def run_quantizers(impl: Implementation, cfg, *, device) -> list[dict]:
+    """Each quantizer it provides, per scale mode it can be asked for and input dtype, on fresh data."""
+    checks = []
+    for kind in ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token"):
+        fn = getattr(impl, kind)
+        if fn is None:
+            continue
+        if kind == "quantize_fp8_per_token":
+            modes = [None]
+        elif _accepts(fn, "scale_mode"):
+            modes = [m for m in cfg.scale_modes if impl.scale_modes is None or m in impl.scale_modes]
+        else:
+            modes = [impl.declared.get("scale_mode", "round_up")]
+        fmts = impl.fp8_formats if kind != "quantize_mxfp4" else ("e2m1",)
+        for mode, fmt, dtype in ((m, f, d) for m in modes for f in fmts for d in ("bfloat16", "float32")):
+            seed = zlib.crc32(repr((cfg.seed, kind, mode, fmt, dtype)).encode())  # fresh per run, logged
+            row = dict(impl=impl.name, kind=kind, fmt=fmt, input_dtype=dtype, requested=mode or "-", seed=seed)
+            try:
+                c = check_quantizer(fn, kind, scale_mode=mode or "round_up", fmt=None if fmt == "e2m1" else fmt,
+                                    input_dtype=dtype, device=device, seed=seed)
+                row.update(bytes_equal=c.bytes_equal, bytes_total=c.bytes_total, verdict=c.verdict,
+                           follows=c.follows, closest=c.closest, differing=c.differing, policies=c.policies,
+                           diagnosis=c.diagnosis())
+            except Exception as exc:  # noqa: BLE001
+                row.update(bytes_equal=0, bytes_total=0, verdict="FAIL", diagnosis=f"raised {type(exc).__name__}: {exc}")
+            checks.append(row)
+    return checks
+
+
+def run_selector(impl: Implementation, cfg, archs) -> list[dict]:
+    """Its own dispatch against ``select_activation_dtype`` over M (both sides of every bound) x arch x
+    gate mode x env."""
+    if impl.select_act_dtype is None:
+        return []
+    Ms = sorted(set(cfg.M) | {0, 1, 255, 256, 511, 512, 8192})
+    rows = []
+    for M in Ms:
+        for arch in archs:
+            for gate_mode in cfg.gate_modes:
+                for env in cfg.envs:
+                    ours = select_activation_dtype(M, arch=arch, gate_mode=gate_mode, env=env).dtype
+                    try:
+                        theirs = call_with(impl.select_act_dtype, M, arch=arch, gate_mode=gate_mode, env=env)
+                    except Exception as exc:  # noqa: BLE001
+                        theirs = f"raised {type(exc).__name__}: {exc}"
+                    rows.append(dict(M=M, arch=arch, gate_mode=gate_mode, env=env, selector=ours, impl=theirs,
+                                     agree=ours == theirs))
+    return rows

@@ -1,0 +1,172 @@
+"""The conformance report: schema (bound and margin per case), exit status, config files and their
+errors, arch names, the CLI's help and messages, a smoke run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import moe_kernels  # noqa: F401  (interpreter on before triton on a CPU machine)
+from moe_oracle import cli, config, engine
+from moe_oracle.compare import compare_output, margin_of
+from moe_oracle.implementations import ours
+from moe_oracle.progress import Progress
+
+TINY = {"shapes": [{"E": 4, "H": 64, "I": 32, "topk": 2}], "M": [1, 300], "archs": ["gfx950"], "envs": [{}],
+        "gate_modes": ["separated"], "scale_modes": ["round_up", "even"], "seed": 3}
+ROW_KEYS = {"impl", "E", "H", "I", "topk", "M", "arch", "env", "gate_mode", "scale_mode", "path", "act_dtype",
+            "reported_act_dtype", "rule", "reason", "bytes_equal", "bytes_total", "max_err_ref", "rel_err_ref",
+            "max_err_ideal", "rel_err_ideal", "quant_cost_rel", "bound_max", "bound_at_worst", "margin",
+            "within_tolerance", "nan_out", "inf_out", "poison_sensitive", "kernel_seconds", "verdict", "diagnosis"}
+
+
+def _write(tmp_path, data, name="cfg.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if name.endswith(".json") else data)
+    return str(path)
+
+
+def test_report_schema_bound_margin_and_files(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["--config", _write(tmp_path, TINY), "--out", str(out), "--only", "moe"]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert {"meta", "cases", "quantizers", "selector"} == set(report)
+    assert {"device", "seed", "config", "archs", "archs_why", "impl"} <= set(report["meta"])
+    rows = report["cases"]
+    assert [r["M"] for r in rows] == [1, 300, 300] and {r["path"] for r in rows} == {"a16w4", "a4w4"}
+    assert all(set(r) == ROW_KEYS and r["verdict"] == "PASS" for r in rows)
+    assert all(r["bytes_equal"] == r["bytes_total"] > 0 for r in rows)
+    assert all(0 <= r["margin"] <= 1 and r["bound_max"] > 0 for r in rows)
+    a4w4 = [r for r in rows if r["path"] == "a4w4"]
+    assert all(r["quant_cost_rel"] > 0.05 for r in a4w4)  # the format's own cost, shown as such
+    md = (out / "report.md").read_text()
+    assert "| 300 | gfx950 |" in md and "margin" in md and "Legend" in md
+    assert (out / "margin_vs_M.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Legend:" in text and "margin" in text and f"wrote {out / 'report.json'}" in text
+    assert "archs: gfx950 (config)" in text  # the config's archs, nothing added
+
+
+def test_without_out_it_says_nothing_was_written(tmp_path, capsys):
+    cli.main(["--config", _write(tmp_path, {**TINY, "M": [1]}), "--only", "moe"])
+    assert "nothing written: pass --out DIR" in capsys.readouterr().out
+
+
+def test_a_mismatching_reference_fails_the_run(tmp_path, capsys):
+    bad = {**TINY, "M": [300], "scale_modes": ["round_up"], "reference_act_dtype": "fp8"}
+    assert cli.main(["--config", _write(tmp_path, bad), "--only", "moe"]) == 1
+    out = capsys.readouterr().out
+    assert "0 passed, 1 failed" in out and "matches the a4w4 path's reference" in out
+
+
+@pytest.mark.parametrize("factor, verdict", [(0.99, True), (1.01, False)])
+def test_an_output_just_past_the_bound_fails_and_just_inside_passes(factor, verdict, rng):
+    """The verdict is the bound: one element moved by 0.99 / 1.01 times its bound passes / fails."""
+    from moe_oracle import references as refs
+
+    case = dict(shape=TINY["shapes"][0], M=300, arch="gfx950", env={}, gate_mode="separated", scale_mode="round_up")
+    _, ref, ideal, bound = refs.reference({}, case, "fp4x2", 3, None)
+    out = ref.astype(np.float64).copy()
+    i = int(rng.integers(out.size))
+    out.reshape(-1)[i] += factor * bound.reshape(-1)[i]
+    cmp = compare_output(out, ref, ideal, bound)
+    assert cmp["within_tolerance"] is verdict and cmp["margin"] == pytest.approx(factor)
+
+
+@pytest.mark.parametrize("err, bound, margin", [([0.0, 1.0], [1.0, 2.0], 0.5), ([0.0], [0.0], 0.0), ([1e-9], [0.0], np.inf),
+                                                ([np.nan], [1.0], np.inf), ([2.0, 0.5], [1.0, 1.0], 2.0)])
+def test_margin_definition(err, bound, margin):
+    assert margin_of(np.array(err), np.array(bound)) == margin
+
+
+def test_toml_config(tmp_path):
+    text = 'M = [1]\narchs = ["gfx942"]\ngate_modes = ["interleave"]\nseed = 5\n\n[[shapes]]\nE = 2\nH = 32\nI = 32\ntopk = 1\n'
+    cfg = config.load_config(_write(tmp_path, text, "cfg.toml"))
+    assert cfg.M == (1,) and cfg.shapes == ({"E": 2, "H": 32, "I": 32, "topk": 1},) and cfg.seed == 5
+
+
+@pytest.mark.parametrize(
+    "content, name, match",
+    [({"Ms": [1]}, "c.json", r"unknown key\(s\) \['Ms'\]"), ({"M": [-1]}, "c.json", "M values"),
+     ({"M": 5}, "c.json", "M must be a non-empty list"), ({"shapes": [{"E": 2, "H": 33, "I": 32, "topk": 1}]}, "c.json", "multiple of 32"),
+     ({"shapes": [{"E": 2}]}, "c.json", "exactly E, H, I, topk"), ({"scale_modes": ["nearest"]}, "c.json", "scale_mode"),
+     ({"envs": [{"AITER_MOE_FORCE_BF16_ACT": 1}]}, "c.json", "envs"), ({"tolerance_scale": 0}, "c.json", "tolerance_scale"),
+     ({"archs": ["gfx9999"]}, "c.json", "archs: arch='gfx9999' is not a known arch; expected one of gfx90a"),
+     ({"gate_modes": ["both"]}, "c.json", "gate_modes"), ({"impl": 3}, "c.json", "impl"),
+     ("{not json", "c.json", "invalid JSON"), ("M = [", "c.toml", "invalid TOML"), ("x", "c.yaml", "json or .toml")],
+)
+def test_config_errors(tmp_path, content, name, match, capsys):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ValueError, match=match):
+        config.load_config(str(path))
+    assert cli.main(["--config", str(path)]) == 2
+    assert "moe-oracle verify:" in capsys.readouterr().err
+
+
+def test_unknown_arch_option_is_an_error_listing_the_known_ones(capsys):
+    assert cli.main(["--arch", "gfx9999", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "gfx9999" in err and "gfx942" in err and "gfx950" in err and "sm<NN>" in err
+
+
+def test_unknown_impl_is_an_error(capsys):
+    assert cli.main(["--impl", "nonesuch"]) == 2
+    assert "impl='nonesuch' is not known" in capsys.readouterr().err
+
+
+def test_console_help_exits_0_and_lists_the_options():
+    for argv in (["--help"], ["verify", "--help"]):
+        r = subprocess.run([sys.executable, "-c", "from moe_oracle.cli import cli; cli()", *argv], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        assert "--impl" in r.stdout and "--out" in r.stdout and "--arch" in r.stdout
+
+
+def test_without_torch_one_clear_line(tmp_path):
+    """moe-oracle verify where torch is not installed: says what to install, exit 2, no traceback."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text("import sys\nclass _No:\n    def find_spec(self, name, path=None, target=None):\n"
+                       "        return None\n    def find_module(self, *a):\n        return None\n"
+                       "import importlib.machinery as m\n_orig = m.PathFinder.find_spec\n"
+                       "def _fs(name, path=None, target=None):\n    return None if name.split('.')[0] in ('torch', 'triton') "
+                       "else _orig(name, path, target)\nm.PathFinder.find_spec = staticmethod(_fs)\n")
+    env = {"PYTHONPATH": f"{tmp_path}:{sys.path[0] or '.'}", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", "from moe_oracle.cli import cli; cli()", "verify", "--quick"],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path.parent))
+    assert r.returncode == 2 and "pip install 'moe-oracle[kernels]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_progress_is_plain_lines_off_a_terminal(capsys):
+    import io
+
+    stream = io.StringIO()
+    p = Progress(25, "cases", stream=stream)
+    for _ in range(25):
+        p.step()
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and lines[-1] == "25/25 cases" and 2 <= len(lines) <= 12
+
+
+def test_quick_default_smoke_run(tmp_path):
+    """The embedded quick matrix passes on this machine (both sides of both bounds, all arch profiles)."""
+    assert cli.main(["--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = report["cases"]
+    assert {r["path"] for r in rows} == {"a16w4", "a4w4", "a8w4"}
+    assert {r["arch"] for r in rows} >= {"gfx942", "gfx950"}
+    assert report["quantizers"] and all(c["verdict"] == "PASS" for c in report["quantizers"])
+
+
+def test_references_computed_in_worker_processes_equal_serial_ones():
+    """--workers: references from a process pool give the report a serial run gives."""
+    cfg = config.VerifyConfig.from_mapping(TINY)
+    serial = engine.run_layers(ours(), cfg, device="cpu", archs=["gfx950"], workers=1)
+    pooled = engine.run_layers(ours(), cfg, device="cpu", archs=["gfx950"], workers=2)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "kernel_seconds"} for r in rows]  # noqa: E731
+    assert drop(pooled) == drop(serial)
