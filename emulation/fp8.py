@@ -6,7 +6,7 @@
 - ``reciprocal=True``: ``fl32(x * fl32(1 / scale))`` - what Triton and HIP kernels do (default), or
 - ``reciprocal=False``: ``fl32(x / scale)`` - what torch references do.
 
-The two differ at ties (NUMERICS.md section 3: amax 6.5, x = -4.875 -> 0xFA by division, 0xFB by
+The two differ at ties (NUMERICS.md section 9: amax 6.5, x = -4.875 -> 0xFA by division, 0xFB by
 reciprocal). Policies: a row (tensor) of zeros gets scale 0.0 and all codes 0x00; a row (tensor)
 holding NaN or +-Inf gets scale NaN and every code the format's canonical NaN.
 """
