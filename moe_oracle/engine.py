@@ -9,7 +9,7 @@ import zlib
 from moe_ref import select_activation_dtype
 
 from . import references as refs
-from .implementation import Implementation, _accepts, call_with
+from .implementation import Implementation, call_with
 from .layer import check_layer_case, layer_capabilities
 from .progress import Progress
 from .quantizers import check_quantizer
@@ -59,26 +59,24 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1) ->
 def run_quantizers(impl: Implementation, cfg, *, device) -> list[dict]:
     """Each quantizer it provides, per scale mode it can be asked for and input dtype, on fresh data."""
     checks = []
-    for kind in ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token"):
-        fn = getattr(impl, kind)
-        if fn is None:
-            continue
-        if kind == "quantize_fp8_per_token":
+    for qz in impl.quantizers():
+        if qz.kind == "quantize_fp8_per_token":
             modes = [None]
-        elif _accepts(fn, "scale_mode"):
-            modes = [m for m in cfg.scale_modes if impl.scale_modes is None or m in impl.scale_modes]
+        elif qz.scale_modes == ():
+            modes = [qz.fixed_mode]
         else:
-            modes = [impl.declared.get("scale_mode", "round_up")]
-        fmts = impl.fp8_formats if kind != "quantize_mxfp4" else ("e2m1",)
-        for mode, fmt, dtype in ((m, f, d) for m in modes for f in fmts for d in ("bfloat16", "float32")):
-            seed = zlib.crc32(repr((cfg.seed, kind, mode, fmt, dtype)).encode())  # fresh per run, logged
-            row = dict(impl=impl.name, kind=kind, fmt=fmt, input_dtype=dtype, requested=mode or "-", seed=seed)
+            modes = [m for m in cfg.scale_modes if qz.scale_modes is None or m in qz.scale_modes]
+        fmts = qz.fp8_formats if qz.kind != "quantize_mxfp4" else ("e2m1",)
+        for mode, fmt, dtype in ((m, f, d) for m in modes for f in fmts for d in qz.input_dtypes):
+            seed = zlib.crc32(repr((cfg.seed, qz.label, mode, fmt, dtype)).encode())  # fresh per run, logged
+            row = dict(impl=impl.name, kind=qz.label, fmt=fmt, input_dtype=dtype, requested=mode or "-", seed=seed)
             try:
-                c = check_quantizer(fn, kind, scale_mode=mode or "round_up", fmt=None if fmt == "e2m1" else fmt,
+                c = check_quantizer(qz.fn, qz.kind, scale_mode=mode or "round_up", fmt=None if fmt == "e2m1" else fmt,
                                     input_dtype=dtype, device=device, seed=seed)
+                notes = "; ".join(n for n in (c.diagnosis(), qz.note) if n)
                 row.update(bytes_equal=c.bytes_equal, bytes_total=c.bytes_total, verdict=c.verdict,
                            follows=c.follows, closest=c.closest, differing=c.differing, policies=c.policies,
-                           diagnosis=c.diagnosis())
+                           diagnosis=notes)
             except Exception as exc:  # noqa: BLE001
                 row.update(bytes_equal=0, bytes_total=0, verdict="FAIL", diagnosis=f"raised {type(exc).__name__}: {exc}")
             checks.append(row)

@@ -26,7 +26,7 @@ import os
 import types
 from collections.abc import Callable, Mapping
 
-__all__ = ["Implementation", "LayerResult", "QUANTIZER_KINDS", "as_implementation", "call_with", "applied_env"]
+__all__ = ["Implementation", "Quantizer", "LayerResult", "QUANTIZER_KINDS", "as_implementation", "call_with", "applied_env"]
 
 QUANTIZER_KINDS = ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token")
 _CALLABLES = (*QUANTIZER_KINDS, "fused_moe", "select_act_dtype")
@@ -40,6 +40,22 @@ class LayerResult:
     act_dtype: str | None = None  # the activation path it took ("bf16", "fp4x2", "fp8"), if it says
     a_q: object = None  # stage-1 input as quantized (fp4x2 / e4m3 codes, bf16), if it exposes it
     a_scale: object = None  # its e8m0 scales [M, H/32]
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantizer:
+    """One quantizer to check: ``kind`` names its contract (one of QUANTIZER_KINDS); ``scale_modes``
+    the modes it can be asked for through ``scale_mode=`` (None: any; () : its one fixed mode,
+    ``fixed_mode``); ``note``: what the adapter had to do to run it."""
+
+    label: str
+    kind: str
+    fn: Callable
+    scale_modes: tuple[str, ...] | None = None
+    fixed_mode: str = "round_up"
+    fp8_formats: tuple[str, ...] = ("e4m3fn",)
+    note: str = ""
+    input_dtypes: tuple[str, ...] = ("bfloat16", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +77,22 @@ class Implementation:
     archs: tuple[str, ...] | None = None
     version: str = ""
     note: str = ""
+    extra_quantizers: tuple[Quantizer, ...] = ()
 
     def provides(self) -> list[str]:
-        return [n for n in _CALLABLES if getattr(self, n) is not None]
+        return [n for n in _CALLABLES if getattr(self, n) is not None] + [q.label for q in self.extra_quantizers]
+
+    def quantizers(self) -> list[Quantizer]:
+        """Every quantizer to check: the contract's callables, then the extra ones."""
+        found = []
+        for kind in QUANTIZER_KINDS:
+            fn = getattr(self, kind)
+            if fn is None:
+                continue
+            takes_mode = kind != "quantize_fp8_per_token" and _accepts(fn, "scale_mode")
+            found.append(Quantizer(kind, kind, fn, self.scale_modes if takes_mode else (),
+                                   self.declared.get("scale_mode", "round_up"), self.fp8_formats))
+        return found + list(self.extra_quantizers)
 
 
 def as_implementation(obj, name: str | None = None) -> Implementation:

@@ -40,9 +40,16 @@ def _block(rng, kind: str, fmt: str) -> np.ndarray:
     return x
 
 
-def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: str = "e2m1") -> np.ndarray:
-    """fp32 [M, K]: each 32-block of one kind, every kind present; ``fmt`` picks the tie grid."""
+def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: str = "e2m1",
+                    per_row: bool = False) -> np.ndarray:
+    """fp32 [M, K]: each 32-block of one kind, every kind present; ``fmt`` picks the tie grid. With
+    ``per_row`` (per-token quantizers: a NaN anywhere poisons its row) zero and NaN/Inf blocks are
+    confined to the first rows, so that most rows are ordinary."""
     kinds = np.array(BLOCK_KINDS)[rng.integers(len(BLOCK_KINDS), size=(M, K // 32))]
+    if per_row:
+        kinds[np.isin(kinds, ["zero", "nan_inf"])] = "ordinary"
+        kinds[0, :] = "zero"
+        kinds[1:3, 0] = "nan_inf"
     kinds.reshape(-1)[: len(BLOCK_KINDS)] = BLOCK_KINDS
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.stack([np.concatenate([_block(rng, kind, fmt) for kind in row]) for row in kinds])

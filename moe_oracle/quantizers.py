@@ -15,6 +15,7 @@ import numpy as np
 import emulation as em
 
 from .implementation import _accepts, call_with
+from .interpreter import explained_by_interpreter
 from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, quantizer_input
 
 __all__ = ["QuantizerCheck", "check_quantizer", "MX_KINDS"]
@@ -51,7 +52,7 @@ class QuantizerCheck:
         where = ", ".join(f"{k}: {n}" for k, n in self.differing.items() if n)
         if where:
             parts.append(f"differing blocks by kind: {where}")
-        parts.append(f"follows {self.follows} on ordinary/tie/subnormal/huge blocks" if self.follows
+        parts.append(f"follows {self.follows} bit for bit on ordinary and tie blocks" if self.follows
                      else f"no scale mode x tie rule reproduces it; closest {self.closest}")
         parts += [f"{k}: {v}" for k, v in self.policies.items()]
         return "; ".join(parts + list(self.notes))
@@ -106,18 +107,28 @@ def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
     kinds = np.where(tie, "ties", kinds)
     ok = blk(want_c, want_s)
     differing = {k: int((~ok & (kinds == k)).sum()) for k in BLOCK_KINDS}
-    core = ~np.isin(kinds, ["zero", "nan_inf"])
-    scored = sorted(((int((~blk(c, sc) & core).sum()), name) for name, c, sc in _mx_candidates(x, fmt)))
-    follows = scored[0][1] if scored[0][0] == 0 else None
-    closest = f"{scored[0][1]} ({scored[0][0]} of {int(core.sum())} blocks differ)"
+    core = np.isin(kinds, ["ordinary", "ties"])  # the convention is read off these; the rest are policies
+    scored = sorted((int((~blk(c, sc) & core).sum()), name, blk(c, sc)) for name, c, sc in _mx_candidates(x, fmt))
+    n_bad, best, best_ok = scored[0]
+    still = ", ".join(f"{k} {int((~best_ok & (kinds == k)).sum())}" for k in ("subnormal", "huge", "zero", "nan_inf")
+                      if (~best_ok & (kinds == k)).any())
+    follows = (best + (f" (except blocks: {still})" if still else "")) if n_bad == 0 else None
+    closest = f"{best} ({n_bad} of {int(core.sum())} ordinary/tie blocks differ" + (f"; also {still}" if still else "") + ")"
     policies = {}
     for k, contract in (("zero", "scale 0x00, codes +-0"), ("nan_inf", "scale 0xFF, codes 0")):
         sel = kinds == k
         if sel.any() and not ok[sel].all():
             got = sorted({int(b) for b in s[sel]})
             policies[f"{k} blocks"] = f"scale byte(s) {[hex(b) for b in got]} (contract: {contract})"
+    notes = ()
+    if not pack:  # fp8 elements: under the interpreter, is it the cast? (its own scales, the contract's scaling)
+        core_el = np.repeat(core & (want_s == s), 32, axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            pre = (x * np.ldexp(np.float32(1), 127 - s.astype(np.int32)).repeat(32, axis=1)).astype(np.float32)
+        why = explained_by_interpreter(pre[core_el], codes[core_el], want_c[core_el], fmt)
+        notes = (why,) if why else ()
     return QuantizerCheck(kind, fmt, input_dtype, expected, equal, want_q.size + want_s.size, follows, closest,
-                          differing, policies)
+                          differing, policies, notes)
 
 
 def _per_token_check(fn, x, fmt, input_dtype, device):
@@ -138,6 +149,9 @@ def _per_token_check(fn, x, fmt, input_dtype, device):
     ok = (want_q == q.reshape(M, K)).all(1) & (want_s.view(np.uint32) == s.view(np.uint32)).all(1)
     differing = {"ordinary": int((~ok & ordinary).sum()), "zero": int((~ok & zero).sum()),
                  "nan_inf": int((~ok & ~rows_finite).sum())}
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # its own scale, the contract's product
+        pre = (x * (np.float32(1) / s)).astype(np.float32)
+    why = explained_by_interpreter(pre[ordinary], q.reshape(M, K)[ordinary], want_q[ordinary], fmt)
     policies = {}
     if differing["zero"]:
         policies["zero rows"] = f"scale {sorted({float(v) for v in s[zero, 0]})} (contract: 0.0, codes 0x00)"
@@ -145,7 +159,8 @@ def _per_token_check(fn, x, fmt, input_dtype, device):
         policies["NaN/Inf rows"] = f"scale {sorted({str(float(v)) for v in s[~rows_finite, 0]})} (contract: NaN, codes NaN)"
     return QuantizerCheck("quantize_fp8_per_token", fmt, input_dtype, "scale amax/max, x * (1/s), ties even",
                           equal, want_q.size + want_s.size, scored[0][1] if scored[0][0] == 0 else None,
-                          f"{scored[0][1]} ({scored[0][0]} of {int(ordinary.sum())} rows differ)", differing, policies)
+                          f"{scored[0][1]} ({scored[0][0]} of {int(ordinary.sum())} rows differ)", differing, policies,
+                          (why,) if why else ())
 
 
 def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even", fmt: str | None = None,
@@ -161,7 +176,7 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
     mode = em.ScaleMode.parse(scale_mode)
     elem = MX_KINDS.get(kind) or fmt or "e4m3fn"
     if x is None:
-        x = quantizer_input(np.random.default_rng(seed), M, K, elem)
+        x = quantizer_input(np.random.default_rng(seed), M, K, elem, per_row=kind == "quantize_fp8_per_token")
     torch = _torch()
     x = torch.from_numpy(np.asarray(x, np.float32)).to(getattr(torch, input_dtype)).float().numpy()  # as the kernel sees it
     if kind == "quantize_fp8_per_token":
