@@ -15,8 +15,8 @@ import numpy as np
 import emulation as em
 
 from .implementation import _accepts, call_with
-from .interpreter import explained_by_interpreter
 from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, quantizer_input
+from .interpreter import explained_by_interpreter
 
 __all__ = ["QuantizerCheck", "check_quantizer", "MX_KINDS"]
 

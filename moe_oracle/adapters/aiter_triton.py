@@ -12,7 +12,7 @@ import functools
 
 from ..implementation import Implementation, Quantizer
 from ..interpreter import interpreter_active
-from ._loader import PeerUnavailable, import_file_module, locate, stub_packages
+from ._loader import import_file_module, locate, stub_packages
 
 __all__ = ["implementation", "TESTED_VERSION"]
 
