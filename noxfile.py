@@ -56,10 +56,18 @@ def _run_suite(session: nox.Session) -> None:
     )
 
 
+AITER = "amd-aiter==0.1.7.post2.dev18"  # a peer under test: its files only (--no-deps; its top level is never imported)
+
+
+def _install_peers(session: nox.Session) -> None:
+    session.install("--no-deps", AITER)
+
+
 @nox.session(venv_params=VENV_PARAMS)
 def tests(session: nox.Session) -> None:
     """The CPU suite (kernels under TRITON_INTERPRET=1), in parallel, with the locked versions."""
     _install(session, "test", "plot")
+    _install_peers(session)
     _run_suite(session)
 
 
@@ -67,6 +75,7 @@ def tests(session: nox.Session) -> None:
 def tests_latest(session: nox.Session) -> None:
     """The CPU suite against the newest releases (no lock): upstream changes show up here first."""
     _install(session, "test", "plot", locked=False)
+    _install_peers(session)
     session.run("python", "-m", "pip", "freeze")
     _run_suite(session)
 

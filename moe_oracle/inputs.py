@@ -3,6 +3,8 @@ block it sits in (ordinary, ties, zero, subnormal, huge amax, NaN/Inf)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 import emulation as em
@@ -53,7 +55,24 @@ def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: st
     kinds.reshape(-1)[: len(BLOCK_KINDS)] = BLOCK_KINDS
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.stack([np.concatenate([_block(rng, kind, fmt) for kind in row]) for row in kinds])
+    if per_row and M > 8:  # rows where x / s and x * (1/s) round differently (bf16-exact values)
+        ties = _division_ties(fmt)
+        for r in range(3, 8):
+            k = int(rng.integers(-10, 10))
+            x[r] = rng.choice(ties, K) * np.where(rng.random(K) < 0.5, -1, 1) * 2.0**k
+            x[r, int(rng.integers(K))] = 6.5 * 2.0**k
     return x.astype(np.float32)
+
+
+@functools.cache
+def _division_ties(fmt: str) -> np.ndarray:
+    """bf16 values v < 6.5 whose per-token codes differ between v / s and v * fl32(1/s), s = fl32(6.5 / max)."""
+    f = em.get_format(fmt if fmt in ("e4m3fn", "e4m3fnuz") else "e4m3fn")
+    v = (np.arange(1 << 15, dtype=np.uint32) << 16).view(np.float32)
+    v = v[np.isfinite(v) & (v > 0) & (v < 6.5)]
+    scale = np.float32(6.5) / np.float32(f.max_finite)
+    differ = em.encode(v / scale, f) != em.encode(v * (np.float32(1) / scale), f)
+    return v[differ]
 
 
 def classify_blocks(x: np.ndarray) -> np.ndarray:

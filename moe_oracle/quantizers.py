@@ -82,9 +82,18 @@ def _call(fn, x_np, input_dtype, device, **kw):
 
 
 def _mx_candidates(x, fmt):
+    """Every convention the diagnosis tries: scale mode x tie rule, and the scale exponent off by one."""
+    M = x.shape[0]
+    blocks = x.reshape(M, -1, 32)
     for mode, ties in itertools.product(em.ScaleMode, TIES):
         codes, scale = em.quantize_mx(x, fmt, scale_mode=mode, ties=ties)
         yield f"{mode.value}, ties {ties}", codes, scale
+        for off in (-1, 1):
+            shifted = np.clip(scale.astype(np.int32) + off, 0, 254)
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = (blocks * np.ldexp(np.float32(1), 127 - shifted)[..., None]).astype(np.float32)
+            yield (f"{mode.value} with the scale exponent {off:+d}, ties {ties}",
+                   em.encode(scaled, fmt, ties=ties).reshape(x.shape), shifted.astype(np.uint8))
 
 
 def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
@@ -99,7 +108,12 @@ def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
     expected = f"{scale_mode.value}, ties {ties}"
     want_q = em.pack_fp4x2(want_c) if pack else want_c
     equal = int((q == want_q).sum() + (s == want_s).sum())
-    blk = lambda c, sc: (c.reshape(M, -1, 32) == codes.reshape(M, -1, 32)).all(-1) & (sc == s)  # noqa: E731
+    def blk(c, sc, got=codes):  # per block: codes and scale equal
+        return (c.reshape(M, -1, 32) == got.reshape(M, -1, 32)).all(-1) & (sc == s)
+
+    readings = {"": codes}  # how its bytes may be read: as packed by the contract, or nibbles swapped
+    if pack:
+        readings[", nibbles swapped (element 2i in the high nibble)"] = em.unpack_fp4x2((q >> 4) | ((q & 0xF) << 4))
     # ties: ordinary blocks holding an element exactly on a grid midpoint at the expected scale
     scale_v = np.ldexp(1.0, want_s.astype(np.int32) - 127)
     ratio = np.abs(x.reshape(M, -1, 32).astype(np.float64)) / scale_v[..., None]
@@ -108,7 +122,9 @@ def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
     ok = blk(want_c, want_s)
     differing = {k: int((~ok & (kinds == k)).sum()) for k in BLOCK_KINDS}
     core = np.isin(kinds, ["ordinary", "ties"])  # the convention is read off these; the rest are policies
-    scored = sorted((int((~blk(c, sc) & core).sum()), name, blk(c, sc)) for name, c, sc in _mx_candidates(x, fmt))
+    scored = sorted(((int((~blk(c, sc, got) & core).sum()), name + how, blk(c, sc, got))
+                     for name, c, sc in _mx_candidates(x, fmt) for how, got in readings.items()),
+                    key=lambda t: (t[0], t[1] != expected, "exponent" in t[1], "nibbles" in t[1]))
     n_bad, best, best_ok = scored[0]
     still = ", ".join(f"{k} {int((~best_ok & (kinds == k)).sum())}" for k in ("subnormal", "huge", "zero", "nan_inf")
                       if (~best_ok & (kinds == k)).any())

@@ -1,0 +1,104 @@
+"""pytest plugin (entry point ``pytest11``: active wherever moe-oracle is installed): the oracle's case
+matrix as parametrized fixtures for a kernel repo's own tests, and one assertion helper.
+
+    def test_my_moe(moe_case):                        # one test per case of the matrix
+        moe_case.assert_conforms(my_fused_moe)        # a fused_moe-shaped callable
+
+    def test_my_quantizer(mx_scale_mode):             # one test per scale mode
+        moe_oracle.assert_conforms(moe_oracle.check_quantizer(my_quant, "quantize_mxfp4", scale_mode=mx_scale_mode))
+
+Options: ``--moe-oracle-config FILE`` (the report's JSON/TOML config; default: the quick matrix),
+``--moe-oracle-device cpu|cuda``, ``--moe-oracle-seed N`` (default: fresh per run, in the header).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+
+import pytest
+
+__all__ = ["MoECase"]
+
+SCALE_MODES = ("round_up", "round_down", "ceil", "even")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("moe-oracle")
+    group.addoption("--moe-oracle-config", default=None, help="case matrix (JSON/TOML; default: the quick matrix)")
+    group.addoption("--moe-oracle-device", default=None, help="cpu or cuda (default: cuda when visible)")
+    group.addoption("--moe-oracle-seed", type=int, default=None, help="base seed of the oracle's data")
+
+
+def _seed(config) -> int:
+    if not hasattr(config, "_moe_oracle_seed"):
+        given = config.getoption("--moe-oracle-seed", None)
+        config._moe_oracle_seed = given if given is not None else secrets.randbits(32)
+    return config._moe_oracle_seed
+
+
+def pytest_report_header(config):
+    return f"moe-oracle data seed: {_seed(config)} (rerun with --moe-oracle-seed {_seed(config)})"
+
+
+def _matrix(config):
+    from moe_oracle.config import QUICK, load_config
+
+    path = config.getoption("--moe-oracle-config", None)
+    cfg = load_config(path) if path else QUICK
+    return dataclasses.replace(cfg, seed=_seed(config))
+
+
+@dataclasses.dataclass(frozen=True)
+class MoECase:
+    """One case of the matrix: its parameters, and ``assert_conforms(fused_moe)`` to check a callable."""
+
+    case: dict
+    cfg: object
+    device: str
+
+    def assert_conforms(self, fused_moe) -> dict:
+        """Run ``fused_moe`` on this case's problem and fail with the oracle's diagnosis unless it
+        conforms; returns the report row."""
+        import torch
+
+        from moe_oracle.api import assert_conforms
+        from moe_oracle.implementation import as_implementation
+        from moe_oracle.layer import check_layer_case
+
+        row = check_layer_case(as_implementation(fused_moe), self.case, self.cfg, torch.device(self.device),
+                               self.cfg.seed, {})
+        assert_conforms(row)
+        return row
+
+
+def _device(config) -> str:
+    given = config.getoption("--moe-oracle-device", None)
+    if given:
+        return given
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pytest_generate_tests(metafunc):
+    if "moe_case" in metafunc.fixturenames:
+        from moe_oracle.references import cases
+
+        cfg = _matrix(metafunc.config)
+        found = list(cases(cfg, list(cfg.archs or ("gfx942", "gfx950"))))
+        ids = [f"M{c['M']}-{c['arch']}-{c['gate_mode']}-{c['scale_mode']}" + ("-forced" if c["env"] else "")
+               for c in found]
+        metafunc.parametrize("moe_case_params", found, ids=ids, indirect=True)
+    if "mx_scale_mode" in metafunc.fixturenames:
+        metafunc.parametrize("mx_scale_mode", SCALE_MODES)
+
+
+@pytest.fixture
+def moe_case_params(request):
+    return request.param
+
+
+@pytest.fixture
+def moe_case(request, moe_case_params) -> MoECase:
+    return MoECase(moe_case_params, _matrix(request.config), _device(request.config))

@@ -1,0 +1,172 @@
+"""Planted-bug implementations: small torch/NumPy quantizers and MoE layers, each with one realistic
+bug, and the diagnosis the oracle must give (a substring of its message). A correct one of each kind
+must pass. The MoE layers are the emulated reference itself (torch in, torch out) with the bug
+planted, so that they run in milliseconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import emulation as em
+from moe_ref import moe_reference, select_activation_dtype
+from moe_ref.routing import softmax_topk  # noqa: F401  (kept: a routing bug below uses the same convention)
+
+
+@dataclass(frozen=True)
+class Planted:
+    name: str
+    kind: str  # quantize_mxfp4 | quantize_mxfp8 | quantize_fp8_per_token | fused_moe
+    fn: object
+    diagnosis: str  # a substring the oracle's message must contain ("" for the correct ones: they must pass)
+    field_failure: str = ""
+
+
+def _np(x):
+    return x.detach().float().cpu().numpy()
+
+
+def _t(*arrays):
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+
+
+def _mxfp4(**kw):
+    def fn(x, scale_mode="round_up"):
+        return _t(*em.quantize_mxfp4(_np(x), scale_mode=kw.get("mode", scale_mode), ties=kw.get("ties", "even")))
+    return fn
+
+
+def _post(fn, edit):
+    def wrapped(x, scale_mode="round_up"):
+        q, s = fn(x, scale_mode=scale_mode)
+        return edit(_np(x), q.numpy().copy(), s.numpy().copy())
+    return wrapped
+
+
+def _scale_plus_one(x, q, s):
+    blocks = x.reshape(x.shape[0], -1, 32)
+    s2 = np.where(s == 0xFF, s, np.minimum(s.astype(np.int32) + 1, 254)).astype(np.uint8)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = (blocks * np.ldexp(np.float32(1), 127 - s2.astype(np.int32))[..., None]).astype(np.float32)
+    return _t(em.pack_fp4x2(em.encode(scaled, "e2m1").reshape(x.shape)), s2)
+
+
+def _nibbles_swapped(x, q, s):
+    return _t((q >> 4) | ((q & 0xF) << 4), s)
+
+
+def _nan_block_scale_254(x, q, s):
+    return _t(q, np.where(s == 0xFF, 0xFE, s).astype(np.uint8))
+
+
+def _zero_block_scale_127(x, q, s):
+    zero = np.abs(x.reshape(x.shape[0], -1, 32)).max(-1) == 0
+    return _t(q, np.where(zero, 127, s).astype(np.uint8))
+
+
+def _truncating(x, scale_mode="round_up"):
+    x = _np(x)
+    codes, s = em.quantize_mx(x, "e2m1", scale_mode=scale_mode)
+    blocks = x.reshape(x.shape[0], -1, 32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = blocks * np.ldexp(np.float32(1), 127 - s.astype(np.int32))[..., None]
+    grid = em.decode(np.arange(8), "e2m1")
+    mag = np.abs(scaled)
+    idx = (np.searchsorted(grid, np.where(np.isfinite(mag), mag, 0), side="right") - 1).clip(0, 7)  # toward zero
+    trunc = (idx | np.where(np.signbit(scaled), 8, 0)).reshape(x.shape).astype(np.uint8)
+    finite = np.repeat(s != 0xFF, 32, axis=1)
+    return _t(em.pack_fp4x2(np.where(finite, trunc, codes)), s)
+
+
+def _mxfp8(**kw):
+    def fn(x, scale_mode="round_up", fmt="e4m3fn"):
+        return _t(*em.quantize_mxfp8(_np(x), fmt=fmt, scale_mode=kw.get("mode", scale_mode), ties=kw.get("ties", "even")))
+    return fn
+
+
+def _per_token(reciprocal=True):
+    def fn(x, fmt="e4m3fn"):
+        return _t(*em.quantize_fp8_per_token(_np(x), fmt=fmt, reciprocal=reciprocal))
+    return fn
+
+
+QUANTIZERS = [
+    Planted("correct mxfp4", "quantize_mxfp4", _mxfp4(), ""),
+    Planted("ties away", "quantize_mxfp4", _mxfp4(ties="away"), "follows round_up, ties away",
+            "software round(x) instead of the hardware's RNE"),
+    Planted("ROUND_DOWN where ROUND_UP is asked", "quantize_mxfp4", _mxfp4(mode="round_down"),
+            "follows round_down, ties even", "the OCP floor rule shipped under the ROUND_UP name"),
+    Planted("CEIL instead of ROUND_UP", "quantize_mxfp4", _mxfp4(mode="ceil"), "follows ceil, ties even",
+            "ceil of amax instead of ceil of amax / 6"),
+    Planted("scale exponent off by one", "quantize_mxfp4", _post(_mxfp4(), _scale_plus_one),
+            "scale exponent +1", "emax off by one in the scale formula"),
+    Planted("nibbles swapped", "quantize_mxfp4", _post(_mxfp4(), _nibbles_swapped), "nibbles swapped",
+            "element 2i packed into the high nibble"),
+    Planted("NaN block scale 0xFE", "quantize_mxfp4", _post(_mxfp4(), _nan_block_scale_254),
+            "nan_inf blocks: scale byte(s) ['0xfe']", "NaN amax clamped like an overflow"),
+    Planted("zero block scale 127", "quantize_mxfp4", _post(_mxfp4(), _zero_block_scale_127),
+            "zero blocks: scale byte(s) ['0x7f']", "log2(0) guarded by scale 1"),
+    Planted("truncation", "quantize_mxfp4", _truncating, "no scale mode x tie rule reproduces it",
+            "mantissa bits dropped instead of rounded"),
+    Planted("correct mxfp8", "quantize_mxfp8", _mxfp8(), ""),
+    Planted("mxfp8 ties away", "quantize_mxfp8", _mxfp8(ties="away"), "follows round_up, ties away"),
+    Planted("correct per-token fp8", "quantize_fp8_per_token", _per_token(), ""),
+    Planted("per-token x / s", "quantize_fp8_per_token", _per_token(reciprocal=False), "follows x / s",
+            "a torch reference's division copied into the kernel"),
+]
+
+
+def _layer(bug=None):
+    """A fused_moe-shaped layer: the emulated reference on the selector's path, with ``bug`` planted."""
+
+    def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode="separated", bias1=None,
+                  bias2=None, scale_mode="round_up", arch="gfx950", env=None):
+        M = hidden.shape[0]
+        env_seen = {} if bug == "env ignored" else env
+        bound = 257 if bug == "bound <= instead of <" else None
+        dtype = select_activation_dtype(M if bound is None or M != 256 else 255, arch=arch, gate_mode=gate_mode,
+                                        env=env_seen).dtype
+        if bug == "never quantizes":
+            dtype = "bf16"
+        kw = dict(gate_mode=gate_mode, bias1=bias1, bias2=bias2, scale_mode=scale_mode)
+        tw = topk_weights * topk_weights if bug == "routing weight applied twice" else topk_weights
+        inter = "bf16" if bug == "intermediate not quantized" and dtype != "bf16" else None
+        if bug == "gate and up swapped":
+            half = w1.shape[1] // 2
+            w1, w1_scale = torch.cat([w1[:, half:], w1[:, :half]], 1), torch.cat([w1_scale[:, half:], w1_scale[:, :half]], 1)
+            if bias1 is not None:
+                kw["bias1"] = torch.cat([bias1[:, half:], bias1[:, :half]], 1)
+        out = moe_reference(hidden, w1, w1_scale, w2, w2_scale, tw, topk_ids, act_dtype=dtype, intermediate_dtype=inter,
+                            **kw)
+        if bug == "reads padding":  # a padded slot of weight 0 read from an uninitialised buffer: 0 * NaN = NaN
+            pad = torch.empty(out.shape, dtype=torch.float32)
+            out = (out.float() + 0.0 * pad).to(torch.bfloat16)
+        if bug == "writes its input":
+            hidden.mul_(1.0)
+            hidden[0, 0] = hidden[0, 0] + 1
+        return out
+
+    return fused_moe
+
+
+LAYERS = [
+    Planted("correct layer", "fused_moe", _layer(), ""),
+    Planted("env ignored", "fused_moe", _layer("env ignored"), "it took a4w4 where the selector chose a16w4",
+            "AITER_MOE_FORCE_BF16_ACT honoured by the tests' copy of the selector only"),
+    Planted("bound <= instead of <", "fused_moe", _layer("bound <= instead of <"),
+            "it took a16w4 where the selector chose a4w4", "the M=256 boundary case on the wrong side"),
+    Planted("never quantizes", "fused_moe", _layer("never quantizes"), "it took a16w4 where the selector chose a4w4",
+            "the fp4x2 path never exercised"),
+    Planted("intermediate not quantized", "fused_moe", _layer("intermediate not quantized"),
+            "the stage-2 input was not quantized", "the reference that skipped activation quantization"),
+    Planted("routing weight applied twice", "fused_moe", _layer("routing weight applied twice"),
+            "matches no path's reference", "weights applied in stage 1 and stage 2"),
+    Planted("gate and up swapped", "fused_moe", _layer("gate and up swapped"), "matches no path's reference",
+            "a layout mismatch between the weights and the kernel"),
+    Planted("reads padding", "fused_moe", _layer("reads padding"), "output changes with memory it should not read",
+            "padding slots read from an uninitialised buffer"),
+    Planted("writes its input", "fused_moe", _layer("writes its input"), "it wrote to its inputs: hidden",
+            "an in-place activation on the caller's tensor"),
+]

@@ -1,0 +1,40 @@
+"""The engine flags every planted bug with the right diagnosis, and passes the correct ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from moe_oracle import assert_conforms, check_moe, check_quantizer
+
+from .planted import LAYERS, QUANTIZERS
+
+# both sides of the separated bound, the forced env, one interleave case (a16w4 at gfx942)
+LAYER_MATRIX = {"shapes": [{"E": 4, "H": 64, "I": 32, "topk": 2}], "M": [8, 256], "archs": ["gfx950"],
+                "envs": [{}, {"AITER_MOE_FORCE_BF16_ACT": "1"}], "gate_modes": ["separated"], "scale_modes": ["round_up"]}
+
+
+@pytest.mark.parametrize("planted", QUANTIZERS, ids=[p.name for p in QUANTIZERS])
+@pytest.mark.parametrize("input_dtype", ["bfloat16", "float32"])
+def test_quantizer_bugs_are_diagnosed(planted, input_dtype, base_seed):
+    fmt = "e4m3fn" if planted.kind != "quantize_mxfp4" else None
+    check = check_quantizer(planted.fn, planted.kind, scale_mode="round_up", fmt=fmt, input_dtype=input_dtype,
+                            seed=base_seed)
+    if not planted.diagnosis:
+        assert_conforms(check)
+        return
+    assert check.verdict == "FAIL"
+    assert planted.diagnosis in check.diagnosis(), check.diagnosis()
+
+
+@pytest.mark.parametrize("planted", LAYERS, ids=[p.name for p in LAYERS])
+def test_layer_bugs_are_diagnosed(planted, base_seed):
+    rows = check_moe(planted.fn, {**LAYER_MATRIX, "seed": base_seed % 2**31})
+    if not planted.diagnosis:
+        assert_conforms(rows)
+        assert all("matches the" in r["diagnosis"][0] for r in rows)
+        return
+    failing = [r for r in rows if r["verdict"] == "FAIL"]
+    assert failing, "the bug went unnoticed"
+    assert any(planted.diagnosis in "; ".join(r["diagnosis"]) for r in failing), [r["diagnosis"] for r in failing]
+    with pytest.raises(AssertionError, match="moe-oracle: .* checks fail"):
+        assert_conforms(rows)
