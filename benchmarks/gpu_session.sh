@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for everything GPU: the gpu-marked tests, the conformance report on the GPU
 # default (gpt-oss-like) configuration, and the benchmarks. Outputs land in ${OUT:-out}/.
-# Usage (device tool): bash benchmarks/gpu_session.sh [quant|tests|verify|bench|all] (quant: the quantizer
+# Usage (device tool): bash benchmarks/gpu_session.sh [quant|tests|verify|peers|bench|all] (quant: the quantizer
 # tests only); each stage alone
 # fits one 10-minute device call (tests ~8 min on an H100), "all" may not.
 set -uo pipefail
@@ -23,6 +23,13 @@ if [[ $what == verify || $what == all ]]; then
   # references run in worker processes (--workers, 8 on a GPU run): two BLAS threads each
   OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2 \
     python -m moe_oracle --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
+fi
+if [[ $what == peers || $what == all ]]; then
+  # peers carried in wheels/ (see README "What the oracle reports on peers"): AITER's Triton files, triton_kernels
+  export MOE_ORACLE_AITER_PATH="${MOE_ORACLE_AITER_PATH:-wheels/aiter}" MOE_ORACLE_TRITON_KERNELS_PATH="${MOE_ORACLE_TRITON_KERNELS_PATH:-wheels/tk}"
+  for impl in aiter-triton triton-kernels; do
+    python -m moe_oracle --impl $impl --config benchmarks/peers_gpu.json --out "$out/$impl" 2>&1 | tee "$out/$impl.log" | tail -60
+  done
 fi
 if [[ $what == bench || $what == all ]]; then
   python -m benchmarks.bench_quant --json "$out/bench_quant.json" 2>&1 | tee "$out/bench_quant.log" || rc=1

@@ -15,7 +15,15 @@ import torch
 import triton
 
 import emulation as em
-from moe_ref import SWIGLU_ALPHA, SWIGLU_LIMIT, Decision, detect_arch, select_activation_dtype
+from moe_ref import (
+    ACTIVATION_PATHS,
+    SWIGLU_ALPHA,
+    SWIGLU_LIMIT,
+    ActivationPath,
+    Decision,
+    detect_arch,
+    select_activation_dtype,
+)
 
 from . import _runtime
 from ._numerics import SCALE_MODE_IDS, KernelFormat
@@ -35,22 +43,30 @@ from .routing import align_pairs
 
 __all__ = ["MoEPlan", "MoERun", "PATHS", "plan_moe", "fused_moe"]
 
-PATHS = {"bf16": "a16w4", "fp4x2": "a4w4", "fp8": "a8w4"}
-_KIND = {"bf16": KIND_BF16, "fp4x2": KIND_FP4, "fp8": KIND_FP8}
-_ELEMENT_FORMAT = {"bf16": "e4m3fn", "fp4x2": "e2m1", "fp8": "e4m3fn"}  # bf16 path: unused placeholder
+PATHS = {d: p.name for d, p in ACTIVATION_PATHS.items()}  # act dtype -> path name (moe_ref.paths)
+_KIND = {"bf16": KIND_BF16, "fp4x2": KIND_FP4, "fp8": KIND_FP8}  # the GEMM kernels' name for each path
+
+
+def _element_format(act_dtype: str) -> str:
+    """The path's MX element format (the bf16 path's constexprs are unused: any format will do)."""
+    return ACTIVATION_PATHS[act_dtype].element_format or "e4m3fn"
 _ACT_IDS = {"swiglu": 0, "silu": 1}
 
 
 @dataclass(frozen=True)
 class MoEPlan:
-    """What ``fused_moe`` executes: the selector's decision and the kernel configuration."""
+    """The single record of a call: what ``fused_moe`` executes (the selector's decision, the numerics
+    options, parsed once, and the kernel configuration)."""
 
     decision: Decision
-    path: str
+    path: str  # the path's name (a16w4 / a4w4 / a8w4)
     act_dtype: str
-    scale_mode: str
+    scale_mode: em.ScaleMode  # a str enum: == "round_up" holds
     activation: str
     gate_mode: str
+    alpha: float
+    limit: float
+    doweight_stage1: bool
     M: int
     E: int
     H: int
@@ -62,6 +78,10 @@ class MoEPlan:
     block_k: int
     num_warps: int
     num_stages: int  # software-pipelining depth of the K loop
+
+    @property
+    def activation_path(self) -> ActivationPath:
+        return ACTIVATION_PATHS[self.act_dtype]
 
 
 @dataclass(frozen=True)
@@ -206,13 +226,13 @@ def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, acti
              gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT, bias1=None, bias2=None,
              doweight_stage1=False, expert_mask=None, scale_mode="round_up", arch=None, env=None) -> MoEPlan:
     """Validate the call and return the plan ``fused_moe`` would execute (selector decision included)."""
-    plan, _ = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, bias1, bias2,
-                    expert_mask, scale_mode, arch, env, defer_ids=False)
+    plan, _ = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, alpha, limit,
+                    doweight_stage1, bias1, bias2, expert_mask, scale_mode, arch, env, defer_ids=False)
     return plan
 
 
-def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, bias1, bias2, expert_mask,
-          scale_mode, arch, env, defer_ids):
+def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, alpha, limit,
+          doweight_stage1, bias1, bias2, expert_mask, scale_mode, arch, env, defer_ids):
     """(plan, pending id check) - ``plan_moe``, with the ids' range check deferred where ``defer_ids``."""
     M, E, H, I, topk = _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1, bias2,
                                  expert_mask)
@@ -221,10 +241,16 @@ def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation
         raise ValueError(f"activation={activation!r} is not supported by the kernels; expected one of {list(_ACT_IDS)}")
     decision = select_activation_dtype(M, arch=detect_arch() if arch is None else arch, weight_dtype="fp4x2",
                                        activation=activation, gate_mode=gate_mode, quant_type="per_1x32", env=env)
-    mode = em.ScaleMode.parse(scale_mode).value
+    mode = em.ScaleMode.parse(scale_mode)
+    if not isinstance(doweight_stage1, bool):
+        raise TypeError(f"doweight_stage1: expected a bool, got {type(doweight_stage1).__name__} {doweight_stage1!r}")
+    for name, value in (("alpha", alpha), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise TypeError(f"{name}: expected a finite number, got {value!r}")
     block_m, block_n1, block_n2, block_k, warps, stages = _config(M, E, topk, _runtime.INTERPRET, H, I)
-    return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, M, E, H, I, topk,
-                   block_m, block_n1, block_n2, block_k, warps, stages), pending
+    return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, float(alpha),
+                   float(limit), doweight_stage1, M, E, H, I, topk, block_m, block_n1, block_n2, block_k, warps,
+                   stages), pending
 
 
 def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, kf: KernelFormat) -> torch.Tensor:
@@ -258,8 +284,8 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     ``return_trace=True`` returns ``(out, MoERun)`` with the quantized intermediates; ``poison=True``
     fills every buffer the kernels write with NaN / 0xFF first (a testing aid).
     """
-    plan, pending = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, bias1,
-                          bias2, expert_mask, scale_mode, arch, env, defer_ids=True)
+    plan, pending = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, alpha,
+                          limit, doweight_stage1, bias1, bias2, expert_mask, scale_mode, arch, env, defer_ids=True)
     origin = hidden.device
     dev = _runtime.launch_device(hidden)
     to = lambda t: None if t is None else t.to(dev)  # noqa: E731
@@ -270,12 +296,13 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     # None: all live (ids clamped: out-of-range ones are dropped by the alignment and then reported)
     live = None if expert_mask is None else (expert_mask != 0)[topk_ids.to(torch.int64).clamp(0, E - 1)]
 
-    if plan.act_dtype == "bf16":
+    path = plan.activation_path
+    if not path.is_mx:
         a_q, a_scale = hidden.contiguous(), None
-    elif plan.act_dtype == "fp4x2":
+    elif path.packed:
         a_q, a_scale = quantize_mxfp4(hidden, scale_mode=plan.scale_mode)
     else:
-        a_q, a_scale = quantize_mxfp8(hidden, fmt="e4m3fn", scale_mode=plan.scale_mode)
+        a_q, a_scale = quantize_mxfp8(hidden, fmt=path.element_format, scale_mode=plan.scale_mode)
     kind = _KIND[plan.act_dtype]
     n_pairs = M * topk
     h_vals = _alloc((n_pairs, I), torch.int16, dev, poison)  # the stage-2 input: bf16 values of the quantized h
@@ -286,7 +313,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     if n_pairs:
         sorted_ids, expert_ids, n_blocks = align_pairs(topk_ids, live, plan.block_m, E)
         tw = topk_weights.contiguous().reshape(-1)
-        kf = KernelFormat.of(_ELEMENT_FORMAT[plan.act_dtype])
+        kf = KernelFormat.of(_element_format(plan.act_dtype))
         wfmt = weight_constexprs(ptx=_ptx_decode(dev))
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_q_arg, h_scale_arg = (h_q, h_scale) if store_codes else (h_vals, h_vals)  # STORE_CODES=False: never written
@@ -301,8 +328,8 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
                 a_in.stride(0), w1.stride(0), w1.stride(1), w1_scale.stride(0),
                 w1_scale.stride(1), h_vals.stride(0), h_q_arg.stride(0), h_scale_arg.stride(0),
                 OUT_KIND=kind, STORE_CODES=store_codes, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
-                ACT=_ACT_IDS[activation], HAS_BIAS=bias1 is not None, DOWEIGHT=bool(doweight_stage1),
-                ALPHA=float(alpha), LIMIT=float(limit), MODE=SCALE_MODE_IDS[em.ScaleMode(plan.scale_mode)],
+                ACT=_ACT_IDS[activation], HAS_BIAS=bias1 is not None, DOWEIGHT=plan.doweight_stage1,
+                ALPHA=plan.alpha, LIMIT=plan.limit, MODE=SCALE_MODE_IDS[plan.scale_mode],
                 BLOCK_N=plan.block_n1, **kf.constexprs("F_", decode=True), **common)
             grid2 = (n_blocks * triton.cdiv(H, plan.block_n2),)
             h_in = h_vals.view(torch.bfloat16)
@@ -311,7 +338,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
                 expert_ids, y, n_pairs, H, I,
                 h_in.stride(0), w2.stride(0), w2.stride(1), w2_scale.stride(0),
                 w2_scale.stride(1), y.stride(0),
-                HAS_BIAS=bias2 is not None, WEIGHT_HERE=not doweight_stage1, BLOCK_N=plan.block_n2, **common)
+                HAS_BIAS=bias2 is not None, WEIGHT_HERE=not plan.doweight_stage1, BLOCK_N=plan.block_n2, **common)
     out = torch.empty((M, H), dtype=torch.bfloat16, device=dev)
     if M:
         block_t, block_h = (64, 512) if _runtime.INTERPRET else (4, 256)

@@ -142,7 +142,7 @@ def _moe_variants():
         ptx = all(TARGETS[t].backend == "cuda" for t in targets)  # as fused_moe picks the decode
         common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **moe_gemm.weight_constexprs(ptx))
         for act_dtype, kind in dispatch._KIND.items():
-            fmt = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype]).constexprs("F_", decode=True)
+            fmt = KernelFormat.of(dispatch._element_format(act_dtype)).constexprs("F_", decode=True)
             path = dispatch.PATHS[act_dtype]
             sig1 = _MOE_SIG1
             for gate_mode in ("separated", "interleave"):  # fused_moe's own launch: no codes for a trace
@@ -157,7 +157,7 @@ def _moe_variants():
                            tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages, targets=tuple(targets),
                            divisible16=_MOE_DIV16_2))
     for act_dtype in ("fp4x2", "fp8"):
-        kf = KernelFormat.of(dispatch._ELEMENT_FORMAT[act_dtype])
+        kf = KernelFormat.of(dispatch._element_format(act_dtype))
         ce = dict(KIND=dispatch._KIND[act_dtype], BLOCK_R=16, BLOCK_K=128, MAN_BITS=kf.man_bits, BIAS=kf.bias,
                   SIGN_SHIFT=kf.sign_shift)
         out.append(Variant(f"dequant_rows/{act_dtype}", "dequant", moe_gemm._dequant_rows_kernel,

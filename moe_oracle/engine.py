@@ -14,7 +14,7 @@ from .layer import check_layer_case, layer_capabilities
 from .progress import Progress
 from .quantizers import check_quantizer
 
-__all__ = ["run_layers", "run_quantizers", "run_selector", "layer_archs"]
+__all__ = ["run_layers", "run_quantizers", "run_stages", "run_selector", "layer_archs"]
 
 
 def layer_archs(impl: Implementation, archs):
@@ -36,7 +36,7 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1) ->
     case_list = list(refs.cases(cfg, archs, gate_modes))
     cache: dict = {}
     mma_k = refs.mma_k_of(device.type)
-    jobs = [(c, cfg.reference_act_dtype or select_activation_dtype(c["M"], arch=c["arch"], gate_mode=c["gate_mode"],
+    jobs = [(c, cfg.reference_act_dtype or impl.fixed_path or select_activation_dtype(c["M"], arch=c["arch"], gate_mode=c["gate_mode"],
                                                                    env=c["env"]).dtype, cfg.seed, mma_k, "bias1" in caps)
             for c in case_list]
     refs.prefetch(jobs, cache, workers)
@@ -81,6 +81,29 @@ def run_quantizers(impl: Implementation, cfg, *, device) -> list[dict]:
                 row.update(bytes_equal=0, bytes_total=0, verdict="FAIL", diagnosis=f"raised {type(exc).__name__}: {exc}")
             checks.append(row)
     return checks
+
+
+def run_stages(impl: Implementation, cfg, *, device) -> list[dict]:
+    """Its MoE GEMM stage per shape (stage 1's: K = H, N = 2I) x M x routed weight applied or not."""
+    from .stage import check_stage
+
+    if impl.moe_gemm_stage is None:
+        return []
+    rows = []
+    for shape in cfg.shapes:
+        for M in sorted({m for m in cfg.M if m > 0} | {1}):
+            for mul in (False, True):
+                seed = zlib.crc32(repr((cfg.seed, "stage", M, mul, tuple(shape.items()))).encode())
+                row = dict(impl=impl.name, M=M, E=shape["E"], K=shape["H"], N=2 * shape["I"], topk=shape["topk"],
+                           mul_routed_weight=mul, seed=seed)
+                try:
+                    row.update(check_stage(impl.moe_gemm_stage, M=M, E=shape["E"], K=shape["H"], N=2 * shape["I"],
+                                           topk=shape["topk"], mul_routed_weight=mul, seed=seed, device=device))
+                except Exception as exc:  # noqa: BLE001
+                    row.update(verdict="FAIL", margin=float("nan"), max_err=float("nan"),
+                               diagnosis=f"raised {type(exc).__name__}: {exc}")
+                rows.append(row)
+    return rows
 
 
 def run_selector(impl: Implementation, cfg, archs) -> list[dict]:

@@ -6,6 +6,8 @@ values of the project's own (``moe_kernels``):
 - ``quantize_mxfp4(x [M, K] bf16/fp32, *, scale_mode=...) -> (fp4x2 uint8 [M, K/2], e8m0 uint8 [M, K/32])``
 - ``quantize_mxfp8(x, *, fmt="e4m3fn", scale_mode=...) -> (codes uint8 [M, K], e8m0 uint8 [M, K/32])``
 - ``quantize_fp8_per_token(x, *, fmt="e4m3fn") -> (codes uint8 [M, K], scale fp32 [M, 1])``
+- ``moe_gemm_stage(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None)``
+  ``-> bf16 [M, topk, N]``: one grouped GEMM without activation (``moe_oracle.stage``)
 - ``fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode, bias1, bias2, ...)``
   ``-> out bf16 [M, H]`` (or a :class:`LayerResult`, which may also say which activation path ran)
 - ``select_act_dtype(M, *, arch, gate_mode, env) -> "bf16" | "fp4x2" | "fp8"`` (its own dispatch)
@@ -29,7 +31,7 @@ from collections.abc import Callable, Mapping
 __all__ = ["Implementation", "Quantizer", "LayerResult", "QUANTIZER_KINDS", "as_implementation", "call_with", "applied_env"]
 
 QUANTIZER_KINDS = ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token")
-_CALLABLES = (*QUANTIZER_KINDS, "fused_moe", "select_act_dtype")
+_CALLABLES = (*QUANTIZER_KINDS, "moe_gemm_stage", "fused_moe", "select_act_dtype")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +65,15 @@ class Implementation:
     """An implementation under test. ``scale_modes``: the modes its MX quantizers can be asked for
     (None: any, through ``scale_mode=``); ``declared``: conventions it claims (e.g. {"ties": "even"}),
     checked against what is measured; ``archs``: the arch profiles it can be run at (None: any, through
-    ``arch=``; else only these, e.g. the device's own); ``note``: one line for the report."""
+    ``arch=``; else only these, e.g. the device's own); ``fixed_path``: a layer with one activation path
+    and no dispatch (it is judged on that path's reference; the selector's choice is noted); ``note``:
+    one line for the report."""
 
     name: str
     quantize_mxfp4: Callable | None = None
     quantize_mxfp8: Callable | None = None
     quantize_fp8_per_token: Callable | None = None
+    moe_gemm_stage: Callable | None = None
     fused_moe: Callable | None = None
     select_act_dtype: Callable | None = None
     scale_modes: tuple[str, ...] | None = None
@@ -78,6 +83,7 @@ class Implementation:
     version: str = ""
     note: str = ""
     extra_quantizers: tuple[Quantizer, ...] = ()
+    fixed_path: str | None = None  # the one activation path its layer implements (no dispatch of its own)
 
     def provides(self) -> list[str]:
         return [n for n in _CALLABLES if getattr(self, n) is not None] + [q.label for q in self.extra_quantizers]

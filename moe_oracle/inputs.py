@@ -56,25 +56,29 @@ def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: st
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.stack([np.concatenate([_block(rng, kind, fmt) for kind in row]) for row in kinds])
     if per_row and M > 8:  # rows where x / s and x * (1/s) round differently (bf16-exact values)
-        ties = _division_ties(fmt)
+        amax, ties = _division_ties(fmt)
         for r in range(3, 8):
             k = int(rng.integers(-10, 10))
             x[r] = rng.choice(ties, K) * np.where(rng.random(K) < 0.5, -1, 1) * 2.0**k
-            x[r, int(rng.integers(K))] = 6.5 * 2.0**k
+            x[r, int(rng.integers(K))] = amax * 2.0**k
     return x.astype(np.float32)
 
 
 @functools.cache
-def _division_ties(fmt: str) -> np.ndarray:
-    """bf16 values v < 6.5 whose per-token codes differ between v / s and v * fl32(1/s), s = fl32(6.5 / max)."""
+def _division_ties(fmt: str) -> tuple[float, np.ndarray]:
+    """(amax, bf16 values v < amax) whose per-token codes differ between v / s and v * fl32(1/s) with
+    s = fl32(amax / max): the first bf16 amax in [4, 8) (6.5 first, the worked example) that has any."""
     f = em.get_format(fmt if fmt in ("e4m3fn", "e4m3fnuz") else "e4m3fn")
     v = (np.arange(1 << 15, dtype=np.uint32) << 16).view(np.float32)
-    v = v[np.isfinite(v) & (v > 0) & (v < 6.5)]
-    scale = np.float32(6.5) / np.float32(f.max_finite)
-    differ = em.encode(v / scale, f) != em.encode(v * (np.float32(1) / scale), f)
-    return v[differ]
-
-
+    v = v[np.isfinite(v) & (v > 0)]
+    candidates = [np.float32(6.5)] + [a for a in v[(v >= 4) & (v < 8)] if a != np.float32(6.5)]
+    for amax in candidates:
+        below = v[v < amax]
+        scale = amax / np.float32(f.max_finite)
+        differ = em.encode(below / scale, f) != em.encode(below * (np.float32(1) / scale), f)
+        if differ.any():
+            return float(amax), below[differ]
+    raise LookupError(f"no bf16 amax in [4, 8) separates x / s from x * (1/s) for {fmt}")
 def classify_blocks(x: np.ndarray) -> np.ndarray:
     """The kind of every 32-block of fp32 ``x`` [M, K] from its values -> str [M, K/32]."""
     b = x.reshape(x.shape[0], -1, 32).astype(np.float64)

@@ -4,13 +4,14 @@ output within the derived bound), and diagnose what does not match."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 
 import numpy as np
 
 import emulation as em
-from moe_ref import select_activation_dtype
+from moe_ref import ACTIVATION_PATHS, activation_path, select_activation_dtype
 from moe_ref.selector import ACT_DTYPES
 
 from . import references as refs
@@ -19,7 +20,7 @@ from .implementation import LayerResult, call_with
 
 __all__ = ["PATH_NAMES", "layer_capabilities", "check_layer_case"]
 
-PATH_NAMES = {"bf16": "a16w4", "fp4x2": "a4w4", "fp8": "a8w4"}
+PATH_NAMES = {d: p.name for d, p in ACTIVATION_PATHS.items()}
 
 
 def layer_capabilities(fn) -> set[str]:
@@ -54,14 +55,38 @@ def _as_numpy(t) -> np.ndarray:
 
 
 def _fill_allocator(device, nbytes: int, byte: int) -> None:
-    """Leave freed memory holding ``byte`` (0xFF: NaN in every float type) where the implementation's
-    buffers will come from: blocks of every power-of-two size up to ``nbytes`` held at once, then
-    freed. On a GPU the caching allocator hands them out again; on a CPU heap this reaches buffers of
-    roughly 4 KiB to 1 MiB (smaller ones come from per-size caches, larger ones straight from the OS)."""
+    """Leave freed memory holding ``byte`` where the implementation's buffers will come from: blocks of
+    every power-of-two size up to ``nbytes`` held at once, then freed (a GPU's caching allocator hands
+    them out again; on a CPU heap this reaches some sizes only, hence also :func:`filled_empty`)."""
     torch = _torch()
     top = max(nbytes, 1 << 20).bit_length()
     held = [torch.full((1 << k,), byte, dtype=torch.uint8, device=device) for k in range(6, top + 1) for _ in range(3)]
     del held
+
+
+@contextlib.contextmanager
+def filled_empty(byte: int):
+    """``torch.empty``, ``empty_like``, ``empty_strided`` and ``Tensor.new_empty`` return buffers whose
+    every byte is ``byte`` for the duration: uninitialised memory made deterministic, so that a result
+    that depends on it shows (0xFF is NaN in every float type)."""
+    torch = _torch()
+    saved = torch.empty, torch.empty_like, torch.empty_strided, torch.Tensor.new_empty
+
+    def fill(t):
+        if t.numel() and t.is_contiguous():
+            t.view(-1).view(torch.uint8).fill_(byte)
+        elif t.numel():  # a strided buffer: the same bytes element by element
+            t.fill_(float("nan") if byte == 0xFF and t.dtype.is_floating_point else -1 if byte == 0xFF else 0)
+        return t
+
+    try:
+        torch.empty = lambda *a, **k: fill(saved[0](*a, **k))
+        torch.empty_like = lambda *a, **k: fill(saved[1](*a, **k))
+        torch.empty_strided = lambda *a, **k: fill(saved[2](*a, **k))
+        torch.Tensor.new_empty = lambda self, *a, **k: fill(saved[3](self, *a, **k))
+        yield
+    finally:
+        torch.empty, torch.empty_like, torch.empty_strided, torch.Tensor.new_empty = saved
 
 
 def _run(impl, pt, case, caps, fill: int, device) -> tuple[np.ndarray, LayerResult, float]:
@@ -74,7 +99,8 @@ def _run(impl, pt, case, caps, fill: int, device) -> tuple[np.ndarray, LayerResu
     if "poison" in caps:
         kw["poison"] = fill == 0xFF
     t0 = time.perf_counter()
-    result = call_with(impl.fused_moe, *pt.args(), env=case["env"], **kw)
+    with filled_empty(fill):
+        result = call_with(impl.fused_moe, *pt.args(), env=case["env"], **kw)
     if device.type == "cuda":
         _torch().cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -90,19 +116,16 @@ def _stage1_bytes(result: LayerResult, hidden_bf16: np.ndarray, act_dtype: str, 
     """(equal, total) bytes of the exposed stage-1 input against the emulation; None if not exposed."""
     if result.a_q is None:
         return None
+    path = activation_path(act_dtype)
     got = _as_numpy(result.a_q)
-    if act_dtype == "bf16":
-        want = em.encode(hidden_bf16, "bf16")
+    want_q, want_s = path.quantize(hidden_bf16, scale_mode)
+    if not path.is_mx:
         got = em.encode(got.astype(np.float32), "bf16") if got.dtype != np.uint16 else got
-        return int((got == want).sum()), want.size
-    if act_dtype == "fp4x2":
-        q, s = em.quantize_mxfp4(hidden_bf16, scale_mode=scale_mode)
-    else:
-        q, s = em.quantize_mxfp8(hidden_bf16, fmt="e4m3fn", scale_mode=scale_mode)
+        return int((got == want_q).sum()), want_q.size
     got_s = _as_numpy(result.a_scale)
-    if got.shape != q.shape or got_s.shape != s.shape:
-        return 0, q.size + s.size
-    return int((got == q).sum() + (got_s == s).sum()), q.size + s.size
+    if got.shape != want_q.shape or got_s.shape != want_s.shape:
+        return 0, want_q.size + want_s.size
+    return int((got == want_q).sum() + (got_s == want_s).sum()), want_q.size + want_s.size
 
 
 def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selected, reported) -> list[str]:
@@ -148,7 +171,7 @@ def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> d
     caps = layer_capabilities(impl.fused_moe)
     with_bias = "bias1" in caps
     decision = select_activation_dtype(case["M"], arch=case["arch"], gate_mode=case["gate_mode"], env=case["env"])
-    selected = cfg.reference_act_dtype or decision.dtype
+    selected = cfg.reference_act_dtype or impl.fixed_path or decision.dtype
     mma_k = refs.mma_k_of(device.type)
     p, ref, ideal, bound = refs.reference(cache, case, selected, seed, mma_k, with_bias)
     bound = cfg.tolerance_scale * bound
@@ -167,6 +190,9 @@ def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> d
                                     before, pt.args()) if not torch.equal(a, b)]
     if touched:
         notes.append(f"it wrote to its inputs: {', '.join(touched)}")
+    if impl.fixed_path and impl.fixed_path != decision.dtype:
+        notes.append(f"judged on its one path {PATH_NAMES[impl.fixed_path]}; the selector would choose "
+                     f"{PATH_NAMES[decision.dtype]} here ({decision.reason})")
     bytes_eq = _stage1_bytes(result, p.hidden, reported or selected, case["scale_mode"])
     ok = cmp["within_tolerance"] and not changed and not touched and (bytes_eq is None or bytes_eq[0] == bytes_eq[1])
     ok = ok and (reported is None or reported == selected)

@@ -51,6 +51,14 @@ def format_quantizers(checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_stages(stages: list[dict]) -> str:
+    lines = []
+    for r in stages:
+        lines.append(f"M={r['M']:<5d} E/K/N/k={r['E']}/{r['K']}/{r['N']}/{r['topk']} weight={'yes' if r['mul_routed_weight'] else 'no ':3s} "
+                     f"err {r['max_err']:9.2e} margin {r['margin']:8.3g} {r['verdict']:6s} {r['diagnosis']}")
+    return "\n".join(lines)
+
+
 def quant_cost_by_path(rows: list[dict]) -> dict:
     """Per path: the largest relative error of the emulated reference to the ideal (the format's cost)."""
     cost = {}
@@ -127,13 +135,19 @@ def _plot(rows, path: Path) -> str | None:
     return None
 
 
-def write(out: Path, rows, quant, selector, meta) -> list[Path]:
+def write(out: Path, rows, quant, selector, meta, stages=()) -> list[Path]:
     """report.json, report.md and margin_vs_M.png under ``out``; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.json", out / "report.md"]
-    files[0].write_text(json.dumps({"meta": meta, "cases": rows, "quantizers": quant, "selector": selector}, indent=1,
-                                   default=str))
-    files[1].write_text(_markdown(rows, quant, selector, meta))
+    files[0].write_text(json.dumps({"meta": meta, "cases": rows, "quantizers": quant, "stages": list(stages),
+                                    "selector": selector}, indent=1, default=str))
+    text = _markdown(rows, quant, selector, meta)
+    if stages:
+        text += ("\n## MoE GEMM stage\n\n| M | E/K/N/topk | routed weight | max err | margin | verdict | diagnosis |\n"
+                 "|---|---|---|---|---|---|---|\n" + "".join(
+                     f"| {r['M']} | {r['E']}/{r['K']}/{r['N']}/{r['topk']} | {r['mul_routed_weight']} | {r['max_err']:.3g} | "
+                     f"{r['margin']:.3g} | {r['verdict']} | {r['diagnosis']} |\n" for r in stages))
+    files[1].write_text(text)
     note = _plot(rows, out / "margin_vs_M.png")
     if note is None:
         files.append(out / "margin_vs_M.png")

@@ -40,6 +40,7 @@ import emulation as em
 from ._arrays import is_torch, like, to_numpy
 from .activation import SWIGLU_ALPHA, SWIGLU_LIMIT, gated_activation
 from .exact import exact_matmul_f32
+from .paths import activation_path
 from .selector import ACT_DTYPES, ACTIVATIONS, GATE_MODES
 
 __all__ = ["MoEWeights", "quantize_activation", "moe_reference", "MoETrace"]
@@ -138,13 +139,7 @@ def _mxfp4_bit_range(packed: np.ndarray, scale_e8m0: np.ndarray):
 
 def quantize_activation(x: np.ndarray, act_dtype: str, scale_mode="round_up") -> np.ndarray:
     """Q of the contract: fp32 rows -> their quantized values (float32), along the last axis."""
-    if act_dtype == "bf16":
-        return em.round_to_bf16(x)
-    if act_dtype == "fp4x2":
-        return em.dequantize_mxfp4(*em.quantize_mxfp4(x, scale_mode=scale_mode))
-    if act_dtype == "fp8":
-        return em.dequantize_mxfp8(*em.quantize_mxfp8(x, fmt="e4m3fn", scale_mode=scale_mode), fmt="e4m3fn")
-    raise ValueError(f"act_dtype={act_dtype!r} is not valid; expected None or one of {list(ACT_DTYPES)}")
+    return activation_path(act_dtype).quantize_values(x, scale_mode)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ u = 2^-23 (one ulp: covers round-to-nearest and truncation):
    with the emulation itself (quantize h +- B_h).
 4. stage 2:  |y_k - y| <= sum_j |w2_j| D_j + K u / (1 - K u) * sum_j |h_q,j w2_j| + 2^-24 |y|, times
    the routing weight.
-5. output: the fp32 slot sum adds 2^-24 per addition; the bf16 rounding may then differ by one bf16
-   ulp wherever the fp32 results can differ.
+5. output: the fp32 slot sum adds 2^-24 per addition; then the bf16 outputs may differ only where the
+   fp32 interval ref +- bound holds a bf16 rounding boundary, by the distance between the roundings of
+   its ends (``bf16_output_bound``; elsewhere they must be equal).
 The result is an elementwise bound on |out_kernel - out_reference|.
 
 Accumulation term: the worst case n u sum|a_i w_i| (n roundings of relative size u) grows like K
@@ -38,9 +39,10 @@ import numpy as np
 
 import emulation as em
 
+from .paths import activation_path
 from .reference import MoETrace, MoEWeights, quantize_activation
 
-__all__ = ["kernel_tolerance", "U_ACC"]
+__all__ = ["kernel_tolerance", "bf16_output_bound", "U_ACC"]
 
 U_ACC = 2.0**-23
 
@@ -75,7 +77,7 @@ def _flip_step(h: np.ndarray, b_h: np.ndarray, act_dtype: str, scale_mode) -> np
         shifted = h + sign * b_h
         robust &= quantize_activation(shifted.astype(np.float32), act_dtype, scale_mode) == q
     # scale robustness: the block's amax moved by up to the block's largest b_h
-    fmt = "e2m1" if act_dtype == "fp4x2" else "e4m3fn"
+    fmt = activation_path(act_dtype).element_format
     n, cols = h.shape
     amax = np.abs(h).reshape(n, cols // 32, 32).max(-1)
     b_blk = b_h.reshape(n, cols // 32, 32).max(-1)
@@ -132,4 +134,17 @@ def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_id
     topk = ids.shape[1] if ids.ndim == 2 else 1
     out = np.abs(trace.out_f32.astype(np.float64))
     bound += topk * 2.0**-24 * (out + bound)
-    return bound + np.where(bound > 0, _bf16_ulp(out + bound), 0.0)
+    return bf16_output_bound(trace.out_f32, bound)
+
+
+def bf16_output_bound(ref_f32: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Bound on |bf16(kernel) - bf16(ref)| given |kernel - ref| <= ``bound`` in fp32: rounding is
+    monotonic, so bf16(kernel) lies between bf16(ref - bound) and bf16(ref + bound); where those agree
+    the bf16 outputs must be equal (no ulp is granted where the fp32 interval holds no rounding boundary)."""
+    ref = ref_f32.astype(np.float64)
+    ref_bf16 = em.round_to_bf16(ref_f32.astype(np.float32)).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo = em.round_to_bf16((ref - bound).astype(np.float32)).astype(np.float64)
+        hi = em.round_to_bf16((ref + bound).astype(np.float32)).astype(np.float64)
+        out = np.maximum(np.abs(hi - ref_bf16), np.abs(ref_bf16 - lo))
+    return np.where(np.isfinite(out), out, np.inf)

@@ -21,10 +21,60 @@ BF16_ONLY = ("bfloat16",)
 
 
 @functools.cache
+def _root():
+    return locate("aiter", "MOE_ORACLE_AITER_PATH")
+
+
+@functools.cache
 def _modules():
-    root = locate("aiter", "MOE_ORACLE_AITER_PATH")
+    root = _root()
     stub_packages(root, "aiter.ops.triton")
     return import_file_module("aiter.ops.triton.quant"), import_file_module("aiter.ops.triton.quant_moe")
+
+
+ARCH_NOTE = ("AITER's get_arch() asked of a non-AMD driver (the interpreter: RuntimeError, then an import of jax; "
+             "NVIDIA: an int that its `in (\"gfx950\")` test rejects) is answered 'gfx950' by the adapter")
+
+
+@functools.cache
+def _moe_module():
+    """moe_op_mxfp4, with AITER's arch query answered as gfx950 where the driver is not AMD's."""
+    _modules()
+    arch_info = import_file_module("aiter.ops.triton.utils._triton.arch_info")
+    real = arch_info.get_arch
+
+    def get_arch():
+        try:
+            arch = real()
+        except (RuntimeError, ImportError):
+            return "gfx950"
+        return arch if isinstance(arch, str) and arch.startswith("gfx") else "gfx950"
+
+    arch_info.get_arch = get_arch
+    return import_file_module("aiter.ops.triton.moe_op_mxfp4")
+
+
+def _stage(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+    """``fused_moe_mxfp4`` (a16w4: bf16 activations, MXFP4 weights) as one MoE GEMM stage, with the
+    sorted-id layout it expects (``moe_ref.moe_align_block_size``: padding = topk_ids.numel())."""
+    import torch
+    import triton.language as tl
+
+    from moe_ref import moe_align_block_size
+
+    moe = _moe_module()
+    M, topk = topk_ids.shape
+    E, N, _ = w.shape
+    config = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1}
+    sorted_ids, expert_ids, total = moe_align_block_size(topk_ids.cpu(), config["BLOCK_SIZE_M"], E)
+    dev = hidden.device
+    out = torch.empty((M, topk, N), dtype=torch.bfloat16, device=dev) if out is None else out
+    a_scale = torch.ones((1,), dtype=torch.float32, device=dev)  # per-tensor scales: 1 (MX scales carry it all)
+    b_scale = torch.ones((E,), dtype=torch.float32, device=dev)  # one per expert: it reads B_scale[e]
+    moe.fused_moe_mxfp4(hidden, w, out, a_scale, b_scale, None, w_scale, topk_weights.contiguous(), topk_ids,
+                        sorted_ids.to(dev), expert_ids.to(dev), torch.tensor([total], dtype=torch.int32, device=dev),
+                        mul_routed_weight, topk, False, False, config, tl.bfloat16)
+    return out
 
 
 @contextlib.contextmanager
@@ -77,8 +127,10 @@ def implementation() -> Implementation:
 
     assume_note = ("under the interpreter its tl.assume(pid > 0), false for program 0, is not checked" if
                    interpreter_active() else "")
+    from .aiter_dispatch import load_dispatch
+
     return Implementation(
-        "aiter-triton", version=TESTED_VERSION, note=f"AITER's Triton quantizers ({TESTED_VERSION}, loaded from its files)",
+        "aiter-triton", moe_gemm_stage=_stage, select_act_dtype=load_dispatch(_root()), version=TESTED_VERSION, note=f"AITER's Triton quantizers ({TESTED_VERSION}, loaded from its files)",
         extra_quantizers=(
             Quantizer("dynamic_mxfp4_quant", "quantize_mxfp4", dynamic_mxfp4_quant, (), "even",
                       note="its docstring: scaling_mode 'even' (Quark's even_round)"),

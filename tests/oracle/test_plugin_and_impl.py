@@ -182,3 +182,59 @@ def test_cli_impl_aiter_triton_quick_runs_and_diagnoses_every_quantizer(tmp_path
     assert {c["kind"] for c in quant} == {"dynamic_mxfp4_quant", "downcast_to_mxfp[fp4]", "downcast_to_mxfp[fp8]",
                                           "dynamic_per_token_quant_fp8_i8"}
     assert all(c["diagnosis"] for c in quant)
+
+
+def test_aiter_gemm_stage_differs_only_by_the_interpreters_bf16_cast(base_seed):
+    """fused_moe_mxfp4 (a16w4) under the interpreter: every output outside the bound is the interpreter's
+    truncating fp32->bf16 cast of a value within the fp32 bound (checked with the cast itself)."""
+    from moe_oracle.stage import check_stage
+
+    impl = _aiter()
+    for mul in (False, True):
+        row = check_stage(impl.moe_gemm_stage, M=8, E=4, K=128, N=64, topk=2, mul_routed_weight=mul, seed=base_seed)
+        assert row["verdict"] in ("PASS", "INTERP"), row
+        if row["verdict"] == "INTERP":
+            assert "Triton interpreter's own fp32->bf16 cast" in row["diagnosis"]
+
+
+def test_aiter_dispatch_is_read_from_its_source_and_compared_case_by_case():
+    """AITER's own choice (this wheel: SwiGLU keeps bf16 at every M, no env knob) against the selector."""
+    from moe_oracle import config, engine
+
+    impl = _aiter()
+    assert impl.select_act_dtype(8192, arch="gfx950") == "bf16"
+    assert impl.select_act_dtype(8192, arch="gfx950", activation="Silu") == "fp4x2"
+    rows = engine.run_selector(impl, config.QUICK, ["gfx950"])
+    disagree = {(r["M"], r["gate_mode"]) for r in rows if not r["agree"]}
+    assert (256, "separated") in disagree and (1, "separated") not in disagree
+
+
+def _stage_bug(kind):
+    import torch
+
+    import emulation as em
+
+    def stage(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+        M, topk = topk_ids.shape
+        out = torch.empty((M, topk, w.shape[1]), dtype=torch.bfloat16) if out is None else out
+        for t in range(M - (kind == "last token dropped")):
+            for k in range(topk):
+                e = int(topk_ids[t, k])
+                wd = torch.from_numpy(em.dequantize_mxfp4(w[e].numpy(), w_scale[e].numpy())).double()
+                g = (hidden[t].double() @ wd.T).float()
+                if mul_routed_weight != (kind == "weight ignored"):
+                    g = g * topk_weights[t, k]
+                out[t, k] = g.to(torch.bfloat16)
+        return out
+
+    return stage
+
+
+@pytest.mark.parametrize("kind, diagnosis", [("correct", ""), ("weight ignored", "mul_routed_weight=False"),
+                                             ("last token dropped", "never written")])
+def test_stage_bugs_are_diagnosed(kind, diagnosis, base_seed):
+    from moe_oracle.stage import check_stage
+
+    row = check_stage(_stage_bug(kind), M=4, E=4, K=64, N=64, topk=2, mul_routed_weight=True, seed=base_seed)
+    assert (row["verdict"] == "PASS") == (kind == "correct"), row
+    assert diagnosis in row["diagnosis"]

@@ -1,0 +1,89 @@
+"""Checking one MoE GEMM stage (no activation): for every routed pair (t, k),
+``out[t, k] = bf16(fp32(hidden[t] . dequant(w[e]).T) [* topk_weights[t, k]])`` with e = topk_ids[t, k].
+
+Contract: ``moe_gemm_stage(hidden bf16 [M, K], w uint8 [E, N, K/2], w_scale uint8 [E, N, K/32],
+topk_weights fp32 [M, topk], topk_ids int32 [M, topk], *, mul_routed_weight, out=None) -> bf16 [M, topk, N]``
+(``out``, when it declares it, is the buffer it must write; the check hands it one filled with NaN,
+then one filled with zeros: a result that differs read memory it must not, an element still NaN was
+never written). The bound is stage 1's of ``moe_ref.tolerance`` plus one bf16 ulp where the fp32
+results may differ.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import emulation as em
+from moe_ref import random_moe_problem
+from moe_ref.exact import exact_matmul_f32
+from moe_ref.tolerance import _accumulation_bound, bf16_output_bound
+
+from .compare import margin_of
+from .implementation import _accepts, call_with
+from .interpreter import bf16_explained_by_interpreter
+
+__all__ = ["check_stage"]
+
+
+def _reference(p, mul_routed_weight: bool, mma_k):
+    M, topk = p.topk_ids.shape
+    K, N = p.hidden.shape[1], p.w1.shape[1]
+    ref = np.zeros((M, topk, N), np.float32)
+    bound = np.zeros((M, topk, N))
+    a = em.round_to_bf16(p.hidden)
+    for e in np.unique(p.topk_ids):
+        t, k = np.nonzero(p.topk_ids == e)
+        w = em.dequantize_mxfp4(p.w1[e], p.w1_scale[e])
+        g = exact_matmul_f32(a[t], w)
+        b = _accumulation_bound(np.abs(a[t]).astype(np.float64), np.abs(w).astype(np.float64), K, mma_k) \
+            + 2.0**-24 * np.abs(g)
+        if mul_routed_weight:
+            wt = p.topk_weights[t, k][:, None]
+            g = (g * wt).astype(np.float32)
+            b = b * wt + 2.0**-24 * np.abs(g)
+        ref[t, k], bound[t, k] = g, b
+    return em.round_to_bf16(ref), bf16_output_bound(ref, bound), ref, bound
+
+
+def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_weight: bool, seed: int,
+                device="cpu") -> dict:
+    """One stage case -> a row: bytes-free (bf16 output) comparison with margin, NaN (never written)
+    count, memory sensitivity, and a diagnosis."""
+    import torch
+
+    p = random_moe_problem(np.random.default_rng([seed, M, E, K, N, topk]), M=M, E=E, H=K, I=N // 2, topk=topk)
+    ref, bound, ref_f32, fp32_bound = _reference(p, mul_routed_weight, 16 if str(device) != "cpu" else None)
+    pt = p.to_torch(device)
+    args = (pt.hidden, pt.w1, pt.w1_scale, pt.topk_weights, pt.topk_ids)
+    outs = []
+    for fill in (float("nan"), 0.0):
+        kw = {"mul_routed_weight": mul_routed_weight}
+        if _accepts(fn, "out"):
+            kw["out"] = torch.full((M, topk, N), fill, dtype=torch.bfloat16, device=device)
+        res = call_with(fn, *args, **kw)
+        outs.append(res.detach().float().cpu().numpy().astype(np.float64))
+    got, got_zeroed = outs
+    if got.shape != ref.shape:
+        raise ValueError(f"moe_gemm_stage returned shape {list(got.shape)}, expected {list(ref.shape)}")
+    err = np.abs(got - ref)
+    margin = margin_of(err, bound)
+    unwritten = int(np.isnan(got).sum())
+    changed = int(((got != got_zeroed) & ~(np.isnan(got) & np.isnan(got_zeroed))).sum())
+    notes = []
+    if unwritten:
+        notes.append(f"{unwritten} of {got.size} outputs never written (NaN from the poisoned buffer)")
+    if changed:
+        notes.append(f"{changed} outputs change with the buffer's prior contents")
+    if margin > 1 and not unwritten:
+        alt, alt_bound, _, _ = _reference(p, not mul_routed_weight, None)
+        if margin_of(np.abs(got - alt), alt_bound) <= 1:
+            notes.append(f"matches the reference with mul_routed_weight={not mul_routed_weight}")
+    why = None if unwritten else bf16_explained_by_interpreter(ref_f32, fp32_bound, got, ~(err <= bound))
+    if why:
+        notes.append(why)
+    ok = margin <= 1 and not unwritten and not changed
+    notes.insert(0, f"within the bound (margin {margin:.3g})" if margin <= 1 else f"outside the bound (margin {margin:.3g})")
+    verdict = "PASS" if ok else "INTERP" if why and not changed else "FAIL"
+    return dict(M=M, E=E, K=K, N=N, topk=topk, mul_routed_weight=mul_routed_weight, seed=seed,
+                max_err=float(np.nanmax(err)) if not np.all(np.isnan(err)) else float("nan"), margin=margin,
+                verdict=verdict, diagnosis="; ".join(notes))
