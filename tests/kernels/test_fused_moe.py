@@ -179,10 +179,11 @@ def _run_random(path, gate_mode, rng, device, shape, seed=None):
     print(f"{act}: max |diff| {diff.max():.4g}, max bound {bound.max():.4g}, median bound {np.median(bound):.3g}")
     assert np.all(diff <= bound), f"max excess {(diff - bound).max():.3g}"
     for other, (ref_other, _) in refs.items():
-        if other != act:  # a kernel that silently ran another path would break the bound
-            caught = (np.abs(ref_other.astype(np.float64) - ref) > bound).mean()
-            print(f"  {act} vs {other}: {caught:.0%} of outputs outside the bound")
-            assert caught > 0.2, f"{act} vs {other}: only {caught:.0%} of outputs outside the bound"
+        if other != act:  # a kernel that silently ran another path would break the bound: on many outputs
+            outside = np.abs(ref_other.astype(np.float64) - ref) > bound
+            print(f"  {act} vs {other}: {outside.mean():.0%} of outputs outside the bound")
+            assert outside.mean() > 0.05 and outside.sum() >= 100, \
+                f"{act} vs {other}: only {outside.mean():.0%} ({outside.sum()}) of outputs outside the bound"
     return diff, bound
 
 
