@@ -17,6 +17,11 @@ def margin_of(err: np.ndarray, bound: np.ndarray) -> float:
     return float(ratio.max())
 
 
+def _bf16_ulp(x: np.ndarray) -> np.ndarray:
+    mag = np.maximum(np.abs(x.astype(np.float64)), 2.0**-126)
+    return np.exp2(np.floor(np.log2(mag)) - 7)
+
+
 def compare_output(out: np.ndarray, ref: np.ndarray, ideal: np.ndarray, bound: np.ndarray) -> dict:
     """Errors of ``out`` (float64) against the emulated reference and the ideal, the bound and margin."""
     diff_ref, diff_ideal = np.abs(out - ref), np.abs(out - ideal)
@@ -32,4 +37,6 @@ def compare_output(out: np.ndarray, ref: np.ndarray, ideal: np.ndarray, bound: n
         bound_at_worst=float(bound.reshape(-1)[worst]) if out.size else 0.0,
         margin=margin, within_tolerance=bool(margin <= 1.0),
         nan_out=int(np.isnan(out).sum()), inf_out=int(np.isinf(out).sum()),
+        n_outside=int((~(diff_ref <= bound)).sum()),
+        max_err_ulps=float(np.nanmax(diff_ref / _bf16_ulp(ref))) if out.size and not np.all(np.isnan(diff_ref)) else 0.0,
     )

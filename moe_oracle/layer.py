@@ -12,7 +12,6 @@ import numpy as np
 
 import emulation as em
 from moe_ref import ACTIVATION_PATHS, activation_path, select_activation_dtype
-from moe_ref.selector import ACT_DTYPES
 
 from . import references as refs
 from .compare import compare_output
@@ -128,6 +127,37 @@ def _stage1_bytes(result: LayerResult, hidden_bf16: np.ndarray, act_dtype: str, 
     return int((got == want_q).sum() + (got_s == want_s).sum()), want_q.size + want_s.size
 
 
+_CONVENTIONS = (  # the reference's convention options a foreign layer may follow instead of the contract's
+    (("routing_weight_dtype", "bf16"),), (("slot_dtype", "bf16"),),
+    (("routing_weight_dtype", "bf16"), ("slot_dtype", "bf16")),
+)
+_VARIANT_TEXT = {"routing_weight_dtype": "routing weights rounded to bf16", "slot_dtype": "each slot rounded to bf16 "
+                 "before the top-k sum"}
+
+
+def _candidates(selected: str):
+    """(path, variant) pairs tried when the output misses its reference: the other paths, the selected
+    path with its intermediate kept in bf16 or fp32, and the selected path under each convention."""
+    for other in ACTIVATION_PATHS:
+        if other != selected:
+            yield other, ()
+    for inter in ("bf16", "fp32"):
+        if inter != selected:
+            yield selected, (("intermediate_dtype", inter),)
+    for conv in _CONVENTIONS:
+        yield selected, conv
+
+
+def _variant_label(act: str, variant: tuple) -> str:
+    opts = dict(variant)
+    if not opts:
+        return f"the {PATH_NAMES[act]} path's reference"
+    if "intermediate_dtype" in opts:
+        kept = opts["intermediate_dtype"]
+        return f"the {PATH_NAMES[act]} reference with its intermediate {'unquantized (fp32)' if kept == 'fp32' else 'in ' + kept}"
+    return f"the {PATH_NAMES[act]} reference with " + " and ".join(_VARIANT_TEXT[k] for k in opts)
+
+
 def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selected, reported) -> list[str]:
     """Why the output does (not) match: another path's reference, an unquantized intermediate, NaN."""
     mma_k = refs.mma_k_of(device.type)
@@ -142,26 +172,24 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
         notes.insert(0, f"matches the {PATH_NAMES[selected]} reference (margin {cmp['margin']:.3g})")
         return notes
     tried = []
-    for other in ACT_DTYPES:
-        variants = [(other, None)] if other != selected else []
-        variants += [(other, h) for h in ("bf16", "fp32") if other == selected and h != other]
-        for act, inter in variants:
-            _, r, ideal, b = refs.reference(cache, case, act, seed, mma_k, with_bias, intermediate=inter)
-            m = compare_output(out, r, ideal, b)["margin"]
-            label = (f"the {PATH_NAMES[act]} path's reference" if inter is None else
-                     f"the {PATH_NAMES[act]} reference with its intermediate {'unquantized (fp32)' if inter == 'fp32' else 'in bf16'}")
-            tried.append((m, label, act, inter))
+    for act, variant in _candidates(selected):
+        _, r, ideal, b = refs.reference(cache, case, act, seed, mma_k, with_bias, variant=variant)
+        tried.append((compare_output(out, r, ideal, b)["margin"], act, variant))
     tried.sort(key=lambda t: t[0])
-    best_m, label, act, inter = tried[0]
-    if best_m <= 1.0 and inter is None:
+    best_m, act, variant = tried[0]
+    label = _variant_label(act, variant)
+    if best_m <= 1.0 and not variant:
         notes.insert(0, f"matches {label} (margin {best_m:.3g}): it took {PATH_NAMES[act]} where the selector chose "
                         f"{PATH_NAMES[selected]}")
-    elif best_m <= 1.0:
+    elif best_m <= 1.0 and dict(variant).get("intermediate_dtype"):
         notes.insert(0, f"matches {label} (margin {best_m:.3g}): the stage-2 input was not quantized as the "
                         f"{PATH_NAMES[selected]} path requires")
+    elif best_m <= 1.0:
+        notes.insert(0, f"matches {label} (margin {best_m:.3g}): a convention of its own, not the contract's")
     else:
-        notes.insert(0, f"matches no path's reference (margin {cmp['margin']:.3g} on {PATH_NAMES[selected]}; "
-                        f"closest: {label}, margin {best_m:.3g})")
+        notes.insert(0, f"matches no path's reference (margin {cmp['margin']:.3g} on {PATH_NAMES[selected]}, "
+                        f"{cmp['n_outside']} of {out.size} outputs outside the bound, up to {cmp['max_err_ulps']:.3g} bf16 "
+                        f"ulps; closest: {label}, margin {best_m:.3g})")
     return notes
 
 

@@ -48,30 +48,33 @@ def problem(cache: dict, case: dict, seed: int, with_bias: bool = True):
     return cache[pkey]
 
 
-def _compute(p, case: dict, act_dtype: str, mma_k, intermediate=None):
-    """(emulated reference, float64 ideal, elementwise bound) of a case's problem on one path."""
+def _compute(p, case: dict, act_dtype: str, mma_k, variant: tuple = ()):
+    """(emulated reference, float64 ideal, elementwise bound) of a case's problem on one path;
+    ``variant``: (name, value) pairs of the reference's convention options (intermediate_dtype,
+    routing_weight_dtype, slot_dtype), the contract where absent."""
+    opts = dict(variant)
     kw = dict(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], **p.biases())
-    ref, trace = moe_reference(*p.args(), act_dtype=act_dtype, intermediate_dtype=intermediate, return_trace=True, **kw)
+    ref, trace = moe_reference(*p.args(), act_dtype=act_dtype, return_trace=True, **opts, **kw)
     ideal = moe_reference(*p.args(), act_dtype=None, **kw)
     w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
-    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=intermediate or act_dtype,
-                             gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], mma_k=mma_k)
+    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=opts.get("intermediate_dtype") or act_dtype,
+                             gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], mma_k=mma_k,
+                             slot_dtype=opts.get("slot_dtype", "fp32"))
     return ref, ideal, bound
 
 
-def _key(case, act_dtype, seed, mma_k, with_bias, intermediate):
+def _key(case, act_dtype, seed, mma_k, with_bias, variant):
     return ("ref", seed, case["M"], tuple(case["shape"].items()), case["gate_mode"], act_dtype, case["scale_mode"],
-            mma_k, with_bias, intermediate)
+            mma_k, with_bias, tuple(variant))
 
 
-def reference(cache: dict, case: dict, act_dtype: str, seed: int, mma_k, with_bias: bool = True,
-              intermediate: str | None = None):
-    """(problem, reference, ideal, bound) of a case on path ``act_dtype``; cached, since other archs
-    and envs select the same path on the same data."""
-    key = _key(case, act_dtype, seed, mma_k, with_bias, intermediate)
+def reference(cache: dict, case: dict, act_dtype: str, seed: int, mma_k, with_bias: bool = True, variant: tuple = ()):
+    """(problem, reference, ideal, bound) of a case on path ``act_dtype`` (and a convention ``variant``);
+    cached, since other archs and envs select the same path on the same data."""
+    key = _key(case, act_dtype, seed, mma_k, with_bias, variant)
     if key not in cache:
         p = problem(cache, case, seed, with_bias)
-        cache[key] = (p, *_compute(p, case, act_dtype, mma_k, intermediate))
+        cache[key] = (p, *_compute(p, case, act_dtype, mma_k, variant))
     return cache[key]
 
 
@@ -85,7 +88,7 @@ def prefetch(jobs: list[tuple], cache: dict, workers: int) -> None:
     processes and fill ``cache`` (serially, they are computed on demand by :func:`reference`)."""
     todo = {}
     for case, act_dtype, seed, mma_k, with_bias in jobs:
-        todo.setdefault(_key(case, act_dtype, seed, mma_k, with_bias, None), (case, act_dtype, seed, mma_k, with_bias))
+        todo.setdefault(_key(case, act_dtype, seed, mma_k, with_bias, ()), (case, act_dtype, seed, mma_k, with_bias))
     todo = {k: j for k, j in todo.items() if k not in cache}
     if workers <= 1 or len(todo) <= 1:
         return

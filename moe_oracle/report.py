@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+CAP = 1e4  # margins above (inf: an error where the bound is 0) are drawn on this line
+
 __all__ = ["LEGEND", "format_table", "format_quantizers", "quant_cost_by_path", "write"]
 
 LEGEND = """\
@@ -117,8 +119,11 @@ def _plot(rows, path: Path) -> str | None:
     for i, (path_name, arch) in enumerate(groups):
         sel = [r for r in rows if (r["path"], r["arch"]) == (path_name, arch)]
         offset = 1.0 + 0.06 * (i - (len(groups) - 1) / 2)  # side by side, none hidden under another
-        ax.scatter([r["M"] * offset for r in sel], [max(r["margin"], floor) for r in sel], marker=markers[i % 10],
+        ax.scatter([r["M"] * offset for r in sel], [min(max(r["margin"], floor), CAP) for r in sel], marker=markers[i % 10],
                    facecolors="none", edgecolors=f"C{i % 10}", label=f"{path_name} @ {arch}")
+    if any(r["margin"] >= CAP for r in rows):
+        ax.axhline(CAP, color="grey", lw=0.5, ls=":")
+        ax.text(min(r["M"] for r in rows), CAP / 2, f">= {CAP:g} (or error where the bound is 0)", fontsize=7, color="grey")
     ax.axhline(1.0, color="red", lw=1)
     ax.text(min(r["M"] for r in rows), 1.15, "bound (fails above)", fontsize=7, color="red")
     ax.axhline(floor, color="grey", lw=0.5, ls=":")

@@ -182,12 +182,15 @@ def _bias(b, shape, name):
 def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act_dtype,
                   activation="swiglu", gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT,
                   bias1=None, bias2=None, doweight_stage1=False, expert_mask=None, scale_mode="round_up",
-                  intermediate_dtype=None, return_trace=False):
+                  intermediate_dtype=None, routing_weight_dtype="fp32", slot_dtype="fp32", return_trace=False):
     """Reference MoE (see the module docstring for the exact definition).
 
     ``intermediate_dtype`` (emulated paths only): the quantization of step 4, by default the path's
     own (``act_dtype``); "bf16", "fp4x2", "fp8", or "fp32" (not quantized) model an implementation
     that quantizes its intermediate differently from its input (a diagnosis, not a path).
+    ``routing_weight_dtype="bf16"`` rounds the routing weights to bf16 first (as vLLM's triton_kernels
+    path does); ``slot_dtype="bf16"`` rounds each slot's stage-2 result to bf16 before the slot sum
+    (kernels that write per-pair bf16 rows and reduce them after). Both default to the contract, fp32.
 
     Returns [M, H]: float64 for the ideal path; bf16 values for the emulated paths (float32 NumPy,
     or a torch.bfloat16 tensor when ``hidden`` is a torch tensor). ``return_trace=True`` returns
@@ -227,6 +230,11 @@ def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *,
     stage2 = np.zeros((P, H), ft)
     act = np.zeros((P, I), ft)
     act_q = np.zeros((P, I), ft)
+    for name, value in (("routing_weight_dtype", routing_weight_dtype), ("slot_dtype", slot_dtype)):
+        if value not in ("fp32", "bf16"):
+            raise ValueError(f"{name}={value!r} is not valid; expected 'fp32' or 'bf16'")
+    if routing_weight_dtype == "bf16" and not ideal:
+        tw = em.round_to_bf16(tw)
     wts = tw[tokens, slots].astype(ft)
     for e in np.unique(experts):
         rows = np.flatnonzero(experts == e)
@@ -246,10 +254,11 @@ def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *,
         stage1[rows], act[rows], act_q[rows], stage2[rows] = g, h, hq, y
 
     out = np.zeros((M, H), ft)
+    summed = em.round_to_bf16(stage2) if slot_dtype == "bf16" and not ideal else stage2  # the trace keeps fp32
     for k in range(ids.shape[1]):  # slot order: ((y_0 + y_1) + y_2) ...
         sel = slots == k
         with np.errstate(over="ignore"):
-            out[tokens[sel]] = (out[tokens[sel]] + stage2[sel]).astype(ft)
+            out[tokens[sel]] = (out[tokens[sel]] + summed[sel]).astype(ft)
     if ideal:
         return like(out, torch_out)
     out_bf16 = em.round_to_bf16(out)

@@ -94,7 +94,8 @@ def _flip_step(h: np.ndarray, b_h: np.ndarray, act_dtype: str, scale_mode) -> np
 
 def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_ids, *, act_dtype: str,
                      activation: str = "swiglu", gate_mode: str = "separated", doweight_stage1: bool = False,
-                     scale_mode="round_up", limit: float = 7.0, mma_k: int | None = None) -> np.ndarray:
+                     scale_mode="round_up", limit: float = 7.0, mma_k: int | None = None,
+                     slot_dtype: str = "fp32") -> np.ndarray:
     """Elementwise bound [M, H] on |kernel - reference| for one emulated run (see the module docstring)."""
     tw = np.asarray(topk_weights, np.float64)
     ids = np.asarray(topk_ids)
@@ -128,6 +129,8 @@ def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_id
         b_y = d @ w2.T + _accumulation_bound(hq, w2, I, mma_k) + 2.0**-24 * y
         if not doweight_stage1:
             b_y = b_y * w_pair[:, None] + 2.0**-24 * y
+        if slot_dtype == "bf16":  # each slot rounded to bf16 before the sum: its own interval rule
+            b_y = bf16_output_bound(trace.stage2[rows], b_y)
         slot_bound[rows] = b_y
     bound = np.zeros((M, H))
     np.add.at(bound, trace.pairs[:, 0], slot_bound)

@@ -138,8 +138,10 @@ def _layer(bug=None):
             w1, w1_scale = torch.cat([w1[:, half:], w1[:, :half]], 1), torch.cat([w1_scale[:, half:], w1_scale[:, :half]], 1)
             if bias1 is not None:
                 kw["bias1"] = torch.cat([bias1[:, half:], bias1[:, :half]], 1)
+        conv = {"routing_weight_dtype": "bf16"} if bug == "routing weights in bf16" else {}
+        conv.update({"slot_dtype": "bf16"} if bug == "slots summed in bf16" else {})
         out = moe_reference(hidden, w1, w1_scale, w2, w2_scale, tw, topk_ids, act_dtype=dtype, intermediate_dtype=inter,
-                            **kw)
+                            **conv, **kw)
         if bug == "reads padding":  # a padded slot of weight 0 read from an uninitialised buffer: 0 * NaN = NaN
             pad = torch.empty(out.shape, dtype=torch.float32)
             out = (out.float() + 0.0 * pad).to(torch.bfloat16)
@@ -167,6 +169,10 @@ LAYERS = [
             "a layout mismatch between the weights and the kernel"),
     Planted("reads padding", "fused_moe", _layer("reads padding"), "output changes with memory it should not read",
             "padding slots read from an uninitialised buffer"),
+    Planted("routing weights in bf16", "fused_moe", _layer("routing weights in bf16"),
+            "routing weights rounded to bf16", "topk_weights.to(bfloat16) before the routing kernels"),
+    Planted("slots summed in bf16", "fused_moe", _layer("slots summed in bf16"),
+            "each slot rounded to bf16 before the top-k sum", "per-pair bf16 rows reduced after the GEMM"),
     Planted("writes its input", "fused_moe", _layer("writes its input"), "it wrote to its inputs: hidden",
             "an in-place activation on the caller's tensor"),
 ]

@@ -21,7 +21,8 @@ TINY = {"shapes": [{"E": 4, "H": 64, "I": 32, "topk": 2}], "M": [1, 300], "archs
 ROW_KEYS = {"impl", "E", "H", "I", "topk", "M", "arch", "env", "gate_mode", "scale_mode", "path", "act_dtype",
             "reported_act_dtype", "rule", "reason", "bytes_equal", "bytes_total", "max_err_ref", "rel_err_ref",
             "max_err_ideal", "rel_err_ideal", "quant_cost_rel", "bound_max", "bound_at_worst", "margin",
-            "within_tolerance", "nan_out", "inf_out", "poison_sensitive", "kernel_seconds", "verdict", "diagnosis"}
+            "within_tolerance", "nan_out", "inf_out", "n_outside", "max_err_ulps", "poison_sensitive", "kernel_seconds",
+            "verdict", "diagnosis"}
 
 
 def _write(tmp_path, data, name="cfg.json"):
