@@ -92,6 +92,19 @@ def lock(session: nox.Session) -> None:
 
 
 @nox.session(venv_params=VENV_PARAMS)
+def peers(session: nox.Session) -> None:
+    """The oracle on the peers: AITER's Triton kernels (the pinned wheel) and triton_kernels (where
+    MOE_ORACLE_TRITON_KERNELS_PATH points at it, or it is importable); reports under report-peers/.
+    A peer that is missing or does not run here is one line; the peers' failed checks are findings,
+    not a failure of the session."""
+    _install(session, "plot")
+    _install_peers(session)
+    for impl in ("aiter-triton", "triton-kernels"):
+        session.run("python", "-m", "moe_oracle", "--impl", impl, "--quick", "--out", f"report-peers/{impl}",
+                    *session.posargs, env=_interpret_without_gpu(), success_codes=[0, 1, 2])
+
+
+@nox.session(venv_params=VENV_PARAMS)
 def gpu(session: nox.Session) -> None:
     """The gpu-marked tests on a CUDA or ROCm device (set MOE_ORACLE_USE_INSTALLED_TORCH=1 there)."""
     _install(session, "test")

@@ -7,18 +7,18 @@ e4m3fnuz) and the unbiased exponent clamped to [-127, 127] (byte 0..254):
 ==========  ==========================================  =========================================
 mode        scale                                       reproduces
 ==========  ==========================================  =========================================
-ROUND_UP    ceil_pow2(fl32(amax / max_finite))          AITER HIP/CK and CPU-reference MXFP4 quant,
-            (fp32 bit trick: (bits + 0x7FFFFF) >> 23)   triton_kernels ``downcast_to_mxfp``
+ROUND_UP    ceil_pow2(fl32(amax / max_finite))          the scale of ``downcast_to_mxfp`` ROUND_UP
+            (fp32 bit trick: (bits + 0x7FFFFF) >> 23)   (AITER, triton_kernels; NUMERICS.md section 10)
 ROUND_DOWN  floor_pow2(amax) / 2^emax                   OCP MX spec v1.0, torchao FLOOR, microxcaling
 CEIL        ceil_pow2(amax) / 2^emax                    torchao CEIL
-EVEN        round amax's bits to 1+mbits:               AMD Quark; AITER Triton ``_mxfp4_quant_op``
+EVEN        round amax's bits to 1+mbits:               AMD Quark; AITER Triton ``dynamic_mxfp4_quant``
             (bits + (1 << (22 - mbits))) & 0xFF800000,
             then / 2^emax
 ==========  ==========================================  =========================================
 
 Elements: ``x / scale`` (exact: scale is a power of two) encoded with ``satfinite`` and the chosen
-tie rule (``"even"``: hardware and AITER; ``"away"``: microxcaling and the older triton_kernels
-``downcast_to_mxfp``).
+tie rule (``"even"``: the contract and the hardware converts; ``"away"``: what AITER's Triton MXFP4
+quantizers and ``downcast_to_mxfp`` do, measured: NUMERICS.md section 10).
 
 Policies:
 - All-zero block: scale byte 0 (2^-127) in every mode; element codes are +-0 (sign kept).

@@ -135,9 +135,14 @@ _VARIANT_TEXT = {"routing_weight_dtype": "routing weights rounded to bf16", "slo
                  "before the top-k sum"}
 
 
-def _candidates(selected: str):
+def _candidates(selected: str, scale_mode):
     """(path, variant) pairs tried when the output misses its reference: the other paths, the selected
-    path with its intermediate kept in bf16 or fp32, and the selected path under each convention."""
+    path with its intermediate kept in bf16 or fp32, under each convention, and (MX paths) under the
+    other scale modes."""
+    if ACTIVATION_PATHS[selected].is_mx:
+        for mode in em.ScaleMode:
+            if mode.value != em.ScaleMode.parse(scale_mode).value:
+                yield selected, (("scale_mode", mode.value),)
     for other in ACTIVATION_PATHS:
         if other != selected:
             yield other, ()
@@ -152,6 +157,8 @@ def _variant_label(act: str, variant: tuple) -> str:
     opts = dict(variant)
     if not opts:
         return f"the {PATH_NAMES[act]} path's reference"
+    if "scale_mode" in opts:
+        return f"the {PATH_NAMES[act]} reference with scale mode {opts['scale_mode']}"
     if "intermediate_dtype" in opts:
         kept = opts["intermediate_dtype"]
         return f"the {PATH_NAMES[act]} reference with its intermediate {'unquantized (fp32)' if kept == 'fp32' else 'in ' + kept}"
@@ -172,7 +179,7 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
         notes.insert(0, f"matches the {PATH_NAMES[selected]} reference (margin {cmp['margin']:.3g})")
         return notes
     tried = []
-    for act, variant in _candidates(selected):
+    for act, variant in _candidates(selected, case["scale_mode"]):
         _, r, ideal, b = refs.reference(cache, case, act, seed, mma_k, with_bias, variant=variant)
         tried.append((compare_output(out, r, ideal, b)["margin"], act, variant))
     tried.sort(key=lambda t: t[0])
@@ -181,6 +188,9 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
     if best_m <= 1.0 and not variant:
         notes.insert(0, f"matches {label} (margin {best_m:.3g}): it took {PATH_NAMES[act]} where the selector chose "
                         f"{PATH_NAMES[selected]}")
+    elif best_m <= 1.0 and "scale_mode" in dict(variant):
+        notes.insert(0, f"matches {label} (margin {best_m:.3g}): it quantized with another scale mode than the "
+                        f"{case['scale_mode']} asked for")
     elif best_m <= 1.0 and dict(variant).get("intermediate_dtype"):
         notes.insert(0, f"matches {label} (margin {best_m:.3g}): the stage-2 input was not quantized as the "
                         f"{PATH_NAMES[selected]} path requires")

@@ -51,14 +51,15 @@ def problem(cache: dict, case: dict, seed: int, with_bias: bool = True):
 def _compute(p, case: dict, act_dtype: str, mma_k, variant: tuple = ()):
     """(emulated reference, float64 ideal, elementwise bound) of a case's problem on one path;
     ``variant``: (name, value) pairs of the reference's convention options (intermediate_dtype,
-    routing_weight_dtype, slot_dtype), the contract where absent."""
+    routing_weight_dtype, slot_dtype, or another scale_mode than the case's), the contract where absent."""
     opts = dict(variant)
-    kw = dict(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], **p.biases())
+    mode = opts.pop("scale_mode", case["scale_mode"])
+    kw = dict(gate_mode=case["gate_mode"], scale_mode=mode, **p.biases())
     ref, trace = moe_reference(*p.args(), act_dtype=act_dtype, return_trace=True, **opts, **kw)
     ideal = moe_reference(*p.args(), act_dtype=None, **kw)
     w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
     bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=opts.get("intermediate_dtype") or act_dtype,
-                             gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], mma_k=mma_k,
+                             gate_mode=case["gate_mode"], scale_mode=mode, mma_k=mma_k,
                              slot_dtype=opts.get("slot_dtype", "fp32"))
     return ref, ideal, bound
 

@@ -130,7 +130,8 @@ def _layer(bug=None):
                                         env=env_seen).dtype
         if bug == "never quantizes":
             dtype = "bf16"
-        kw = dict(gate_mode=gate_mode, bias1=bias1, bias2=bias2, scale_mode=scale_mode)
+        kw = dict(gate_mode=gate_mode, bias1=bias1, bias2=bias2,
+                  scale_mode="round_up" if bug == "scale mode ignored" else scale_mode)
         tw = topk_weights * topk_weights if bug == "routing weight applied twice" else topk_weights
         inter = "bf16" if bug == "intermediate not quantized" and dtype != "bf16" else None
         if bug == "gate and up swapped":
@@ -173,6 +174,8 @@ LAYERS = [
             "routing weights rounded to bf16", "topk_weights.to(bfloat16) before the routing kernels"),
     Planted("slots summed in bf16", "fused_moe", _layer("slots summed in bf16"),
             "each slot rounded to bf16 before the top-k sum", "per-pair bf16 rows reduced after the GEMM"),
+    Planted("scale mode ignored", "fused_moe", _layer("scale mode ignored"),
+            "it quantized with another scale mode than the even asked for", "a kernel hard-wired to ROUND_UP"),
     Planted("writes its input", "fused_moe", _layer("writes its input"), "it wrote to its inputs: hidden",
             "an in-place activation on the caller's tensor"),
 ]

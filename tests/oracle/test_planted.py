@@ -10,7 +10,7 @@ from .planted import LAYERS, QUANTIZERS
 
 # both sides of the separated bound, the forced env, one interleave case (a16w4 at gfx942)
 LAYER_MATRIX = {"shapes": [{"E": 4, "H": 64, "I": 32, "topk": 2}], "M": [8, 256], "archs": ["gfx950"],
-                "envs": [{}, {"AITER_MOE_FORCE_BF16_ACT": "1"}], "gate_modes": ["separated"], "scale_modes": ["round_up"]}
+                "envs": [{}, {"AITER_MOE_FORCE_BF16_ACT": "1"}], "gate_modes": ["separated"], "scale_modes": ["round_up", "even"]}
 
 
 @pytest.mark.parametrize("planted", QUANTIZERS, ids=[p.name for p in QUANTIZERS])

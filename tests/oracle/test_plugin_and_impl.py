@@ -238,3 +238,11 @@ def test_stage_bugs_are_diagnosed(kind, diagnosis, base_seed):
     row = check_stage(_stage_bug(kind), M=4, E=4, K=64, N=64, topk=2, mul_routed_weight=True, seed=base_seed)
     assert (row["verdict"] == "PASS") == (kind == "correct"), row
     assert diagnosis in row["diagnosis"]
+
+
+def test_a_missing_peer_is_one_line(tmp_path, capsys):
+    """triton_kernels does not run under the interpreter here / is not installed: one line, exit 2."""
+    os.environ.pop("MOE_ORACLE_TRITON_KERNELS_PATH", None)
+    code = cli.main(["--impl", "triton-kernels", "--quick"])
+    err = capsys.readouterr().err
+    assert code == 2 and "implementation 'triton-kernels' unavailable here" in err and len(err.strip().splitlines()) == 1
