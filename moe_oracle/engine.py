@@ -60,7 +60,7 @@ def run_quantizers(impl: Implementation, cfg, *, device) -> list[dict]:
     """Each quantizer it provides, per scale mode it can be asked for and input dtype, on fresh data."""
     checks = []
     for qz in impl.quantizers():
-        if qz.kind == "quantize_fp8_per_token":
+        if qz.kind.startswith("quantize_fp8_per_"):
             modes = [None]
         elif qz.scale_modes == ():
             modes = [qz.fixed_mode]

@@ -6,6 +6,7 @@ values of the project's own (``moe_kernels``):
 - ``quantize_mxfp4(x [M, K] bf16/fp32, *, scale_mode=...) -> (fp4x2 uint8 [M, K/2], e8m0 uint8 [M, K/32])``
 - ``quantize_mxfp8(x, *, fmt="e4m3fn", scale_mode=...) -> (codes uint8 [M, K], e8m0 uint8 [M, K/32])``
 - ``quantize_fp8_per_token(x, *, fmt="e4m3fn") -> (codes uint8 [M, K], scale fp32 [M, 1])``
+- ``quantize_fp8_per_tensor(x, *, fmt="e4m3fn") -> (codes uint8 [M, K], scale fp32 [1])``
 - ``moe_gemm_stage(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None)``
   ``-> bf16 [M, topk, N]``: one grouped GEMM without activation (``moe_oracle.stage``)
 - ``fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode, bias1, bias2, ...)``
@@ -30,7 +31,7 @@ from collections.abc import Callable, Mapping
 
 __all__ = ["Implementation", "Quantizer", "LayerResult", "QUANTIZER_KINDS", "as_implementation", "call_with", "applied_env"]
 
-QUANTIZER_KINDS = ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token")
+QUANTIZER_KINDS = ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token", "quantize_fp8_per_tensor")
 _CALLABLES = (*QUANTIZER_KINDS, "moe_gemm_stage", "fused_moe", "select_act_dtype")
 
 
@@ -73,6 +74,7 @@ class Implementation:
     quantize_mxfp4: Callable | None = None
     quantize_mxfp8: Callable | None = None
     quantize_fp8_per_token: Callable | None = None
+    quantize_fp8_per_tensor: Callable | None = None
     moe_gemm_stage: Callable | None = None
     fused_moe: Callable | None = None
     select_act_dtype: Callable | None = None
@@ -95,7 +97,7 @@ class Implementation:
             fn = getattr(self, kind)
             if fn is None:
                 continue
-            takes_mode = kind != "quantize_fp8_per_token" and _accepts(fn, "scale_mode")
+            takes_mode = not kind.startswith("quantize_fp8_per_") and _accepts(fn, "scale_mode")
             found.append(Quantizer(kind, kind, fn, self.scale_modes if takes_mode else (),
                                    self.declared.get("scale_mode", "round_up"), self.fp8_formats))
         return found + list(self.extra_quantizers)

@@ -179,26 +179,54 @@ def _per_token_check(fn, x, fmt, input_dtype, device):
                           (why,) if why else ())
 
 
+def _per_tensor_check(fn, x, fmt, input_dtype, device):
+    """Per-tensor fp8 is per-token fp8 of the tensor as one row: the same check on x.reshape(1, -1)."""
+    M, K = x.shape
+
+    def as_one_row(x_row, fmt=fmt):
+        q, s = call_with(fn, x_row.reshape(M, K), fmt=fmt)
+        return q.reshape(1, M * K), s.reshape(1, 1)
+
+    check = _per_token_check(as_one_row, x.reshape(1, M * K), fmt, input_dtype, device)
+    return dataclasses.replace(check, kind="quantize_fp8_per_tensor")
+
+
+def _per_tensor_input(rng, M, K, fmt):
+    """Finite data of one scale whose elements sit where x / s and x * (1/s) round apart (and +-0)."""
+    from .inputs import _division_ties
+
+    amax, ties = _division_ties(fmt)
+    k = int(rng.integers(-10, 10))
+    x = rng.choice(np.concatenate([ties, [0.0]]), (M, K)) * np.where(rng.random((M, K)) < 0.5, -1, 1) * 2.0**k
+    x[int(rng.integers(M)), int(rng.integers(K))] = amax * 2.0**k
+    return x.astype(np.float32)
+
+
 def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even", fmt: str | None = None,
                     input_dtype: str = "bfloat16", device="cpu", seed: int = 0, M: int = 32, K: int = 256,
                     x: np.ndarray | None = None) -> QuantizerCheck:
     """Check one quantizer callable of the contract (``kind``: quantize_mxfp4, quantize_mxfp8,
     quantize_fp8_per_token) against the emulation under ``scale_mode`` and ``ties`` on fresh nasty
     data drawn from ``seed`` (or on ``x``, fp32 [M, K]); see :class:`QuantizerCheck`."""
-    if kind not in (*MX_KINDS, "quantize_fp8_per_token"):
-        raise ValueError(f"kind={kind!r} is not valid; expected one of {[*MX_KINDS, 'quantize_fp8_per_token']}")
+    kinds = (*MX_KINDS, "quantize_fp8_per_token", "quantize_fp8_per_tensor")
+    if kind not in kinds:
+        raise ValueError(f"kind={kind!r} is not valid; expected one of {list(kinds)}")
     if ties not in TIES:
         raise ValueError(f"ties={ties!r} is not valid; expected one of {list(TIES)}")
     mode = em.ScaleMode.parse(scale_mode)
     elem = MX_KINDS.get(kind) or fmt or "e4m3fn"
+    if x is None and kind == "quantize_fp8_per_tensor":
+        x = _per_tensor_input(np.random.default_rng(seed), M, K, elem)
     if x is None:
         x = quantizer_input(np.random.default_rng(seed), M, K, elem, per_row=kind == "quantize_fp8_per_token")
     torch = _torch()
     x = torch.from_numpy(np.asarray(x, np.float32)).to(getattr(torch, input_dtype)).float().numpy()  # as the kernel sees it
     if kind == "quantize_fp8_per_token":
         result = _per_token_check(fn, x, elem, input_dtype, device)
+    elif kind == "quantize_fp8_per_tensor":
+        result = _per_tensor_check(fn, x, elem, input_dtype, device)
     else:
         result = _mx_check(kind, fn, x, elem, mode, ties, input_dtype, device, pack=kind == "quantize_mxfp4")
-    if not _accepts(fn, "scale_mode") and kind != "quantize_fp8_per_token":
+    if not _accepts(fn, "scale_mode") and kind in MX_KINDS:
         result = dataclasses.replace(result, notes=result.notes + ("takes no scale_mode: its own fixed mode",))
     return dataclasses.replace(result, seed=seed)

@@ -125,6 +125,12 @@ def implementation() -> Implementation:
         with _assume_unchecked():
             return quant.dynamic_per_token_quant_fp8_i8(qx, x, scale)
 
+    def per_tensor_fp8(x, fmt="e4m3fn"):
+        qx = torch.empty(x.shape, dtype=_fp8_dtype(fmt), device=x.device)
+        scale = torch.zeros((1,), dtype=torch.float32, device=x.device)  # its amax kernel accumulates into it
+        with _assume_unchecked():
+            return quant.dynamic_per_tensor_quant_fp8_i8(qx, x, scale)
+
     assume_note = ("under the interpreter its tl.assume(pid > 0), false for program 0, is not checked" if
                    interpreter_active() else "")
     from .aiter_dispatch import load_dispatch
@@ -139,6 +145,8 @@ def implementation() -> Implementation:
             Quantizer("downcast_to_mxfp[fp8]", "quantize_mxfp8", downcast_mxfp8, ("round_up", "round_down"),
                       input_dtypes=BF16_ONLY, note="bf16/fp16 inputs only (its assertion)"),
             Quantizer("dynamic_per_token_quant_fp8_i8", "quantize_fp8_per_token", per_token_fp8, (),
+                      fp8_formats=("e4m3fn", "e4m3fnuz"), note=assume_note),
+            Quantizer("dynamic_per_tensor_quant_fp8_i8", "quantize_fp8_per_tensor", per_tensor_fp8, (),
                       fp8_formats=("e4m3fn", "e4m3fnuz"), note=assume_note),
         ),
     )

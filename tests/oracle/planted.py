@@ -92,6 +92,12 @@ def _per_token(reciprocal=True):
     return fn
 
 
+def _per_tensor(reciprocal=True):
+    def fn(x, fmt="e4m3fn"):
+        return _t(*em.quantize_fp8_per_tensor(_np(x), fmt=fmt, reciprocal=reciprocal))
+    return fn
+
+
 QUANTIZERS = [
     Planted("correct mxfp4", "quantize_mxfp4", _mxfp4(), ""),
     Planted("ties away", "quantize_mxfp4", _mxfp4(ties="away"), "follows round_up, ties away",
@@ -115,6 +121,8 @@ QUANTIZERS = [
     Planted("correct per-token fp8", "quantize_fp8_per_token", _per_token(), ""),
     Planted("per-token x / s", "quantize_fp8_per_token", _per_token(reciprocal=False), "follows x / s",
             "a torch reference's division copied into the kernel"),
+    Planted("correct per-tensor fp8", "quantize_fp8_per_tensor", _per_tensor(), ""),
+    Planted("per-tensor x / s", "quantize_fp8_per_tensor", _per_tensor(reciprocal=False), "follows x / s"),
 ]
 
 

@@ -180,7 +180,7 @@ def test_cli_impl_aiter_triton_quick_runs_and_diagnoses_every_quantizer(tmp_path
     assert cli.main(["--impl", "aiter-triton", "--quick", "--out", str(tmp_path)]) == 1
     quant = json.loads((tmp_path / "report.json").read_text())["quantizers"]
     assert {c["kind"] for c in quant} == {"dynamic_mxfp4_quant", "downcast_to_mxfp[fp4]", "downcast_to_mxfp[fp8]",
-                                          "dynamic_per_token_quant_fp8_i8"}
+                                          "dynamic_per_token_quant_fp8_i8", "dynamic_per_tensor_quant_fp8_i8"}
     assert all(c["diagnosis"] for c in quant)
 
 
