@@ -29,7 +29,7 @@ import os
 import types
 from collections.abc import Callable, Mapping
 
-__all__ = ["Implementation", "Quantizer", "LayerResult", "QUANTIZER_KINDS", "as_implementation", "call_with", "applied_env"]
+__all__ = ["Implementation", "Quantizer", "LayerResult", "accepts", "QUANTIZER_KINDS", "as_implementation", "call_with", "applied_env"]
 
 QUANTIZER_KINDS = ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token", "quantize_fp8_per_tensor")
 _CALLABLES = (*QUANTIZER_KINDS, "moe_gemm_stage", "fused_moe", "select_act_dtype")
@@ -97,7 +97,7 @@ class Implementation:
             fn = getattr(self, kind)
             if fn is None:
                 continue
-            takes_mode = not kind.startswith("quantize_fp8_per_") and _accepts(fn, "scale_mode")
+            takes_mode = not kind.startswith("quantize_fp8_per_") and accepts(fn, "scale_mode")
             found.append(Quantizer(kind, kind, fn, self.scale_modes if takes_mode else (),
                                    self.declared.get("scale_mode", "round_up"), self.fp8_formats))
         return found + list(self.extra_quantizers)
@@ -142,7 +142,7 @@ def load_spec(spec: str) -> Implementation:
     return as_implementation(obj, name=spec)
 
 
-def _accepts(fn, name: str) -> bool:
+def accepts(fn, name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -168,8 +168,8 @@ def applied_env(env: Mapping[str, str] | None):
 def call_with(fn, *args, env: Mapping[str, str] | None = None, **kwargs):
     """Call ``fn`` with the keyword arguments it declares (the rest dropped; None values dropped
     only where undeclared); an ``env`` it does not take is applied to ``os.environ`` for the call."""
-    passed = {k: v for k, v in kwargs.items() if _accepts(fn, k)}
-    if env is not None and _accepts(fn, "env"):
+    passed = {k: v for k, v in kwargs.items() if accepts(fn, k)}
+    if env is not None and accepts(fn, "env"):
         return fn(*args, env=env, **passed)
     with applied_env(env):
         return fn(*args, **passed)

@@ -14,7 +14,7 @@ import numpy as np
 
 import emulation as em
 
-from .implementation import _accepts, call_with
+from .implementation import accepts, call_with
 from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, quantizer_input
 from .interpreter import explained_by_interpreter
 
@@ -227,6 +227,6 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
         result = _per_tensor_check(fn, x, elem, input_dtype, device)
     else:
         result = _mx_check(kind, fn, x, elem, mode, ties, input_dtype, device, pack=kind == "quantize_mxfp4")
-    if not _accepts(fn, "scale_mode") and kind in MX_KINDS:
+    if not accepts(fn, "scale_mode") and kind in MX_KINDS:
         result = dataclasses.replace(result, notes=result.notes + ("takes no scale_mode: its own fixed mode",))
     return dataclasses.replace(result, seed=seed)

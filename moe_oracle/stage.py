@@ -19,7 +19,7 @@ from moe_ref.exact import exact_matmul_f32
 from moe_ref.tolerance import _accumulation_bound, bf16_output_bound
 
 from .compare import margin_of
-from .implementation import _accepts, call_with
+from .implementation import accepts, call_with
 from .interpreter import bf16_explained_by_interpreter
 
 __all__ = ["check_stage"]
@@ -58,7 +58,7 @@ def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_wei
     outs = []
     for fill in (float("nan"), 0.0):
         kw = {"mul_routed_weight": mul_routed_weight}
-        if _accepts(fn, "out"):
+        if accepts(fn, "out"):
             kw["out"] = torch.full((M, topk, N), fill, dtype=torch.bfloat16, device=device)
         res = call_with(fn, *args, **kw)
         outs.append(res.detach().float().cpu().numpy().astype(np.float64))
