@@ -92,6 +92,14 @@ def lock(session: nox.Session) -> None:
 
 
 @nox.session(venv_params=VENV_PARAMS)
+def fuzz(session: nox.Session) -> None:
+    """The edge fuzz tests with many examples per damage kind (MOE_ORACLE_FUZZ_EXAMPLES, default 100)."""
+    _install(session, "test")
+    session.run("pytest", "-n", "auto", "tests/edge/test_fuzz.py", "-s", "-q", *session.posargs,
+                env={"TRITON_INTERPRET": "1", "MOE_ORACLE_FUZZ_EXAMPLES": os.environ.get("MOE_ORACLE_FUZZ_EXAMPLES", "100")})
+
+
+@nox.session(venv_params=VENV_PARAMS)
 def peers(session: nox.Session) -> None:
     """The oracle on the peers: AITER's Triton kernels (the pinned wheel) and triton_kernels (where
     MOE_ORACLE_TRITON_KERNELS_PATH points at it, or it is importable); reports under report-peers/.

@@ -37,6 +37,7 @@ from ._inputs import as_float32, normalize_axis
 from .convert import TIE_MODES, _check_choice, decode, encode
 from .formats import E2M1, E4M3FN, E4M3FNUZ, FloatFormat, get_format
 from .fp4x2 import pack_fp4x2, unpack_fp4x2
+from .validate import check_byte_range
 
 __all__ = [
     "ScaleMode", "BLOCK_SIZE", "MX_ELEMENT_FORMATS", "mx_scale_e8m0", "quantize_mx", "dequantize_mx",
@@ -133,7 +134,7 @@ def dequantize_mx(codes, scale_e8m0, fmt, *, axis: int = -1) -> np.ndarray:
     """Inverse of :func:`quantize_mx` on unpacked codes -> float32 (scale 0xFF -> NaN block)."""
     f = _mx_element_format(fmt)
     codes = np.asarray(codes)
-    scale_e8m0 = np.asarray(scale_e8m0)
+    scale_e8m0 = check_byte_range(scale_e8m0, "scale_e8m0")
     axis = normalize_axis(axis, codes.ndim)
     blocks = _blocks_last(codes, axis, arg="codes")
     expected = blocks.shape[:-1]

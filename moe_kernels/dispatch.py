@@ -15,6 +15,7 @@ import torch
 import triton
 
 import emulation as em
+from emulation.validate import check_finite_number, check_mask_values
 from moe_ref import (
     ACTIVATION_PATHS,
     SWIGLU_ALPHA,
@@ -130,7 +131,8 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
         _check(tuple(named[name].shape) == shape, name,
                lambda shape=shape, t=named[name]: f"expected shape {list(shape)}, got {list(t.shape)}")
     _check(topk_ids.dim() == 2 and topk_ids.shape[0] == M, "topk_ids", lambda: f"expected shape [M={M}, topk], got {list(topk_ids.shape)}")
-    _check(topk_ids.dtype in (torch.int32, torch.int64), "topk_ids", lambda: f"expected int32, got {topk_ids.dtype}")
+    _check(topk_ids.dtype in _ID_DTYPES, "topk_ids",
+           lambda: f"expected an integer tensor (int8/16/32/64 or uint8), got {topk_ids.dtype}")
     _check(topk_weights.dtype == torch.float32 and topk_weights.shape == topk_ids.shape, "topk_weights",
            lambda: f"expected float32 {list(topk_ids.shape)}, got {topk_weights.dtype} {list(topk_weights.shape)}")
     for name, shape in (("bias1", (E, 2 * I)), ("bias2", (E, H))):
@@ -140,7 +142,12 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
                    lambda shape=shape, b=b: f"expected float32 {list(shape)}, got {b.dtype} {list(b.shape)}")
     if expert_mask is not None:
         _check(tuple(expert_mask.shape) == (E,), "expert_mask", lambda: f"expected shape [{E}], got {list(expert_mask.shape)}")
+        if expert_mask.dtype != torch.bool:  # [E] values: one small host sync, only when a numeric mask is given
+            check_mask_values(expert_mask.detach().cpu().numpy())
     return M, E, H, I, topk_ids.shape[1]
+
+
+_ID_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def _check_ids(topk_ids, E, defer: bool) -> _PendingIdCheck | None:
@@ -245,8 +252,7 @@ def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation
     if not isinstance(doweight_stage1, bool):
         raise TypeError(f"doweight_stage1: expected a bool, got {type(doweight_stage1).__name__} {doweight_stage1!r}")
     for name, value in (("alpha", alpha), ("limit", limit)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise TypeError(f"{name}: expected a finite number, got {value!r}")
+        check_finite_number(value, name)
     block_m, block_n1, block_n2, block_k, warps, stages = _config(M, E, topk, _runtime.INTERPRET, H, I)
     return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, float(alpha),
                    float(limit), doweight_stage1, M, E, H, I, topk, block_m, block_n1, block_n2, block_k, warps,
@@ -291,6 +297,8 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     to = lambda t: None if t is None else t.to(dev)  # noqa: E731
     hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids = map(
         to, (hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids))
+    # a user's slices and transposes are normal: the routing kernels read ids and weights as flat rows
+    topk_ids, topk_weights = topk_ids.to(torch.int32).contiguous(), topk_weights.contiguous()
     bias1, bias2, expert_mask = to(bias1), to(bias2), to(expert_mask)
     M, E, H, I, topk = plan.M, plan.E, plan.H, plan.I, plan.topk  # noqa: E741
     # None: all live (ids clamped: out-of-range ones are dropped by the alignment and then reported)

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 import emulation as em
+from emulation.validate import check_bool
 
 from . import _per_token, _persistent, _runtime
 from ._numerics import SCALE_MODE_IDS, KernelFormat, mx_quantize_pairs
@@ -153,6 +154,7 @@ def quantize_mxfp8(x: torch.Tensor, *, fmt="e4m3fn", scale_mode="round_up", as_f
     f = em.get_format(fmt)
     if f.name not in _FLOAT8:
         raise ValueError(f"fmt={fmt!r} is not valid; expected one of {list(_FLOAT8)}")
+    check_bool(as_float8, "as_float8")
     codes, scale = _mx_quantize(x, f.name, scale_mode, pack=False)
     return (codes.view(_FLOAT8[f.name]) if as_float8 else codes), scale
 
@@ -166,6 +168,7 @@ def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = F
     if f.name not in _FLOAT8:
         raise ValueError(f"fmt={fmt!r} is not valid; expected one of {list(_FLOAT8)}")
     check_input(x, need_k32=False)
+    check_bool(as_float8, "as_float8")
     kf = KernelFormat.of(f)
     device = _runtime.launch_device(x)
     xd = x.to(device)

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from emulation.validate import check_mapping_of_str, parse_ascii_uint
+
 __all__ = ["EnvVar", "ENV_VARS", "read_env"]
 
 _TRUE, _FALSE = ("1", "true"), ("0", "false")
@@ -32,7 +34,9 @@ ENV_VARS: dict[str, EnvVar] = {
 }
 
 
-def _parse(var: EnvVar, name: str, raw: str):
+def _parse(var: EnvVar, name: str, raw):
+    if not isinstance(raw, str):
+        raise TypeError(f"environment variable {name}={raw!r}: expected a string value, got {type(raw).__name__}")
     text = raw.strip().lower()
     if var.kind == "bool":
         if text in _TRUE:
@@ -40,9 +44,7 @@ def _parse(var: EnvVar, name: str, raw: str):
         if text in _FALSE:
             return False
         raise ValueError(f"environment variable {name}={raw!r} is invalid: expected 0, 1, true or false")
-    if text.isdigit():
-        return int(text)
-    raise ValueError(f"environment variable {name}={raw!r} is invalid: expected an integer >= 0")
+    return parse_ascii_uint(raw, name)
 
 
 def read_env(name: str, env: Mapping[str, str] | None = None) -> tuple[bool | int, str]:
@@ -51,7 +53,7 @@ def read_env(name: str, env: Mapping[str, str] | None = None) -> tuple[bool | in
     Returns ``(value, source)`` where source is the variable's name, its legacy name, or "default".
     """
     var = ENV_VARS[name]
-    env = os.environ if env is None else env
+    env = os.environ if env is None else check_mapping_of_str(env)
     raw = env.get(var.name)
     legacy_raw = env.get(var.legacy) if var.legacy else None
     value = _parse(var, var.name, raw) if raw is not None else None

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 import emulation as em
+from emulation.validate import check_bool, check_int
 
 from .routing import softmax_topk
 
@@ -65,6 +66,13 @@ def random_moe_problem(rng: np.random.Generator, *, M: int, E: int, H: int, I: i
     """Gaussian hidden (rounded to bf16); MXFP4 weights drawn directly as uniform e2m1 codes with e8m0
     block scales around weight_std / (rms code value * sqrt(fan-in)) (+-1 binade per block), so that
     gpt-oss-sized problems are drawn in moments; routing from random logits through softmax top-k."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    M, E, topk = check_int(M, "M", minimum=0), check_int(E, "E", minimum=1), check_int(topk, "topk", minimum=1)
+    H, I = check_int(H, "H", minimum=32, multiple_of=32), check_int(I, "I", minimum=32, multiple_of=32)  # noqa: E741
+    if topk > E:
+        raise ValueError(f"topk={topk} is not valid for E={E} experts; expected topk <= E")
+    check_bool(with_bias, "with_bias")
     hidden = em.round_to_bf16((rng.standard_normal((M, H)) * hidden_std).astype(np.float32))
     w1, w1_scale = _random_mxfp4(rng, (E, 2 * I, H), weight_std / np.sqrt(H))
     w2, w2_scale = _random_mxfp4(rng, (E, H, I), weight_std / np.sqrt(I))

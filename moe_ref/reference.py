@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import emulation as em
+from emulation.validate import check_bool, check_finite_number, check_mask_values
 
 from ._arrays import is_torch, like, to_numpy
 from .activation import SWIGLU_ALPHA, SWIGLU_LIMIT, gated_activation
@@ -209,7 +210,9 @@ def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *,
     tw, ids = _validate_routing(topk_weights, topk_ids, M, E)
     b1 = _bias(bias1, (E, 2 * I), "bias1")
     b2 = _bias(bias2, (E, H), "bias2")
-    mask = np.ones(E, bool) if expert_mask is None else to_numpy(expert_mask, arg="expert_mask").astype(bool)
+    mask = np.ones(E, bool) if expert_mask is None else check_mask_values(to_numpy(expert_mask, arg="expert_mask"))
+    check_bool(doweight_stage1, "doweight_stage1")
+    alpha, limit = check_finite_number(alpha, "alpha"), check_finite_number(limit, "limit")
     if mask.shape != (E,):
         raise ValueError(f"expert_mask: expected shape [{E}], got {list(mask.shape)}")
     em.ScaleMode.parse(scale_mode)

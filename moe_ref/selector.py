@@ -162,6 +162,8 @@ def select_activation_dtype(M: int, *, arch: str, weight_dtype: str = "fp4x2", a
     _check(quant_type, QUANT_TYPES, "quant_type")
     if weight_dtype == "fp4x2" and quant_type != "per_1x32":
         raise ValueError(f"quant_type={quant_type!r} is not valid for fp4x2 (MXFP4) weights; expected 'per_1x32'")
+    for name in ENV_VARS:  # every knob is validated on every call, also those this rule does not read
+        read_env(name, env)
     facts = {"weight_dtype": weight_dtype, "arch": arch, "activation": activation, "gate_mode": gate_mode}
     rule = next(r for r in DECISION_TABLE if r.matches(facts))
     checked = []
