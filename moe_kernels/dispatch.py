@@ -142,7 +142,9 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
                    lambda shape=shape, b=b: f"expected float32 {list(shape)}, got {b.dtype} {list(b.shape)}")
     if expert_mask is not None:
         _check(tuple(expert_mask.shape) == (E,), "expert_mask", lambda: f"expected shape [{E}], got {list(expert_mask.shape)}")
-        if expert_mask.dtype != torch.bool:  # [E] values: one small host sync, only when a numeric mask is given
+        if expert_mask.dtype != torch.bool and expert_mask.is_cuda and torch.cuda.is_current_stream_capturing():
+            torch._assert_async(((expert_mask == 0) | (expert_mask == 1)).all(), "expert_mask: entries must be 0 or 1")
+        elif expert_mask.dtype != torch.bool:  # [E] values: one small host sync, only for a numeric mask
             check_mask_values(expert_mask.detach().cpu().numpy())
     return M, E, H, I, topk_ids.shape[1]
 
