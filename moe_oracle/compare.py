@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moe_ref.tolerance import bf16_ulp
+
 __all__ = ["compare_output", "margin_of"]
 
 
@@ -15,11 +17,6 @@ def margin_of(err: np.ndarray, bound: np.ndarray) -> float:
         ratio = np.where(err == 0, 0.0, err / bound)
     ratio = np.where(np.isnan(ratio), np.inf, ratio)
     return float(ratio.max())
-
-
-def _bf16_ulp(x: np.ndarray) -> np.ndarray:
-    mag = np.maximum(np.abs(x.astype(np.float64)), 2.0**-126)
-    return np.exp2(np.floor(np.log2(mag)) - 7)
 
 
 def compare_output(out: np.ndarray, ref: np.ndarray, ideal: np.ndarray, bound: np.ndarray) -> dict:
@@ -38,5 +35,5 @@ def compare_output(out: np.ndarray, ref: np.ndarray, ideal: np.ndarray, bound: n
         margin=margin, within_tolerance=bool(margin <= 1.0),
         nan_out=int(np.isnan(out).sum()), inf_out=int(np.isinf(out).sum()),
         n_outside=int((~(diff_ref <= bound)).sum()),
-        max_err_ulps=float(np.nanmax(diff_ref / _bf16_ulp(ref))) if out.size and not np.all(np.isnan(diff_ref)) else 0.0,
+        max_err_ulps=float(np.nanmax(diff_ref / bf16_ulp(ref))) if out.size and not np.all(np.isnan(diff_ref)) else 0.0,
     )

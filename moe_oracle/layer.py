@@ -14,6 +14,7 @@ import emulation as em
 from moe_ref import ACTIVATION_PATHS, activation_path, select_activation_dtype
 
 from . import references as refs
+from ._tensors import to_numpy, torch_module
 from .compare import compare_output
 from .implementation import LayerResult, call_with
 
@@ -34,30 +35,11 @@ def layer_capabilities(fn) -> set[str]:
     return names
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
-def _as_numpy(t) -> np.ndarray:
-    torch = _torch()
-    if isinstance(t, torch.Tensor):
-        t = t.detach().cpu()
-        if t.dtype.is_floating_point and t.dtype.itemsize < 4:
-            t = t.float()
-        if t.dtype in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e4m3fnuz", None),
-                       getattr(torch, "float8_e8m0fnu", None)):
-            t = t.view(torch.uint8)
-        return t.contiguous().numpy()
-    return np.asarray(t)
-
-
 def _fill_allocator(device, nbytes: int, byte: int) -> None:
     """Leave freed memory holding ``byte`` where the implementation's buffers will come from: blocks of
     every power-of-two size up to ``nbytes`` held at once, then freed (a GPU's caching allocator hands
     them out again; on a CPU heap this reaches some sizes only, hence also :func:`filled_empty`)."""
-    torch = _torch()
+    torch = torch_module()
     top = max(nbytes, 1 << 20).bit_length()
     held = [torch.full((1 << k,), byte, dtype=torch.uint8, device=device) for k in range(6, top + 1) for _ in range(3)]
     del held
@@ -68,7 +50,7 @@ def filled_empty(byte: int):
     """``torch.empty``, ``empty_like``, ``empty_strided`` and ``Tensor.new_empty`` return buffers whose
     every byte is ``byte`` for the duration: uninitialised memory made deterministic, so that a result
     that depends on it shows (0xFF is NaN in every float type)."""
-    torch = _torch()
+    torch = torch_module()
     saved = torch.empty, torch.empty_like, torch.empty_strided, torch.Tensor.new_empty
 
     def fill(t):
@@ -101,11 +83,11 @@ def _run(impl, pt, case, caps, fill: int, device) -> tuple[np.ndarray, LayerResu
     with filled_empty(fill):
         result = call_with(impl.fused_moe, *pt.args(), env=case["env"], **kw)
     if device.type == "cuda":
-        _torch().cuda.synchronize()
+        torch_module().cuda.synchronize()
     seconds = time.perf_counter() - t0
     if not isinstance(result, LayerResult):
         result = LayerResult(result[0] if isinstance(result, tuple) else result)
-    out = _as_numpy(result.out).astype(np.float64)
+    out = to_numpy(result.out).astype(np.float64)
     if out.shape != (M, H):
         raise ValueError(f"{impl.name}: fused_moe returned shape {list(out.shape)}, expected [M={M}, H={H}]")
     return out, result, seconds
@@ -116,12 +98,12 @@ def _stage1_bytes(result: LayerResult, hidden_bf16: np.ndarray, act_dtype: str, 
     if result.a_q is None:
         return None
     path = activation_path(act_dtype)
-    got = _as_numpy(result.a_q)
+    got = to_numpy(result.a_q)
     want_q, want_s = path.quantize(hidden_bf16, scale_mode)
     if not path.is_mx:
         got = em.encode(got.astype(np.float32), "bf16") if got.dtype != np.uint16 else got
         return int((got == want_q).sum()), want_q.size
-    got_s = _as_numpy(result.a_scale)
+    got_s = to_numpy(result.a_scale)
     if got.shape != want_q.shape or got_s.shape != want_s.shape:
         return 0, want_q.size + want_s.size
     return int((got == want_q).sum() + (got_s == want_s).sum()), want_q.size + want_s.size
@@ -205,7 +187,7 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
 
 def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> dict:
     """The report's row for one case (see ``report.ROW_LEGEND`` for the fields)."""
-    torch = _torch()
+    torch = torch_module()
     caps = layer_capabilities(impl.fused_moe)
     with_bias = "bias1" in caps
     decision = select_activation_dtype(case["M"], arch=case["arch"], gate_mode=case["gate_mode"], env=case["env"])

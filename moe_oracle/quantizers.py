@@ -14,6 +14,7 @@ import numpy as np
 
 import emulation as em
 
+from ._tensors import to_numpy, torch_module
 from .implementation import accepts, call_with
 from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, quantizer_input
 from .interpreter import explained_by_interpreter
@@ -58,27 +59,12 @@ class QuantizerCheck:
         return "; ".join(parts + list(self.notes))
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
-def _bytes(t) -> np.ndarray:
-    torch = _torch()
-    if isinstance(t, torch.Tensor):
-        t = t.detach().cpu()
-        if t.dtype.itemsize == 1 and t.dtype != torch.uint8:
-            t = t.view(torch.uint8)
-        return t.contiguous().numpy()
-    return np.asarray(t)
-
-
 def _call(fn, x_np, input_dtype, device, **kw):
-    torch = _torch()
+    torch = torch_module()
     x = torch.from_numpy(x_np).to(device=device, dtype=getattr(torch, input_dtype))
     q, s = call_with(fn, x, **kw)
-    return _bytes(q), _bytes(s) if _bytes(s).dtype == np.uint8 else _bytes(s).astype(np.float32)
+    s = to_numpy(s)
+    return to_numpy(q), s if s.dtype == np.uint8 else s.astype(np.float32)
 
 
 def _mx_candidates(x, fmt):
@@ -219,7 +205,7 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
         x = _per_tensor_input(np.random.default_rng(seed), M, K, elem)
     if x is None:
         x = quantizer_input(np.random.default_rng(seed), M, K, elem, per_row=kind == "quantize_fp8_per_token")
-    torch = _torch()
+    torch = torch_module()
     x = torch.from_numpy(np.asarray(x, np.float32)).to(getattr(torch, input_dtype)).float().numpy()  # as the kernel sees it
     if kind == "quantize_fp8_per_token":
         result = _per_token_check(fn, x, elem, input_dtype, device)

@@ -42,7 +42,7 @@ import emulation as em
 from .paths import activation_path
 from .reference import MoETrace, MoEWeights, quantize_activation
 
-__all__ = ["kernel_tolerance", "bf16_output_bound", "U_ACC"]
+__all__ = ["kernel_tolerance", "bf16_output_bound", "bf16_ulp", "U_ACC"]
 
 U_ACC = 2.0**-23
 
@@ -58,7 +58,7 @@ def _accumulation_bound(a: np.ndarray, w: np.ndarray, k: int, mma_k: int | None)
     return np.minimum(worst, probable)
 
 
-def _bf16_ulp(x: np.ndarray) -> np.ndarray:
+def bf16_ulp(x: np.ndarray) -> np.ndarray:
     mag = np.maximum(np.abs(x.astype(np.float64)), 2.0**-126)
     return np.exp2(np.floor(np.log2(mag)) - 7)
 
@@ -70,7 +70,7 @@ def _flip_step(h: np.ndarray, b_h: np.ndarray, act_dtype: str, scale_mode) -> np
         return b_h
     if act_dtype == "bf16":
         lo, hi = em.round_to_bf16((h - b_h).astype(np.float32)), em.round_to_bf16((h + b_h).astype(np.float32))
-        return np.where(lo == hi, 0.0, 2 * _bf16_ulp(np.abs(h) + b_h))
+        return np.where(lo == hi, 0.0, 2 * bf16_ulp(np.abs(h) + b_h))
     q = quantize_activation(h, act_dtype, scale_mode).astype(np.float64)
     robust = np.ones_like(h, dtype=bool)
     for sign in (-1.0, 1.0):  # elementwise perturbation (scale checked separately below)

@@ -246,3 +246,16 @@ def test_a_missing_peer_is_one_line(tmp_path, capsys):
     code = cli.main(["--impl", "triton-kernels", "--quick"])
     err = capsys.readouterr().err
     assert code == 2 and "implementation 'triton-kernels' unavailable here" in err and len(err.strip().splitlines()) == 1
+
+
+def test_float8_codes_and_e8m0_scales_are_read_as_bytes():
+    """A quantizer returning torch float8 codes and float8_e8m0fnu scales is compared by its bytes."""
+    import torch
+
+    import emulation as em
+
+    def as_float8(x, scale_mode="round_up", fmt="e4m3fn"):
+        q, s = em.quantize_mxfp8(x.float().numpy(), scale_mode=scale_mode)
+        return torch.from_numpy(q).view(torch.float8_e4m3fn), torch.from_numpy(s).view(torch.float8_e8m0fnu)
+
+    assert check_quantizer(as_float8, "quantize_mxfp8", scale_mode="even", fmt="e4m3fn", seed=3).verdict == "PASS"
