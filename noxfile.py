@@ -26,8 +26,8 @@ LOCK_PYTHON = (3, 11)  # the interpreter the lock was resolved on (its header sa
 
 def _lock_args(session: nox.Session) -> list[str]:
     """``-c <lock>``: the pinned versions (without torch/triton where the vendor's are used)."""
-    py = tuple(int(p) for p in session.run("python", "-c", "import sys; print(*sys.version_info[:2])",
-                                           silent=True).split())
+    py = tuple(int(p) for p in session.run_install("python", "-c", "import sys; print(*sys.version_info[:2])",
+                                                   silent=True).split())  # run_install: also under --install-only
     if py < LOCK_PYTHON:
         session.error(f"constraints.txt was resolved on Python {'.'.join(map(str, LOCK_PYTHON))}; this is "
                       f"{'.'.join(map(str, py))}: use `nox -s tests_latest` (newest releases, no lock)")

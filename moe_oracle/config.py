@@ -17,7 +17,8 @@ DEFAULT_ARCHS = ("gfx942", "gfx950")
 
 @dataclasses.dataclass(frozen=True)
 class VerifyConfig:
-    shapes: tuple = ({"E": 4, "H": 64, "I": 64, "topk": 2},)
+    # the second shape spans several K tiles of the usual sizes (64, 128) with a partial last one
+    shapes: tuple = ({"E": 4, "H": 64, "I": 64, "topk": 2}, {"E": 4, "H": 288, "I": 96, "topk": 2})
     M: tuple = (1, 255, 256, 511, 512)
     archs: tuple | None = None  # None: DEFAULT_ARCHS and the detected device's arch
     envs: tuple = ({}, {"AITER_MOE_FORCE_BF16_ACT": "1"})
@@ -87,7 +88,7 @@ class VerifyConfig:
 
 
 DEFAULT_CPU = VerifyConfig()
-QUICK = VerifyConfig(M=(1, 256, 512), envs=({},), scale_modes=("round_up", "even"))
+QUICK = VerifyConfig(M=(1, 64, 256, 512), envs=({},), scale_modes=("round_up", "even"))
 DEFAULT_GPU = VerifyConfig(shapes=({"E": 32, "H": 2880, "I": 2880, "topk": 4},), M=(1, 64, 255, 256, 511, 512))
 
 

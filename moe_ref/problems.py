@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 import emulation as em
-from emulation.validate import check_bool, check_int
+from emulation.validate import check_bool, check_finite_number, check_int
 
 from .routing import softmax_topk
 
@@ -62,10 +62,15 @@ def _random_mxfp4(rng: np.random.Generator, shape, rms: float):
 
 
 def random_moe_problem(rng: np.random.Generator, *, M: int, E: int, H: int, I: int, topk: int,  # noqa: E741
-                       with_bias: bool = False, weight_std: float = 1.0, hidden_std: float = 1.0) -> MoEProblem:
+                       with_bias: bool = False, weight_std: float = 1.0, hidden_std: float = 1.0,
+                       outlier_rows: float = 0.0) -> MoEProblem:
     """Gaussian hidden (rounded to bf16); MXFP4 weights drawn directly as uniform e2m1 codes with e8m0
     block scales around weight_std / (rms code value * sqrt(fan-in)) (+-1 binade per block), so that
-    gpt-oss-sized problems are drawn in moments; routing from random logits through softmax top-k."""
+    gpt-oss-sized problems are drawn in moments; routing from random logits through softmax top-k.
+
+    ``outlier_rows``: the fraction of tokens whose hidden row is 4x larger (activation outliers), so
+    that gate and up reach past the SwiGLU limit (at std 1 they stay below 7); drawn last, so 0 keeps
+    the streams of earlier releases."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     M, E, topk = check_int(M, "M", minimum=0), check_int(E, "E", minimum=1), check_int(topk, "topk", minimum=1)
@@ -73,10 +78,15 @@ def random_moe_problem(rng: np.random.Generator, *, M: int, E: int, H: int, I: i
     if topk > E:
         raise ValueError(f"topk={topk} is not valid for E={E} experts; expected topk <= E")
     check_bool(with_bias, "with_bias")
+    if not 0.0 <= check_finite_number(outlier_rows, "outlier_rows") <= 1.0:
+        raise ValueError(f"outlier_rows={outlier_rows!r} is not valid; expected a fraction in [0, 1]")
     hidden = em.round_to_bf16((rng.standard_normal((M, H)) * hidden_std).astype(np.float32))
     w1, w1_scale = _random_mxfp4(rng, (E, 2 * I, H), weight_std / np.sqrt(H))
     w2, w2_scale = _random_mxfp4(rng, (E, H, I), weight_std / np.sqrt(I))
     weights, ids = softmax_topk(rng.standard_normal((M, E)).astype(np.float32), topk)
     b1 = (rng.standard_normal((E, 2 * I)) * 0.1).astype(np.float32) if with_bias else None
     b2 = (rng.standard_normal((E, H)) * 0.1).astype(np.float32) if with_bias else None
+    if outlier_rows:
+        big = rng.random(M) < outlier_rows
+        hidden = np.where(big[:, None], hidden * np.float32(4), hidden).astype(np.float32)  # exact: a power of two
     return MoEProblem(hidden, w1, w1_scale, w2, w2_scale, weights, ids, b1, b2)

@@ -95,8 +95,10 @@ def _flip_step(h: np.ndarray, b_h: np.ndarray, act_dtype: str, scale_mode) -> np
 def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_ids, *, act_dtype: str,
                      activation: str = "swiglu", gate_mode: str = "separated", doweight_stage1: bool = False,
                      scale_mode="round_up", limit: float = 7.0, mma_k: int | None = None,
-                     slot_dtype: str = "fp32") -> np.ndarray:
-    """Elementwise bound [M, H] on |kernel - reference| for one emulated run (see the module docstring)."""
+                     slot_dtype: str = "fp32", bf16_output: bool = True) -> np.ndarray:
+    """Elementwise bound [M, H] on |kernel - reference| for one emulated run (see the module docstring).
+
+    ``bf16_output=False``: the bound on the fp32 slot sums instead (step 5 before the bf16 rounding)."""
     tw = np.asarray(topk_weights, np.float64)
     ids = np.asarray(topk_ids)
     I, H = weights.I, weights.H
@@ -137,7 +139,7 @@ def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_id
     topk = ids.shape[1] if ids.ndim == 2 else 1
     out = np.abs(trace.out_f32.astype(np.float64))
     bound += topk * 2.0**-24 * (out + bound)
-    return bf16_output_bound(trace.out_f32, bound)
+    return bf16_output_bound(trace.out_f32, bound) if bf16_output else bound
 
 
 def bf16_output_bound(ref_f32: np.ndarray, bound: np.ndarray) -> np.ndarray:

@@ -202,6 +202,53 @@ def test_random_inputs_within_the_derived_bound_gpu(path, gate_mode, M, rng, dev
     _run_random(path, gate_mode, rng, device, dict(M=M, E=32, H=2880, I=2880, topk=4), seed=base_seed)
 
 
+# ---- options and multi-tile shapes -------------------------------------------------------------
+
+MULTI_TILE = dict(M=48, E=4, H=352, I=160, topk=2)  # K loops of 3 and 2 tiles of 128 (the interpreter's), last ones partial
+
+
+@pytest.mark.parametrize("path", PATH_NAMES)
+@pytest.mark.parametrize("alpha, limit", [(1.0, 3.0), (1.702, 7.0)])
+def test_alpha_limit_and_multi_tile_k_within_the_bound(path, alpha, limit, rng, device):
+    """SwiGLU's alpha and limit reach the kernel (outlier tokens push gate and up past the limit), and
+    K loops of several tiles with a partial last one; with non-default options the default options'
+    reference lies outside the bound on many outputs (so the test sees a kernel that ignores them)."""
+    gate_mode = "separated"
+    route = {**ROUTES[path, gate_mode], "gate_mode": gate_mode}
+    p = random_moe_problem(rng, with_bias=True, outlier_rows=0.25, **MULTI_TILE)
+    out, run = mk.fused_moe(*p.to_torch(device).args(), **p.to_torch(device).biases(), alpha=alpha, limit=limit,
+                            return_trace=True, poison=True, **route)
+    act = run.plan.act_dtype
+    assert run.plan.path == path
+    ref, trace = moe_reference(*p.args(), **p.biases(), act_dtype=act, alpha=alpha, limit=limit, return_trace=True)
+    assert (np.abs(trace.stage1) > limit).mean() > 0.02, "the draw never reaches the limit"
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=act, limit=limit,
+                             mma_k=16 if out.is_cuda else None)
+    diff = np.abs(out.float().cpu().numpy().astype(np.float64) - ref)
+    assert np.all(diff <= bound), f"max excess {(diff - bound).max():.3g}"
+    if (alpha, limit) != (1.702, 7.0):
+        default = moe_reference(*p.args(), **p.biases(), act_dtype=act)
+        assert (np.abs(default.astype(np.float64) - ref) > bound).mean() > 0.05
+
+
+@pytest.mark.parametrize("path, mode", [("a4w4", m) for m in ("round_up", "round_down", "ceil", "even")]
+                         + [("a8w4", m) for m in ("round_up", "even")])
+def test_stage1_input_bytes_follow_the_scale_mode(path, mode, rng, device):
+    """The stage-1 quantizer inside fused_moe gets the call's scale mode: its codes and scales are the
+    emulation's bytes for that mode (on data where the modes disagree)."""
+    route = {**ROUTES[path, "separated"], "gate_mode": "separated"}
+    p = random_moe_problem(rng, M=16, E=4, H=256, I=64, topk=2)
+    _, run = mk.fused_moe(*p.to_torch(device).args(), scale_mode=mode, return_trace=True, poison=True, **route)
+    x = p.hidden.astype(np.float32)
+    fmt = "e2m1" if path == "a4w4" else "e4m3fn"
+    codes, scale = em.quantize_mxfp4(x, scale_mode=mode) if path == "a4w4" else em.quantize_mxfp8(x, scale_mode=mode)
+    np.testing.assert_array_equal(run.a_q.cpu().numpy(), codes)
+    np.testing.assert_array_equal(run.a_scale.cpu().numpy(), scale)
+    another = "ceil" if mode != "ceil" else "round_up"
+    assert not np.array_equal(scale, em.quantize_mx(x, fmt, scale_mode=another)[1]), "a draw where the modes agree"
+
+
 # ---- every rule of the decision table reached by a kernel run --------------------------------
 
 RULE_CASES = [  # (M, arch, gate_mode, activation, env): kernels run on small shapes on the CPU

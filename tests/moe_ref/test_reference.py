@@ -10,7 +10,7 @@ import torch
 
 import emulation as em
 from moe_ref import gated_activation, moe_reference, quantize_activation, random_moe_problem
-from moe_ref.exact import exact_matmul_f32, round_scaled_int_to_f32
+from moe_ref.exact import accumulation_bits, exact_matmul_f32, round_scaled_int_to_f32
 
 SMALL = dict(M=6, E=4, H=64, I=32, topk=2)
 PATHS = ["bf16", "fp4x2", "fp8"]
@@ -64,6 +64,28 @@ def test_exact_matmul_slow_path_is_correctly_rounded(rng):
     got = exact_matmul_f32(x, w)
     want = np.array([[_exact_f32_dot(x[i], w[j]) for j in range(5)] for i in range(3)], np.float32)
     np.testing.assert_array_equal(got, want)
+
+
+def test_exact_matmul_double_rounding_between_53_and_64_bits():
+    """1 + 2^-24 + 2^-60 needs 61 bits (64 counted): float64 drops 2^-60 and the fp32 tie then rounds to 1 (even);
+    the exact sum is above the tie and rounds to 1 + 2^-23. The fast path must not take it."""
+    x = np.float32([[1.0, 2.0**-24, 2.0**-60]])
+    w = np.ones((1, 3), np.float32)
+    assert 53 < accumulation_bits(x, w)[0, 0] <= 64  # beyond float64, within a 64-bit "fast enough" guess
+    assert exact_matmul_f32(x, w)[0, 0] == np.float32(1 + 2.0**-23)
+
+
+@pytest.mark.parametrize("act_dtype", PATHS)
+def test_fp32_hidden_is_rounded_to_bf16_first(act_dtype, rng):
+    """Step 1 of the contract: hidden is rounded to bf16 before anything else, so fp32 hidden with low
+    bits set gives the reference of its bf16 rounding (kernels take bf16 hidden)."""
+    p = random_moe_problem(rng, M=8, E=4, H=64, I=64, topk=2)
+    low_bits = (p.hidden.view(np.uint32) | rng.integers(1, 1 << 16, size=p.hidden.shape, dtype=np.uint32))
+    hidden32 = low_bits.view(np.float32)
+    assert not np.array_equal(em.round_to_bf16(hidden32), hidden32)
+    got = moe_reference(hidden32, *p.args()[1:], act_dtype=act_dtype)
+    want = moe_reference(em.round_to_bf16(hidden32), *p.args()[1:], act_dtype=act_dtype)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 @pytest.mark.parametrize("act_dtype", PATHS)

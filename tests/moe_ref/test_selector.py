@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from moe_ref import DECISION_TABLE, format_decision_table, select_activation_dtype
-from moe_ref.env import ENV_VARS
+from moe_ref.env import ENV_VARS, read_env
 from moe_ref.selector import ACTIVATIONS, GATE_MODES, WEIGHT_DTYPES, normalize_arch
 
 RULES = {r.number for r in DECISION_TABLE}
@@ -118,6 +118,9 @@ def test_legacy_bound_name():
     assert "AITER_BF16_FP8_MOE_BOUND=100" in select_activation_dtype(99, env=legacy, **kw).reason
     both_same = {**legacy, "AITER_MOE_BF16_FP8_BOUND": "100"}
     assert select_activation_dtype(99, env=both_same, **kw).dtype == "bf16"
+    # both set and equal: the current name is the one read (and named in the reason), the legacy one only agrees
+    assert read_env("AITER_MOE_BF16_FP8_BOUND", both_same) == (100, "AITER_MOE_BF16_FP8_BOUND")
+    assert "M=99 < AITER_MOE_BF16_FP8_BOUND=100" in select_activation_dtype(99, env=both_same, **kw).reason
     with pytest.raises(ValueError, match="disagree"):
         select_activation_dtype(99, env={**legacy, "AITER_MOE_BF16_FP8_BOUND": "200"}, **kw)
 

@@ -1,7 +1,8 @@
 """Planted-bug implementations: small torch/NumPy quantizers and MoE layers, each with one realistic
-bug, and the diagnosis the oracle must give (a substring of its message). A correct one of each kind
-must pass. The MoE layers are the emulated reference itself (torch in, torch out) with the bug
-planted, so that they run in milliseconds."""
+bug from the shared catalogue (``tests/mutants/bugs.py``: its name, field failure and the diagnosis
+the oracle must give, a substring of its message). A correct one of each kind must pass. The MoE
+layers are the emulated reference itself (torch in, torch out) with the bug planted, so that they
+run in milliseconds; the same bugs planted in our own tree are the mutants (``tests/mutants``)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,28 @@ import torch
 
 import emulation as em
 from moe_ref import moe_reference, select_activation_dtype
-from moe_ref.routing import softmax_topk  # noqa: F401  (kept: a routing bug below uses the same convention)
+
+from ..mutants.bugs import BUGS, Bug
 
 
 @dataclass(frozen=True)
 class Planted:
-    name: str
-    kind: str  # quantize_mxfp4 | quantize_mxfp8 | quantize_fp8_per_token | fused_moe
+    label: str  # a bug's name in tests/mutants/bugs.py, or a correct implementation's name
+    kind: str  # quantize_mxfp4 | quantize_mxfp8 | quantize_fp8_per_token | quantize_fp8_per_tensor | fused_moe
     fn: object
-    diagnosis: str  # a substring the oracle's message must contain ("" for the correct ones: they must pass)
-    field_failure: str = ""
+
+    @property
+    def bug(self) -> Bug | None:
+        return None if self.label.startswith("correct") else BUGS[self.label]
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    @property
+    def diagnosis(self) -> str:
+        """The substring the oracle's message must contain ("" for the correct ones: they must pass)."""
+        return self.bug.diagnosis if self.bug else ""
 
 
 def _np(x):
@@ -99,30 +112,21 @@ def _per_tensor(reciprocal=True):
 
 
 QUANTIZERS = [
-    Planted("correct mxfp4", "quantize_mxfp4", _mxfp4(), ""),
-    Planted("ties away", "quantize_mxfp4", _mxfp4(ties="away"), "follows round_up, ties away",
-            "software round(x) instead of the hardware's RNE"),
-    Planted("ROUND_DOWN where ROUND_UP is asked", "quantize_mxfp4", _mxfp4(mode="round_down"),
-            "follows round_down, ties even", "the OCP floor rule shipped under the ROUND_UP name"),
-    Planted("CEIL instead of ROUND_UP", "quantize_mxfp4", _mxfp4(mode="ceil"), "follows ceil, ties even",
-            "ceil of amax instead of ceil of amax / 6"),
-    Planted("scale exponent off by one", "quantize_mxfp4", _post(_mxfp4(), _scale_plus_one),
-            "scale exponent +1", "emax off by one in the scale formula"),
-    Planted("nibbles swapped", "quantize_mxfp4", _post(_mxfp4(), _nibbles_swapped), "nibbles swapped",
-            "element 2i packed into the high nibble"),
-    Planted("NaN block scale 0xFE", "quantize_mxfp4", _post(_mxfp4(), _nan_block_scale_254),
-            "nan_inf blocks: scale byte(s) ['0xfe']", "NaN amax clamped like an overflow"),
-    Planted("zero block scale 127", "quantize_mxfp4", _post(_mxfp4(), _zero_block_scale_127),
-            "zero blocks: scale byte(s) ['0x7f']", "log2(0) guarded by scale 1"),
-    Planted("truncation", "quantize_mxfp4", _truncating, "no scale mode x tie rule reproduces it",
-            "mantissa bits dropped instead of rounded"),
-    Planted("correct mxfp8", "quantize_mxfp8", _mxfp8(), ""),
-    Planted("mxfp8 ties away", "quantize_mxfp8", _mxfp8(ties="away"), "follows round_up, ties away"),
-    Planted("correct per-token fp8", "quantize_fp8_per_token", _per_token(), ""),
-    Planted("per-token x / s", "quantize_fp8_per_token", _per_token(reciprocal=False), "follows x / s",
-            "a torch reference's division copied into the kernel"),
-    Planted("correct per-tensor fp8", "quantize_fp8_per_tensor", _per_tensor(), ""),
-    Planted("per-tensor x / s", "quantize_fp8_per_tensor", _per_tensor(reciprocal=False), "follows x / s"),
+    Planted("correct mxfp4", "quantize_mxfp4", _mxfp4()),
+    Planted("ties away", "quantize_mxfp4", _mxfp4(ties="away")),
+    Planted("ROUND_DOWN where ROUND_UP is asked", "quantize_mxfp4", _mxfp4(mode="round_down")),
+    Planted("CEIL instead of ROUND_UP", "quantize_mxfp4", _mxfp4(mode="ceil")),
+    Planted("scale exponent off by one", "quantize_mxfp4", _post(_mxfp4(), _scale_plus_one)),
+    Planted("nibbles swapped", "quantize_mxfp4", _post(_mxfp4(), _nibbles_swapped)),
+    Planted("NaN block scale 0xFE", "quantize_mxfp4", _post(_mxfp4(), _nan_block_scale_254)),
+    Planted("zero block scale 127", "quantize_mxfp4", _post(_mxfp4(), _zero_block_scale_127)),
+    Planted("truncation", "quantize_mxfp4", _truncating),
+    Planted("correct mxfp8", "quantize_mxfp8", _mxfp8()),
+    Planted("mxfp8 ties away", "quantize_mxfp8", _mxfp8(ties="away")),
+    Planted("correct per-token fp8", "quantize_fp8_per_token", _per_token()),
+    Planted("per-token x / s", "quantize_fp8_per_token", _per_token(reciprocal=False)),
+    Planted("correct per-tensor fp8", "quantize_fp8_per_tensor", _per_tensor()),
+    Planted("per-tensor x / s", "quantize_fp8_per_tensor", _per_tensor(reciprocal=False)),
 ]
 
 
@@ -163,27 +167,16 @@ def _layer(bug=None):
 
 
 LAYERS = [
-    Planted("correct layer", "fused_moe", _layer(), ""),
-    Planted("env ignored", "fused_moe", _layer("env ignored"), "it took a4w4 where the selector chose a16w4",
-            "AITER_MOE_FORCE_BF16_ACT honoured by the tests' copy of the selector only"),
-    Planted("bound <= instead of <", "fused_moe", _layer("bound <= instead of <"),
-            "it took a16w4 where the selector chose a4w4", "the M=256 boundary case on the wrong side"),
-    Planted("never quantizes", "fused_moe", _layer("never quantizes"), "it took a16w4 where the selector chose a4w4",
-            "the fp4x2 path never exercised"),
-    Planted("intermediate not quantized", "fused_moe", _layer("intermediate not quantized"),
-            "the stage-2 input was not quantized", "the reference that skipped activation quantization"),
-    Planted("routing weight applied twice", "fused_moe", _layer("routing weight applied twice"),
-            "matches no path's reference", "weights applied in stage 1 and stage 2"),
-    Planted("gate and up swapped", "fused_moe", _layer("gate and up swapped"), "matches no path's reference",
-            "a layout mismatch between the weights and the kernel"),
-    Planted("reads padding", "fused_moe", _layer("reads padding"), "output changes with memory it should not read",
-            "padding slots read from an uninitialised buffer"),
-    Planted("routing weights in bf16", "fused_moe", _layer("routing weights in bf16"),
-            "routing weights rounded to bf16", "topk_weights.to(bfloat16) before the routing kernels"),
-    Planted("slots summed in bf16", "fused_moe", _layer("slots summed in bf16"),
-            "each slot rounded to bf16 before the top-k sum", "per-pair bf16 rows reduced after the GEMM"),
-    Planted("scale mode ignored", "fused_moe", _layer("scale mode ignored"),
-            "it quantized with another scale mode than the even asked for", "a kernel hard-wired to ROUND_UP"),
-    Planted("writes its input", "fused_moe", _layer("writes its input"), "it wrote to its inputs: hidden",
-            "an in-place activation on the caller's tensor"),
+    Planted("correct layer", "fused_moe", _layer()),
+    Planted("env ignored", "fused_moe", _layer("env ignored")),
+    Planted("bound <= instead of <", "fused_moe", _layer("bound <= instead of <")),
+    Planted("never quantizes", "fused_moe", _layer("never quantizes")),
+    Planted("intermediate not quantized", "fused_moe", _layer("intermediate not quantized")),
+    Planted("routing weight applied twice", "fused_moe", _layer("routing weight applied twice")),
+    Planted("gate and up swapped", "fused_moe", _layer("gate and up swapped")),
+    Planted("reads padding", "fused_moe", _layer("reads padding")),
+    Planted("routing weights in bf16", "fused_moe", _layer("routing weights in bf16")),
+    Planted("slots summed in bf16", "fused_moe", _layer("slots summed in bf16")),
+    Planted("scale mode ignored", "fused_moe", _layer("scale mode ignored")),
+    Planted("writes its input", "fused_moe", _layer("writes its input")),
 ]

@@ -1,0 +1,96 @@
+"""The derived tolerance pinned down: hand-computed bounds on tiny inputs, and the whole bound of a
+small problem re-derived element by element from the formula in ``moe_ref.tolerance``'s docstring.
+
+A bound that is a few times too loose passes every kernel, so "the kernels fit under it" proves
+nothing about it; these tests fail when any term changes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import emulation as em
+from moe_ref import MoEWeights, kernel_tolerance, moe_reference, random_moe_problem
+from moe_ref.tolerance import U_ACC, _accumulation_bound, _flip_step, bf16_output_bound, bf16_ulp
+
+u = U_ACC
+
+
+@pytest.mark.parametrize("k, mma_k, expected", [
+    (4, None, 4 * u / (1 - 4 * u) * 4),  # worst case n u sum|a w| (< probable 7 * 2 * u * 2)
+    (64, None, 7 * 8 * u * 8),  # probable: lambda sqrt(n) u sqrt(sum (a w)^2) (< worst 64 u 64)
+    (64, 16, 7 * math.sqrt(8) * 2 * u * 8),  # tensor cores: 64/16 + log2 16 = 8 roundings of 2u
+    (4, 2, 3 * 2 * u / (1 - 3 * 2 * u) * 4),  # 4/2 + 1 = 3 roundings of 2u, worst case smaller
+])
+def test_accumulation_bound_by_hand(k, mma_k, expected):
+    ones = np.ones((1, k))
+    got = _accumulation_bound(ones, ones, k, mma_k)[0, 0]
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_flip_step_by_hand():
+    """MXFP4 block of amax 4 (ROUND_UP scale 2^0, robust to the perturbation): elements on the grid
+    cannot flip (D = 0); ties can, by one step at their binade plus the perturbation: 0.25 and 1.25
+    (step 0.5), 3.5 (step 1). bf16: 1 + 2^-8 is a tie, D = 2 ulps; 1.0 is not."""
+    b = 2.0**-20
+    h = np.zeros((1, 32), np.float32)
+    h[0, :5] = [4.0, 0.25, 1.0, 1.25, 3.5]
+    d = _flip_step(h, np.full(h.shape, b), "fp4x2", "round_up")
+    want = np.zeros((1, 32))
+    want[0, :5] = [0.0, 1 + 2 * b, 0.0, 1 + 2 * b, 2 + 2 * b]
+    np.testing.assert_array_equal(d, want)
+    hb = np.float32([[1 + 2.0**-8, 1.0]])
+    np.testing.assert_array_equal(_flip_step(hb, np.full(hb.shape, b), "bf16", "round_up"), [[2 * 2.0**-7, 0.0]])
+
+
+@pytest.mark.parametrize("ref, bound, expected", [
+    (1.0, 2.0**-9, 0.0),  # [1 - 2^-9, 1 + 2^-9] holds no bf16 rounding boundary: outputs must be equal
+    (1.0, 2.0**-8, 2.0**-8),  # 1 - 2^-8 is a bf16 value below 1 (ulp 2^-8 there); 1 + 2^-8 ties to 1
+    (1.0, 3 * 2.0**-8, 2.0**-6),  # 1 + 3 * 2^-8 ties to the even 1 + 2^-6 (farther than 1 - 3 * 2^-8)
+])
+def test_bf16_output_bound_by_hand(ref, bound, expected):
+    assert bf16_output_bound(np.float32([ref]), np.array([bound]))[0] == expected
+
+
+def _bound_by_hand(p, trace, limit=7.0):
+    """The docstring's steps 1-5 for an a16w4 run with topk 1, one element at a time."""
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    I, H = w.I, w.H
+
+    def acc(a, ws, k):  # min(worst, probable) for one dot product of |a| and |w|
+        prods = [abs(float(x) * float(y)) for x, y in zip(a, ws)]
+        return min(k * u / (1 - k * u) * sum(prods), 7.0 * math.sqrt(k) * u * math.sqrt(sum(q * q for q in prods)))
+
+    bound = np.zeros(trace.out_f32.shape)
+    for row, (t, k) in enumerate(trace.pairs):
+        e = int(p.topk_ids[t, k])
+        w1, w2 = w.dequant_w1(e), w.dequant_w2(e)
+        g = trace.stage1[row].astype(np.float64)
+        b_g = [acc(trace.a_q[t], w1[j], H) + 2.0**-24 * abs(g[j]) for j in range(2 * I)]
+        d = []
+        for j in range(I):
+            up = min(max(g[I + j], -limit), limit)
+            h = float(trace.act[row, j])
+            b_h = 1.1 * b_g[j] * (abs(up + 1) + b_g[I + j]) + limit * b_g[I + j] + 2.0**-20 * abs(h)
+            lo, hi = (em.round_to_bf16(np.float32([h - b_h, h + b_h])))
+            d.append(0.0 if lo == hi else 2 * float(bf16_ulp(np.float64([abs(h) + b_h]))[0]))
+        weight = float(p.topk_weights[t, k])
+        for n in range(H):
+            y = abs(float(trace.stage2[row, n]))
+            b_y = sum(abs(float(w2[n, j])) * d[j] for j in range(I)) + acc(trace.act_q[row], w2[n], I) + 2.0**-24 * y
+            bound[t, n] += b_y * weight + 2.0**-24 * y
+    return bound + 1 * 2.0**-24 * (np.abs(trace.out_f32.astype(np.float64)) + bound)
+
+
+def test_kernel_tolerance_equals_the_formula_by_hand(rng):
+    p = random_moe_problem(rng, M=3, E=2, H=32, I=32, topk=1, outlier_rows=0.5)
+    ref, trace = moe_reference(*p.args(), act_dtype="bf16", return_trace=True)
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    got = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype="bf16", bf16_output=False)
+    want = _bound_by_hand(p, trace)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)
+    assert (want > 0).all()
+    np.testing.assert_array_equal(kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype="bf16"),
+                                  bf16_output_bound(trace.out_f32, want))
