@@ -71,6 +71,16 @@ def tests(session: nox.Session) -> None:
     _run_suite(session)
 
 
+@nox.session(venv_params=VENV_PARAMS)
+def mutants(session: nox.Session) -> None:
+    """Oracle power: every mutant of tests/mutants/catalogue.py applied to a copy of the tree must be killed
+    by the tests that can see it (and make `moe-oracle verify --quick` exit 1 where marked); writes
+    mutants-report/mutants.md and .json. `-- --gpu` runs the GPU-only mutants (on a device)."""
+    _install(session, "test", "plot")
+    _install_peers(session)
+    session.run("python", "-m", "tests.mutants.run", *session.posargs)
+
+
 @nox.session(venv_params=VENV_PARAMS, reuse_venv=False)
 def tests_latest(session: nox.Session) -> None:
     """The CPU suite against the newest releases (no lock): upstream changes show up here first."""

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from moe_ref import DECISION_TABLE, format_decision_table, select_activation_dtype
+from moe_ref import DECISION_TABLE, detect_arch, format_decision_table, select_activation_dtype
 from moe_ref.env import ENV_VARS, read_env
 from moe_ref.selector import ACTIVATIONS, GATE_MODES, WEIGHT_DTYPES, normalize_arch
 
@@ -165,3 +166,23 @@ def test_printed_table_is_generated_from_the_data():
         assert f"| {rule.number} | {rule.describe_when()} |" in printed
     for var in ENV_VARS:
         assert var in printed
+
+
+@pytest.mark.parametrize("hip, props, expected", [
+    ("6.4", dict(gcnArchName="gfx950:sramecc+:xnack-", major=9, minor=5), "gfx950"),
+    ("6.4", dict(gcnArchName="gfx942:sramecc+:xnack-", major=9, minor=4), "gfx942"),
+    (None, dict(gcnArchName="", major=9, minor=0), "sm90"),
+])
+def test_detect_arch_on_a_simulated_device(hip, props, expected, monkeypatch):
+    """ROCm reports gcnArchName with target features; the arch is its name alone (else every rule with
+    an arch condition misfires on a real MI355). CUDA gives sm<major><minor>."""
+    import types
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: types.SimpleNamespace(**props))
+    monkeypatch.setattr(torch.version, "hip", hip)
+    assert detect_arch() == expected
+    assert select_activation_dtype(4096, arch=detect_arch(), gate_mode="interleave", env={}).dtype == (
+        "fp8" if expected == "gfx950" else "bf16")

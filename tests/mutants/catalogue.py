@@ -20,6 +20,8 @@ _QUANT_TESTS = ("tests/kernels/test_quant.py", "tests/kernels/test_numerics.py")
 _MOE_TESTS = ("tests/kernels/test_fused_moe.py", "tests/edge/test_policies.py")
 _SELECTOR_TESTS = ("tests/moe_ref/test_selector.py", "tests/edge/test_refusals.py",
                    "tests/kernels/test_fused_moe.py::test_the_path_that_ran_is_the_selector_decision")
+_GPU_DECODE = ("tests/kernels/test_numerics.py::test_weight_decode_is_exact_at_every_scale",
+               "tests/kernels/test_fused_moe.py::test_bit_exact_on_exact_inputs_gpu")
 _EMULATION_TESTS = ("tests/emulation", "tests/moe_ref", "tests/kernels/test_quant.py")
 TESTS_BY_FILE = {
     "emulation/": _EMULATION_TESTS,
@@ -199,13 +201,17 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- GPU-only code (run with the GPU suite on a device) ---------------------------------
     _m("tensor-core bf16 accumulation", _GEMM, ("        out = tl.dot(a, b, acc)\n",
                                                 "        out = tl.dot(a, b, acc).to(tl.bfloat16).to(tl.float32)\n"),
-       gpu=True),
+       tests=_GPU_DECODE[1:], gpu=True),
     _m("subnormal weight scale flushed", _GEMM, ("scale_pair = tl.maximum(byte * 0x00800080, 0x00400040)",
-                                                 "scale_pair = byte * 0x00800080"), gpu=True),
-    _m("weight sign lost", _GEMM, ("and.b32 s, t, {0x80008000};", "and.b32 s, t, {0x00008000};"), gpu=True),
+                                                 "scale_pair = byte * 0x00800080"), tests=_GPU_DECODE, gpu=True),
+    _m("weight sign lost", _GEMM, ("and.b32 s, t, {0x80008000};", "and.b32 s, t, {0x00008000};"), tests=_GPU_DECODE,
+       gpu=True),
     _m("weight nibbles swapped", _GEMM, ("lo = pairs.to(tl.int16)  # element 2j: the low half\n        hi = (pairs >> 16).to(tl.int16)",
-                                         "hi = pairs.to(tl.int16)\n        lo = (pairs >> 16).to(tl.int16)"), gpu=True),
+                                         "hi = pairs.to(tl.int16)\n        lo = (pairs >> 16).to(tl.int16)"),
+       tests=_GPU_DECODE, gpu=True),
     _m("host sync under graph capture", _DISP, ("if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():",
-                                                "if False:"), gpu=True),
-    _m("bad ids never reported", _DISP, ("    if pending is not None:\n        pending.finish()\n", ""), gpu=True),
+                                                "if False:"),
+       tests=("tests/kernels/test_fused_moe.py::test_cuda_graph_replay_equals_eager",), gpu=True),
+    _m("bad ids never reported", _DISP, ("    if pending is not None:\n        pending.finish()\n", ""),
+       tests=("tests/kernels/test_fused_moe.py::test_out_of_range_ids_raise_on_the_gpu",), gpu=True),
 )

@@ -17,6 +17,7 @@ stdout; exit 0 only if every mutant is killed and every report run exits 1.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import py_compile
@@ -35,11 +36,20 @@ from .catalogue import MUTANTS, Mutant
 ROOT = Path(__file__).resolve().parents[2]
 
 
+_NOT_SOURCE = {".git", ".nox", "__pycache__", "wheels", "build", "dist", ".pytest_cache", ".ruff_cache", "report",
+               "mutants-report"}
+
+
 def tree_files(root: Path) -> list[str]:
-    """The files git tracks or would track (untracked but not ignored included)."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
-                         capture_output=True, check=True).stdout
-    return [f for f in out.decode().split("\0") if f and (root / f).is_file()]
+    """The files git tracks or would track (untracked but not ignored included); without git (an
+    unpacked copy, the device machine), every file outside build, cache and peer folders."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
+                             capture_output=True, check=True).stdout
+        return [f for f in out.decode().split("\0") if f and (root / f).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        return [str(p.relative_to(root)) for p in root.rglob("*")
+                if p.is_file() and not _NOT_SOURCE & set(p.relative_to(root).parts[:-1]) and p.suffix != ".pyc"]
 
 
 def copy_tree(root: Path, files: list[str], dest: Path) -> Path:
@@ -88,7 +98,8 @@ def run_tests(tree: Path, selection, *, gpu: bool, seed: int, timeout: float, wo
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--seed", str(seed),
            "-m", "gpu" if gpu else "not gpu and not exhaustive", f"--junitxml={junit}", *selection]
     cmd += ["-x"] if exitfirst else []
-    cmd += ["-n", str(workers)]  # -n 0: in this process (xdist stays loaded: conftest hooks need it)
+    if importlib.util.find_spec("xdist") is not None:
+        cmd += ["-n", str(workers)]  # -n 0: in this process (xdist stays loaded: conftest hooks need it)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=tree, env=_env(tree, gpu), capture_output=True, text=True, timeout=timeout)
