@@ -96,6 +96,7 @@ def main(argv=None) -> int:
 
         cfg = dataclasses.replace(cfg, seed=secrets.randbits(32))
     from . import engine
+    from .references import peak_memory
     from .report import LEGEND, format_quantizers, format_stages, format_table, quant_cost_by_path, write
 
     print(f"implementation: {impl.name} ({', '.join(impl.provides())})" + (f"; {impl.note}" if impl.note else ""))
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
             layer_archs = [detect_arch()]
             print(f"note: {impl.name}'s fused_moe takes no arch: run at the device's arch ({layer_archs[0]}) only")
         workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if device == "cuda" else 1)
-        rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers)
+        keep = _PartialRows(Path(args.out) if args.out else None)
+        rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep)
     if args.only != "quantizers":
         selector = engine.run_selector(impl, cfg, archs)
     if quant:
@@ -133,18 +135,47 @@ def main(argv=None) -> int:
     verdicts = ([r["verdict"] for r in rows] + [c["verdict"] for c in quant] + [s["verdict"] for s in stages]
                 + ["PASS" if s["agree"] else "FAIL" for s in selector])
     n_fail = sum(v == "FAIL" for v in verdicts)
+    errors = sum(1 for r in rows if r.get("error"))
+    if errors:
+        print(f"\n{errors} case(s) could not be checked (an error row each, a FAIL):")
+        for r in [r for r in rows if r.get("error")][:10]:
+            print(f"    E={r['E']} H={r['H']} I={r['I']} M={r['M']} {r['gate_mode']} env={r['env']}: {r['error']}")
     n_interp = sum(v == "INTERP" for v in verdicts)
     print(f"\n{len(verdicts) - n_fail - n_interp} passed, {n_fail} failed"
           + (f" ({n_interp} more differ only by the Triton interpreter's own casts: INTERP)" if n_interp else ""))
+    main_gib, worker_gib = peak_memory()
+    print(f"peak host memory: {main_gib:.1f} GiB (this process)"
+          + (f", {worker_gib:.1f} GiB (the largest reference worker)" if worker_gib else ""))
     if args.out:
-        meta = dict(impl=impl.name, device=torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
+        meta = dict(peak_host_gib=round(main_gib, 2), peak_worker_gib=round(worker_gib, 2), impl=impl.name, device=torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
                     seed=cfg.seed, config=dataclasses.asdict(cfg), archs=archs, archs_why=archs_why,
                     torch=torch.__version__)
         files = write(Path(args.out), rows, quant, selector, meta, stages)
+        (Path(args.out) / _PartialRows.NAME).unlink(missing_ok=True)
         print("wrote " + ", ".join(str(f) for f in files))
     else:
         print("(nothing written: pass --out DIR to keep report.json, report.md and the plot)")
     return 1 if n_fail else 0
+
+
+class _PartialRows:
+    """Each case's row appended to DIR/cases.partial.jsonl as it is made (with --out): a run that dies
+    keeps what it checked; the complete report replaces it."""
+
+    NAME = "cases.partial.jsonl"
+
+    def __init__(self, out: Path | None):
+        self.path = None if out is None else out / self.NAME
+        if self.path is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def __call__(self, row: dict) -> None:
+        if self.path is not None:
+            import json
+
+            with self.path.open("a") as f:
+                f.write(json.dumps(row, default=str) + "\n")
 
 
 def cli() -> None:

@@ -24,8 +24,9 @@ def layer_archs(impl: Implementation, archs):
     return list(archs) if "arch" in layer_capabilities(impl.fused_moe) else None
 
 
-def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1) -> list[dict]:
-    """One row per case; a case that raises is a row with its error (the rest still run)."""
+def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on_row=None) -> list[dict]:
+    """One row per case; a case that raises is a row with its error (the rest still run); ``on_row(row)``
+    sees each row as it is made (the CLI keeps them on disk: a run that dies keeps its rows)."""
     import torch
 
     device = torch.device(device)
@@ -36,8 +37,9 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1) ->
     case_list = list(refs.cases(cfg, archs, gate_modes))
     cache: dict = {}
     mma_k = refs.mma_k_of(device.type)
-    jobs = [(c, cfg.reference_act_dtype or impl.fixed_path or select_activation_dtype(c["M"], arch=c["arch"], gate_mode=c["gate_mode"],
-                                                                   env=c["env"]).dtype, cfg.seed, mma_k, "bias1" in caps)
+    at = refs.reference_device(device)
+    jobs = [(c, cfg.reference_act_dtype or impl.fixed_path or select_activation_dtype(
+                c["M"], arch=c["arch"], gate_mode=c["gate_mode"], env=c["env"]).dtype, cfg.seed, mma_k, "bias1" in caps, at)
             for c in case_list]
     refs.prefetch(jobs, cache, workers)
     progress = Progress(len(case_list), "cases")
@@ -51,6 +53,8 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1) ->
                              env=case["env"], gate_mode=case["gate_mode"], scale_mode=case["scale_mode"],
                              verdict="FAIL", error=f"{type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc(limit=4)))
+        if on_row is not None:
+            on_row(rows[-1])
         progress.step(f"{time.perf_counter() - t0:.0f}s")
     progress.close()
     return rows

@@ -153,7 +153,8 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
     notes = []
     if reported is not None and reported != selected:
         notes.append(f"it reports path {PATH_NAMES.get(reported, reported)}; the selector chose {PATH_NAMES[selected]}")
-    _, ref, _, _ = refs.reference(cache, case, selected, seed, mma_k, with_bias)
+    at = refs.reference_device(device)
+    _, ref, _, _ = refs.reference(cache, case, selected, seed, mma_k, with_bias, device=at)
     bad = int((~np.isfinite(out) & np.isfinite(ref)).sum())
     if bad:
         notes.append(f"{cmp['nan_out']} NaN and {cmp['inf_out']} Inf outputs ({bad} where the reference is finite)")
@@ -162,7 +163,7 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
         return notes
     tried = []
     for act, variant in _candidates(selected, case["scale_mode"]):
-        _, r, ideal, b = refs.reference(cache, case, act, seed, mma_k, with_bias, variant=variant)
+        _, r, ideal, b = refs.reference(cache, case, act, seed, mma_k, with_bias, variant=variant, device=at)
         tried.append((compare_output(out, r, ideal, b)["margin"], act, variant))
     tried.sort(key=lambda t: t[0])
     best_m, act, variant = tried[0]
@@ -193,7 +194,8 @@ def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> d
     decision = select_activation_dtype(case["M"], arch=case["arch"], gate_mode=case["gate_mode"], env=case["env"])
     selected = cfg.reference_act_dtype or impl.fixed_path or decision.dtype
     mma_k = refs.mma_k_of(device.type)
-    p, ref, ideal, bound = refs.reference(cache, case, selected, seed, mma_k, with_bias)
+    p, ref, ideal, bound = refs.reference(cache, case, selected, seed, mma_k, with_bias,
+                                          device=refs.reference_device(device))
     bound = cfg.tolerance_scale * bound
     pt = p.to_torch(device)
     before = [t.clone() for t in pt.args()]

@@ -1,22 +1,29 @@
 """Problems and references of the report's MoE cases: one random layer per shape, tokens per M, and
-for each case the emulated reference of a path, the float64 ideal and the derived bound (cached, and
-computed in worker processes where asked: on a GPU run they dominate the time)."""
+for each case the emulated reference of a path, the float64 ideal and the derived bound
+(``moe_ref.bounded``: expert by expert, products on the GPU of a GPU run), cached, and computed
+concurrently where asked, in as many workers as memory allows."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import multiprocessing
+import multiprocessing.connection
+import os
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
-from moe_ref import MoEWeights, kernel_tolerance, moe_reference, random_moe_problem, select_activation_dtype
+from moe_ref import random_moe_problem, select_activation_dtype
+from moe_ref.bounded import moe_reference_bounded, reference_bytes
+from moe_ref.problems import random_routed_tokens
 
 from .progress import Progress
 
-__all__ = ["cases", "problem", "reference", "prefetch", "mma_k_of"]
+__all__ = ["cases", "layer", "problem", "reference", "prefetch", "mma_k_of", "reference_device", "ReferenceFailed",
+           "worker_count", "peak_memory"]
 
 
 def cases(cfg, archs, gate_modes=None):
@@ -37,34 +44,53 @@ def mma_k_of(device: str):
 OUTLIER_ROWS = 0.25  # a quarter of the tokens 4x larger: SwiGLU's clamps are reached (moe_ref.random_moe_problem)
 
 
+def reference_device(device):
+    """Where the references' products run: the GPU of a GPU run (``moe_ref.products``), else NumPy."""
+    return None if device is None or str(device) == "cpu" else str(device)
+
+
+def layer(cache: dict, shape: dict, seed: int, with_bias: bool = True):
+    """The shape's random layer (weights and biases), drawn once and frozen (read-only: the references
+    use it in place, neither copied nor hashed; ``moe_ref.weights``)."""
+    key = ("layer", seed, tuple(shape.items()), with_bias)
+    if key not in cache:
+        p = random_moe_problem(np.random.default_rng([seed, *shape.values()]), M=1, with_bias=with_bias, **shape)
+        for arr in (p.w1, p.w1_scale, p.w2, p.w2_scale, p.bias1, p.bias2):
+            if arr is not None:
+                arr.setflags(write=False)
+        cache[key] = p
+    return cache[key]
+
+
 def problem(cache: dict, case: dict, seed: int, with_bias: bool = True):
-    """The case's random problem: tokens and routing drawn per M, weights and biases per shape (one
-    layer across the M sweep, so the references dequantize its weights once: ``MoEWeights``)."""
+    """The case's random problem: tokens and routing drawn per M, the layer per shape (one layer across
+    the M sweep)."""
     pkey = ("problem", seed, case["M"], tuple(case["shape"].items()), with_bias)
     if pkey not in cache:
         shape = case["shape"]
-        layer = random_moe_problem(np.random.default_rng([seed, *shape.values()]), M=1, with_bias=with_bias, **shape)
-        p = random_moe_problem(np.random.default_rng([seed, case["M"], *shape.values()]), M=case["M"],
-                               with_bias=with_bias, outlier_rows=OUTLIER_ROWS, **shape)
-        cache[pkey] = dataclasses.replace(p, w1=layer.w1, w1_scale=layer.w1_scale, w2=layer.w2,
-                                          w2_scale=layer.w2_scale, bias1=layer.bias1, bias2=layer.bias2)
+        hidden, tw, ids = random_routed_tokens(np.random.default_rng([seed, case["M"], *shape.values()]), M=case["M"],
+                                               E=shape["E"], H=shape["H"], topk=shape["topk"], outlier_rows=OUTLIER_ROWS)
+        cache[pkey] = dataclasses.replace(layer(cache, shape, seed, with_bias), hidden=hidden, topk_weights=tw,
+                                          topk_ids=ids)
     return cache[pkey]
 
 
-def _compute(p, case: dict, act_dtype: str, mma_k, variant: tuple = ()):
+def _compute(p, case: dict, act_dtype: str, mma_k, variant: tuple = (), device=None):
     """(emulated reference, float64 ideal, elementwise bound) of a case's problem on one path;
     ``variant``: (name, value) pairs of the reference's convention options (intermediate_dtype,
     routing_weight_dtype, slot_dtype, or another scale_mode than the case's), the contract where absent."""
     opts = dict(variant)
     mode = opts.pop("scale_mode", case["scale_mode"])
-    kw = dict(gate_mode=case["gate_mode"], scale_mode=mode, **p.biases())
-    ref, trace = moe_reference(*p.args(), act_dtype=act_dtype, return_trace=True, **opts, **kw)
-    ideal = moe_reference(*p.args(), act_dtype=None, **kw)
-    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
-    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=opts.get("intermediate_dtype") or act_dtype,
-                             gate_mode=case["gate_mode"], scale_mode=mode, mma_k=mma_k,
-                             slot_dtype=opts.get("slot_dtype", "fp32"))
-    return ref, ideal, bound
+    r = moe_reference_bounded(*p.args(), act_dtype=act_dtype, mma_k=mma_k, device=device, gate_mode=case["gate_mode"],
+                              scale_mode=mode, **p.biases(), **opts)
+    return r.out, r.ideal, r.bound
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceFailed:
+    """A reference that could not be computed (its worker died, or it raised): its cases become error rows."""
+
+    error: str
 
 
 def _key(case, act_dtype, seed, mma_k, with_bias, variant):
@@ -72,35 +98,138 @@ def _key(case, act_dtype, seed, mma_k, with_bias, variant):
             mma_k, with_bias, tuple(variant))
 
 
-def reference(cache: dict, case: dict, act_dtype: str, seed: int, mma_k, with_bias: bool = True, variant: tuple = ()):
+def reference(cache: dict, case: dict, act_dtype: str, seed: int, mma_k, with_bias: bool = True, variant: tuple = (),
+              device=None):
     """(problem, reference, ideal, bound) of a case on path ``act_dtype`` (and a convention ``variant``);
-    cached, since other archs and envs select the same path on the same data."""
+    cached, since other archs and envs select the same path on the same data. ``device``: where the
+    products run (:func:`reference_device`)."""
     key = _key(case, act_dtype, seed, mma_k, with_bias, variant)
+    if isinstance(cache.get(key), ReferenceFailed):
+        raise RuntimeError(f"the {act_dtype} reference could not be computed: {cache[key].error}")
     if key not in cache:
         p = problem(cache, case, seed, with_bias)
-        cache[key] = (p, *_compute(p, case, act_dtype, mma_k, variant))
+        cache[key] = (p, *_compute(p, case, act_dtype, mma_k, variant, device))
     return cache[key]
 
 
-def _job(job):  # a worker process: regenerates the problem from its seed
-    case, act_dtype, seed, mma_k, with_bias = job
-    return _compute(problem({}, case, seed, with_bias), case, act_dtype, mma_k)
+_SHARED: dict = {}  # the parent's problems, inherited by forked workers (copy-on-write: not copied)
+
+
+def _job(job):  # a worker process (forked) or thread
+    case, act_dtype, seed, mma_k, with_bias, device = job
+    return _compute(problem(_SHARED, case, seed, with_bias), case, act_dtype, mma_k, device=device)
+
+
+def _label(job) -> str:
+    case, act_dtype, *_ = job
+    s = case["shape"]
+    return f"E={s['E']} H={s['H']} I={s['I']} top-{s['topk']} M={case['M']} {act_dtype} {case['gate_mode']}"
+
+
+def available_bytes() -> int:
+    """MemAvailable of /proc/meminfo (Linux), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def worker_count(jobs: list[tuple], requested: int, available: int) -> tuple[int, int]:
+    """(workers, bytes per worker): as many as asked whose references fit in 60% of ``available``."""
+    per = max(reference_bytes(j[0]["M"], **j[0]["shape"], device=j[5] is not None) for j in jobs)
+    return max(1, min(requested, len(jobs), int(0.6 * available // per))), per
 
 
 def prefetch(jobs: list[tuple], cache: dict, workers: int) -> None:
-    """Compute the distinct references ``(case, act_dtype, seed, mma_k, with_bias)`` in ``workers``
-    processes and fill ``cache`` (serially, they are computed on demand by :func:`reference`)."""
+    """Compute the distinct references ``(case, act_dtype, seed, mma_k, with_bias, device)`` concurrently
+    and fill ``cache``: in threads when their products run on a device (the GPU is this process's),
+    else in forked processes; serially (``workers`` <= 1) they are computed on demand by
+    :func:`reference`. A reference that fails, or whose worker dies, is recorded as
+    :class:`ReferenceFailed` (its cases become error rows; the others still run)."""
     todo = {}
-    for case, act_dtype, seed, mma_k, with_bias in jobs:
-        todo.setdefault(_key(case, act_dtype, seed, mma_k, with_bias, ()), (case, act_dtype, seed, mma_k, with_bias))
+    for job in jobs:
+        todo.setdefault(_key(*job[:5], ()), job)
     todo = {k: j for k, j in todo.items() if k not in cache}
     if workers <= 1 or len(todo) <= 1:
         return
+    for case, _, seed, _, with_bias, _ in todo.values():
+        problem(cache, case, seed, with_bias)  # drawn here: threads share them, forked workers inherit them
+    on_device = any(j[5] is not None for j in todo.values())
+    n, per = worker_count(list(todo.values()), workers, available_bytes())
+    if n < min(workers, len(todo)):
+        print(f"references: {n} {'threads' if on_device else 'processes'} instead of {workers} (each needs up to "
+              f"{per / 2**30:.1f} GiB; {available_bytes() / 2**30:.0f} GiB available)", file=sys.stderr)
+    if n <= 1:
+        return
+    global _SHARED
+    _SHARED = cache
     progress = Progress(len(todo), "references")
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("fork")) as ex:
-        for key, res in zip(todo, ex.map(_job, todo.values())):
-            case, _, seed, _, with_bias = todo[key]
-            cache[key] = (problem(cache, case, seed, with_bias), *res)
-            progress.step(f"{time.perf_counter() - t0:.0f}s")
+    run = _threads if on_device else _forked
+    for key, result in run(todo, n):
+        job = todo[key]
+        cache[key] = result if isinstance(result, ReferenceFailed) else (problem(cache, job[0], job[2], job[4]), *result)
+        progress.step(f"{_label(job)}, {time.perf_counter() - t0:.0f}s")
+    _SHARED = {}
     progress.close()
+
+
+def _failed(exc: BaseException) -> ReferenceFailed:
+    return ReferenceFailed(f"{type(exc).__name__}: {exc}")
+
+
+def _threads(todo: dict, n: int):
+    """(key, result or ReferenceFailed) as each reference finishes, ``n`` threads at a time."""
+    with ThreadPoolExecutor(n) as pool:
+        futures = {pool.submit(_job, job): key for key, job in todo.items()}
+        for fut in as_completed(futures):
+            exc = fut.exception()
+            yield futures[fut], _failed(exc) if exc is not None else fut.result()
+
+
+def _child(job, conn) -> None:  # a forked worker: one reference, its result through the pipe
+    try:
+        conn.send(("ok", _job(job)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as this reference's error
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _forked(todo: dict, n: int):
+    """(key, result or ReferenceFailed) as each reference finishes: one forked process per reference,
+    ``n`` at a time; a process that dies (killed for memory) fails its own reference only."""
+    ctx = multiprocessing.get_context("fork")
+    pending, running = list(todo.items()), {}
+    while pending or running:
+        while pending and len(running) < n:
+            key, job = pending.pop(0)
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_child, args=(job, send), daemon=True)
+            proc.start()
+            send.close()
+            running[receive] = (key, proc)
+        for receive in multiprocessing.connection.wait(list(running)):
+            key, proc = running.pop(receive)
+            try:
+                status, payload = receive.recv()
+            except Exception:  # noqa: BLE001 - EOF, or a message cut short: the process died
+                proc.join()
+                how = f"killed by signal {-proc.exitcode}" if (proc.exitcode or 0) < 0 else f"exit status {proc.exitcode}"
+                status, payload = "error", (f"its worker process died ({how}; out of memory? rerun with fewer --workers)")
+            receive.close()
+            proc.join()
+            yield key, payload if status == "ok" else ReferenceFailed(payload)
+
+
+def peak_memory() -> tuple[float, float]:
+    """(this process's, the largest finished worker's) peak resident memory in GiB."""
+    import resource
+
+    scale = 1024 if sys.platform != "darwin" else 1
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 2**30)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 import emulation as em
-from moe_ref import random_moe_problem
-from moe_ref.exact import exact_matmul_f32
+from moe_ref import MoEWeights, random_moe_problem
+from moe_ref.products import HostProducts
 from moe_ref.tolerance import _accumulation_bound, bf16_output_bound
 
 from .compare import margin_of
@@ -31,12 +31,11 @@ def _reference(p, mul_routed_weight: bool, mma_k):
     ref = np.zeros((M, topk, N), np.float32)
     bound = np.zeros((M, topk, N))
     a = em.round_to_bf16(p.hidden)
+    products = HostProducts(MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale))
     for e in np.unique(p.topk_ids):
         t, k = np.nonzero(p.topk_ids == e)
-        w = em.dequantize_mxfp4(p.w1[e], p.w1_scale[e])
-        g = exact_matmul_f32(a[t], w)
-        b = _accumulation_bound(np.abs(a[t]).astype(np.float64), np.abs(w).astype(np.float64), K, mma_k) \
-            + 2.0**-24 * np.abs(g)
+        g = products.exact(a[t], e, "w1")
+        b = _accumulation_bound(products, np.abs(a[t]).astype(np.float64), e, "w1", K, mma_k) + 2.0**-24 * np.abs(g)
         if mul_routed_weight:
             wt = p.topk_weights[t, k][:, None]
             g = (g * wt).astype(np.float32)

@@ -14,7 +14,10 @@ import math
 
 import numpy as np
 
-__all__ = ["exact_matmul_f32", "round_scaled_int_to_f32", "accumulation_bits"]
+__all__ = ["exact_matmul_f32", "exact_round_f32", "round_scaled_int_to_f32", "accumulation_bits"]
+
+
+F64_BITS = 53  # float64's significand: sums needing at most this many bits are exact in any order
 
 
 def _exponent_of(v: np.ndarray) -> np.ndarray:
@@ -80,20 +83,35 @@ def exact_matmul_f32(x: np.ndarray, w: np.ndarray, w_bits=None) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
-    if not (np.isfinite(x).all() and np.isfinite(w).all()):
-        with np.errstate(invalid="ignore", over="ignore"):
-            return (x.astype(np.float64) @ w.astype(np.float64).T).astype(np.float32)
-    out = (x.astype(np.float64) @ w.astype(np.float64).T).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        product = x.astype(np.float64) @ w.astype(np.float64).T
+    return exact_round_f32(x, product, _bit_range(w, 1) if w_bits is None else w_bits, w.__getitem__,
+                           bool(np.isfinite(w).all()))
+
+
+def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite: bool = True) -> np.ndarray:
+    """fp32 of the exact ``x @ w.T`` from its float64 ``product`` computed in any order (on any device):
+    exact where every partial sum fits 53 bits (:func:`accumulation_bits`), which a cheap per-row test
+    shows for whole matrices at once; the other cells are summed with Python integers from ``w_row(j)``
+    (row j of w, float32). Non-finite inputs: the float64 product's own result."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = product.astype(np.float32)
     k = x.shape[1]
-    if k == 0 or out.size == 0:
+    if k == 0 or out.size == 0 or not (w_finite and np.isfinite(x).all()):
         return out
-    lx, _ = _bit_range(x, 1)
-    lw, _ = _bit_range(w, 1) if w_bits is None else w_bits
-    slow = accumulation_bits(x, w, w_bits) > 53
+    lx, hx = _bit_range(x, 1)
+    lw, hw = w_bits
+    big = np.iinfo(np.int32).max
+    span_x = np.where(lx < big, hx - lx, 0)
+    span_w = np.where(lw < big, hw - lw, 0)
+    if int(span_x.max()) + int(span_w.max()) + math.ceil(math.log2(k)) <= F64_BITS:
+        return out  # the common case: every cell provably exact, no [n, N] work
+    slow = accumulation_bits(x, None, w_bits) > F64_BITS
     for i in np.flatnonzero(slow.any(axis=1)):
         cols = np.flatnonzero(slow[i])
         xi = [int(v) for v in np.ldexp(x[i].astype(np.float64), -int(lx[i]))]
         for j in cols:
-            wj = [int(v) for v in np.ldexp(w[j].astype(np.float64), -int(lw[j]))]
+            wj = [int(v) for v in np.ldexp(np.asarray(w_row(j), np.float64), -int(lw[j]))]
             out[i, j] = round_scaled_int_to_f32(sum(a * b for a, b in zip(xi, wj)), int(lx[i] + lw[j]))
     return out

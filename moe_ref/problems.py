@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -11,7 +12,7 @@ from emulation.validate import check_bool, check_finite_number, check_int
 
 from .routing import softmax_topk
 
-__all__ = ["MoEProblem", "random_moe_problem"]
+__all__ = ["MoEProblem", "random_moe_problem", "random_routed_tokens"]
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,19 @@ class MoEProblem:
         return {"bias1": self.bias1, "bias2": self.bias2}
 
     def to_torch(self, device="cpu") -> MoEProblem:
-        """The same problem as torch tensors (hidden as bf16, ids as int32) on ``device``."""
+        """The same problem as torch tensors (hidden as bf16, ids as int32) on ``device``; read-only arrays
+        (a frozen layer) are copied for a CPU device (the tensors must not alias them), not for a GPU."""
         import torch
+
+        on_cpu = torch.device(device).type == "cpu"
 
         def conv(name, v):
             if v is None:
                 return None
-            t = torch.from_numpy(np.ascontiguousarray(v))
+            v = np.array(v) if on_cpu and not v.flags.writeable else np.ascontiguousarray(v)
+            with warnings.catch_warnings():  # a read-only array on its way to the device: nothing writes it
+                warnings.simplefilter("ignore", UserWarning)
+                t = torch.from_numpy(v)
             if name == "hidden":
                 t = t.to(torch.bfloat16)
             elif name == "topk_ids":
@@ -80,13 +87,37 @@ def random_moe_problem(rng: np.random.Generator, *, M: int, E: int, H: int, I: i
     check_bool(with_bias, "with_bias")
     if not 0.0 <= check_finite_number(outlier_rows, "outlier_rows") <= 1.0:
         raise ValueError(f"outlier_rows={outlier_rows!r} is not valid; expected a fraction in [0, 1]")
-    hidden = em.round_to_bf16((rng.standard_normal((M, H)) * hidden_std).astype(np.float32))
+    hidden = _hidden(rng, M, H, hidden_std)
     w1, w1_scale = _random_mxfp4(rng, (E, 2 * I, H), weight_std / np.sqrt(H))
     w2, w2_scale = _random_mxfp4(rng, (E, H, I), weight_std / np.sqrt(I))
     weights, ids = softmax_topk(rng.standard_normal((M, E)).astype(np.float32), topk)
     b1 = (rng.standard_normal((E, 2 * I)) * 0.1).astype(np.float32) if with_bias else None
     b2 = (rng.standard_normal((E, H)) * 0.1).astype(np.float32) if with_bias else None
-    if outlier_rows:
-        big = rng.random(M) < outlier_rows
-        hidden = np.where(big[:, None], hidden * np.float32(4), hidden).astype(np.float32)  # exact: a power of two
-    return MoEProblem(hidden, w1, w1_scale, w2, w2_scale, weights, ids, b1, b2)
+    return MoEProblem(_outliers(rng, hidden, outlier_rows), w1, w1_scale, w2, w2_scale, weights, ids, b1, b2)
+
+
+def random_routed_tokens(rng: np.random.Generator, *, M: int, E: int, H: int, topk: int, hidden_std: float = 1.0,
+                         outlier_rows: float = 0.0):
+    """(hidden [M, H], topk_weights, topk_ids) drawn as :func:`random_moe_problem` draws them, without the
+    weights: tokens for a layer drawn once (a real model's layer is gigabytes; its M sweep shares it)."""
+    M, E, topk = check_int(M, "M", minimum=0), check_int(E, "E", minimum=1), check_int(topk, "topk", minimum=1)
+    H = check_int(H, "H", minimum=32, multiple_of=32)
+    if topk > E:
+        raise ValueError(f"topk={topk} is not valid for E={E} experts; expected topk <= E")
+    if not 0.0 <= check_finite_number(outlier_rows, "outlier_rows") <= 1.0:
+        raise ValueError(f"outlier_rows={outlier_rows!r} is not valid; expected a fraction in [0, 1]")
+    hidden = _hidden(rng, M, H, hidden_std)
+    weights, ids = softmax_topk(rng.standard_normal((M, E)).astype(np.float32), topk)
+    return _outliers(rng, hidden, outlier_rows), weights, ids
+
+
+def _hidden(rng, M: int, H: int, std: float) -> np.ndarray:
+    return em.round_to_bf16((rng.standard_normal((M, H)) * std).astype(np.float32))
+
+
+def _outliers(rng, hidden: np.ndarray, fraction: float) -> np.ndarray:
+    """``fraction`` of the rows 4x larger (exact: a power of two), drawn last."""
+    if not fraction:
+        return hidden
+    big = rng.random(hidden.shape[0]) < fraction
+    return np.where(big[:, None], hidden * np.float32(4), hidden).astype(np.float32)

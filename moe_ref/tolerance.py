@@ -40,9 +40,10 @@ import numpy as np
 import emulation as em
 
 from .paths import activation_path
+from .products import HostProducts
 from .reference import MoETrace, MoEWeights, quantize_activation
 
-__all__ = ["kernel_tolerance", "bf16_output_bound", "bf16_ulp", "U_ACC"]
+__all__ = ["kernel_tolerance", "expert_bound", "finish_bound", "bf16_output_bound", "bf16_ulp", "U_ACC"]
 
 U_ACC = 2.0**-23
 
@@ -50,11 +51,11 @@ U_ACC = 2.0**-23
 LAMBDA = 7.0
 
 
-def _accumulation_bound(a: np.ndarray, w: np.ndarray, k: int, mma_k: int | None) -> np.ndarray:
-    """min(worst case, probabilistic) bound on the fp32 accumulation error of |a| @ |w|.T."""
+def _accumulation_bound(products, a: np.ndarray, e: int, which: str, k: int, mma_k: int | None) -> np.ndarray:
+    """min(worst case, probabilistic) bound on the fp32 accumulation error of |a| @ |w_e|.T (a >= 0)."""
     n, u = (k, U_ACC) if mma_k is None else (-(-k // mma_k) + int(np.log2(mma_k)), 2 * U_ACC)
-    worst = n * u / (1 - n * u) * (a @ w.T)
-    probable = LAMBDA * np.sqrt(n) * u * np.sqrt((a * a) @ (w * w).T)
+    worst = n * u / (1 - n * u) * products.matmul(a, e, which, "abs")
+    probable = LAMBDA * np.sqrt(n) * u * np.sqrt(products.matmul(a * a, e, which, "square"))
     return np.minimum(worst, probable)
 
 
@@ -92,54 +93,69 @@ def _flip_step(h: np.ndarray, b_h: np.ndarray, act_dtype: str, scale_mode) -> np
     return np.where(robust, 0.0, 2 * step + 2 * b_h)
 
 
+def expert_bound(products, e: int, a_rows, g, h, hq, y, w_pair, *, act_dtype: str, activation: str = "swiglu",
+                 gate_mode: str = "separated", doweight_stage1: bool = False, scale_mode="round_up", limit: float = 7.0,
+                 mma_k: int | None = None, slot_dtype: str = "fp32") -> np.ndarray:
+    """Steps 1-4 for expert e's pairs: the bound [n, H] on each slot's stage-2 result, from the pairs'
+    stage-1 input ``a_rows``, stage-1 result ``g``, activation ``h``, its quantization ``hq``, stage-2
+    result ``y`` and routing weight ``w_pair`` (``products``: ``moe_ref.products``)."""
+    H, I = products.weights.H, products.weights.I  # noqa: E741
+    a = np.abs(a_rows.astype(np.float64))
+    g = g.astype(np.float64)
+    b_g = _accumulation_bound(products, a, e, "w1", H, mma_k) + 2.0**-24 * np.abs(g)
+    if gate_mode == "separated":
+        gate, up, b_gate, b_up = g[:, :I], g[:, I:], b_g[:, :I], b_g[:, I:]
+    else:
+        gate, up, b_gate, b_up = g[:, 0::2], g[:, 1::2], b_g[:, 0::2], b_g[:, 1::2]
+    h64 = h.astype(np.float64)
+    if activation == "swiglu":
+        up_c = np.clip(up, -limit, limit)
+        b_h = 1.1 * b_gate * (np.abs(up_c + 1) + b_up) + limit * b_up
+    else:
+        b_h = 1.1 * b_gate * (np.abs(up) + b_up) + (np.abs(gate) + b_gate) * b_up
+    b_h = b_h + 2.0**-20 * np.abs(h64)
+    if doweight_stage1:
+        b_h = b_h * w_pair[:, None] + 2.0**-24 * np.abs(h64)
+    d = _flip_step(h, b_h, act_dtype, scale_mode)
+    hq = np.abs(hq.astype(np.float64))
+    y_abs = np.abs(y.astype(np.float64))
+    b_y = products.matmul(d, e, "w2", "abs") + _accumulation_bound(products, hq, e, "w2", I, mma_k) + 2.0**-24 * y_abs
+    if not doweight_stage1:
+        b_y = b_y * w_pair[:, None] + 2.0**-24 * y_abs
+    if slot_dtype == "bf16":  # each slot rounded to bf16 before the sum: its own interval rule
+        b_y = bf16_output_bound(y, b_y)
+    return b_y
+
+
+def finish_bound(bound: np.ndarray, out_f32: np.ndarray, topk: int, bf16_output: bool = True) -> np.ndarray:
+    """Step 5 on the summed slot bounds [M, H]: the fp32 slot sum's roundings, then the bf16 output's rule."""
+    out = np.abs(out_f32.astype(np.float64))
+    bound += topk * 2.0**-24 * (out + bound)
+    return bf16_output_bound(out_f32, bound) if bf16_output else bound
+
+
 def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_ids, *, act_dtype: str,
                      activation: str = "swiglu", gate_mode: str = "separated", doweight_stage1: bool = False,
                      scale_mode="round_up", limit: float = 7.0, mma_k: int | None = None,
-                     slot_dtype: str = "fp32", bf16_output: bool = True) -> np.ndarray:
+                     slot_dtype: str = "fp32", bf16_output: bool = True, products=None) -> np.ndarray:
     """Elementwise bound [M, H] on |kernel - reference| for one emulated run (see the module docstring).
 
-    ``bf16_output=False``: the bound on the fp32 slot sums instead (step 5 before the bf16 rounding)."""
+    ``bf16_output=False``: the bound on the fp32 slot sums instead (step 5 before the bf16 rounding).
+    ``products``: where the bound's products run (``moe_ref.products``; default the host)."""
     tw = np.asarray(topk_weights, np.float64)
     ids = np.asarray(topk_ids)
-    I, H = weights.I, weights.H
-    M = trace.out.shape[0]
-    slot_bound = np.zeros((len(trace.pairs), H))
-    for e in np.unique(ids[trace.pairs[:, 0], trace.pairs[:, 1]]):
-        rows = np.flatnonzero(ids[trace.pairs[:, 0], trace.pairs[:, 1]] == e)
-        w1 = np.abs(weights.dequant_w1(e).astype(np.float64))
-        w2 = np.abs(weights.dequant_w2(e).astype(np.float64))
-        a = np.abs(trace.a_q[trace.pairs[rows, 0]].astype(np.float64))
-        g = trace.stage1[rows].astype(np.float64)
-        b_g = _accumulation_bound(a, w1, weights.H, mma_k) + 2.0**-24 * np.abs(g)
-        if gate_mode == "separated":
-            gate, up, b_gate, b_up = g[:, :I], g[:, I:], b_g[:, :I], b_g[:, I:]
-        else:
-            gate, up, b_gate, b_up = g[:, 0::2], g[:, 1::2], b_g[:, 0::2], b_g[:, 1::2]
-        h = trace.act[rows].astype(np.float64)
-        if activation == "swiglu":
-            up_c = np.clip(up, -limit, limit)
-            b_h = 1.1 * b_gate * (np.abs(up_c + 1) + b_up) + limit * b_up
-        else:
-            b_h = 1.1 * b_gate * (np.abs(up) + b_up) + (np.abs(gate) + b_gate) * b_up
-        b_h = b_h + 2.0**-20 * np.abs(h)
-        w_pair = tw[trace.pairs[rows, 0], trace.pairs[rows, 1]]
-        if doweight_stage1:
-            b_h = b_h * w_pair[:, None] + 2.0**-24 * np.abs(h)
-        d = _flip_step(trace.act[rows], b_h, act_dtype, scale_mode)
-        hq = np.abs(trace.act_q[rows].astype(np.float64))
-        y = np.abs(trace.stage2[rows].astype(np.float64))
-        b_y = d @ w2.T + _accumulation_bound(hq, w2, I, mma_k) + 2.0**-24 * y
-        if not doweight_stage1:
-            b_y = b_y * w_pair[:, None] + 2.0**-24 * y
-        if slot_dtype == "bf16":  # each slot rounded to bf16 before the sum: its own interval rule
-            b_y = bf16_output_bound(trace.stage2[rows], b_y)
-        slot_bound[rows] = b_y
-    bound = np.zeros((M, H))
-    np.add.at(bound, trace.pairs[:, 0], slot_bound)
-    topk = ids.shape[1] if ids.ndim == 2 else 1
-    out = np.abs(trace.out_f32.astype(np.float64))
-    bound += topk * 2.0**-24 * (out + bound)
-    return bf16_output_bound(trace.out_f32, bound) if bf16_output else bound
+    products = products or HostProducts(weights)
+    tokens, slots = trace.pairs[:, 0], trace.pairs[:, 1]
+    experts = ids[tokens, slots]
+    bound = np.zeros(trace.out.shape)
+    for e in np.unique(experts):
+        rows = np.flatnonzero(experts == e)
+        b_y = expert_bound(products, e, trace.a_q[tokens[rows]], trace.stage1[rows], trace.act[rows], trace.act_q[rows],
+                           trace.stage2[rows], tw[tokens[rows], slots[rows]], act_dtype=act_dtype, activation=activation,
+                           gate_mode=gate_mode, doweight_stage1=doweight_stage1, scale_mode=scale_mode, limit=limit,
+                           mma_k=mma_k, slot_dtype=slot_dtype)
+        np.add.at(bound, tokens[rows], b_y)
+    return finish_bound(bound, trace.out_f32, ids.shape[1] if ids.ndim == 2 else 1, bf16_output)
 
 
 def bf16_output_bound(ref_f32: np.ndarray, bound: np.ndarray) -> np.ndarray:

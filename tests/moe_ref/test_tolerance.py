@@ -25,8 +25,11 @@ u = U_ACC
     (4, 2, 3 * 2 * u / (1 - 3 * 2 * u) * 4),  # 4/2 + 1 = 3 roundings of 2u, worst case smaller
 ])
 def test_accumulation_bound_by_hand(k, mma_k, expected):
-    ones = np.ones((1, k))
-    got = _accumulation_bound(ones, ones, k, mma_k)[0, 0]
+    class Ones:  # the products of a weight matrix of ones, in every form
+        def matmul(self, a, e, which, form):
+            return a @ np.ones((1, k)).T
+
+    got = _accumulation_bound(Ones(), np.ones((1, k)), 0, "w1", k, mma_k)[0, 0]
     assert got == pytest.approx(expected, rel=1e-12)
 
 

@@ -173,3 +173,58 @@ def test_references_computed_in_worker_processes_equal_serial_ones():
     pooled = engine.run_layers(ours(), cfg, device="cpu", archs=["gfx950"], workers=2)
     drop = lambda rows: [{k: v for k, v in r.items() if k != "kernel_seconds"} for r in rows]  # noqa: E731
     assert drop(pooled) == drop(serial)
+
+
+def test_a_worker_that_dies_fails_its_own_cases_only(monkeypatch, tmp_path, capsys):
+    """A reference worker killed (here: it exits hard, as the kernel's OOM killer would) turns its own
+    cases into error rows; every other case is still checked, the rows were kept on disk as they
+    came, and the exit status says the run failed."""
+    import os
+
+    from moe_oracle import references as refs
+
+    compute = refs._compute
+
+    def dies_at_300(p, case, *a, **k):
+        if case["M"] == 300:
+            os._exit(9)
+        return compute(p, case, *a, **k)
+
+    monkeypatch.setattr(refs, "_compute", dies_at_300)
+    cfg = {**TINY, "M": [1, 300], "envs": [{}], "scale_modes": ["round_up"]}
+    seen = []
+    real_run_layers = engine.run_layers
+    monkeypatch.setattr(engine, "run_layers", lambda *a, **k: seen.append(k["on_row"]) or real_run_layers(*a, **k))
+    code = cli.main(["--config", _write(tmp_path, cfg), "--only", "moe", "--workers", "2", "--arch", "gfx950",
+                     "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 1
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    by_m = {}
+    for r in report["cases"]:
+        by_m.setdefault(r["M"], []).append(r)
+    assert all(r["verdict"] == "PASS" for r in by_m[1])
+    assert by_m[300] and all(r["verdict"] == "FAIL" and "worker process died (exit status 9" in r["error"] for r in by_m[300])
+    assert "could not be checked" in out and "peak host memory" in out
+    assert seen and seen[0].path.name == "cases.partial.jsonl" and not seen[0].path.exists()  # replaced by the report
+
+
+def test_rows_are_on_disk_while_the_run_goes(tmp_path):
+    from moe_oracle.cli import _PartialRows
+
+    keep = _PartialRows(tmp_path / "out")
+    keep({"M": 1, "verdict": "PASS"})
+    keep({"M": 2, "verdict": "FAIL", "error": "x"})
+    lines = (tmp_path / "out" / "cases.partial.jsonl").read_text().splitlines()
+    assert [json.loads(line)["M"] for line in lines] == [1, 2]
+
+
+def test_worker_count_follows_the_memory():
+    from moe_oracle import references as refs
+
+    case = dict(shape={"E": 256, "H": 7168, "I": 2048, "topk": 8}, M=4096)
+    jobs = [(case, "bf16", 0, 16, True, "cuda")] * 8
+    n, per = refs.worker_count(jobs, 8, 16 * 2**30)
+    assert 1 <= n < 8 and n * per <= 0.6 * 16 * 2**30
+    assert refs.worker_count(jobs, 8, 10**15)[0] == 8
+    assert refs.worker_count(jobs, 8, 1)[0] == 1

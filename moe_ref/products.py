@@ -1,0 +1,112 @@
+"""Products of activation rows with one expert's dequantized weights, the reference's only heavy work:
+in float64 on the host (NumPy, the contract) or on a torch device (a GPU's float64 GEMMs).
+
+Every product the reference needs is ``x @ F(w_e).T`` in float64, with F the weight itself, its
+absolute value or its square (the bound's sums of |a w| and (a w)^2). Dequantization is exact either
+way (e2m1 value times a power of two, in fp32 as the emulation does it), so the device's matrices
+equal the host's bit for bit; float64 products differ only in summation order, and the exact GEMM of
+the contract (``exact``) uses them only where every order gives the same float64 result
+(``moe_ref.exact.exact_round_f32``). One instance serves one reference run: it keeps only the
+current expert's matrices.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+import emulation as em
+
+from .exact import exact_round_f32
+from .weights import MoEWeights
+
+__all__ = ["HostProducts", "DeviceProducts", "products_for"]
+
+FORMS = ("value", "abs", "square")
+
+
+class HostProducts:
+    """NumPy float64 products with the weights of the expert last asked for."""
+
+    def __init__(self, weights: MoEWeights):
+        self.weights = weights
+        self._expert, self._forms = None, {}
+
+    def _matrix(self, e: int, which: str, form: str):
+        if self._expert != e:
+            self._expert, self._forms = e, {}
+        if (which, form) not in self._forms:
+            self._forms[(which, form)] = self._make(e, which, form)
+        return self._forms[(which, form)]
+
+    def _make(self, e: int, which: str, form: str):
+        w = self.weights.dequant(which, e).astype(np.float64)
+        return w if form == "value" else np.abs(w) if form == "abs" else w * w
+
+    def matmul(self, x: np.ndarray, e: int, which: str, form: str = "value") -> np.ndarray:
+        """[n, N] float64: ``x @ F(w_e).T`` with F per ``form`` ("value", "abs", "square")."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.asarray(x, np.float64) @ self._matrix(e, which, form).T
+
+    def exact(self, x: np.ndarray, e: int, which: str) -> np.ndarray:
+        """[n, N] float32: every dot product of ``x`` (float32) with expert e's rows exact, rounded once."""
+        x = np.ascontiguousarray(x, np.float32)
+        bits, finite = self.weights.bits(which, e)
+        return exact_round_f32(x, self.matmul(x, e, which), bits,
+                               lambda j: self.weights.dequant_row(which, e, j), finite)
+
+
+class DeviceProducts(HostProducts):
+    """The same products on a torch device: packed weights uploaded once per layer and device, one
+    expert dequantized there at a time, float64 GEMMs there, results back on the host."""
+
+    def __init__(self, weights: MoEWeights, device):
+        super().__init__(weights)
+        import torch
+
+        self.torch, self.device = torch, torch.device(device)
+        self._packed = _uploaded(weights, self.device)
+
+    def _make(self, e: int, which: str, form: str):
+        if form != "value":
+            w = self._matrix(e, which, "value")
+            return w.abs() if form == "abs" else w * w
+        torch = self.torch
+        packed, scale, lut_e2m1, lut_e8m0 = self._packed[which]
+        codes = torch.stack([packed[e] & 0xF, packed[e] >> 4], dim=-1).reshape(packed.shape[1], -1).long()
+        scales = lut_e8m0[scale[e].long()].repeat_interleave(32, dim=-1)
+        return (lut_e2m1[codes] * scales).double()  # fp32 product, as the emulation's (inf past fp32's range)
+
+    def matmul(self, x: np.ndarray, e: int, which: str, form: str = "value") -> np.ndarray:
+        xt = self.torch.from_numpy(np.ascontiguousarray(x, np.float64)).to(self.device)
+        return (xt @ self._matrix(e, which, form).T).cpu().numpy()
+
+
+_UPLOADS: dict = {}
+_UPLOAD_LOCK = threading.Lock()
+
+
+def _uploaded(weights: MoEWeights, device):
+    """The layer's packed bytes and the decode tables on ``device``: uploaded once, kept for the last layer."""
+    import torch
+
+    key = (id(weights), str(device))
+    with _UPLOAD_LOCK:
+        hit = _UPLOADS.get(key)
+        if hit is None or hit[0] is not weights:
+            _UPLOADS.clear()
+            lut_e2m1 = torch.from_numpy(em.decode(np.arange(16, dtype=np.uint8), "e2m1").astype(np.float32)).to(device)
+            lut_e8m0 = torch.from_numpy(em.decode(np.arange(256, dtype=np.uint8), "e8m0").astype(np.float32)).to(device)
+            tables = {which: (torch.from_numpy(np.ascontiguousarray(p)).to(device),
+                              torch.from_numpy(np.ascontiguousarray(s)).to(device), lut_e2m1, lut_e8m0)
+                      for which, (p, s) in (("w1", (weights.w1, weights.w1_scale)), ("w2", (weights.w2, weights.w2_scale)))}
+            hit = _UPLOADS[key] = (weights, tables)
+        return hit[1]
+
+
+def products_for(weights: MoEWeights, device=None) -> HostProducts:
+    """Host products for ``device`` None or "cpu", else the device's."""
+    if device is None or str(device) == "cpu":
+        return HostProducts(weights)
+    return DeviceProducts(weights, device)

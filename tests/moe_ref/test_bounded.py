@@ -1,0 +1,135 @@
+"""The bounded-memory reference (``moe_ref.bounded``) and the device products (``moe_ref.products``)
+equal the traced reference and its tolerance: the same output bits, the same bound, the same ideal;
+on the host exactly, on a torch device (CPU torch here, the GPU under the gpu marker) with the
+ideal equal to float64 rounding (its products are summed in another order; the reference's are exact)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import emulation as em
+from moe_ref import MoEWeights, kernel_tolerance, moe_reference, random_moe_problem
+from moe_ref.bounded import moe_reference_bounded, reference_bytes
+from moe_ref.products import DeviceProducts, HostProducts, products_for
+
+torch = pytest.importorskip("torch")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+VARIANTS = [
+    {}, {"intermediate_dtype": "bf16"}, {"intermediate_dtype": "fp32"}, {"routing_weight_dtype": "bf16"},
+    {"slot_dtype": "bf16"}, {"scale_mode": "even"}, {"scale_mode": "ceil"}, {"doweight_stage1": True},
+]
+
+
+def _problem(rng, M=24, E=4, H=96, I=64, topk=2):  # noqa: E741
+    return random_moe_problem(rng, M=M, E=E, H=H, I=I, topk=topk, with_bias=True, outlier_rows=0.25)
+
+
+def _traced(p, act_dtype, mma_k, gate_mode, opts):
+    kw = dict(gate_mode=gate_mode, **p.biases(), **opts)
+    ref, trace = moe_reference(*p.args(), act_dtype=act_dtype, return_trace=True, **kw)
+    ideal = moe_reference(*p.args(), act_dtype=None, **kw)
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    bound = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=opts.get("intermediate_dtype") or act_dtype,
+                             gate_mode=gate_mode, scale_mode=opts.get("scale_mode", "round_up"), mma_k=mma_k,
+                             slot_dtype=opts.get("slot_dtype", "fp32"), doweight_stage1=opts.get("doweight_stage1", False))
+    return ref, ideal, bound
+
+
+@pytest.mark.parametrize("act_dtype", ["bf16", "fp4x2", "fp8"])
+@pytest.mark.parametrize("gate_mode", ["separated", "interleave"])
+@pytest.mark.parametrize("mma_k", [None, 16])
+@pytest.mark.parametrize("opts", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "contract")
+def test_bounded_equals_the_traced_reference_and_its_tolerance(rng, act_dtype, gate_mode, mma_k, opts):
+    p = _problem(rng)
+    ref, ideal, bound = _traced(p, act_dtype, mma_k, gate_mode, opts)
+    got = moe_reference_bounded(*p.args(), act_dtype=act_dtype, mma_k=mma_k, gate_mode=gate_mode, **p.biases(), **opts)
+    np.testing.assert_array_equal(got.out.view(np.uint32), ref.view(np.uint32))
+    np.testing.assert_array_equal(got.ideal, ideal)
+    np.testing.assert_array_equal(got.bound, bound)
+    assert (got.bound > 0).any()
+
+
+def test_bounded_with_an_expert_mask_and_repeated_experts(rng):
+    """Masked experts contribute nothing; a token routed twice to one expert is summed twice."""
+    p = _problem(rng, M=9, E=3, topk=3)
+    ids = p.topk_ids.copy()
+    ids[0] = [1, 1, 2]
+    mask = np.array([1, 0, 1], np.int32)
+    kw = dict(expert_mask=mask, **p.biases())
+    ref = moe_reference(p.hidden, p.w1, p.w1_scale, p.w2, p.w2_scale, p.topk_weights, ids, act_dtype="fp4x2", **kw)
+    got = moe_reference_bounded(p.hidden, p.w1, p.w1_scale, p.w2, p.w2_scale, p.topk_weights, ids, act_dtype="fp4x2", **kw)
+    np.testing.assert_array_equal(got.out, ref)
+    assert np.isfinite(got.bound).all()
+
+
+def _every_code_and_scale():
+    """w1 of one expert whose row r has e8m0 scale r in every block and the 16 e2m1 codes twice:
+    every (code, scale) pair of MXFP4, NaN (scale 255) and fp32 overflow (6 * 2^127) included."""
+    codes = np.tile(np.arange(16, dtype=np.uint8), (256, 2))  # [256, 32]: H = 32, 2I = 256
+    w1 = em.pack_fp4x2(codes)[None]
+    w1_scale = np.arange(256, dtype=np.uint8).reshape(1, 256, 1)
+    w2 = np.zeros((1, 32, 64), np.uint8)
+    w2_scale = np.full((1, 32, 4), 127, np.uint8)
+    return MoEWeights.from_arrays(w1, w1_scale, w2, w2_scale)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_dequantization_equals_the_emulation_at_every_code_and_scale(device):
+    w = _every_code_and_scale()
+    got = DeviceProducts(w, device)._matrix(0, "w1", "value").cpu().numpy()
+    want = em.dequantize_mxfp4(w.w1[0], w.w1_scale[0]).astype(np.float64)
+    assert np.isnan(want).any() and np.isinf(want).any() and (want[want != 0] < 2.0**-126).any()
+    np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_products_equal_the_host_products(rng, device):
+    p = _problem(rng, H=64, I=32)
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    host, dev = HostProducts(w), DeviceProducts(w, device)
+    x = em.round_to_bf16(rng.standard_normal((5, 64)).astype(np.float32))
+    for e in range(w.E):
+        np.testing.assert_array_equal(dev.exact(x, e, "w1"), host.exact(x, e, "w1"))  # exact: any order
+        for form in ("value", "abs", "square"):
+            np.testing.assert_allclose(dev.matmul(np.abs(x), e, "w1", form), host.matmul(np.abs(x), e, "w1", form),
+                                       rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act_dtype, gate_mode", [("bf16", "separated"), ("fp4x2", "interleave"), ("fp8", "separated")])
+def test_device_reference_equals_the_numpy_reference(rng, device, act_dtype, gate_mode):
+    """Same output bits and the same bound (the bf16 output rule makes it a multiple of the bf16
+    ulp: float64 reassociation in the bound's products does not move it); the ideal to float64."""
+    p = _problem(rng, M=64, E=8, H=256, I=128, topk=4)
+    kw = dict(act_dtype=act_dtype, gate_mode=gate_mode, mma_k=16, **p.biases())
+    host = moe_reference_bounded(*p.args(), **kw)
+    dev = moe_reference_bounded(*p.args(), device=torch.device(device), **kw)
+    assert isinstance(products_for(MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale), torch.device(device)),
+                      DeviceProducts if device != "cpu" else HostProducts)
+    np.testing.assert_array_equal(dev.out.view(np.uint32), host.out.view(np.uint32))
+    np.testing.assert_array_equal(dev.bound, host.bound)
+    np.testing.assert_allclose(dev.ideal, host.ideal, rtol=1e-12, atol=1e-300)
+
+
+def test_exact_gemm_takes_the_slow_path_where_float64_is_not_enough(rng):
+    """An fp32 row spanning 64 bits: the integer path, equal on host and device to ``exact_matmul_f32``."""
+    from moe_ref.exact import accumulation_bits, exact_matmul_f32
+
+    p = _problem(rng, H=64, I=32)
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    x = np.zeros((2, 64), np.float32)
+    x[:, 0], x[:, 1] = 1.0, 2.0**-40 * (1 + 2.0**-23)
+    x[1, 2:] = rng.standard_normal(62)
+    assert (accumulation_bits(x, w.dequant("w1", 0)) > 53).any()
+    want = exact_matmul_f32(x, w.dequant("w1", 0))
+    np.testing.assert_array_equal(HostProducts(w).exact(x, 0, "w1"), want)
+    np.testing.assert_array_equal(DeviceProducts(w, "cpu").exact(x, 0, "w1"), want)
+
+
+def test_reference_bytes_grow_with_the_pairs_not_the_layer():
+    small = reference_bytes(64, 256, 7168, 2048, 8, device=True)
+    assert reference_bytes(64, 256, 7168, 2048, 8, device=False) > small  # the host holds one expert's matrices
+    assert reference_bytes(4096, 256, 7168, 2048, 8, device=True) < 4 * 2**30  # DeepSeek-V3, M=4096: < 4 GiB
