@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="a smaller matrix (CI smoke run)")
     ap.add_argument("--workers", type=int, default=None,
                     help="processes computing the references (default: up to 8 on a GPU run, 1 on CPU)")
+    ap.add_argument("--max-memory-gb", type=float, default=None,
+                    help="host memory the run may use: fewer reference workers where theirs would not fit (default 14)")
     ap.add_argument("--only", choices=["all", "quantizers", "moe"], default="all", help="which checks to run")
     return ap
 
@@ -59,6 +61,10 @@ def _archs(args, cfg) -> tuple[list[str], str]:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    for name, value in (("--workers", args.workers), ("--max-memory-gb", args.max_memory_gb)):
+        if value is not None and not value > 0:
+            print(f"moe-oracle verify: {name} must be > 0, got {value}", file=sys.stderr)
+            return 2
     if importlib.util.find_spec("torch") is None:
         print(_NEEDS, file=sys.stderr)
         return 2
@@ -113,7 +119,8 @@ def main(argv=None) -> int:
             print(f"note: {impl.name}'s fused_moe takes no arch: run at the device's arch ({layer_archs[0]}) only")
         workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if device == "cuda" else 1)
         keep = _PartialRows(Path(args.out) if args.out else None)
-        rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep)
+        rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep,
+                                 max_memory_gib=args.max_memory_gb)
     if args.only != "quantizers":
         selector = engine.run_selector(impl, cfg, archs)
     if quant:

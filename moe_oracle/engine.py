@@ -24,7 +24,8 @@ def layer_archs(impl: Implementation, archs):
     return list(archs) if "arch" in layer_capabilities(impl.fused_moe) else None
 
 
-def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on_row=None) -> list[dict]:
+def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on_row=None,
+               max_memory_gib: float | None = None) -> list[dict]:
     """One row per case; a case that raises is a row with its error (the rest still run); ``on_row(row)``
     sees each row as it is made (the CLI keeps them on disk: a run that dies keeps its rows)."""
     import torch
@@ -41,7 +42,7 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
     jobs = [(c, cfg.reference_act_dtype or impl.fixed_path or select_activation_dtype(
                 c["M"], arch=c["arch"], gate_mode=c["gate_mode"], env=c["env"]).dtype, cfg.seed, mma_k, "bias1" in caps, at)
             for c in case_list]
-    refs.prefetch(jobs, cache, workers)
+    refs.prefetch(jobs, cache, workers, max_memory_gib)
     progress = Progress(len(case_list), "cases")
     rows, t0 = [], time.perf_counter()
     for case in case_list:

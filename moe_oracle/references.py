@@ -138,17 +138,36 @@ def available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def worker_count(jobs: list[tuple], requested: int, available: int) -> tuple[int, int]:
-    """(workers, bytes per worker): as many as asked whose references fit in 60% of ``available``."""
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+MEMORY_GIB = 14.0  # the report's host memory budget by default (--max-memory-gb)
+
+
+def memory_budget(max_gib: float | None = None) -> int:
+    """Bytes the references may take now: the budget less what is resident, and at most 60% of what
+    the machine has available."""
+    limit = (MEMORY_GIB if max_gib is None else max_gib) * 2**30
+    return int(max(0, min(limit - resident_bytes(), 0.6 * available_bytes())))
+
+
+def worker_count(jobs: list[tuple], requested: int, budget: int) -> tuple[int, int]:
+    """(workers, bytes per worker): as many as asked whose references fit in ``budget`` bytes (at least 1)."""
     per = max(reference_bytes(j[0]["M"], **j[0]["shape"], device=j[5] is not None) for j in jobs)
-    return max(1, min(requested, len(jobs), int(0.6 * available // per))), per
+    return max(1, min(requested, len(jobs), int(budget // per))), per
 
 
-def prefetch(jobs: list[tuple], cache: dict, workers: int) -> None:
+def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float | None = None) -> None:
     """Compute the distinct references ``(case, act_dtype, seed, mma_k, with_bias, device)`` concurrently
     and fill ``cache``: in threads when their products run on a device (the GPU is this process's),
     else in forked processes; serially (``workers`` <= 1) they are computed on demand by
-    :func:`reference`. A reference that fails, or whose worker dies, is recorded as
+    :func:`reference`. Workers: as many as fit the memory budget (:func:`memory_budget`). A reference that fails, or whose worker dies, is recorded as
     :class:`ReferenceFailed` (its cases become error rows; the others still run)."""
     todo = {}
     for job in jobs:
@@ -159,10 +178,11 @@ def prefetch(jobs: list[tuple], cache: dict, workers: int) -> None:
     for case, _, seed, _, with_bias, _ in todo.values():
         problem(cache, case, seed, with_bias)  # drawn here: threads share them, forked workers inherit them
     on_device = any(j[5] is not None for j in todo.values())
-    n, per = worker_count(list(todo.values()), workers, available_bytes())
+    budget = memory_budget(max_memory_gib)
+    n, per = worker_count(list(todo.values()), workers, budget)
     if n < min(workers, len(todo)):
         print(f"references: {n} {'threads' if on_device else 'processes'} instead of {workers} (each needs up to "
-              f"{per / 2**30:.1f} GiB; {available_bytes() / 2**30:.0f} GiB available)", file=sys.stderr)
+              f"{per / 2**30:.1f} GiB; {budget / 2**30:.1f} GiB left of the memory budget)", file=sys.stderr)
     if n <= 1:
         return
     global _SHARED

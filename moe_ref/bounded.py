@@ -64,10 +64,10 @@ def moe_reference_bounded(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk
 
 def reference_bytes(M: int, E: int, H: int, I: int, topk: int, *, device: bool) -> int:  # noqa: E741
     """About the peak host bytes of one :func:`moe_reference_bounded` call beyond its inputs: the
-    [P, H] stage-2 rows (float64 on the ideal pass), the [M, H] results, and on the host one expert's
-    float64 weight matrices in their three forms plus its pairs' intermediates."""
+    [P, H] fp32 stage-2 rows, the [M, H] results, and on the host one expert's float64 weight matrices
+    in their three forms plus its pairs' intermediates."""
     P = M * topk
-    rows = P * H * 8 + 4 * M * H * 8
+    rows = P * H * 4 + 5 * M * H * 8
     per_expert_pairs = min(P, max(1, -(-P // E)) * 4) * (2 * I + H) * 8 * 8  # skewed routing: 4x the mean
     weights = 0 if device else 3 * (2 * I * H + H * I) * 8 + 2 * (2 * I * H + H * I) * 4
     return rows + per_expert_pairs + weights

@@ -19,7 +19,7 @@ import numpy as np
 import emulation as em
 
 from .exact import exact_round_f32
-from .weights import MoEWeights
+from .weights import _BYTE_HIGH, _BYTE_LOW, MoEWeights
 
 __all__ = ["HostProducts", "DeviceProducts", "products_for"]
 
@@ -49,10 +49,13 @@ class HostProducts:
         with np.errstate(invalid="ignore", over="ignore"):
             return np.asarray(x, np.float64) @ self._matrix(e, which, form).T
 
+    def bits(self, which: str, e: int):
+        return self.weights.bits(which, e)
+
     def exact(self, x: np.ndarray, e: int, which: str) -> np.ndarray:
         """[n, N] float32: every dot product of ``x`` (float32) with expert e's rows exact, rounded once."""
         x = np.ascontiguousarray(x, np.float32)
-        bits, finite = self.weights.bits(which, e)
+        bits, finite = self.bits(which, e)
         return exact_round_f32(x, self.matmul(x, e, which), bits,
                                lambda j: self.weights.dequant_row(which, e, j), finite)
 
@@ -78,6 +81,25 @@ class DeviceProducts(HostProducts):
         scales = lut_e8m0[scale[e].long()].repeat_interleave(32, dim=-1)
         return (lut_e2m1[codes] * scales).double()  # fp32 product, as the emulation's (inf past fp32's range)
 
+    def bits(self, which: str, e: int):
+        """``MoEWeights.bits`` computed on the device from the same tables (equal: tested), kept in the
+        weights' own cache."""
+        key = (which, int(e))
+        if key not in self.weights._bits:
+            torch = self.torch
+            packed, scale, _, _ = self._packed[which]
+            byte_low, byte_high = self._packed["bits"]
+            codes, s = packed[e].long(), scale[e].int() - 127
+            n = codes.shape[0]
+            low = (byte_low[codes].view(n, -1, 16).amin(-1).int() + s).amin(-1)
+            high = (byte_high[codes].view(n, -1, 16).amax(-1).int() + s).amax(-1)
+            nonzero = ((packed[e] & 0x77) != 0).any(-1)
+            low = torch.where(nonzero, low, torch.iinfo(torch.int32).max).cpu().numpy()
+            high = torch.where(nonzero, high, torch.iinfo(torch.int32).min).cpu().numpy()
+            finite = not bool((scale[e] == 255).any()) and int(high.max()) <= 128
+            self.weights._bits[key] = ((low, high), finite)
+        return self.weights._bits[key]
+
     def matmul(self, x: np.ndarray, e: int, which: str, form: str = "value") -> np.ndarray:
         xt = self.torch.from_numpy(np.ascontiguousarray(x, np.float64)).to(self.device)
         return (xt @ self._matrix(e, which, form).T).cpu().numpy()
@@ -101,6 +123,7 @@ def _uploaded(weights: MoEWeights, device):
             tables = {which: (torch.from_numpy(np.ascontiguousarray(p)).to(device),
                               torch.from_numpy(np.ascontiguousarray(s)).to(device), lut_e2m1, lut_e8m0)
                       for which, (p, s) in (("w1", (weights.w1, weights.w1_scale)), ("w2", (weights.w2, weights.w2_scale)))}
+            tables["bits"] = tuple(torch.from_numpy(t).to(device) for t in (_BYTE_LOW, _BYTE_HIGH))
             hit = _UPLOADS[key] = (weights, tables)
         return hit[1]
 

@@ -24,7 +24,8 @@ Expert mask (expert parallelism): ``expert_mask[e] == 0`` means expert e is not 
 slots contribute nothing (no renormalisation of the other weights).
 
 The ideal path (``act_dtype=None``): the same steps in float64 with no quantization of activations
-(hidden taken as given, weights dequantized exactly, no bf16 rounding of the output).
+(hidden taken as given, weights dequantized exactly, no bf16 rounding of the output; the slots
+summed in expert order, which float64 makes immaterial).
 """
 
 from __future__ import annotations
@@ -150,8 +151,9 @@ def prepare_call(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, 
 
 def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages: bool = False):
     """One path of the reference, expert by expert: ``(a_q, out, stages)`` with ``out`` [M, H] the fp32
-    slot sum (float64 for the ideal path, ``act_dtype`` None) and ``stages`` (stage1, act, act_q,
-    stage2) [P, .] where ``keep_stages``, else (stage2,). ``on_expert(e, rows, x, g, h, hq, y)`` sees
+    slot sum in slot order (the ideal path, ``act_dtype`` None: the float64 sum in expert order, no
+    [P, H] rows kept) and ``stages`` (stage1, act, act_q, stage2) [P, .] where ``keep_stages``, else
+    (stage2,) (ideal: ()). ``on_expert(e, rows, x, g, h, hq, y)`` sees
     each expert's pairs as they are computed (``rows`` index the live pairs, ``x`` their stage-1 input)."""
     products = products or HostProducts(call.weights)
     x, tokens, slots, experts = call.x, call.tokens, call.slots, call.experts
@@ -163,7 +165,8 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
     a = x.astype(np.float64) if ideal else em.round_to_bf16(x.astype(np.float32))
     a_q = a if ideal else quantize_activation(a, act_dtype, scale_mode)
     P = tokens.size
-    stage2 = np.zeros((P, H), ft)
+    out = np.zeros((M, H), ft)
+    stage2 = None if ideal and not keep_stages else np.zeros((P, H), ft)  # the ideal sums as it goes
     if keep_stages:
         stage1, act, act_q = np.zeros((P, 2 * I), ft), np.zeros((P, I), ft), np.zeros((P, I), ft)
     tw = em.round_to_bf16(call.topk_weights) if call.routing_weight_dtype == "bf16" and not ideal else call.topk_weights
@@ -184,14 +187,18 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
             y = (y + b2[e].astype(ft)).astype(ft)
         if not doweight_stage1:
             y = (y * wts[rows, None]).astype(ft)
-        stage2[rows] = y
+        if ideal:
+            np.add.at(out, tokens[rows], y)
+        if stage2 is not None:
+            stage2[rows] = y
         if keep_stages:
             stage1[rows], act[rows], act_q[rows] = g, h, hq
         if on_expert is not None:
             on_expert(e, rows, a_rows, g, h, hq, y)
 
-    out = np.zeros((M, H), ft)
-    summed = em.round_to_bf16(stage2) if call.slot_dtype == "bf16" and not ideal else stage2  # the trace keeps fp32
+    if ideal:
+        return a_q, out, ((stage1, act, act_q, stage2) if keep_stages else ())
+    summed = em.round_to_bf16(stage2) if call.slot_dtype == "bf16" else stage2  # the trace keeps fp32
     for k in range(call.topk_ids.shape[1]):  # slot order: ((y_0 + y_1) + y_2) ...
         sel = slots == k
         with np.errstate(over="ignore"):

@@ -86,6 +86,25 @@ def test_device_dequantization_equals_the_emulation_at_every_code_and_scale(devi
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_device_bit_ranges_equal_the_host_ones(rng, device):
+    """Random bytes with zero blocks, zero rows and extreme scales (0, 254, 255): same ranges, same finiteness."""
+    packed = rng.integers(0, 256, (2, 64, 32), dtype=np.uint8)
+    packed[:, :8, :16] &= 0x88  # zero blocks (signed zeros)
+    packed[:, 9] = 0  # a zero row
+    scale = rng.integers(0, 256, (2, 64, 2), dtype=np.uint8)
+    scale[0] = np.clip(scale[0], 1, 200)  # expert 0 finite, expert 1 with NaN and overflowing blocks
+    w2 = np.zeros((2, 64, 16), np.uint8)
+    w = MoEWeights.from_arrays(packed, scale, w2, np.full((2, 64, 1), 127, np.uint8))
+    for e in range(2):
+        want = MoEWeights.from_arrays(packed.copy(), scale, w2, np.full((2, 64, 1), 127, np.uint8)).bits("w1", e)
+        w._bits.clear()
+        (low, high), finite = DeviceProducts(w, device).bits("w1", e)
+        np.testing.assert_array_equal(low, want[0][0])
+        np.testing.assert_array_equal(high, want[0][1])
+        assert finite == want[1] == (e == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_device_products_equal_the_host_products(rng, device):
     p = _problem(rng, H=64, I=32)
     w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
@@ -98,12 +117,16 @@ def test_device_products_equal_the_host_products(rng, device):
                                        rtol=1e-14, atol=0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+SMALL, MEDIUM = dict(M=64, E=8, H=256, I=128, topk=4), dict(M=256, E=16, H=1024, I=1024, topk=4)
+
+
+@pytest.mark.parametrize("device, shape", [("cpu", SMALL), pytest.param("cuda", SMALL, marks=pytest.mark.gpu),
+                                           pytest.param("cuda", MEDIUM, marks=pytest.mark.gpu, id="cuda-medium")])
 @pytest.mark.parametrize("act_dtype, gate_mode", [("bf16", "separated"), ("fp4x2", "interleave"), ("fp8", "separated")])
-def test_device_reference_equals_the_numpy_reference(rng, device, act_dtype, gate_mode):
+def test_device_reference_equals_the_numpy_reference(rng, device, shape, act_dtype, gate_mode):
     """Same output bits and the same bound (the bf16 output rule makes it a multiple of the bf16
     ulp: float64 reassociation in the bound's products does not move it); the ideal to float64."""
-    p = _problem(rng, M=64, E=8, H=256, I=128, topk=4)
+    p = _problem(rng, **shape)
     kw = dict(act_dtype=act_dtype, gate_mode=gate_mode, mma_k=16, **p.biases())
     host = moe_reference_bounded(*p.args(), **kw)
     dev = moe_reference_bounded(*p.args(), device=torch.device(device), **kw)

@@ -224,7 +224,14 @@ def test_worker_count_follows_the_memory():
 
     case = dict(shape={"E": 256, "H": 7168, "I": 2048, "topk": 8}, M=4096)
     jobs = [(case, "bf16", 0, 16, True, "cuda")] * 8
-    n, per = refs.worker_count(jobs, 8, 16 * 2**30)
-    assert 1 <= n < 8 and n * per <= 0.6 * 16 * 2**30
+    n, per = refs.worker_count(jobs, 8, 8 * 2**30)
+    assert 1 <= n < 8 and n * per <= 8 * 2**30
     assert refs.worker_count(jobs, 8, 10**15)[0] == 8
     assert refs.worker_count(jobs, 8, 1)[0] == 1
+    assert refs.memory_budget(0.0) == 0 and 0 < refs.memory_budget(1e6) <= 0.6 * refs.available_bytes()
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--max-memory-gb"])
+def test_non_positive_workers_or_memory_is_bad_usage(flag, capsys):
+    assert cli.main(["--quick", flag, "0"]) == 2
+    assert f"{flag} must be > 0" in capsys.readouterr().err
