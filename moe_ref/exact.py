@@ -79,21 +79,32 @@ def exact_matmul_f32(x: np.ndarray, w: np.ndarray, w_bits=None) -> np.ndarray:
     """``x @ w.T`` with every dot product exact, rounded once to fp32. x [n, K], w [N, K] float32.
 
     ``w_bits``: w's per-row (lowest set bit, highest exponent + 1), if already known (MXFP4 weights
-    give them cheaply from codes and scales: ``moe_ref.reference.MoEWeights``).
+    give them cheaply from codes and scales: ``moe_ref.weights.MoEWeights``).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):
-        product = x.astype(np.float64) @ w.astype(np.float64).T
-    return exact_round_f32(x, product, _bit_range(w, 1) if w_bits is None else w_bits, w.__getitem__,
-                           bool(np.isfinite(w).all()))
+    w64 = w.astype(np.float64)
+
+    def matmul(a):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.asarray(a, np.float64) @ w64.T
+
+    return exact_round_f32(x, matmul(x), _bit_range(w, 1) if w_bits is None else w_bits, w.__getitem__,
+                           bool(np.isfinite(w).all()), matmul)
 
 
-def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite: bool = True) -> np.ndarray:
-    """fp32 of the exact ``x @ w.T`` from its float64 ``product`` computed in any order (on any device):
-    exact where every partial sum fits 53 bits (:func:`accumulation_bits`), which a cheap per-row test
-    shows for whole matrices at once; the other cells are summed with Python integers from ``w_row(j)``
-    (row j of w, float32). Non-finite inputs: the float64 product's own result."""
+def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite: bool = True,
+                    matmul=None) -> np.ndarray:
+    """fp32 of the exact ``x @ w.T`` from its float64 ``product`` computed in any order (on any device).
+
+    Three tiers, each exact under the condition it checks:
+    1. every partial sum fits 53 bits (:func:`accumulation_bits`): ``product`` is exact whatever the
+       order; a per-row test settles whole matrices at once (the common case, no [n, N] work);
+    2. rows spanning up to twice what fits: split at a per-row bit into high and low parts that each
+       fit, multiplied separately (``matmul(part)``: float64 ``part @ w.T``, exact by 1.), and their
+       sum rounded once to fp32 through an error-free sum (:func:`_round_sum_f32`);
+    3. the other cells: summed with Python integers from ``w_row(j)`` (row j of w, float32).
+    Non-finite inputs: the float64 product's own result."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
         out = product.astype(np.float32)
@@ -105,13 +116,40 @@ def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite:
     big = np.iinfo(np.int32).max
     span_x = np.where(lx < big, hx - lx, 0)
     span_w = np.where(lw < big, hw - lw, 0)
-    if int(span_x.max()) + int(span_w.max()) + math.ceil(math.log2(k)) <= F64_BITS:
-        return out  # the common case: every cell provably exact, no [n, N] work
-    slow = accumulation_bits(x, None, w_bits) > F64_BITS
-    for i in np.flatnonzero(slow.any(axis=1)):
-        cols = np.flatnonzero(slow[i])
-        xi = [int(v) for v in np.ldexp(x[i].astype(np.float64), -int(lx[i]))]
-        for j in cols:
+    room = F64_BITS - int(span_w.max()) - math.ceil(math.log2(k))  # bits a row (or a part of it) may span
+    if int(span_x.max()) <= room:
+        return out
+    inexact = span_x > room
+    split = inexact & (span_x <= 2 * room) if matmul is not None and room >= 1 else np.zeros_like(inexact)
+    rows = np.flatnonzero(split)
+    if rows.size:
+        xr = x[rows].astype(np.float64)
+        unit = np.ldexp(1.0, (lx[rows] + room).astype(np.int64))[:, None]  # parts: multiples of it, and below it
+        high = np.trunc(xr / unit) * unit  # exact: power-of-two scaling, truncation, difference
+        out[rows] = _round_sum_f32(matmul(high), matmul(xr - high))
+    rest = np.flatnonzero(inexact & ~split)
+    slow = accumulation_bits(x[rest], None, w_bits) > F64_BITS
+    for i, row in zip(np.flatnonzero(slow.any(axis=1)), rest[slow.any(axis=1)]):
+        xi = [int(v) for v in np.ldexp(x[row].astype(np.float64), -int(lx[row]))]
+        for j in np.flatnonzero(slow[i]):
             wj = [int(v) for v in np.ldexp(np.asarray(w_row(j), np.float64), -int(lw[j]))]
-            out[i, j] = round_scaled_int_to_f32(sum(a * b for a, b in zip(xi, wj)), int(lx[i] + lw[j]))
+            out[row, j] = round_scaled_int_to_f32(sum(a * b for a, b in zip(xi, wj)), int(lx[row] + lw[j]))
     return out
+
+
+def _round_sum_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """fp32 (ties to even) of the exact a + b of float64 arrays: s = fl(a + b) and its error e (TwoSum,
+    a + b = s + e exactly, |e| <= ulp(s) / 2). fp32(s) is the answer unless s is exactly halfway between
+    two fp32 values (fp32 midpoints have 25 bits: any other s lies further than |e| from them); there
+    e != 0 decides the side."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = a + b
+        bv = s - a
+        err = (a - (s - bv)) + (b - bv)
+        r = s.astype(np.float32)
+        r64 = r.astype(np.float64)
+        toward = np.nextafter(r, np.where(s > r64, np.float32(np.inf), np.float32(-np.inf)))
+        t64 = toward.astype(np.float64)
+        tie = (s != r64) & (s == (r64 + t64) / 2) & (err != 0) & np.isfinite(s)
+        other = tie & (np.sign(err) == np.sign(t64 - r64))
+    return np.where(other, toward, r)

@@ -13,6 +13,7 @@ current expert's matrices.
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 
@@ -56,8 +57,8 @@ class HostProducts:
         """[n, N] float32: every dot product of ``x`` (float32) with expert e's rows exact, rounded once."""
         x = np.ascontiguousarray(x, np.float32)
         bits, finite = self.bits(which, e)
-        return exact_round_f32(x, self.matmul(x, e, which), bits,
-                               lambda j: self.weights.dequant_row(which, e, j), finite)
+        return exact_round_f32(x, self.matmul(x, e, which), bits, lambda j: self.weights.dequant_row(which, e, j),
+                               finite, lambda part: self.matmul(part, e, which))
 
 
 class DeviceProducts(HostProducts):
@@ -106,23 +107,28 @@ class DeviceProducts(HostProducts):
 
 
 _UPLOADS: dict = {}
+_UPLOADED_LAYERS = 4  # a report's shapes: their layers stay on the device while its references run
 _UPLOAD_LOCK = threading.Lock()
 
 
 def _uploaded(weights: MoEWeights, device):
-    """The layer's packed bytes and the decode tables on ``device``: uploaded once, kept for the last layer."""
+    """The layer's packed bytes and the decode tables on ``device``: uploaded once, the last few kept."""
     import torch
 
     key = (id(weights), str(device))
     with _UPLOAD_LOCK:
         hit = _UPLOADS.get(key)
         if hit is None or hit[0] is not weights:
-            _UPLOADS.clear()
+            while len(_UPLOADS) >= _UPLOADED_LAYERS:
+                _UPLOADS.pop(next(iter(_UPLOADS)))
             lut_e2m1 = torch.from_numpy(em.decode(np.arange(16, dtype=np.uint8), "e2m1").astype(np.float32)).to(device)
             lut_e8m0 = torch.from_numpy(em.decode(np.arange(256, dtype=np.uint8), "e8m0").astype(np.float32)).to(device)
-            tables = {which: (torch.from_numpy(np.ascontiguousarray(p)).to(device),
-                              torch.from_numpy(np.ascontiguousarray(s)).to(device), lut_e2m1, lut_e8m0)
-                      for which, (p, s) in (("w1", (weights.w1, weights.w1_scale)), ("w2", (weights.w2, weights.w2_scale)))}
+            with warnings.catch_warnings():  # read-only (frozen) layers: copied to the device, never written
+                warnings.simplefilter("ignore", UserWarning)
+                tables = {which: (torch.from_numpy(np.ascontiguousarray(p)).to(device),
+                                  torch.from_numpy(np.ascontiguousarray(s)).to(device), lut_e2m1, lut_e8m0)
+                          for which, (p, s) in (("w1", (weights.w1, weights.w1_scale)),
+                                                ("w2", (weights.w2, weights.w2_scale)))}
             tables["bits"] = tuple(torch.from_numpy(t).to(device) for t in (_BYTE_LOW, _BYTE_HIGH))
             hit = _UPLOADS[key] = (weights, tables)
         return hit[1]

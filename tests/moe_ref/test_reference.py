@@ -266,3 +266,28 @@ def test_mxfp4_bit_range_from_codes_equals_the_generic_one(rng):
     want_low, want_high = _bit_range(em.dequantize_mxfp4(packed, scale), 1)
     np.testing.assert_array_equal(low, want_low)
     np.testing.assert_array_equal(high, want_high)
+
+
+@pytest.mark.parametrize("span", [30, 45, 60, 90])
+def test_split_exact_gemm_equals_the_integer_sums(rng, span):
+    """Rows of fp32 values whose exponents spread over ``span`` binades (more than float64 holds once
+    multiplied and summed): the split tier (two exact float64 products and an error-free sum) and the
+    integer tier give the same fp32 bits, ties and near-ties included."""
+    from moe_ref.exact import exact_round_f32
+
+    n, k, N = 6, 96, 5
+    x = (rng.standard_normal((n, k)) * np.exp2(rng.integers(-span, 1, (n, k)))).astype(np.float32)
+    x[:2] = 0
+    x[0, :3] = [1.0, 2.0**-24, 2.0**-60]  # 1 + 2^-24 + 2^-60: a tie broken by the far bit
+    x[1, :3] = [1.0, 2.0**-24, -(2.0**-60)]
+    w = em.round_to_bf16(rng.standard_normal((N, k)).astype(np.float32))
+    w[:, :3] = 1.0
+    w64 = w.astype(np.float64)
+    from moe_ref.exact import _bit_range
+
+    bits = _bit_range(w, 1)
+    split = exact_round_f32(x, x.astype(np.float64) @ w64.T, bits, w.__getitem__, True, lambda a: a @ w64.T)
+    integer = exact_round_f32(x, x.astype(np.float64) @ w64.T, bits, w.__getitem__, True, None)
+    np.testing.assert_array_equal(split.view(np.uint32), integer.view(np.uint32))
+    assert split[0, 0] == np.float32(1 + 2.0**-23) and split[1, 0] == np.float32(1.0)
+    np.testing.assert_array_equal(exact_matmul_f32(x, w).view(np.uint32), integer.view(np.uint32))
