@@ -112,10 +112,10 @@ def test_device_products_equal_the_host_products(rng, device):
     x = em.round_to_bf16(rng.standard_normal((5, 64)).astype(np.float32))
     for e in range(w.E):
         np.testing.assert_array_equal(dev.exact(x, e, "w1"), host.exact(x, e, "w1"))  # exact: any order
-        scale = host.matmul(np.abs(x), e, "w1", "abs")  # float64 sums in another order: within K u64 sum|x w|
-        for form in ("value", "abs", "square"):
+        for form in ("value", "abs", "square"):  # float64 sums in another order: within K u64 sum|x F(w)|
+            scale = host.matmul(np.abs(x), e, "w1", "abs" if form == "value" else form)
             got, want = dev.matmul(x, e, "w1", form), host.matmul(x, e, "w1", form)
-            assert (np.abs(got - want) <= 64 * 2.0**-52 * (scale if form != "square" else want)).all()
+            assert (np.abs(got - want) <= 64 * 2.0**-52 * scale).all()
 
 
 SMALL, MEDIUM = dict(M=64, E=8, H=256, I=128, topk=4), dict(M=256, E=16, H=1024, I=1024, topk=4)
