@@ -19,7 +19,9 @@ def main(argv: list[str]) -> None:
     p = refs.problem({}, dict(shape=dict(E=E, H=H, I=I, topk=topk), M=M), 7)
     print(f"problem drawn in {time.perf_counter() - t:.1f}s", flush=True)
     kw = dict(act_dtype=act, mma_k=16, gate_mode="separated", device=device, **p.biases())
+    t = time.perf_counter()
     moe_reference_bounded(*p.args(), **kw)  # warm: uploads, CUDA context
+    print(f"first call {time.perf_counter() - t:.1f}s", flush=True)
     prof = cProfile.Profile()
     t = time.perf_counter()
     prof.enable()
