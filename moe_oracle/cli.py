@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(without it nothing is written)")
     ap.add_argument("--quick", action="store_true", help="a smaller matrix (CI smoke run)")
     ap.add_argument("--workers", type=int, default=None,
-                    help="processes computing the references (default: up to 8 on a GPU run, 1 on CPU)")
+                    help="processes computing the references on the host (default 1; a GPU run computes them on "
+                         "the GPU, one after the other)")
     ap.add_argument("--max-memory-gb", type=float, default=None,
                     help="host memory the run may use: fewer reference workers where theirs would not fit (default 14)")
     ap.add_argument("--only", choices=["all", "quantizers", "moe"], default="all", help="which checks to run")
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
 
             layer_archs = [detect_arch()]
             print(f"note: {impl.name}'s fused_moe takes no arch: run at the device's arch ({layer_archs[0]}) only")
-        workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if device == "cuda" else 1)
+        workers = args.workers if args.workers is not None else 1
         keep = _PartialRows(Path(args.out) if args.out else None)
         rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep,
                                  max_memory_gib=args.max_memory_gb)

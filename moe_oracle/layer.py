@@ -197,7 +197,7 @@ def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> d
     p, ref, ideal, bound = refs.reference(cache, case, selected, seed, mma_k, with_bias,
                                           device=refs.reference_device(device))
     bound = cfg.tolerance_scale * bound
-    pt = p.to_torch(device)
+    pt = refs.on_device(cache, p, device)
     before = [t.clone() for t in pt.args()]
     out, result, seconds = _run(impl, pt, case, caps, 0xFF, device)
     cmp = compare_output(out, ref, ideal, bound)
@@ -211,6 +211,7 @@ def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> d
     touched = [n for n, a, b in zip(("hidden", "w1", "w1_scale", "w2", "w2_scale", "topk_weights", "topk_ids"),
                                     before, pt.args()) if not torch.equal(a, b)]
     if touched:
+        refs.forget_on_device(cache, p, device)  # the next case gets its layer afresh
         notes.append(f"it wrote to its inputs: {', '.join(touched)}")
     if impl.fixed_path and impl.fixed_path != decision.dtype:
         notes.append(f"judged on its one path {PATH_NAMES[impl.fixed_path]}; the selector would choose "

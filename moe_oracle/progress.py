@@ -1,5 +1,5 @@
 """Progress on stderr: a bar redrawn in place on a terminal, one plain line per tenth otherwise (a log
-file stays readable)."""
+file stays readable), or per step (``every_step``: steps that take seconds each)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    def __init__(self, total: int, what: str, stream=None):
-        self.total, self.what, self.done = total, what, 0
+    def __init__(self, total: int, what: str, stream=None, every_step: bool = False):
+        self.total, self.what, self.done, self.every_step = total, what, 0, every_step
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last_tenth = -1
@@ -23,7 +23,7 @@ class Progress:
             print(f"\r[{bar:<30}] {text}", end="", file=self.stream, flush=True)
             return
         tenth = 10 * self.done // max(self.total, 1)
-        if tenth != self._last_tenth or self.done == self.total:
+        if self.every_step or tenth != self._last_tenth or self.done == self.total:
             self._last_tenth = tenth
             print(text, file=self.stream, flush=True)
 

@@ -12,7 +12,6 @@ import multiprocessing.connection
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from moe_ref.problems import random_routed_tokens
 
 from .progress import Progress
 
-__all__ = ["cases", "layer", "problem", "reference", "prefetch", "mma_k_of", "reference_device", "ReferenceFailed",
+__all__ = ["cases", "layer", "problem", "on_device", "forget_on_device", "reference", "prefetch", "mma_k_of", "reference_device", "ReferenceFailed",
            "worker_count", "peak_memory"]
 
 
@@ -75,6 +74,25 @@ def problem(cache: dict, case: dict, seed: int, with_bias: bool = True):
     return cache[pkey]
 
 
+_LAYER_FIELDS = ("w1", "w1_scale", "w2", "w2_scale", "bias1", "bias2")
+
+
+def on_device(cache: dict, p, device):
+    """``p.to_torch(device)`` with the layer's tensors uploaded once per layer and device (a real
+    model's layer is gigabytes; every case of its M sweep runs on it); :func:`forget_on_device` drops
+    them (an implementation that wrote to its weights)."""
+    key = ("on-device", id(p.w1), str(device))
+    if key not in cache or cache[key][0] is not p.w1:
+        empty = {f: getattr(p, f)[:0] for f in ("hidden", "topk_weights", "topk_ids")}
+        cache[key] = (p.w1, dataclasses.replace(p, **empty).to_torch(device))
+    tokens = dataclasses.replace(p, **dict.fromkeys(_LAYER_FIELDS)).to_torch(device)
+    return dataclasses.replace(tokens, **{f: getattr(cache[key][1], f) for f in _LAYER_FIELDS})
+
+
+def forget_on_device(cache: dict, p, device) -> None:
+    cache.pop(("on-device", id(p.w1), str(device)), None)
+
+
 def _compute(p, case: dict, act_dtype: str, mma_k, variant: tuple = (), device=None):
     """(emulated reference, float64 ideal, elementwise bound) of a case's problem on one path;
     ``variant``: (name, value) pairs of the reference's convention options (intermediate_dtype,
@@ -115,7 +133,7 @@ def reference(cache: dict, case: dict, act_dtype: str, seed: int, mma_k, with_bi
 _SHARED: dict = {}  # the parent's problems, inherited by forked workers (copy-on-write: not copied)
 
 
-def _job(job):  # a worker process (forked) or thread
+def _job(job):  # in a forked worker, or here
     case, act_dtype, seed, mma_k, with_bias, device = job
     return _compute(problem(_SHARED, case, seed, with_bias), case, act_dtype, mma_k, device=device)
 
@@ -164,33 +182,34 @@ def worker_count(jobs: list[tuple], requested: int, budget: int) -> tuple[int, i
 
 
 def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float | None = None) -> None:
-    """Compute the distinct references ``(case, act_dtype, seed, mma_k, with_bias, device)`` concurrently
-    and fill ``cache``: in threads when their products run on a device (the GPU is this process's),
-    else in forked processes; serially (``workers`` <= 1) they are computed on demand by
-    :func:`reference`. Workers: as many as fit the memory budget (:func:`memory_budget`). A reference that fails, or whose worker dies, is recorded as
-    :class:`ReferenceFailed` (its cases become error rows; the others still run)."""
+    """Compute the distinct references ``(case, act_dtype, seed, mma_k, with_bias, device)`` before the
+    cases run, one progress line each, and fill ``cache``. Products on a device: here, one after the
+    other (the GPU does the heavy work; on the H200 host, threads sharing it ran 40x slower at E >= 128
+    than one reference alone). On the host: in ``workers`` forked processes, as many as fit the memory
+    budget (:func:`memory_budget`); with one worker they are computed on demand by :func:`reference`.
+    A reference that fails, or whose worker dies, is recorded as :class:`ReferenceFailed` (its cases
+    become error rows; the others still run)."""
     todo = {}
     for job in jobs:
         todo.setdefault(_key(*job[:5], ()), job)
     todo = {k: j for k, j in todo.items() if k not in cache}
-    if workers <= 1 or len(todo) <= 1:
+    on_device = any(j[5] is not None for j in todo.values())
+    if not todo or (not on_device and (workers <= 1 or len(todo) <= 1)):
         return
     for case, _, seed, _, with_bias, _ in todo.values():
-        problem(cache, case, seed, with_bias)  # drawn here: threads share them, forked workers inherit them
-    on_device = any(j[5] is not None for j in todo.values())
-    budget = memory_budget(max_memory_gib)
-    n, per = worker_count(list(todo.values()), workers, budget)
-    if n < min(workers, len(todo)):
-        print(f"references: {n} {'threads' if on_device else 'processes'} instead of {workers} (each needs up to "
-              f"{per / 2**30:.1f} GiB; {budget / 2**30:.1f} GiB left of the memory budget)", file=sys.stderr)
-    if n <= 1:
-        return
+        problem(cache, case, seed, with_bias)  # drawn here: forked workers inherit them
+    n = 1
+    if not on_device:
+        budget = memory_budget(max_memory_gib)
+        n, per = worker_count(list(todo.values()), workers, budget)
+        if n < min(workers, len(todo)):
+            print(f"references: {n} processes instead of {workers} (each needs up to {per / 2**30:.1f} GiB; "
+                  f"{budget / 2**30:.1f} GiB left of the memory budget)", file=sys.stderr)
     global _SHARED
     _SHARED = cache
-    progress = Progress(len(todo), "references")
+    progress = Progress(len(todo), "references", every_step=True)
     t0 = time.perf_counter()
-    run = _threads if on_device else _forked
-    for key, result in run(todo, n):
+    for key, result in (_here(todo) if n <= 1 else _forked(todo, n)):
         job = todo[key]
         cache[key] = result if isinstance(result, ReferenceFailed) else (problem(cache, job[0], job[2], job[4]), *result)
         progress.step(f"{_label(job)}, {time.perf_counter() - t0:.0f}s")
@@ -198,27 +217,13 @@ def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float
     progress.close()
 
 
-def _failed(exc: BaseException) -> ReferenceFailed:
-    return ReferenceFailed(f"{type(exc).__name__}: {exc}")
-
-
-def _threads(todo: dict, n: int):
-    """(key, result or ReferenceFailed) as each reference finishes, ``n`` threads at a time. torch's
-    CPU thread pool is held at one thread meanwhile: each reference thread's host copies would
-    otherwise start a full OpenMP team of their own (n teams spinning on the same cores: measured
-    40x slower on the H200 host)."""
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(n) as pool:
-            futures = {pool.submit(_job, job): key for key, job in todo.items()}
-            for fut in as_completed(futures):
-                exc = fut.exception()
-                yield futures[fut], _failed(exc) if exc is not None else fut.result()
-    finally:
-        torch.set_num_threads(saved)
+def _here(todo: dict):
+    """(key, result or ReferenceFailed) for each reference, in this process."""
+    for key, job in todo.items():
+        try:
+            yield key, _job(job)
+        except Exception as exc:  # noqa: BLE001 - recorded: its cases become rows with this error
+            yield key, ReferenceFailed(f"{type(exc).__name__}: {exc}")
 
 
 def _child(job, conn) -> None:  # a forked worker: one reference, its result through the pipe

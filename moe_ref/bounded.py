@@ -19,7 +19,7 @@ import numpy as np
 import emulation as em
 
 from .products import products_for
-from .reference import forward, prepare_call
+from .reference import add_rows, forward, prepare_call
 from .tolerance import expert_bound, finish_bound
 
 __all__ = ["BoundedReference", "moe_reference_bounded", "reference_bytes"]
@@ -52,7 +52,7 @@ def moe_reference_bounded(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk
 
     def add_bound(e, rows, a_rows, g, h, hq, y):
         tokens = call.tokens[rows]
-        np.add.at(bound, tokens, expert_bound(products, e, a_rows, g, h, hq, y, tw[tokens, call.slots[rows]], **opts))
+        add_rows(bound, tokens, expert_bound(products, e, a_rows, g, h, hq, y, tw[tokens, call.slots[rows]], **opts))
 
     _, out_f32, _ = forward(call, act_dtype, products, add_bound)
     bound = finish_bound(bound, out_f32, call.topk_ids.shape[1])

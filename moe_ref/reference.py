@@ -44,7 +44,8 @@ from .products import HostProducts
 from .selector import ACT_DTYPES, ACTIVATIONS, GATE_MODES
 from .weights import MoEWeights, _mxfp4_bit_range  # noqa: F401 - re-exported (the layer's weights live there)
 
-__all__ = ["MoEWeights", "quantize_activation", "moe_reference", "MoETrace", "MoECall", "prepare_call", "forward"]
+__all__ = ["MoEWeights", "quantize_activation", "moe_reference", "MoETrace", "MoECall", "prepare_call", "forward",
+           "add_rows"]
 
 
 def quantize_activation(x: np.ndarray, act_dtype: str, scale_mode="round_up") -> np.ndarray:
@@ -149,6 +150,15 @@ def prepare_call(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, 
                    doweight_stage1, scale_mode, intermediate_dtype, routing_weight_dtype, slot_dtype)
 
 
+def add_rows(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """``out[index[i]] += values[i]`` for every i, repeated indices included (``np.add.at``, whose
+    general path is slow: taken only where an index repeats, e.g. a token routed twice to one expert)."""
+    if index.size and np.unique(index).size == index.size:
+        out[index] += values
+    else:
+        np.add.at(out, index, values)
+
+
 def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages: bool = False):
     """One path of the reference, expert by expert: ``(a_q, out, stages)`` with ``out`` [M, H] the fp32
     slot sum in slot order (the ideal path, ``act_dtype`` None: the float64 sum in expert order, no
@@ -188,7 +198,7 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
         if not doweight_stage1:
             y = (y * wts[rows, None]).astype(ft)
         if ideal:
-            np.add.at(out, tokens[rows], y)
+            add_rows(out, tokens[rows], y)
         if stage2 is not None:
             stage2[rows] = y
         if keep_stages:

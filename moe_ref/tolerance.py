@@ -41,7 +41,7 @@ import emulation as em
 
 from .paths import activation_path
 from .products import HostProducts
-from .reference import MoETrace, MoEWeights, quantize_activation
+from .reference import MoETrace, MoEWeights, add_rows, quantize_activation
 
 __all__ = ["kernel_tolerance", "expert_bound", "finish_bound", "bf16_output_bound", "bf16_ulp", "U_ACC"]
 
@@ -154,7 +154,7 @@ def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_id
                            trace.stage2[rows], tw[tokens[rows], slots[rows]], act_dtype=act_dtype, activation=activation,
                            gate_mode=gate_mode, doweight_stage1=doweight_stage1, scale_mode=scale_mode, limit=limit,
                            mma_k=mma_k, slot_dtype=slot_dtype)
-        np.add.at(bound, tokens[rows], b_y)
+        add_rows(bound, tokens[rows], b_y)
     return finish_bound(bound, trace.out_f32, ids.shape[1] if ids.ndim == 2 else 1, bf16_output)
 
 

@@ -126,6 +126,7 @@ _ALL = [
     _B("emulation NaN block codes kept", "oracle", "the emulation encodes a NaN block's finite elements"),
     _B("exact matmul trusts float64 too far", "oracle", "the fast path used where float64 rounds"),
     _B("verdict 4x too lenient", "oracle", "margin <= 4 taken as a pass"),
+    _B("uploaded layer never refreshed", "oracle", "the layer's device copy kept after an implementation wrote to it"),
 ]
 
 BUGS: dict[str, Bug] = {b.name: b for b in _ALL}

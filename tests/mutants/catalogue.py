@@ -196,6 +196,8 @@ MUTANTS: tuple[Mutant, ...] = (
                                                    '"e4m3fnuz", bits=8, exp_bits=4, man_bits=3, bias=7,')),
     _m("exact matmul trusts float64 too far", "moe_ref/exact.py",
        ("F64_BITS = 53", "F64_BITS = 64")),
+    _m("uploaded layer never refreshed", "moe_oracle/layer.py",
+       ("        refs.forget_on_device(cache, p, device)  # the next case gets its layer afresh\n", "")),
     _m("verdict 4x too lenient", "moe_oracle/compare.py", ("within_tolerance=bool(margin <= 1.0)",
                                                            "within_tolerance=bool(margin <= 4.0)")),
     # ---- GPU-only code (run with the GPU suite on a device) ---------------------------------

@@ -38,3 +38,23 @@ def test_layer_bugs_are_diagnosed(planted, base_seed):
     assert any(planted.diagnosis in "; ".join(r["diagnosis"]) for r in failing), [r["diagnosis"] for r in failing]
     with pytest.raises(AssertionError, match="moe-oracle: .* checks fail"):
         assert_conforms(rows)
+
+
+def test_a_layer_that_writes_its_weights_does_not_corrupt_the_next_cases(base_seed):
+    """The layer's tensors are uploaded once per layer (``references.on_device``): one that an
+    implementation wrote to is dropped, so every later case still runs on the true weights (each
+    case: its output matches, and the write is named)."""
+    correct = LAYERS[0].fn
+
+    def writes_w1(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode="separated", bias1=None,
+                  bias2=None, scale_mode="round_up", arch="gfx950", env=None):
+        out = correct(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, gate_mode=gate_mode, bias1=bias1,
+                      bias2=bias2, scale_mode=scale_mode, arch=arch, env=env)
+        w1.add_(1)  # not undone by the second run of the case
+        return out
+
+    rows = check_moe(writes_w1, {**LAYER_MATRIX, "seed": base_seed % 2**31})
+    assert len(rows) > 1
+    for r in rows:
+        notes = "; ".join(r["diagnosis"])
+        assert r["verdict"] == "FAIL" and "matches the" in r["diagnosis"][0] and "wrote to its inputs: w1" in notes, notes
