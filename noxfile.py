@@ -124,9 +124,18 @@ def peers(session: nox.Session) -> None:
 
 @nox.session(venv_params=VENV_PARAMS)
 def gpu(session: nox.Session) -> None:
-    """The gpu-marked tests on a CUDA or ROCm device (set MOE_ORACLE_USE_INSTALLED_TORCH=1 there)."""
+    """The gpu-marked tests on a CUDA or ROCm device (set MOE_ORACLE_USE_INSTALLED_TORCH=1 there): one
+    pytest-xdist worker per visible GPU, each pinned to its own (tests/conftest.py); ``-- -n K`` for K."""
     _install(session, "test")
-    session.run("pytest", "-m", "gpu", "-p", "no:randomly", *session.posargs)
+    workers = [] if any(a == "-n" or a.startswith("-n") for a in session.posargs) else ["-n", _gpu_workers(session)]
+    session.run("pytest", "-m", "gpu", "-p", "no:randomly", *workers, *session.posargs)
+
+
+def _gpu_workers(session: nox.Session) -> str:
+    """The number of GPUs the session's python sees (at least 1)."""
+    out = session.run("python", "-c", "from moe_oracle.devices import visible_gpus; print(max(1, len(visible_gpus())))",
+                      silent=True)
+    return (out or "1").strip().splitlines()[-1]
 
 
 @nox.session(venv_params=VENV_PARAMS)

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "the GPU, one after the other)")
     ap.add_argument("--max-memory-gb", type=float, default=None,
                     help="host memory the run may use: fewer reference workers where theirs would not fit (default 14)")
+    ap.add_argument("--devices", default=None,
+                    help="GPUs the MoE cases are spread over: 'all' or a number (one process each, one report; "
+                         "default 1; on a CPU-only run a number means that many CPU processes)")
+    ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # K/N: a --devices child's share of the cases
+    ap.add_argument("--rows-file", default=None, help=argparse.SUPPRESS)  # where a --devices child writes its rows
     ap.add_argument("--only", choices=["all", "quantizers", "moe"], default="all", help="which checks to run")
     return ap
 
@@ -61,6 +66,7 @@ def _archs(args, cfg) -> tuple[list[str], str]:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     for name, value in (("--workers", args.workers), ("--max-memory-gb", args.max_memory_gb)):
         if value is not None and not value > 0:
@@ -91,6 +97,15 @@ def main(argv=None) -> int:
         print("moe-oracle verify: --device cuda: no GPU is visible (or TRITON_INTERPRET=1)", file=sys.stderr)
         return 2
     cfg = cfg or (QUICK if args.quick else DEFAULT_GPU if device == "cuda" else DEFAULT_CPU)
+    from .devices import resolve_devices, visible_gpus
+
+    gpus = visible_gpus() if device == "cuda" else []
+    try:
+        n_devices = resolve_devices(args.devices, gpus)
+        shard = _shard(args.shard)
+    except ValueError as exc:
+        print(f"moe-oracle verify: {exc}", file=sys.stderr)
+        return 2
     try:
         archs, archs_why = _archs(args, cfg)
     except ValueError as exc:
@@ -119,9 +134,17 @@ def main(argv=None) -> int:
             layer_archs = [detect_arch()]
             print(f"note: {impl.name}'s fused_moe takes no arch: run at the device's arch ({layer_archs[0]}) only")
         workers = args.workers if args.workers is not None else 1
-        keep = _PartialRows(Path(args.out) if args.out else None)
-        rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep,
-                                 max_memory_gib=args.max_memory_gb)
+        if n_devices > 1 and shard is None:
+            from .sharded import run_on_devices
+
+            print(f"MoE cases over {n_devices} devices ({', '.join(gpus[:n_devices]) or 'CPU processes'})")
+            rows = run_on_devices(argv, impl, cfg, layer_archs, n_devices, gpus[:n_devices],
+                                  Path(args.out) / "devices" if args.out else None)
+        else:
+            keep = _PartialRows(Path(args.rows_file) if args.rows_file else Path(args.out) / _PartialRows.NAME
+                                if args.out else None)
+            rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep,
+                                     max_memory_gib=args.max_memory_gb, shard=shard)
     if args.only != "quantizers":
         selector = engine.run_selector(impl, cfg, archs)
     if quant:
@@ -166,17 +189,26 @@ def main(argv=None) -> int:
     return 1 if n_fail else 0
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise ValueError(f"--shard: expected K/N with 0 <= K < N, got {text!r}")
+    return int(k), int(n)
+
+
 class _PartialRows:
-    """Each case's row appended to DIR/cases.partial.jsonl as it is made (with --out): a run that dies
-    keeps what it checked; the complete report replaces it."""
+    """Each case's row appended to a JSON-lines file as it is made (DIR/cases.partial.jsonl with --out):
+    a run that dies keeps what it checked; the complete report replaces it."""
 
     NAME = "cases.partial.jsonl"
 
-    def __init__(self, out: Path | None):
-        self.path = None if out is None else out / self.NAME
-        if self.path is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+    def __init__(self, path: Path | None):
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
 
     def __call__(self, row: dict) -> None:
         if self.path is not None:

@@ -14,7 +14,7 @@ from .layer import check_layer_case, layer_capabilities
 from .progress import Progress
 from .quantizers import check_quantizer
 
-__all__ = ["run_layers", "run_quantizers", "run_stages", "run_selector", "layer_archs"]
+__all__ = ["layer_cases", "error_row", "run_layers", "run_quantizers", "run_stages", "run_selector", "layer_archs"]
 
 
 def layer_archs(impl: Implementation, archs):
@@ -24,18 +24,32 @@ def layer_archs(impl: Implementation, archs):
     return list(archs) if "arch" in layer_capabilities(impl.fused_moe) else None
 
 
+def layer_cases(impl: Implementation, cfg, archs, shard: tuple[int, int] | None = None) -> list[tuple[int, dict]]:
+    """(index, case) of the layer's cases; ``shard=(k, n)``: the k-th of n shares, whole (shape, M)
+    groups each (the cases that share a layer and its references stay together)."""
+    gate_modes = cfg.gate_modes
+    if "gate_mode" not in layer_capabilities(impl.fused_moe):
+        gate_modes = (impl.declared.get("gate_mode", "separated"),)
+    indexed = list(enumerate(refs.cases(cfg, archs, gate_modes)))
+    if shard is None:
+        return indexed
+    groups: dict = {}
+    for _, c in indexed:
+        groups.setdefault((tuple(c["shape"].items()), c["M"]), len(groups))
+    k, n = shard
+    return [(i, c) for i, c in indexed if groups[(tuple(c["shape"].items()), c["M"])] % n == k]
+
+
 def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on_row=None,
-               max_memory_gib: float | None = None) -> list[dict]:
-    """One row per case; a case that raises is a row with its error (the rest still run); ``on_row(row)``
-    sees each row as it is made (the CLI keeps them on disk: a run that dies keeps its rows)."""
+               max_memory_gib: float | None = None, shard: tuple[int, int] | None = None) -> list[dict]:
+    """One row per case (of ``shard``, see :func:`layer_cases`); a case that raises is a row with its
+    error (the rest still run); ``on_row(row)`` sees each row as it is made (the CLI keeps them on
+    disk: a run that dies keeps its rows)."""
     import torch
 
     device = torch.device(device)
-    gate_modes = cfg.gate_modes
     caps = layer_capabilities(impl.fused_moe)
-    if "gate_mode" not in caps:
-        gate_modes = (impl.declared.get("gate_mode", "separated"),)
-    case_list = list(refs.cases(cfg, archs, gate_modes))
+    case_list = [c for _, c in layer_cases(impl, cfg, archs, shard)]
     cache: dict = {}
     mma_k = refs.mma_k_of(device.type)
     at = refs.reference_device(device)
@@ -49,16 +63,20 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
         try:
             rows.append(check_layer_case(impl, case, cfg, device, cfg.seed, cache))
         except Exception as exc:  # noqa: BLE001 - a failing case is a row, never the end of the report
-            s = case["shape"]
-            rows.append(dict(impl=impl.name, E=s["E"], H=s["H"], I=s["I"], topk=s["topk"], M=case["M"], arch=case["arch"],
-                             env=case["env"], gate_mode=case["gate_mode"], scale_mode=case["scale_mode"],
-                             verdict="FAIL", error=f"{type(exc).__name__}: {exc}",
-                             traceback=traceback.format_exc(limit=4)))
+            rows.append(error_row(impl, case, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=4)))
         if on_row is not None:
             on_row(rows[-1])
         progress.step(f"{time.perf_counter() - t0:.0f}s")
     progress.close()
     return rows
+
+
+def error_row(impl: Implementation, case: dict, error: str, trace: str = "") -> dict:
+    """The row of a case that could not be checked: a FAIL naming why."""
+    s = case["shape"]
+    return dict(impl=impl.name, E=s["E"], H=s["H"], I=s["I"], topk=s["topk"], M=case["M"], arch=case["arch"],
+                env=case["env"], gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], verdict="FAIL", error=error,
+                traceback=trace)
 
 
 def run_quantizers(impl: Implementation, cfg, *, device) -> list[dict]:

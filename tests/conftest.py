@@ -32,12 +32,37 @@ except ImportError:  # the hook below exists only with pytest-xdist
 if xdist is not None:
 
     def pytest_configure_node(node):
-        """xdist: hand the controller's base seed to every worker, so the logged seed reproduces."""
+        """xdist: hand the controller's base seed to every worker, so the logged seed reproduces, and
+        the visible GPUs, so that each worker pins itself to one (``moe_oracle.devices``)."""
+        from moe_oracle.devices import pin_env, visible_gpus
+
         node.workerinput["moe_seed"] = _base_seed(node.config)
+        gpus = visible_gpus()
+        node.workerinput["moe_gpus"] = ",".join(gpus)
+        node.workerinput["moe_gpu_var"] = next(iter(pin_env(gpus[0]))) if gpus else ""
+
+
+def pytest_configure(config):
+    """An xdist worker on a host of several GPUs sees only its own: gwN takes GPU N mod their number
+    (set before anything initialises the GPU runtime; one GPU or none: nothing changes)."""
+    if not hasattr(config, "workerinput") or not config.workerinput.get("moe_gpus"):
+        return
+    from moe_oracle.devices import gpu_for_worker
+
+    gpu = gpu_for_worker(os.environ.get("PYTEST_XDIST_WORKER", ""), config.workerinput["moe_gpus"].split(","))
+    if gpu is not None:
+        os.environ[config.workerinput["moe_gpu_var"]] = gpu
+        config._moe_gpu = gpu
 
 
 def pytest_report_header(config):
     return f"moe-oracle base seed: {_base_seed(config)} (rerun with --seed {_base_seed(config)})"
+
+
+@pytest.fixture(scope="session")
+def worker_gpu(request) -> str | None:
+    """The GPU this xdist worker is pinned to (None: one GPU, none, or no xdist)."""
+    return getattr(request.config, "_moe_gpu", None)
 
 
 @pytest.fixture

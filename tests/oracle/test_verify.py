@@ -212,7 +212,7 @@ def test_a_worker_that_dies_fails_its_own_cases_only(monkeypatch, tmp_path, caps
 def test_rows_are_on_disk_while_the_run_goes(tmp_path):
     from moe_oracle.cli import _PartialRows
 
-    keep = _PartialRows(tmp_path / "out")
+    keep = _PartialRows(tmp_path / "out" / _PartialRows.NAME)
     keep({"M": 1, "verdict": "PASS"})
     keep({"M": 2, "verdict": "FAIL", "error": "x"})
     lines = (tmp_path / "out" / "cases.partial.jsonl").read_text().splitlines()
