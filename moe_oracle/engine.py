@@ -59,13 +59,16 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
     refs.prefetch(jobs, cache, workers, max_memory_gib)
     progress = Progress(len(case_list), "cases")
     rows, t0 = [], time.perf_counter()
-    for case in case_list:
+    for i, case in enumerate(case_list):
         try:
             rows.append(check_layer_case(impl, case, cfg, device, cfg.seed, cache))
         except Exception as exc:  # noqa: BLE001 - a failing case is a row, never the end of the report
             rows.append(error_row(impl, case, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=4)))
         if on_row is not None:
             on_row(rows[-1])
+        following = case_list[i + 1] if i + 1 < len(case_list) else None
+        if following is None or (following["shape"], following["M"]) != (case["shape"], case["M"]):
+            refs.release(cache, case, keep_layer=following is not None and following["shape"] == case["shape"])
         progress.step(f"{time.perf_counter() - t0:.0f}s")
     progress.close()
     return rows

@@ -93,6 +93,21 @@ def forget_on_device(cache: dict, p, device) -> None:
     cache.pop(("on-device", id(p.w1), str(device)), None)
 
 
+def release(cache: dict, case: dict, keep_layer: bool) -> None:
+    """Drop what only a finished (shape, M) group used: its problem and references, and unless
+    ``keep_layer`` its layer (host and device copies). The cases come group by group, so a real
+    model's run holds one layer and one M's references at a time."""
+    shape = tuple(case["shape"].items())
+    for key in list(cache):
+        kind = key[0]
+        if (kind in ("ref", "problem") and key[2] == case["M"] and key[3] == shape) or (
+                not keep_layer and kind == "layer" and key[2] == shape):
+            del cache[key]
+    live = {id(v.w1) for k, v in cache.items() if k[0] == "layer"}
+    for key in [k for k in cache if k[0] == "on-device" and k[1] not in live]:
+        del cache[key]
+
+
 def _compute(p, case: dict, act_dtype: str, mma_k, variant: tuple = (), device=None):
     """(emulated reference, float64 ideal, elementwise bound) of a case's problem on one path;
     ``variant``: (name, value) pairs of the reference's convention options (intermediate_dtype,
@@ -126,7 +141,11 @@ def reference(cache: dict, case: dict, act_dtype: str, seed: int, mma_k, with_bi
         raise RuntimeError(f"the {act_dtype} reference could not be computed: {cache[key].error}")
     if key not in cache:
         p = problem(cache, case, seed, with_bias)
+        t0 = time.perf_counter()
         cache[key] = (p, *_compute(p, case, act_dtype, mma_k, variant, device))
+        if device is not None:  # a line per reference: at a real model's shapes they take seconds each
+            label = _label((case, act_dtype)) + (f" {dict(variant)}" if variant else "")
+            print(f"reference {label}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return cache[key]
 
 
@@ -182,11 +201,12 @@ def worker_count(jobs: list[tuple], requested: int, budget: int) -> tuple[int, i
 
 
 def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float | None = None) -> None:
-    """Compute the distinct references ``(case, act_dtype, seed, mma_k, with_bias, device)`` before the
-    cases run, one progress line each, and fill ``cache``. Products on a device: here, one after the
-    other (the GPU does the heavy work; on the H200 host, threads sharing it ran 40x slower at E >= 128
-    than one reference alone). On the host: in ``workers`` forked processes, as many as fit the memory
-    budget (:func:`memory_budget`); with one worker they are computed on demand by :func:`reference`.
+    """Compute the distinct host references ``(case, act_dtype, seed, mma_k, with_bias, device)`` before
+    the cases run, in ``workers`` forked processes (as many as fit the memory budget:
+    :func:`memory_budget`), one progress line each, and fill ``cache``. With one worker, and whenever the
+    products run on a device, they are computed on demand by :func:`reference`, group by group (the GPU
+    does the heavy work; on the H200 host, threads sharing it ran 40x slower at E >= 128 than one
+    reference alone; and a group's references are released when its cases are done).
     A reference that fails, or whose worker dies, is recorded as :class:`ReferenceFailed` (its cases
     become error rows; the others still run)."""
     todo = {}
@@ -194,7 +214,7 @@ def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float
         todo.setdefault(_key(*job[:5], ()), job)
     todo = {k: j for k, j in todo.items() if k not in cache}
     on_device = any(j[5] is not None for j in todo.values())
-    if not todo or (not on_device and (workers <= 1 or len(todo) <= 1)):
+    if not todo or on_device or workers <= 1 or len(todo) <= 1:
         return
     for case, _, seed, _, with_bias, _ in todo.values():
         problem(cache, case, seed, with_bias)  # drawn here: forked workers inherit them

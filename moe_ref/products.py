@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 
 import numpy as np
 
@@ -118,7 +119,7 @@ def _uploaded(weights: MoEWeights, device):
     key = (id(weights), str(device))
     with _UPLOAD_LOCK:
         hit = _UPLOADS.get(key)
-        if hit is None or hit[0] is not weights:
+        if hit is None or hit[0]() is not weights:
             while len(_UPLOADS) >= _UPLOADED_LAYERS:
                 _UPLOADS.pop(next(iter(_UPLOADS)))
             lut_e2m1 = torch.from_numpy(em.decode(np.arange(16, dtype=np.uint8), "e2m1").astype(np.float32)).to(device)
@@ -130,7 +131,7 @@ def _uploaded(weights: MoEWeights, device):
                           for which, (p, s) in (("w1", (weights.w1, weights.w1_scale)),
                                                 ("w2", (weights.w2, weights.w2_scale)))}
             tables["bits"] = tuple(torch.from_numpy(t).to(device) for t in (_BYTE_LOW, _BYTE_HIGH))
-            hit = _UPLOADS[key] = (weights, tables)
+            hit = _UPLOADS[key] = (weakref.ref(weights), tables)  # the host layer is not kept alive by it
         return hit[1]
 
 

@@ -235,3 +235,25 @@ def test_worker_count_follows_the_memory():
 def test_non_positive_workers_or_memory_is_bad_usage(flag, capsys):
     assert cli.main(["--quick", flag, "0"]) == 2
     assert f"{flag} must be > 0" in capsys.readouterr().err
+
+
+def test_a_finished_group_is_released():
+    """What only a finished (shape, M) group used goes: its problem and references, and its layer when
+    the next group is another shape; the next group's entries stay."""
+    from moe_oracle import references as refs
+
+    shape_a, shape_b = {"E": 4, "H": 64, "I": 32, "topk": 2}, {"E": 4, "H": 96, "I": 32, "topk": 2}
+    case = lambda shape, M: dict(shape=shape, M=M, arch="gfx950", env={}, gate_mode="separated",  # noqa: E731
+                                 scale_mode="round_up")
+    cache = {}
+    for c in (case(shape_a, 1), case(shape_a, 8), case(shape_b, 1)):
+        refs.reference(cache, c, "bf16", 3, None)
+    p = refs.problem(cache, case(shape_a, 8), 3)
+    refs.on_device(cache, p, "cpu")
+    refs.release(cache, case(shape_a, 1), keep_layer=True)
+    assert {k[0] for k in cache} == {"layer", "problem", "ref", "on-device"}
+    assert not [k for k in cache if k[0] in ("ref", "problem") and k[2] == 1 and k[3] == tuple(shape_a.items())]
+    refs.release(cache, case(shape_a, 8), keep_layer=False)
+    assert [k[2] for k in cache if k[0] == "layer"] == [tuple(shape_b.items())]
+    assert not [k for k in cache if k[0] == "on-device"]  # shape_a's upload went with its layer
+    assert [k[3] for k in cache if k[0] == "ref"] == [tuple(shape_b.items())]
