@@ -2,6 +2,9 @@
 
 gpt-oss-120b layer: E=128, H=I=2880, top-k 4, routing from random logits (softmax top-k). For each M:
 - fused_moe on each path (a16w4, a4w4, a8w4), forced through the selector's own inputs (arch/env);
+- OpenAI triton_kernels' matmul_ogs MoE with its routing (vLLM's gpt-oss path), where it can be
+  loaded (``MOE_ORACLE_TRITON_KERNELS_PATH``: a folder holding ``triton_kernels/``, or the vLLM wheel),
+  its output checked against ours before it is timed; weights swizzled once, outside the timing;
 - torch._grouped_mm on the dequantized bf16 weights, and a per-expert torch loop for small M;
 - floors: the touched experts' MXFP4 bytes (4.25 bits per weight) over the measured device copy
   bandwidth, and the layer's FLOPs over the measured bf16 matmul rate.
@@ -106,6 +109,30 @@ def loop_moe(hidden, w1b, w2b, weights, ids, prep):
     return out
 
 
+def triton_kernels_peer(w1, s1, w2, s2):
+    """OpenAI triton_kernels' ``matmul_ogs`` MoE with its routing (``moe_oracle.adapters.triton_kernels``:
+    ``MOE_ORACLE_TRITON_KERNELS_PATH``, or importable), its weights swizzled once outside the timing;
+    (None, why) where it is not available or does not run here."""
+    if _runtime.INTERPRET:
+        return None, "not under the interpreter (its kernels raise there)"
+    try:
+        from moe_oracle.adapters.triton_kernels import PeerUnavailable, prepare_layer
+
+        return prepare_layer(w1, s1, w2, s2), None
+    except (ImportError, PeerUnavailable, RuntimeError) as exc:
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+
+
+def peer_agreement(peer_out, ours_out) -> float:
+    """max |peer - ours| / max |ours| on one call: both are a16w4 (bf16 activations, MXFP4 weights); the
+    peer rounds routing weights to bf16 and accumulates in its own order, so agreement is at bf16 level
+    (a broken layout or routing shows as O(1))."""
+    return float((peer_out.float() - ours_out.float()).abs().max() / ours_out.float().abs().max().clamp_min(1e-30))
+
+
+PEER_AGREEMENT = 0.02  # bf16 rounding of the routing weights (2^-9 relative) and of outputs, with margin
+
+
 def floors(device):
     if _runtime.INTERPRET:
         return None, None
@@ -124,6 +151,9 @@ def bench(shape, ms, device, on_row=lambda row, copy_bw, flops: None):
     w1b, w2b = _dequant_bf16(w1, s1), _dequant_bf16(w2, s2)
     w1t, w2t = w1b.transpose(1, 2), w2b.transpose(1, 2)  # [E, K, N] views, column-major per expert
     copy_bw, flops = floors(device)
+    peer, peer_why = triton_kernels_peer(w1, s1, w2, s2)
+    if peer is None:
+        print(f"triton_kernels: not timed ({peer_why})")
     rows = []
     for M in ms:
         logits = torch.randn(M, E, device=device, generator=gen)
@@ -137,6 +167,16 @@ def bench(shape, ms, device, on_row=lambda row, copy_bw, flops: None):
             fn = functools.partial(mk.fused_moe, hidden, w1, s1, w2, s2, weights, ids, **route)
             row[path] = _time(fn)
             row[f"{path}_graph"] = _graph(fn)
+        if peer is not None:
+            agreement = peer_agreement(peer(hidden, weights, ids), mk.fused_moe(hidden, w1, s1, w2, s2, weights, ids,
+                                                                                 **ROUTES["a16w4"]))
+            row["triton_kernels_vs_ours"] = agreement
+            if agreement > PEER_AGREEMENT:
+                raise RuntimeError(f"M={M}: triton_kernels' output differs from ours by {agreement:.3g} of its scale "
+                                   f"(> {PEER_AGREEMENT}): its layout or routing is wrong here; not timing it")
+            tk = functools.partial(peer, hidden, weights, ids)
+            row["triton_kernels"] = _time(tk)
+            row["triton_kernels_graph"] = _graph(tk)
         gmm = functools.partial(grouped_mm_moe, hidden, w1t, w2t, weights, ids, prep)
         try:
             row["grouped_mm"] = _time(gmm)
@@ -180,7 +220,13 @@ def main(argv=None):
         graphs = [r[f"{p}_graph"] for p in ROUTES if r.get(f"{p}_graph")]
         g_best, g_gmm = (min(graphs) if graphs else None), r.get("grouped_mm_graph")
         print(f" | {'':13s}{'-' if g_best is None else f'{g_best:7.3f}':>7} {'-' if g_gmm is None else f'{g_gmm:8.3f}':>8} "
-              f"{'-' if not (g_best and g_gmm) else f'{g_gmm / g_best:.2f}x':>6}", flush=True)
+              f"{'-' if not (g_best and g_gmm) else f'{g_gmm / g_best:.2f}x':>6}", end="")
+        tk, g_tk = r.get("triton_kernels"), r.get("triton_kernels_graph")
+        if tk is not None:  # ratios: ours per path over the peer's, same run (< 1: ours faster)
+            ratios = " ".join(f"{p} {r[f'{p}_graph'] / g_tk:.2f}" for p in ROUTES if r.get(f"{p}_graph") and g_tk)
+            print(f" | triton_kernels {tk:7.3f} ms, graph {'-' if g_tk is None else f'{g_tk:7.3f}'}; ours/peer (graph) "
+                  f"{ratios} (agreement {r['triton_kernels_vs_ours']:.2g})", end="")
+        print(flush=True)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(card=card, shape=shape, copy_Bps=copy_bw, bf16_flops=flops, rows=done), f, indent=1)

@@ -1,4 +1,5 @@
-"""Quantization kernels vs a device-to-device copy of the same bytes (issue target: >= 80%).
+"""Quantization kernels vs a device-to-device copy of the same bytes (issue target: >= 80%), and the MX
+ones vs OpenAI triton_kernels' ``downcast_to_mxfp`` where it can be loaded (``MOE_ORACLE_TRITON_KERNELS_PATH``).
 
 For each x [M, K] bf16 the kernel reads 2*M*K bytes and writes its codes and scales; a copy of a
 buffer of (read + written) / 2 bytes moves the same traffic. Fraction = t_copy / t_kernel.
@@ -34,7 +35,31 @@ SWEEP = {
 }
 
 
+def downcast_peers() -> tuple[dict, str | None]:
+    """OpenAI triton_kernels' ``downcast_to_mxfp`` (ROUND_UP) as the MX quantizers' peer, by kernel name
+    ({} and why where it cannot be loaded or run: ``moe_oracle.adapters.triton_kernels``)."""
+    if _runtime.INTERPRET:
+        return {}, "not under the interpreter"
+    try:
+        from moe_oracle.adapters.triton_kernels import PeerUnavailable, implementation
+    except ImportError as exc:
+        return {}, str(exc)
+    try:
+        quantizers = {q.kind: q.fn for q in implementation().quantizers() if q.label.startswith("downcast")}
+    except (PeerUnavailable, RuntimeError) as exc:
+        return {}, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return {"mxfp4": quantizers.get("quantize_mxfp4"), "mxfp8": quantizers.get("quantize_mxfp8")}, None
+
+
+def _equal_fraction(a, b) -> float:
+    a, b = a.view(torch.uint8), b.view(torch.uint8)
+    return float((a == b).float().mean()) if a.shape == b.shape else 0.0
+
+
 def bench(shapes, device, only=None) -> list[dict]:
+    peers, why = downcast_peers()
+    if why:
+        print(f"triton_kernels downcast_to_mxfp: not timed ({why})")
     rows = []
     for M, K in shapes:
         x = torch.randn(M, K, device=device).to(torch.bfloat16)
@@ -53,11 +78,21 @@ def bench(shapes, device, only=None) -> list[dict]:
             t_copy, t_kernel = time_ms(copy), time_ms(kernel)
             g_copy, g_kernel = time_graph_ms(copy), time_graph_ms(kernel)
             host = time_host_ms(kernel)
-            rows.append(dict(kernel=name, M=M, K=K, bytes=moved, t_kernel_ms=t_kernel, t_copy_ms=t_copy,
-                             kernel_GBps=moved / t_kernel / 1e6, copy_GBps=moved / t_copy / 1e6,
-                             fraction_of_copy=t_copy / t_kernel, graph_kernel_ms=g_kernel, graph_copy_ms=g_copy,
-                             graph_fraction_of_copy=g_copy / g_kernel if g_kernel else None,
-                             back_to_back_call_ms=host))
+            row = dict(kernel=name, M=M, K=K, bytes=moved, t_kernel_ms=t_kernel, t_copy_ms=t_copy,
+                       kernel_GBps=moved / t_kernel / 1e6, copy_GBps=moved / t_copy / 1e6,
+                       fraction_of_copy=t_copy / t_kernel, graph_kernel_ms=g_kernel, graph_copy_ms=g_copy,
+                       graph_fraction_of_copy=g_copy / g_kernel if g_kernel else None,
+                       back_to_back_call_ms=host)
+            if peers.get(name) is not None:  # checked first: same scales (ROUND_UP), codes differing on ties only
+                (q_peer, s_peer), (q_ours, s_ours) = peers[name](x), fn(x)
+                row.update(peer_scales_equal=_equal_fraction(s_peer, s_ours), peer_codes_equal=_equal_fraction(q_peer, q_ours))
+                if row["peer_scales_equal"] < 0.999:
+                    raise RuntimeError(f"{name} {M}x{K}: triton_kernels' scales differ from ours on "
+                                       f"{1 - row['peer_scales_equal']:.3%} of the blocks: not the same quantization")
+                peer = functools.partial(peers[name], x)
+                row.update(peer_ms=time_ms(peer), peer_graph_ms=time_graph_ms(peer))
+                row["peer_graph_fraction_of_copy"] = g_copy / row["peer_graph_ms"] if row["peer_graph_ms"] else None
+            rows.append(row)
     return rows
 
 
@@ -101,7 +136,12 @@ def main(argv=None):
         print(f"{r['kernel']:15s} {r['M']:6d} {r['K']:6d} {r['t_kernel_ms']:10.4f} {r['t_copy_ms']:9.4f} "
               f"{r['kernel_GBps']:8.0f} {r['copy_GBps']:9.0f} {r['fraction_of_copy']:6.2f} "
               f"{'-' if g is None else f'{g:.2f}':>10s} "
-              f"{'-' if call is None else f'{call:.4f}':>8s}")
+              f"{'-' if call is None else f'{call:.4f}':>8s}", end="")
+        if r.get("peer_graph_ms"):  # same run: the peer's graph time, its fraction of copy, ours / peer
+            print(f" | triton_kernels graph {r['peer_graph_ms']:.4f} ms = {r['peer_graph_fraction_of_copy']:.2f} of copy, "
+                  f"ours/peer {r['graph_kernel_ms'] / r['peer_graph_ms']:.2f} (codes equal {r['peer_codes_equal']:.3f})",
+                  end="")
+        print()
     resident = {str(k): v for k, v in _persistent._RESIDENT.items()}
     if resident:
         print("programs resident per SM (persistent grids):", resident)

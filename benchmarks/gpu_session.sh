@@ -32,6 +32,7 @@ if [[ $what == peers || $what == all ]]; then
   done
 fi
 if [[ $what == bench || $what == all ]]; then
+  export MOE_ORACLE_TRITON_KERNELS_PATH="${MOE_ORACLE_TRITON_KERNELS_PATH:-wheels/tk}"  # the peer, where carried
   python -m benchmarks.bench_quant --json "$out/bench_quant.json" 2>&1 | tee "$out/bench_quant.log" || rc=1
   python -m benchmarks.bench_moe --json "$out/bench_moe.json" 2>&1 | tee "$out/bench_moe.log" || rc=1
 fi

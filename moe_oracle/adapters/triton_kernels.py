@@ -16,7 +16,7 @@ import sys
 from ..implementation import Implementation, LayerResult, Quantizer
 from ._loader import PeerUnavailable, locate
 
-__all__ = ["implementation", "TESTED_VERSION", "PeerUnavailable"]
+__all__ = ["implementation", "prepare_layer", "TESTED_VERSION", "PeerUnavailable"]
 
 TESTED_VERSION = "triton_kernels vendored in vllm 0.33.0"
 
@@ -77,12 +77,42 @@ def _routing(m, topk_ids, topk_weights, E):
     return m["routing"].routing_from_bitmatrix(bitmatrix, topk_weights, topk_ids.to(torch.int16), E, topk)
 
 
+def prepare_layer(w1, w1_scale, w2, w2_scale, *, gate_mode="separated", bias1=None, bias2=None):
+    """The layer in its layouts, done once (the swizzle is a load-time step in vLLM too): a callable
+    ``(hidden, topk_weights, topk_ids, alpha=, limit=) -> out [M, H] bf16`` that runs its routing and its
+    two ``matmul_ogs`` (what ``benchmarks/bench_moe.py`` times)."""
+    m = _modules()
+    import torch
+
+    mo, numerics = m["matmul_ogs"], m["numerics"]
+    E, two_i, _ = w1.shape
+    H = w2.shape[1]
+    w1v, w1s = _swizzled(m, _interleaved(w1, gate_mode), _interleaved(w1_scale, gate_mode))
+    w2v, w2s = _swizzled(m, w2, w2_scale)
+    pc1 = mo.PrecisionConfig(weight_scale=w1s, flex_ctx=mo.FlexCtx(rhs_data=numerics.InFlexData()))
+    pc2 = mo.PrecisionConfig(weight_scale=w2s, flex_ctx=mo.FlexCtx(rhs_data=numerics.InFlexData()))
+    b1 = _interleaved(bias1, gate_mode)
+
+    def run(hidden, topk_weights, topk_ids, *, alpha=1.702, limit=7.0):
+        M, topk = topk_ids.shape
+        routing_data, gather, scatter = _routing(m, topk_ids, topk_weights.float(), E)
+        act = mo.FusedActivation(mo.FnSpecs("swiglu", m["swiglu"].swiglu_fn, ("alpha", "limit")), (alpha, limit), 2)
+        inter = torch.empty((1, M * topk, two_i // 2), dtype=torch.bfloat16, device=hidden.device)
+        out = torch.empty((1, M, H), dtype=torch.bfloat16, device=hidden.device)
+        mo.matmul_ogs(hidden, w1v, b1, routing_data, gather_indx=gather, precision_config=pc1, fused_activation=act,
+                      y=inter)
+        mo.matmul_ogs(inter.view(M * topk, two_i // 2), w2v, bias2, routing_data, scatter_indx=scatter,
+                      precision_config=pc2, gammas=routing_data.gate_scal, y=out)
+        return out.view(M, H)
+
+    return run
+
+
 def implementation() -> Implementation:
     m = _modules()
     import torch
 
     mxfp = m["numerics_details.mxfp"]
-    mo, numerics = m["matmul_ogs"], m["numerics"]
 
     def _mode(scale_mode):
         return {"round_up": mxfp.DequantScaleRoundingMode.ROUND_UP,
@@ -96,22 +126,8 @@ def implementation() -> Implementation:
 
     def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode="separated", bias1=None,
                   bias2=None, alpha=1.702, limit=7.0):
-        M, H = hidden.shape
-        E, two_i, _ = w1.shape
-        w1v, w1s = _swizzled(m, _interleaved(w1, gate_mode), _interleaved(w1_scale, gate_mode))
-        w2v, w2s = _swizzled(m, w2, w2_scale)
-        pc1 = mo.PrecisionConfig(weight_scale=w1s, flex_ctx=mo.FlexCtx(rhs_data=numerics.InFlexData()))
-        pc2 = mo.PrecisionConfig(weight_scale=w2s, flex_ctx=mo.FlexCtx(rhs_data=numerics.InFlexData()))
-        routing_data, gather, scatter = _routing(m, topk_ids, topk_weights.float(), E)
-        act = mo.FusedActivation(mo.FnSpecs("swiglu", m["swiglu"].swiglu_fn, ("alpha", "limit")), (alpha, limit), 2)
-        inter = torch.empty((1, M * topk_ids.shape[1], two_i // 2), dtype=torch.bfloat16, device=hidden.device)
-        out = torch.empty((1, M, H), dtype=torch.bfloat16, device=hidden.device)
-        b1 = _interleaved(bias1, gate_mode)
-        mo.matmul_ogs(hidden, w1v, b1, routing_data, gather_indx=gather, precision_config=pc1, fused_activation=act,
-                      y=inter)
-        mo.matmul_ogs(inter.view(M * topk_ids.shape[1], two_i // 2), w2v, bias2, routing_data, scatter_indx=scatter,
-                      precision_config=pc2, gammas=routing_data.gate_scal, y=out)
-        return LayerResult(out.view(M, H), act_dtype="bf16")
+        layer = prepare_layer(w1, w1_scale, w2, w2_scale, gate_mode=gate_mode, bias1=bias1, bias2=bias2)
+        return LayerResult(layer(hidden, topk_weights, topk_ids, alpha=alpha, limit=limit), act_dtype="bf16")
 
     return Implementation(
         "triton-kernels", fused_moe=fused_moe, version=TESTED_VERSION, fixed_path="bf16",
