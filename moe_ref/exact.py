@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["exact_matmul_f32", "exact_round_f32", "round_scaled_int_to_f32", "accumulation_bits"]
+__all__ = ["exact_matmul_f32", "exact_round_f32", "round_scaled_int_to_f32", "accumulation_bits", "row_bits"]
 
 
 F64_BITS = 53  # float64's significand: sums needing at most this many bits are exact in any order
@@ -38,6 +38,11 @@ def _bit_range(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     low = np.where(nonzero, e0 + _exponent_of(np.where(nonzero, lowest, 1)), big).min(axis=axis)
     high = np.where(nonzero, e0 + _exponent_of(np.where(nonzero, m24, 1)) + 1, small).max(axis=axis)
     return low, high
+
+
+def row_bits(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a float32 matrix: (lowest set bit, highest exponent + 1) of its nonzero values."""
+    return _bit_range(np.ascontiguousarray(x, dtype=np.float32), 1)
 
 
 def round_scaled_int_to_f32(n: int, q: int) -> np.float32:
@@ -94,7 +99,7 @@ def exact_matmul_f32(x: np.ndarray, w: np.ndarray, w_bits=None) -> np.ndarray:
 
 
 def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite: bool = True,
-                    matmul=None) -> np.ndarray:
+                    matmul=None, x_bits=None) -> np.ndarray:
     """fp32 of the exact ``x @ w.T`` from its float64 ``product`` computed in any order (on any device).
 
     Three tiers, each exact under the condition it checks:
@@ -104,14 +109,14 @@ def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite:
        fit, multiplied separately (``matmul(part)``: float64 ``part @ w.T``, exact by 1.), and their
        sum rounded once to fp32 through an error-free sum (:func:`_round_sum_f32`);
     3. the other cells: summed with Python integers from ``w_row(j)`` (row j of w, float32).
-    Non-finite inputs: the float64 product's own result."""
+    Non-finite inputs: the float64 product's own result. ``x_bits``: x's per-row bit range, if known."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
         out = product.astype(np.float32)
     k = x.shape[1]
     if k == 0 or out.size == 0 or not (w_finite and np.isfinite(x).all()):
         return out
-    lx, hx = _bit_range(x, 1)
+    lx, hx = _bit_range(x, 1) if x_bits is None else x_bits
     lw, hw = w_bits
     big = np.iinfo(np.int32).max
     span_x = np.where(lx < big, hx - lx, 0)

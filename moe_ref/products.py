@@ -54,12 +54,13 @@ class HostProducts:
     def bits(self, which: str, e: int):
         return self.weights.bits(which, e)
 
-    def exact(self, x: np.ndarray, e: int, which: str) -> np.ndarray:
-        """[n, N] float32: every dot product of ``x`` (float32) with expert e's rows exact, rounded once."""
+    def exact(self, x: np.ndarray, e: int, which: str, x_bits=None) -> np.ndarray:
+        """[n, N] float32: every dot product of ``x`` (float32) with expert e's rows exact, rounded once
+        (``x_bits``: x's per-row bit range, if known: ``moe_ref.exact.row_bits``)."""
         x = np.ascontiguousarray(x, np.float32)
         bits, finite = self.bits(which, e)
         return exact_round_f32(x, self.matmul(x, e, which), bits, lambda j: self.weights.dequant_row(which, e, j),
-                               finite, lambda part: self.matmul(part, e, which))
+                               finite, lambda part: self.matmul(part, e, which), x_bits)
 
 
 class DeviceProducts(HostProducts):

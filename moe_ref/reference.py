@@ -39,6 +39,7 @@ from emulation.validate import check_bool, check_finite_number, check_mask_value
 
 from ._arrays import is_torch, like, to_numpy
 from .activation import SWIGLU_ALPHA, SWIGLU_LIMIT, gated_activation
+from .exact import row_bits
 from .paths import activation_path
 from .products import HostProducts
 from .selector import ACT_DTYPES, ACTIVATIONS, GATE_MODES
@@ -174,6 +175,7 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
     ft = np.float64 if ideal else np.float32
     a = x.astype(np.float64) if ideal else em.round_to_bf16(x.astype(np.float32))
     a_q = a if ideal else quantize_activation(a, act_dtype, scale_mode)
+    a_bits = None if ideal else row_bits(a_q)  # per token: its top-k pairs share them
     P = tokens.size
     out = np.zeros((M, H), ft)
     stage2 = None if ideal and not keep_stages else np.zeros((P, H), ft)  # the ideal sums as it goes
@@ -184,7 +186,8 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
     for e in np.unique(experts):
         rows = np.flatnonzero(experts == e)
         a_rows = a_q[tokens[rows]]
-        g = products.matmul(a_rows, e, "w1") if ideal else products.exact(a_rows, e, "w1")
+        g = products.matmul(a_rows, e, "w1") if ideal else products.exact(
+            a_rows, e, "w1", (a_bits[0][tokens[rows]], a_bits[1][tokens[rows]]))
         if b1 is not None:
             g = (g + b1[e].astype(ft)).astype(ft)
         h = gated_activation(g.astype(ft), activation=call.activation, gate_mode=call.gate_mode, alpha=call.alpha,

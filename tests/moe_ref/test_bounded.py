@@ -94,6 +94,8 @@ def test_device_bit_ranges_equal_the_host_ones(rng, device):
     packed[:, 9] = 0  # a zero row
     scale = rng.integers(0, 256, (2, 64, 2), dtype=np.uint8)
     scale[0] = np.clip(scale[0], 1, 200)  # expert 0 finite, expert 1 with NaN and overflowing blocks
+    scale[1, 3, 0], scale[1, 4, 1] = 255, 254
+    packed[1, 4, 16:] = 0x77  # codes of 6.0 at scale 2^127: past fp32's range
     w2 = np.zeros((2, 64, 16), np.uint8)
     w = MoEWeights.from_arrays(packed, scale, w2, np.full((2, 64, 1), 127, np.uint8))
     for e in range(2):
