@@ -4,7 +4,6 @@ random inputs, every activation path reached through the one selector."""
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 
 import numpy as np
