@@ -109,6 +109,7 @@ def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite:
        fit, multiplied separately (``matmul(part)``: float64 ``part @ w.T``, exact by 1.), and their
        sum rounded once to fp32 through an error-free sum (:func:`_round_sum_f32`);
     3. the other cells: summed with Python integers from ``w_row(j)`` (row j of w, float32).
+    (NUMERICS.md section 12: why each tier, and what needs the second.)
     Non-finite inputs: the float64 product's own result. ``x_bits``: x's per-row bit range, if known."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
