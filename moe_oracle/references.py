@@ -21,8 +21,8 @@ from moe_ref.problems import random_routed_tokens
 
 from .progress import Progress
 
-__all__ = ["cases", "layer", "problem", "on_device", "forget_on_device", "reference", "prefetch", "mma_k_of", "reference_device", "ReferenceFailed",
-           "worker_count", "peak_memory"]
+__all__ = ["cases", "layer", "problem", "on_device", "forget_on_device", "release", "reference", "prefetch", "mma_k_of",
+           "reference_device", "ReferenceFailed", "worker_count", "memory_budget", "peak_memory"]
 
 
 def cases(cfg, archs, gate_modes=None):
@@ -213,18 +213,15 @@ def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float
     for job in jobs:
         todo.setdefault(_key(*job[:5], ()), job)
     todo = {k: j for k, j in todo.items() if k not in cache}
-    on_device = any(j[5] is not None for j in todo.values())
-    if not todo or on_device or workers <= 1 or len(todo) <= 1:
+    if not todo or any(j[5] is not None for j in todo.values()) or workers <= 1 or len(todo) <= 1:
         return
     for case, _, seed, _, with_bias, _ in todo.values():
         problem(cache, case, seed, with_bias)  # drawn here: forked workers inherit them
-    n = 1
-    if not on_device:
-        budget = memory_budget(max_memory_gib)
-        n, per = worker_count(list(todo.values()), workers, budget)
-        if n < min(workers, len(todo)):
-            print(f"references: {n} processes instead of {workers} (each needs up to {per / 2**30:.1f} GiB; "
-                  f"{budget / 2**30:.1f} GiB left of the memory budget)", file=sys.stderr)
+    budget = memory_budget(max_memory_gib)
+    n, per = worker_count(list(todo.values()), workers, budget)
+    if n < min(workers, len(todo)):
+        print(f"references: {n} processes instead of {workers} (each needs up to {per / 2**30:.1f} GiB; "
+              f"{budget / 2**30:.1f} GiB left of the memory budget)", file=sys.stderr)
     global _SHARED
     _SHARED = cache
     progress = Progress(len(todo), "references", every_step=True)

@@ -12,7 +12,6 @@ current expert's matrices.
 
 from __future__ import annotations
 
-import threading
 import warnings
 import weakref
 
@@ -24,9 +23,6 @@ from .exact import exact_round_f32
 from .weights import _BYTE_HIGH, _BYTE_LOW, MoEWeights
 
 __all__ = ["HostProducts", "DeviceProducts", "products_for"]
-
-FORMS = ("value", "abs", "square")
-
 
 class HostProducts:
     """NumPy float64 products with the weights of the expert last asked for."""
@@ -110,7 +106,6 @@ class DeviceProducts(HostProducts):
 
 _UPLOADS: dict = {}
 _UPLOADED_LAYERS = 4  # a report's shapes: their layers stay on the device while its references run
-_UPLOAD_LOCK = threading.Lock()
 
 
 def _uploaded(weights: MoEWeights, device):
@@ -118,22 +113,21 @@ def _uploaded(weights: MoEWeights, device):
     import torch
 
     key = (id(weights), str(device))
-    with _UPLOAD_LOCK:
-        hit = _UPLOADS.get(key)
-        if hit is None or hit[0]() is not weights:
-            while len(_UPLOADS) >= _UPLOADED_LAYERS:
-                _UPLOADS.pop(next(iter(_UPLOADS)))
-            lut_e2m1 = torch.from_numpy(em.decode(np.arange(16, dtype=np.uint8), "e2m1").astype(np.float32)).to(device)
-            lut_e8m0 = torch.from_numpy(em.decode(np.arange(256, dtype=np.uint8), "e8m0").astype(np.float32)).to(device)
-            with warnings.catch_warnings():  # read-only (frozen) layers: copied to the device, never written
-                warnings.simplefilter("ignore", UserWarning)
-                tables = {which: (torch.from_numpy(np.ascontiguousarray(p)).to(device),
-                                  torch.from_numpy(np.ascontiguousarray(s)).to(device), lut_e2m1, lut_e8m0)
-                          for which, (p, s) in (("w1", (weights.w1, weights.w1_scale)),
-                                                ("w2", (weights.w2, weights.w2_scale)))}
-            tables["bits"] = tuple(torch.from_numpy(t).to(device) for t in (_BYTE_LOW, _BYTE_HIGH))
-            hit = _UPLOADS[key] = (weakref.ref(weights), tables)  # the host layer is not kept alive by it
-        return hit[1]
+    hit = _UPLOADS.get(key)
+    if hit is None or hit[0]() is not weights:
+        while len(_UPLOADS) >= _UPLOADED_LAYERS:
+            _UPLOADS.pop(next(iter(_UPLOADS)))
+        lut_e2m1 = torch.from_numpy(em.decode(np.arange(16, dtype=np.uint8), "e2m1").astype(np.float32)).to(device)
+        lut_e8m0 = torch.from_numpy(em.decode(np.arange(256, dtype=np.uint8), "e8m0").astype(np.float32)).to(device)
+        with warnings.catch_warnings():  # read-only (frozen) layers: copied to the device, never written
+            warnings.simplefilter("ignore", UserWarning)
+            tables = {which: (torch.from_numpy(np.ascontiguousarray(p)).to(device),
+                              torch.from_numpy(np.ascontiguousarray(s)).to(device), lut_e2m1, lut_e8m0)
+                      for which, (p, s) in (("w1", (weights.w1, weights.w1_scale)),
+                                            ("w2", (weights.w2, weights.w2_scale)))}
+        tables["bits"] = tuple(torch.from_numpy(t).to(device) for t in (_BYTE_LOW, _BYTE_HIGH))
+        hit = _UPLOADS[key] = (weakref.ref(weights), tables)  # the host layer is not kept alive by it
+    return hit[1]
 
 
 def products_for(weights: MoEWeights, device=None) -> HostProducts:

@@ -137,14 +137,13 @@ def finish_bound(bound: np.ndarray, out_f32: np.ndarray, topk: int, bf16_output:
 def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_ids, *, act_dtype: str,
                      activation: str = "swiglu", gate_mode: str = "separated", doweight_stage1: bool = False,
                      scale_mode="round_up", limit: float = 7.0, mma_k: int | None = None,
-                     slot_dtype: str = "fp32", bf16_output: bool = True, products=None) -> np.ndarray:
+                     slot_dtype: str = "fp32", bf16_output: bool = True) -> np.ndarray:
     """Elementwise bound [M, H] on |kernel - reference| for one emulated run (see the module docstring).
 
-    ``bf16_output=False``: the bound on the fp32 slot sums instead (step 5 before the bf16 rounding).
-    ``products``: where the bound's products run (``moe_ref.products``; default the host)."""
+    ``bf16_output=False``: the bound on the fp32 slot sums instead (step 5 before the bf16 rounding)."""
     tw = np.asarray(topk_weights, np.float64)
     ids = np.asarray(topk_ids)
-    products = products or HostProducts(weights)
+    products = HostProducts(weights)
     tokens, slots = trace.pairs[:, 0], trace.pairs[:, 1]
     experts = ids[tokens, slots]
     bound = np.zeros(trace.out.shape)
