@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 
-__all__ = ["exact_matmul_f32", "exact_round_f32", "round_scaled_int_to_f32", "accumulation_bits", "row_bits"]
+__all__ = ["exact_matmul_f32", "exact_round_f32", "round_parts_f32", "split_rows", "round_scaled_int_to_f32",
+           "accumulation_bits", "row_bits"]
 
 
 F64_BITS = 53  # float64's significand: sums needing at most this many bits are exact in any order
@@ -105,10 +106,11 @@ def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite:
     Three tiers, each exact under the condition it checks:
     1. every partial sum fits 53 bits (:func:`accumulation_bits`): ``product`` is exact whatever the
        order; a per-row test settles whole matrices at once (the common case, no [n, N] work);
-    2. rows spanning up to twice what fits: split at a per-row bit into high and low parts that each
-       fit, multiplied separately (``matmul(part)``: float64 ``part @ w.T``, exact by 1.), and their
-       sum rounded once to fp32 through an error-free sum (:func:`_round_sum_f32`);
-    3. the other cells: summed with Python integers from ``w_row(j)`` (row j of w, float32).
+    2. wider rows: split at per-row bits into up to ``MAX_PARTS`` parts that each fit, multiplied
+       separately (``matmul(part)``: float64 ``part @ w.T``, exact by 1.), and the exact sum of the
+       parts' products rounded once to fp32 (:func:`round_parts_f32`: error-free expansions);
+    3. the other cells (weights too wide for any split, or more parts than that): summed with Python
+       integers from ``w_row(j)`` (row j of w, float32).
     (NUMERICS.md section 12: why each tier, and what needs the second.)
     Non-finite inputs: the float64 product's own result. ``x_bits``: x's per-row bit range, if known."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -126,13 +128,11 @@ def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite:
     if int(span_x.max()) <= room:
         return out
     inexact = span_x > room
-    split = inexact & (span_x <= 2 * room) if matmul is not None and room >= 1 else np.zeros_like(inexact)
+    split = inexact & (span_x <= MAX_PARTS * room) if matmul is not None and room >= 1 else np.zeros_like(inexact)
     rows = np.flatnonzero(split)
     if rows.size:
-        xr = x[rows].astype(np.float64)
-        unit = np.ldexp(1.0, (lx[rows] + room).astype(np.int64))[:, None]  # parts: multiples of it, and below it
-        high = np.trunc(xr / unit) * unit  # exact: power-of-two scaling, truncation, difference
-        out[rows] = _round_sum_f32(matmul(high), matmul(xr - high))
+        parts = split_rows(x[rows], lx[rows], room, -(-int(span_x[rows].max()) // room))
+        out[rows] = round_parts_f32([matmul(part) for part in parts])
     rest = np.flatnonzero(inexact & ~split)
     slow = accumulation_bits(x[rest], None, w_bits) > F64_BITS
     for i, row in zip(np.flatnonzero(slow.any(axis=1)), rest[slow.any(axis=1)]):
@@ -143,19 +143,77 @@ def exact_round_f32(x: np.ndarray, product: np.ndarray, w_bits, w_row, w_finite:
     return out
 
 
-def _round_sum_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """fp32 (ties to even) of the exact a + b of float64 arrays: s = fl(a + b) and its error e (TwoSum,
-    a + b = s + e exactly, |e| <= ulp(s) / 2). fp32(s) is the answer unless s is exactly halfway between
-    two fp32 values (fp32 midpoints have 25 bits: any other s lies further than |e| from them); there
-    e != 0 decides the side."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        s = a + b
-        bv = s - a
-        err = (a - (s - bv)) + (b - bv)
-        r = s.astype(np.float32)
-        r64 = r.astype(np.float64)
-        toward = np.nextafter(r, np.where(s > r64, np.float32(np.inf), np.float32(-np.inf)))
-        t64 = toward.astype(np.float64)
-        tie = (s != r64) & (s == (r64 + t64) / 2) & (err != 0) & np.isfinite(s)
-        other = tie & (np.sign(err) == np.sign(t64 - r64))
-    return np.where(other, toward, r)
+MAX_PARTS = 8  # tier 2's limit: a row of fp32 values spans at most 277 bits; the bf16 rows seen span < 100
+
+
+def split_rows(x: np.ndarray, low: np.ndarray, room: int, n: int) -> list[np.ndarray]:
+    """``n`` float64 parts summing exactly to the rows of ``x`` (float32 [r, K]); part j holds the bits
+    of each row from 2^(low + j * room) up to (not including) 2^(low + (j + 1) * room), the last one the
+    rest: every part spans at most ``room`` bits where the row spans at most ``n * room``. Exact:
+    scaling by powers of two, truncation, and differences of numbers sharing their high bits."""
+    x64 = x.astype(np.float64)
+    cut = [x64]
+    for j in range(1, n):
+        unit = np.ldexp(1.0, (low.astype(np.int64) + j * room))[:, None]
+        cut.append(np.trunc(x64 / unit) * unit)  # the row without its bits below unit
+    cut.append(np.zeros_like(x64))
+    return [cut[j] - cut[j + 1] for j in range(n)]
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """s = fl(a + b) and its error e: a + b = s + e exactly (Knuth's TwoSum, round to nearest)."""
+    s = a + b
+    bv = s - a
+    return s, (a - (s - bv)) + (b - bv)
+
+
+def _grow(expansion: list[np.ndarray], b: np.ndarray) -> list[np.ndarray]:
+    """Shewchuk's Grow-Expansion, elementwise: a nonoverlapping expansion (components of increasing
+    magnitude, zeros anywhere) of exactly sum(expansion) + b."""
+    grown, q = [], b
+    for component in expansion:
+        q, err = _two_sum(q, component)
+        grown.append(err)
+    return [*grown, q]
+
+
+def _sign(expansion: list[np.ndarray]) -> np.ndarray:
+    """Sign of a nonoverlapping expansion's exact sum: its largest (last) nonzero component's."""
+    sign = np.zeros(expansion[0].shape)
+    for component in expansion:
+        sign = np.where(component != 0, np.sign(component), sign)
+    return sign
+
+
+_F32_OVERFLOW = 2.0**128 - 2.0**103  # the midpoint between fp32's largest value and 2^128: ties go up (to inf)
+
+
+def round_parts_f32(parts: list[np.ndarray]) -> np.ndarray:
+    """fp32 (ties to even; inf past fp32's range) of the exact sum of float64 arrays ``parts``.
+
+    The parts become one nonoverlapping expansion (exact); a first guess r = fp32 of its float64 sum
+    is then moved while the exact sum lies beyond the midpoint to r's neighbour (midpoints of fp32
+    values are float64 values: the test ``sign(sum - midpoint)`` is exact), and a sum exactly on a
+    midpoint goes to the even neighbour."""
+    expansion = [parts[0]]
+    for part in parts[1:]:
+        expansion = _grow(expansion, part)
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = sum(expansion[1:], expansion[0]).astype(np.float32)
+        for _ in range(64):  # the guess is within a few float64 ulps: one step settles it
+            moved = np.zeros(r.shape, bool)
+            for toward in (np.float32(np.inf), np.float32(-np.inf)):
+                other = np.nextafter(r, toward)
+                mid = (r.astype(np.float64) + other.astype(np.float64)) / 2
+                edge = np.where(np.isinf(r), r, other).astype(np.float64)  # a midpoint next to inf: the overflow threshold
+                mid = np.where(np.isinf(edge), np.copysign(_F32_OVERFLOW, edge), mid)
+                beyond = _sign(_grow(expansion, -mid)) * np.sign(other.astype(np.float64) - r)
+                odd = (r.view(np.uint32) & 1) == 1
+                step = ~np.isinf(r) | (np.sign(r) != np.sign(toward))  # inf moves back only
+                step &= (beyond > 0) | ((beyond == 0) & odd)
+                r, moved = np.where(step, other, r), moved | step
+            if not moved.any():
+                break
+        else:
+            raise AssertionError("round_parts_f32 did not settle")  # unreachable: each step nears the sum
+    return np.where(_sign(expansion) == 0, np.float32(0), r)

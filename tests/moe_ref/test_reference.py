@@ -268,26 +268,65 @@ def test_mxfp4_bit_range_from_codes_equals_the_generic_one(rng):
     np.testing.assert_array_equal(high, want_high)
 
 
-@pytest.mark.parametrize("span", [30, 45, 60, 90])
+@pytest.mark.parametrize("span", [30, 45, 60, 90, 150, 250])
 def test_split_exact_gemm_equals_the_integer_sums(rng, span):
     """Rows of fp32 values whose exponents spread over ``span`` binades (more than float64 holds once
-    multiplied and summed): the split tier (two exact float64 products and an error-free sum) and the
-    integer tier give the same fp32 bits, ties and near-ties included."""
-    from moe_ref.exact import exact_round_f32
+    multiplied and summed): the split tier (exact float64 products of up to MAX_PARTS parts, summed
+    through an error-free expansion) and the integer tier give the same fp32 bits, ties, near-ties and
+    cancellations included."""
+    from moe_ref.exact import _bit_range, exact_round_f32
 
-    n, k, N = 6, 96, 5
+    n, k, N = 8, 96, 5
     x = (rng.standard_normal((n, k)) * np.exp2(rng.integers(-span, 1, (n, k)))).astype(np.float32)
-    x[:2] = 0
+    x[:3] = 0
     x[0, :3] = [1.0, 2.0**-24, 2.0**-60]  # 1 + 2^-24 + 2^-60: a tie broken by the far bit
     x[1, :3] = [1.0, 2.0**-24, -(2.0**-60)]
+    x[2, :4] = [2.0**60, 1.0, -(2.0**60), 2.0**-80]  # cancellation: the float64 sum loses the 1
     w = em.round_to_bf16(rng.standard_normal((N, k)).astype(np.float32))
-    w[:, :3] = 1.0
+    w[:, :4] = 1.0
     w64 = w.astype(np.float64)
-    from moe_ref.exact import _bit_range
-
     bits = _bit_range(w, 1)
     split = exact_round_f32(x, x.astype(np.float64) @ w64.T, bits, w.__getitem__, True, lambda a: a @ w64.T)
     integer = exact_round_f32(x, x.astype(np.float64) @ w64.T, bits, w.__getitem__, True, None)
     np.testing.assert_array_equal(split.view(np.uint32), integer.view(np.uint32))
     assert split[0, 0] == np.float32(1 + 2.0**-23) and split[1, 0] == np.float32(1.0)
+    assert split[2, 0] == np.float32(1.0)
     np.testing.assert_array_equal(exact_matmul_f32(x, w).view(np.uint32), integer.view(np.uint32))
+
+
+def _exact_sum_f32(values) -> np.float32:
+    """fp32 of the exact sum of float64 values, through Python fractions (the independent oracle)."""
+    from fractions import Fraction
+
+    from moe_ref.exact import round_scaled_int_to_f32
+
+    total = sum(Fraction(float(v)) for v in values)
+    if total == 0:
+        return np.float32(0.0)
+    q = total.denominator.bit_length() - 1  # a power of two
+    return round_scaled_int_to_f32(total.numerator, -q)
+
+
+def test_round_parts_equals_the_exact_rational_sum(rng):
+    """``round_parts_f32``: fp32 of the exact sum of float64 parts, bit for bit equal to the rational
+    sum rounded by hand, over random parts of any exponent, sums on and next to fp32 midpoints (ties to
+    even), cancellations, exact zeros and the overflow threshold (2^128 - 2^103 rounds to inf)."""
+    from moe_ref.exact import round_parts_f32
+
+    cases = []
+    for _ in range(400):
+        n = int(rng.integers(1, 6))
+        cases.append(rng.standard_normal(n) * np.exp2(rng.integers(-290, 260, n)))
+        base = np.float32(rng.standard_normal() * 2.0 ** int(rng.integers(-148, 126)))
+        mid = (float(base) + float(np.nextafter(base, np.float32(np.inf)))) / 2
+        far = float(rng.choice([0.0, 1.0, -1.0])) * 2.0 ** int(rng.integers(-600, -160))
+        cases.append(np.array([mid, far, 1e30, -1e30]))
+    top = 2.0**128 - 2.0**103
+    cases += [np.array([top]), np.array([top, -(2.0**-500)]), np.array([-top, 2.0**-500]), np.array([1.0, -1.0]),
+              np.array([2.0**-150]), np.array([3 * 2.0**-150]), np.array([2.0**300, -(2.0**300), 2.0**-149])]
+    width = max(len(c) for c in cases)
+    parts = [np.array([c[j] if j < len(c) else 0.0 for c in cases]) for j in range(width)]
+    got = round_parts_f32(parts)
+    want = np.array([_exact_sum_f32(c) for c in cases], np.float32)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.isinf(got[-7]) and got[-6] == np.finfo(np.float32).max and got[-3] == 0
