@@ -40,11 +40,34 @@ def kernel_times_us(fn, calls: int) -> dict[str, tuple[float, float]]:
     return {name: (total[name] / calls, count[name] / calls) for name in sorted(total, key=total.get, reverse=True)}
 
 
+def host_profile(w1, s1, w2, s2, M, gen, calls=500):
+    """Host time of one eager a16w4 call (wall-clock of back-to-back calls) and where cProfile sees it."""
+    import cProfile
+    import pstats
+
+    from benchmarks._timing import time_host_ms
+
+    E, H, topk = w1.shape[0], w1.shape[2] * 2, GPU_SHAPE["topk"]
+    weights, ids = torch.topk(torch.softmax(torch.randn(M, E, device="cuda", generator=gen), -1), topk, dim=-1)
+    hidden = torch.randn(M, H, device="cuda", generator=gen).to(torch.bfloat16)
+    fn = functools.partial(mk.fused_moe, hidden, w1, s1, w2, s2, weights.float(), ids.to(torch.int32),
+                           **ROUTES["a16w4"])
+    print(f"host: M={M} a16w4 {time_host_ms(fn, calls=calls):.4f} ms a call (back-to-back, one sync)")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--M", type=int, nargs="*", default=[1, 64, 1024, 8192])
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--host", action="store_true", help="also: cProfile of eager a16w4 calls at the first M")
     args = ap.parse_args(argv)
     if _runtime.INTERPRET or not torch.cuda.is_available():
         raise SystemExit("profile_moe needs a GPU (the profiler's device times)")
@@ -68,6 +91,8 @@ def main(argv=None):
             print(f"M={M} {name}: {sum(t for t, _ in kernels.values()):.1f} µs of kernels")
             for kname, (us, n) in kernels.items():
                 print(f"    {us:9.1f} µs  x{n:4.1f}  {kname[:110]}")
+    if args.host:
+        host_profile(w1, s1, w2, s2, args.M[0], gen)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(card=torch.cuda.get_device_name(), shape=GPU_SHAPE, rows=rows), f, indent=1)

@@ -15,7 +15,6 @@ import torch
 
 import argparse
 import functools
-import itertools
 import json
 
 from benchmarks._timing import time_graph_ms
@@ -23,19 +22,25 @@ from benchmarks.bench_moe import GPU_SHAPE, ROUTES, _weights
 from moe_kernels import _tuning
 
 KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages")
-CANDIDATES = {  # block_m -> the (n1, n2, k, warps, stages) grid swept at that block_m
-    16: list(itertools.product((32, 64, 128), (64, 128, 256), (128, 256), (4,), (3,))),
-    64: list(itertools.product((64, 128), (128, 256), (64, 128), (4, 8), (3,))),
-    128: list(itertools.product((64, 128), (128, 256), (64,), (8,), (3, 4))),
+# (block_m, n1, n2, k, warps, stages) per regime of pairs per expert: around the current tiles and the
+# peer's (triton_kernels picks 16x256x128 at decode, 32x256x128 at M=1024: N 256 = our n1 128 / n2 256)
+CANDIDATES = {
+    "decode": [(16, 128, 256, 128, 4, 3), (16, 128, 256, 128, 8, 3), (16, 64, 256, 128, 4, 3),
+               (16, 128, 128, 128, 4, 3), (16, 64, 128, 256, 4, 3), (16, 128, 256, 256, 8, 3),
+               (16, 32, 128, 128, 4, 3), (16, 64, 128, 128, 4, 4)],
+    "middle": [(32, 64, 128, 128, 4, 3), (32, 128, 256, 128, 4, 3), (32, 64, 256, 128, 4, 3),
+               (32, 128, 128, 128, 8, 3), (64, 128, 256, 64, 8, 3), (64, 64, 256, 64, 4, 3),
+               (64, 128, 128, 64, 8, 3), (64, 64, 128, 128, 4, 3)],
+    "prefill": [(128, 128, 256, 64, 8, 3), (128, 64, 256, 64, 8, 3), (128, 128, 128, 64, 8, 3),
+                (128, 64, 128, 64, 8, 4), (64, 64, 128, 64, 8, 3)],
 }
 
 
 def candidates(M: int, E: int, topk: int):
     pairs = max(1, M * topk // E)
-    block_ms = (16,) if pairs <= 16 else (16, 64) if pairs <= 64 else (64, 128)
-    for bm in block_ms:
-        for n1, n2, k, w, s in CANDIDATES[bm]:
-            yield dict(zip(KEYS, (bm, n1, n2, k, w, s)))
+    regime = "decode" if pairs <= 16 else "middle" if pairs <= 128 else "prefill"
+    for cand in CANDIDATES[regime]:
+        yield dict(zip(KEYS, cand))
 
 
 def main(argv=None):

@@ -25,10 +25,7 @@ from ._tuning import CONFIGS
 def fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, n_pairs, stride_xm, stride_xk, stride_qm,
                          IS_BF16: tl.constexpr, WORDS: tl.constexpr, PAIR_STORE: tl.constexpr,
                          BLOCK_M: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, W3: tl.constexpr,
-                         ONE_CHUNK: tl.constexpr, ONE_REDUCTION: tl.constexpr,
-                         MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
-                         NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                         MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+                         ONE_CHUNK: tl.constexpr, ONE_REDUCTION: tl.constexpr, F: tl.constexpr):
     """Persistent: program p owns row groups p, p + P, ... of BLOCK_M rows.
 
     ONE_CHUNK: a row's element pairs are up to three power-of-two parts W1 + W2 + W3 (K = 2880: 3 x
@@ -53,13 +50,13 @@ def fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, n_pairs, stride_xm, stride_x
                               axis=1)
             else:
                 amax = tl.maximum(tl.maximum(_amax_bits(lo1, hi1), _amax_bits(lo2, hi2)), _amax_bits(lo3, hi3))
-            inv, fill, plain = _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE, NAN_CODE, TINY_BITS)
+            inv, fill, plain = _per_token_scale(amax, s_ptr, rows, M, F)
             if plain:  # every row finite with a normal scale: no special values anywhere
                 _per_token_store_parts(parts, c1, c2, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE,
-                                       True, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+                                       True, F)
             else:
                 _per_token_store_parts(parts, c1, c2, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE,
-                                       False, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+                                       False, F)
             parts = next_parts
     else:
         for group in range(tl.program_id(0), n_groups, tl.num_programs(0)):
@@ -69,12 +66,12 @@ def fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, n_pairs, stride_xm, stride_x
                 lo, hi = _per_token_load(x_ptr, group, p0 + c1, M, K, n_pairs, stride_xm, stride_xk, IS_BF16, WORDS,
                                          BLOCK_M)
                 amax = tl.maximum(amax, _amax_bits(lo, hi))
-            inv, fill, plain = _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE, NAN_CODE, TINY_BITS)
+            inv, fill, plain = _per_token_scale(amax, s_ptr, rows, M, F)
             for p0 in range(0, n_pairs, W1):
                 lo, hi = _per_token_load(x_ptr, group, p0 + c1, M, K, n_pairs, stride_xm, stride_xk, IS_BF16, WORDS,
                                          BLOCK_M)
                 _per_token_store(lo, hi, p0 + c1, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, False,
-                                 MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+                                 F)
 
 
 @triton.jit
@@ -88,16 +85,11 @@ def _per_token_load_parts(x_ptr, group, c1, c2, c3, M, K, n_pairs, stride_xm, st
 
 @triton.jit
 def _per_token_store_parts(parts, c1, c2, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm,
-                           PAIR_STORE: tl.constexpr, PLAIN: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr,
-                           MAX_FINITE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                           NAN_CODE: tl.constexpr):
+                           PAIR_STORE: tl.constexpr, PLAIN: tl.constexpr, F: tl.constexpr):
     lo1, hi1, lo2, hi2, lo3, hi3 = parts
-    _per_token_store(lo1, hi1, c1, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, PLAIN, MAN_BITS,
-                     EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-    _per_token_store(lo2, hi2, c2, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, PLAIN, MAN_BITS,
-                     EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-    _per_token_store(lo3, hi3, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, PLAIN, MAN_BITS,
-                     EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+    _per_token_store(lo1, hi1, c1, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, PLAIN, F)
+    _per_token_store(lo2, hi2, c2, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, PLAIN, F)
+    _per_token_store(lo3, hi3, c3, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE, PLAIN, F)
 
 
 @triton.jit
@@ -121,26 +113,25 @@ def _per_token_load(x_ptr, group, pairs, M, K, n_pairs, stride_xm, stride_xk, IS
 
 
 @triton.jit
-def _per_token_scale(amax, s_ptr, rows, M, MAX_FINITE: tl.constexpr, NAN_CODE: tl.constexpr, TINY_BITS: tl.constexpr):
+def _per_token_scale(amax, s_ptr, rows, M, F: tl.constexpr):
     """Store the rows' scales fl32(amax / max) (NaN for a row with NaN/Inf) -> (fl32(1 / scale) [R, 1],
     the code that overrides every element [R, 1]: 0 for a zero row, NaN for a non-finite one, else -1;
     plain: every row of the group finite with a normal scale (amax >= max * 2^-126), so that
     |x * inv| <= max (1 + 2^-22) rounds to at most max, and no product is NaN or infinite)."""
     finite = amax < 0x7F800000
-    scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), MAX_FINITE)
+    scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), F.max_finite)
     inv = tl.math.div_rn(tl.full(amax.shape, 1.0, tl.float32), tl.where(amax == 0, 1.0, scale))
     tl.store(s_ptr + rows, tl.where(finite, scale, float("nan")), mask=rows < M)
-    plain = tl.min((finite & (amax >= TINY_BITS)).to(tl.int32), axis=0) == 1
-    return inv[:, None], tl.where(amax == 0, 0, tl.where(finite, -1, NAN_CODE))[:, None], plain
+    plain = tl.min((finite & (amax >= F.tiny_bits)).to(tl.int32), axis=0) == 1
+    return inv[:, None], tl.where(amax == 0, 0, tl.where(finite, -1, F.nan_code))[:, None], plain
 
 
 @triton.jit
 def _per_token_store(lo, hi, pairs, q_ptr, inv, fill, rows, M, K, n_pairs, stride_qm, PAIR_STORE: tl.constexpr,
-                     PLAIN: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr,
-                     SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr, NAN_CODE: tl.constexpr):
+                     PLAIN: tl.constexpr, F: tl.constexpr):
     """Encode and store element pairs (2j, 2j + 1) of the rows: two codes per 16-bit store where K is even."""
-    codes_lo = _per_token_codes(lo, inv, fill, PLAIN, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
-    codes_hi = _per_token_codes(hi, inv, fill, PLAIN, MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT, HAS_NEG_ZERO, NAN_CODE)
+    codes_lo = _per_token_codes(lo, inv, fill, PLAIN, F)
+    codes_hi = _per_token_codes(hi, inv, fill, PLAIN, F)
     q_rows = q_ptr + rows[:, None].to(tl.int64) * stride_qm
     mask_lo = (rows[:, None] < M) & (pairs < n_pairs)
     if PAIR_STORE:  # q_ptr: the codes viewed as int16, element 2j in the low byte
@@ -151,19 +142,16 @@ def _per_token_store(lo, hi, pairs, q_ptr, inv, fill, rows, M, K, n_pairs, strid
 
 
 @triton.jit
-def _per_token_codes(bits, inv, fill, PLAIN: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr,
-                     MAX_FINITE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                     NAN_CODE: tl.constexpr):
+def _per_token_codes(bits, inv, fill, PLAIN: tl.constexpr, F: tl.constexpr):
     """Codes of fl32(x * inv) (``_per_token_scale``). PLAIN: |x| * inv needs no clamp or checks; else
     clamped, NaN products (0 * inf when 1/scale overflows) give NaN, and ``fill`` >= 0 overrides."""
     if PLAIN:
         v = tl.abs(bits.to(tl.float32, bitcast=True)) * inv
-        codes = encode_magnitude(v, bits, MAN_BITS, EMIN, SIGN_SHIFT, HAS_NEG_ZERO)
+        codes = encode_magnitude(v, bits, F)
     else:
         scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)
-        codes = encode_scaled(scaled, tl.full(scaled.shape, 127, tl.int32), MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT,
-                              HAS_NEG_ZERO)
-        codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, NAN_CODE, codes)
+        codes = encode_scaled(scaled, tl.full(scaled.shape, 127, tl.int32), F)
+        codes = tl.where((scaled & 0x7FFFFFFF) > 0x7F800000, F.nan_code, codes)
         codes = tl.where(fill >= 0, fill, codes)
     return codes
 

@@ -33,11 +33,12 @@ from .moe_gemm import (
     KIND_BF16,
     KIND_FP4,
     KIND_FP8,
+    WEIGHT_FORMAT,
+    GatedActivation,
     _dequant_rows_kernel,
     _moe_stage1_kernel,
     _moe_stage2_kernel,
     _sum_slots_kernel,
-    weight_constexprs,
 )
 from .quant import quantize_mxfp4, quantize_mxfp8
 from .routing import align_pairs
@@ -270,8 +271,7 @@ def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, kf
         block_k = max(32, min(block_k, triton.next_power_of_2(K)))
         _dequant_rows_kernel[(triton.cdiv(R, block_r), triton.cdiv(K, block_k))](
             q, scale, out.view(torch.int16), R, K, q.stride(0), scale.stride(0), out.stride(0), KIND=kind,
-            BLOCK_R=block_r, BLOCK_K=block_k, MAN_BITS=kf.man_bits, BIAS=kf.bias, SIGN_SHIFT=kf.sign_shift,
-            num_warps=4)
+            BLOCK_R=block_r, BLOCK_K=block_k, F=kf, num_warps=4)
     return out
 
 
@@ -324,11 +324,10 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         sorted_ids, expert_ids, n_blocks = align_pairs(topk_ids, live, plan.block_m, E)
         tw = topk_weights.contiguous().reshape(-1)
         kf = KernelFormat.of(_element_format(plan.act_dtype))
-        wfmt = weight_constexprs(ptx=_ptx_decode(dev))
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_q_arg, h_scale_arg = (h_q, h_scale) if store_codes else (h_vals, h_vals)  # STORE_CODES=False: never written
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
-                      num_warps=plan.num_warps, num_stages=plan.num_stages, **wfmt)
+                      num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT, W_PTX=_ptx_decode(dev))
         if n_blocks:
             a_in = a_q if kind == KIND_BF16 else _dequantize_rows(a_q, a_scale, kind, H, kf)
             grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.program_block)
@@ -337,10 +336,10 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
                 expert_ids, h_vals, h_q_arg, h_scale_arg, n_pairs, topk, H, I,
                 a_in.stride(0), w1.stride(0), w1.stride(1), w1_scale.stride(0),
                 w1_scale.stride(1), h_vals.stride(0), h_q_arg.stride(0), h_scale_arg.stride(0),
-                OUT_KIND=kind, STORE_CODES=store_codes, GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated",
-                ACT=_ACT_IDS[activation], HAS_BIAS=bias1 is not None, DOWEIGHT=plan.doweight_stage1,
-                ALPHA=plan.alpha, LIMIT=plan.limit, MODE=SCALE_MODE_IDS[plan.scale_mode],
-                BLOCK_N=plan.block_n1, **kf.constexprs("F_", decode=True), **common)
+                OUT_KIND=kind, STORE_CODES=store_codes, INTERLEAVED=gate_mode == "interleave",
+                ACT=GatedActivation(_ACT_IDS[activation], plan.alpha, plan.limit), HAS_BIAS=bias1 is not None,
+                DOWEIGHT=plan.doweight_stage1, MODE=SCALE_MODE_IDS[plan.scale_mode], BLOCK_N=plan.block_n1, F=kf,
+                **common)
             grid2 = (n_blocks * triton.cdiv(H, plan.block_n2),)
             h_in = h_vals.view(torch.bfloat16)
             _moe_stage2_kernel[grid2](

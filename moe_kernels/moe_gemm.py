@@ -17,20 +17,26 @@ Stage 2: A = the pair's intermediate row, W = w2[e] -> + bias2 -> (routing weigh
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import triton
 import triton.language as tl
 
-from ._numerics import KernelFormat, decode_scaled_bits, f32_to_bf16_bits, mx_quantize_pairs
+from ._decode import decode_scaled_bits, e2m1x2_to_bf16
+from ._numerics import KernelFormat, f32_to_bf16_bits, mx_quantize_pairs
 
 # activation kinds: 0 bf16, 1 MXFP4 (e2m1, packed), 2 MXFP8 (e4m3fn)
 KIND_BF16, KIND_FP4, KIND_FP8 = 0, 1, 2
+WEIGHT_FORMAT = KernelFormat.of("e2m1")  # the GEMMs' W constexpr: MXFP4 weights
 
 
-def weight_constexprs(ptx: bool) -> dict:
-    """The GEMMs' W_ constexprs: the e2m1 decode's parameters, and W_PTX (the NVIDIA bf16x2 decode of
-    ``load_mxfp4_rows_bf16``; False under the interpreter and on ROCm)."""
-    fmt = KernelFormat.of("e2m1").constexprs(decode=True)
-    return {"W_MAN_BITS": fmt["MAN_BITS"], "W_BIAS": fmt["BIAS"], "W_SIGN_SHIFT": fmt["SIGN_SHIFT"], "W_PTX": ptx}
+class GatedActivation(NamedTuple):
+    """Stage 1's activation as one constexpr: kind (0 SwiGLU, 1 SiLU-gated; ``moe_ref.activation``)
+    and SwiGLU's alpha and limit."""
+
+    kind: int
+    alpha: float
+    limit: float
 
 
 @triton.jit
@@ -64,7 +70,7 @@ def load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr)
 
 @triton.jit
 def load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, KIND: tl.constexpr,
-                       BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr):
+                       BLOCK_K: tl.constexpr, F: tl.constexpr):
     """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MX operand [rows, K], decoded exactly to fp32
     patterns (int32; every value is a bf16).
 
@@ -78,15 +84,14 @@ def load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_ma
     byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
     if KIND == 1:
         packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K).to(tl.int32)
-        lo = decode_scaled_bits(packed & 0xF, byte, MAN_BITS, BIAS, SIGN_SHIFT)
-        hi = decode_scaled_bits(packed >> 4, byte, MAN_BITS, BIAS, SIGN_SHIFT)
+        lo = decode_scaled_bits(packed & 0xF, byte, F)
+        hi = decode_scaled_bits(packed >> 4, byte, F)
         bits = tl.reshape(tl.join(lo, hi), (R, BLOCK_K))
     else:
         k = k0 + tl.arange(0, BLOCK_K)
         code = tl.load(ptr + rows[:, None] * stride + k[None, :], mask=row_mask[:, None] & (k < K)[None, :],
                        other=0).to(tl.int32)
-        bits = tl.reshape(decode_scaled_bits(tl.reshape(code, (R, NB, 32)), byte, MAN_BITS, BIAS, SIGN_SHIFT),
-                          (R, BLOCK_K))
+        bits = tl.reshape(decode_scaled_bits(tl.reshape(code, (R, NB, 32)), byte, F), (R, BLOCK_K))
     return bits
 
 
@@ -99,119 +104,26 @@ def load_bf16_rows(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, BLOCK_K: tl.constexpr,
-                         MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SIGN_SHIFT: tl.constexpr,
-                         PTX: tl.constexpr = False):
-    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix as an exact bf16 tile.
-
-    The weight decode is what MoE GEMMs issue most instructions for, so it is a few a weight: the
-    code's magnitude bits (e2m1: 3) are placed at the low exponent and high mantissa bits of a float,
-    its sign at the sign bit, which reads as value(code) * 2^(BIAS - 127) (fp32; bf16 alike: e2m1 code
-    1, 0.5, is the subnormal 2^-127); two multiplications, by 2^(127 - BIAS) and by the block's
-    2^(byte - 127) (the subnormal 2^-127 for byte 0; NaN for byte 255), are exact because subnormals
-    are kept (fp32 on every target, ``moe_kernels.targets`` checks it; bf16 arithmetic has no flush
-    mode) and every product is a value times a power of two that bf16 holds: e2m1 values have 2
-    significant bits, so even 0.5 * 2^-127 is an exact bf16 subnormal. Only 6 * 2^127 overflows (to
-    inf, as the fp32 dequantization does).
-
-    PTX (NVIDIA, sm_80+; e2m1 only): both nibbles of a byte decoded at once as a bf16x2 pair, two ``fma.rn.bf16x2``
-    per pair (~3 instructions a weight instead of ~9); else the same steps in fp32 on int32 lanes.
-    """
+                         W: tl.constexpr, PTX: tl.constexpr = False):
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix (format W) as an exact bf16
+    tile. The weight decode is what MoE GEMMs issue most instructions for: ``_decode.e2m1x2_to_bf16``
+    (PTX: NVIDIA's bf16x2 decode, ~3 instructions a weight; else the portable fp32 one, ~9)."""
     R: tl.constexpr = rows.shape[0]
     byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
     packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
-    MAG: tl.constexpr = (1 << SIGN_SHIFT) - 1
-    SIGN: tl.constexpr = 1 << SIGN_SHIFT
-    if PTX:
-        # bf16x2 2^(byte - 127) in both halves: byte << 7, or the subnormal 0x0040 for byte 0 (the max);
-        # byte 255 gives inf there, and its NaN comes from the first factor instead of 2^(127 - BIAS)
-        scale_pair = tl.maximum(byte * 0x00800080, 0x00400040)
-        unbias_pair = _bf16x2_unbias_or_nan(scale_pair)
-        pairs = _e2m1x2_to_bf16x2(packed, tl.broadcast_to(scale_pair, packed.shape),
-                                  tl.broadcast_to(unbias_pair, packed.shape))
-        lo = pairs.to(tl.int16)  # element 2j: the low half
-        hi = (pairs >> 16).to(tl.int16)
-    else:
-        packed = packed.to(tl.int32)
-        scale = tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23)).to(tl.float32,
-                                                                                                   bitcast=True)
-        lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & SIGN) << (31 - SIGN_SHIFT))).to(tl.float32,
-                                                                                              bitcast=True)
-        hi = (((packed & (MAG << 4)) << (19 - MAN_BITS)) | ((packed & (SIGN << 4)) << (27 - SIGN_SHIFT))).to(
-            tl.float32, bitcast=True)
-        unbias: tl.constexpr = 2.0**(127 - BIAS)
-        lo = (((lo * unbias) * scale).to(tl.int32, bitcast=True) >> 16).to(tl.int16)  # a bf16: the top half
-        hi = (((hi * unbias) * scale).to(tl.int32, bitcast=True) >> 16).to(tl.int16)  # (no float cast: NUMERICS 5)
+    lo, hi = e2m1x2_to_bf16(packed, byte, W, PTX)
     return tl.reshape(tl.join(lo, hi), (R, BLOCK_K)).to(tl.bfloat16, bitcast=True)
-
-
-def _e2m1x2_asm() -> str:
-    """PTX for four fp4x2 bytes ($4, one register) -> four bf16x2 pairs ($0-$3); $5-$8: each byte's
-    bf16x2 scale 2^(byte - 127) in both halves, $9-$12: bf16x2 2^(127 - BIAS) (NaN for byte 255).
-
-    prmt puts byte i of x << 4 (its low nibble on top) in bits 8-15 and byte i of x (high nibble on
-    top) in bits 24-31: each half holds its code in bits 12-15, the sign already at bit 15; one shift
-    moves the magnitude bits to bit 7 - MAN_BITS and up, one lop3 keeps them and the signs, both halves
-    at once (4 instructions a byte); then two fma.rn.bf16x2 with -0 addends (exact:
-    ``load_mxfp4_rows_bf16``)."""
-    f = KernelFormat.of("e2m1")
-    mag = ((1 << f.sign_shift) - 1) << (7 - f.man_bits)
-    shift = 16 - 1 - f.sign_shift - (7 - f.man_bits)  # code at bits 12-15 -> magnitude at 7 - MAN_BITS
-    body = "".join(f"""
-        prmt.b32 t, x4, $4, {0x4400 + 0x1111 * i};
-        shr.b32 m, t, {shift};
-        and.b32 s, t, {0x80008000};
-        and.b32 m, m, {mag | (mag << 16)};
-        or.b32 w, m, s;
-        fma.rn.bf16x2 w, w, ${9 + i}, z;
-        fma.rn.bf16x2 ${i}, w, ${5 + i}, z;""" for i in range(4))
-    return f"""{{
-        .reg .b32 x4, t, m, s, w, z;
-        shl.b32 x4, $4, 4;
-        mov.b32 z, {0x80008000};{body}
-        }}"""
-
-
-_E2M1X2_ASM: tl.constexpr = tl.constexpr(_e2m1x2_asm())
-_E2M1X2_CONSTRAINTS: tl.constexpr = tl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 9))  # 4 outputs; 1 + 4 + 4 inputs
-
-
-_UNBIAS_ASM: tl.constexpr = tl.constexpr(f"""{{
-        .reg .b32 z, u;
-        mov.b32 z, {0x80008000};
-        mov.b32 u, {((254 - KernelFormat.of("e2m1").bias) << 7) * 0x10001};
-        fma.rn.bf16x2 $0, $1, z, u;
-        }}""")
-
-
-@triton.jit
-def _bf16x2_unbias_or_nan(scale_pairs):
-    """bf16x2 2^(127 - BIAS) in both halves, NaN where ``scale_pairs`` is inf (byte 255): scale * -0 + 2^(127 - BIAS)
-    is -0 + 2^(127 - BIAS) for a finite scale and NaN for inf (one instruction instead of a compare and a select)."""
-    return tl.inline_asm_elementwise(asm=_UNBIAS_ASM, constraints="=r,r", args=[scale_pairs], dtype=tl.int32,
-                                     is_pure=True, pack=1)
-
-
-@triton.jit
-def _e2m1x2_to_bf16x2(packed, scale_pairs, unbias_pairs):
-    """fp4x2 bytes (uint8) -> int32 bf16x2 patterns: low half value(low nibble) * 2^(byte - 127), high
-    half value(high nibble) * 2^(byte - 127); ``scale_pairs``: the bf16 2^(byte - 127) in both halves
-    (subnormal for byte 0; inf for byte 255), ``unbias_pairs``: 2^(127 - BIAS), NaN for byte 255. Four
-    bytes an asm call (``_e2m1x2_asm``)."""
-    return tl.inline_asm_elementwise(asm=_E2M1X2_ASM, constraints=_E2M1X2_CONSTRAINTS,
-                                     args=[packed, scale_pairs, unbias_pairs], dtype=tl.int32, is_pure=True, pack=4)
 
 
 @triton.jit
 def _dequant_rows_kernel(q_ptr, s_ptr, out_ptr, R, K, stride_q, stride_s, stride_o, KIND: tl.constexpr,
-                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr,
-                         SIGN_SHIFT: tl.constexpr):
+                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, F: tl.constexpr):
     """MX rows (KIND 1 fp4x2 / 2 e4m3, with e8m0 scales) -> their exact bf16 values, stored as bf16
     patterns (``out_ptr`` int16): the GEMMs then read each activation once instead of decoding it again
     in every column tile (the products, and so the results, are the same)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k0 = tl.program_id(1) * BLOCK_K
-    bits = load_rows_f32_bits(q_ptr, s_ptr, rows, stride_q, stride_s, k0, K, rows < R, KIND, BLOCK_K, MAN_BITS, BIAS,
-                              SIGN_SHIFT)
+    bits = load_rows_f32_bits(q_ptr, s_ptr, rows, stride_q, stride_s, k0, K, rows < R, KIND, BLOCK_K, F)
     cols = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_o + cols[None, :], (bits >> 16).to(tl.int16),
              mask=(rows < R)[:, None] & (cols < K)[None, :])
@@ -220,10 +132,7 @@ def _dequant_rows_kernel(q_ptr, s_ptr, out_ptr, R, K, stride_q, stride_s, stride
 @triton.jit
 def store_quantized_rows(val_ptr, out_ptr, out_scale_ptr, h, rows, col0, row_mask, ncols, stride_v, stride,
                          scale_stride, KIND: tl.constexpr, MODE: tl.constexpr, STORE_CODES: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr,
-                         EMAX: tl.constexpr, MAX_CODE: tl.constexpr, NAN_CODE: tl.constexpr,
-                         SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr, MAX_FINITE: tl.constexpr,
-                         TINY_BITS: tl.constexpr, BIAS: tl.constexpr):
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F: tl.constexpr):
     """Quantize fp32 h [BLOCK_M, BLOCK_N] (columns col0 + arange) along the columns; store the quantized
     values as bf16 patterns (``val_ptr`` int16: what stage 2 reads; the MX values decoded exactly as
     ``_dequant_rows_kernel`` does, without a pass of their own) and, with STORE_CODES, the MX codes
@@ -239,10 +148,9 @@ def store_quantized_rows(val_ptr, out_ptr, out_scale_ptr, h, rows, col0, row_mas
         bits = tl.where(mask, h.to(tl.int32, bitcast=True), 0)
         lo, hi = tl.split(tl.reshape(bits, (BLOCK_M, HALF, 2)))
         codes_lo, codes_hi, byte = mx_quantize_pairs(
-            tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX,
-            SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
+            tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, F)
         codes = tl.reshape(tl.join(codes_lo, codes_hi), (BLOCK_M, NB, 32))  # element order within each block
-        vals = tl.reshape(decode_scaled_bits(codes, byte[:, :, None], MAN_BITS, BIAS, SIGN_SHIFT), (BLOCK_M, BLOCK_N))
+        vals = tl.reshape(decode_scaled_bits(codes, byte[:, :, None], F), (BLOCK_M, BLOCK_N))
         tl.store(val_ptr + rows[:, None] * stride_v + cols[None, :], (vals >> 16).to(tl.int16), mask=mask)
         if STORE_CODES:
             if KIND == 1:
@@ -281,39 +189,36 @@ def program_block(sorted_ptr, expert_ptr, num_valid, N, w_ptr, ws_ptr, stride_we
 def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, expert_ptr, val_ptr, out_ptr,
                        out_scale_ptr, num_valid, topk, H, I,
                        stride_a, stride_we, stride_wr, stride_wse, stride_wsr, stride_v, stride_o, stride_os,
-                       OUT_KIND: tl.constexpr, STORE_CODES: tl.constexpr, GATE_MUL: tl.constexpr, UP_OFF_IS_I: tl.constexpr,
-                       ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOWEIGHT: tl.constexpr, ALPHA: tl.constexpr,
-                       LIMIT: tl.constexpr, MODE: tl.constexpr,
+                       OUT_KIND: tl.constexpr, STORE_CODES: tl.constexpr, INTERLEAVED: tl.constexpr,
+                       ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOWEIGHT: tl.constexpr, MODE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
-                       F_MAN_BITS: tl.constexpr, F_EMIN: tl.constexpr, F_EMAX: tl.constexpr,
-                       F_MAX_CODE: tl.constexpr, F_NAN_CODE: tl.constexpr, F_SIGN_SHIFT: tl.constexpr,
-                       F_HAS_NEG_ZERO: tl.constexpr, F_MAX_FINITE: tl.constexpr, F_TINY_BITS: tl.constexpr,
-                       F_BIAS: tl.constexpr, W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
-                       W_PTX: tl.constexpr):
+                       F: tl.constexpr, W: tl.constexpr, W_PTX: tl.constexpr):
+    """Formats as one constexpr each (``KernelFormat``): F the stage-2 input's (the quantizer), W the
+    weights'; ACT a ``GatedActivation``; INTERLEAVED: gate and up rows 2j, 2j + 1 (else j, I + j)."""
     e, pairs, valid, w_e, ws_e, col0, n, n_mask = program_block(sorted_ptr, expert_ptr, num_valid, I, w_ptr, ws_ptr,
                                                                 stride_we, stride_wse, BLOCK_M, BLOCK_N)
     if e >= 0:  # -1: a block past the last expert's
         tokens = tl.where(valid, pairs // topk, 0)
-        gate_rows = n * GATE_MUL
-        up_rows = gate_rows + (I if UP_OFF_IS_I else 1)
+        gate_rows = n * (2 if INTERLEAVED else 1)
+        up_rows = gate_rows + (1 if INTERLEAVED else I)
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, H, BLOCK_K):
             a = load_bf16_rows(a_ptr, tokens, stride_a, k0, H, valid, BLOCK_K)
-            w_g = load_mxfp4_rows_bf16(w_e, ws_e, gate_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K,
-                                       W_MAN_BITS, W_BIAS, W_SIGN_SHIFT, W_PTX)
-            w_u = load_mxfp4_rows_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K,
-                                       W_MAN_BITS, W_BIAS, W_SIGN_SHIFT, W_PTX)
+            w_g = load_mxfp4_rows_bf16(w_e, ws_e, gate_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K, W,
+                                       W_PTX)
+            w_u = load_mxfp4_rows_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K, W, W_PTX)
             acc_g = mma(a, tl.trans(w_g), acc_g, INTERPRET)
             acc_u = mma(a, tl.trans(w_u), acc_u, INTERPRET)
         if HAS_BIAS:
             acc_g = acc_g + tl.load(bias_ptr + e * 2 * I + gate_rows, mask=n_mask, other=0.0)[None, :]
             acc_u = acc_u + tl.load(bias_ptr + e * 2 * I + up_rows, mask=n_mask, other=0.0)[None, :]
-        if ACT == 0:  # SwiGLU (moe_ref.activation)
+        if ACT.kind == 0:  # SwiGLU (moe_ref.activation)
+            LIMIT: tl.constexpr = ACT.limit
             g = tl.minimum(acc_g, LIMIT, propagate_nan=tl.PropagateNan.ALL)
             u = tl.minimum(tl.maximum(acc_u, -LIMIT, propagate_nan=tl.PropagateNan.ALL), LIMIT,
                            propagate_nan=tl.PropagateNan.ALL)
-            s = tl.math.div_rn(tl.full((BLOCK_M, BLOCK_N), 1.0, tl.float32), 1.0 + tl.exp(-(ALPHA * g)))
+            s = tl.math.div_rn(tl.full((BLOCK_M, BLOCK_N), 1.0, tl.float32), 1.0 + tl.exp(-(ACT.alpha * g)))
             h = (g * s) * (u + 1.0)
         else:  # SiLU-gated
             s = tl.math.div_rn(tl.full((BLOCK_M, BLOCK_N), 1.0, tl.float32), 1.0 + tl.exp(-acc_g))
@@ -321,8 +226,7 @@ def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
         if DOWEIGHT:
             h = h * tl.load(tw_ptr + pairs, mask=valid, other=0.0)[:, None]
         store_quantized_rows(val_ptr, out_ptr, out_scale_ptr, h, pairs, col0, valid, I, stride_v, stride_o, stride_os,
-                             OUT_KIND, MODE, STORE_CODES, BLOCK_M, BLOCK_N, F_MAN_BITS, F_EMIN, F_EMAX, F_MAX_CODE,
-                             F_NAN_CODE, F_SIGN_SHIFT, F_HAS_NEG_ZERO, F_MAX_FINITE, F_TINY_BITS, F_BIAS)
+                             OUT_KIND, MODE, STORE_CODES, BLOCK_M, BLOCK_N, F)
 
 
 @triton.jit
@@ -331,8 +235,7 @@ def _moe_stage2_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
                        stride_a, stride_we, stride_wr, stride_wse, stride_wsr, stride_y,
                        HAS_BIAS: tl.constexpr, WEIGHT_HERE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
-                       W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
-                       W_PTX: tl.constexpr):
+                       W: tl.constexpr, W_PTX: tl.constexpr):
     e, pairs, valid, w_e, ws_e, _, n, n_mask = program_block(sorted_ptr, expert_ptr, num_valid, H, w_ptr, ws_ptr,
                                                              stride_we, stride_wse, BLOCK_M, BLOCK_N)
     if e >= 0:  # -1: a block past the last expert's
@@ -340,8 +243,7 @@ def _moe_stage2_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, I, BLOCK_K):
             a = load_bf16_rows(a_ptr, rows, stride_a, k0, I, valid, BLOCK_K)
-            w = load_mxfp4_rows_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k0, I, n_mask, BLOCK_K,
-                                     W_MAN_BITS, W_BIAS, W_SIGN_SHIFT, W_PTX)
+            w = load_mxfp4_rows_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k0, I, n_mask, BLOCK_K, W, W_PTX)
             acc = mma(a, tl.trans(w), acc, INTERPRET)
         if HAS_BIAS:
             acc = acc + tl.load(bias_ptr + e * H + n, mask=n_mask, other=0.0)[None, :]

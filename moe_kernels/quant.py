@@ -34,10 +34,7 @@ _FLOAT8 = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
 @triton.jit
 def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_sm,
                      IS_BF16: tl.constexpr, WORDS: tl.constexpr, PACK_FP4: tl.constexpr, MODE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                     MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_CODE: tl.constexpr,
-                     NAN_CODE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                     MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, F: tl.constexpr):
     """Persistent along the rows: program (p, c) owns row tiles p, p + P, ... of column tile c, and
     issues the next tile's load before this one's arithmetic."""
     HALF: tl.constexpr = BLOCK_K // 2
@@ -47,8 +44,7 @@ def _mx_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm,
         next_lo, next_hi = _mx_load(x_ptr, tile + tl.num_programs(0), pairs, M, K, stride_xm, stride_xk, IS_BF16,
                                     WORDS, BLOCK_M)
         _mx_quant_store(q_ptr, s_ptr, lo, hi, tile * BLOCK_M + tl.arange(0, BLOCK_M), pairs, M, K, stride_qm,
-                        stride_sm, PACK_FP4, MODE, BLOCK_M, BLOCK_K, MAN_BITS, EMIN, EMAX, SIGN_SHIFT, HAS_NEG_ZERO,
-                        MAX_FINITE, TINY_BITS)
+                        stride_sm, PACK_FP4, MODE, BLOCK_M, BLOCK_K, F)
         lo, hi = next_lo, next_hi
 
 
@@ -63,14 +59,11 @@ def _mx_load(x_ptr, tile, pairs, M, K, stride_xm, stride_xk, IS_BF16: tl.constex
 
 @triton.jit
 def _mx_quant_store(q_ptr, s_ptr, lo, hi, rows, pairs, M, K, stride_qm, stride_sm, PACK_FP4: tl.constexpr,
-                    MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, MAN_BITS: tl.constexpr,
-                    EMIN: tl.constexpr, EMAX: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr,
-                    MAX_FINITE: tl.constexpr, TINY_BITS: tl.constexpr):
+                    MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, F: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 32
     HALF: tl.constexpr = BLOCK_K // 2
     codes_lo, codes_hi, byte = mx_quantize_pairs(
-        tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, MAN_BITS, EMIN, EMAX,
-        SIGN_SHIFT, HAS_NEG_ZERO, MAX_FINITE, TINY_BITS)
+        tl.reshape(lo, (BLOCK_M, NB, 16)), tl.reshape(hi, (BLOCK_M, NB, 16)), MODE, F)
     codes_lo = tl.reshape(codes_lo, (BLOCK_M, HALF))
     codes_hi = tl.reshape(codes_hi, (BLOCK_M, HALF))
     mask = (rows[:, None] < M) & (pairs[None, :] < K // 2)
@@ -133,8 +126,7 @@ def _mx_quantize(x, fmt, scale_mode, pack):
         grid, (x_arg, rows, cols, stride_xm, stride_xk, stride_q, stride_s), meta, key = _mx_launch(
             xd, M, K, pack, (fmt, mode))
         _persistent.launch(_mx_quant_kernel, grid, key, xd.device, x_arg, q if pack else q.view(torch.int16), s,
-                           rows, cols, stride_xm, stride_xk, stride_q, stride_s, PACK_FP4=pack, MODE=mode, **meta,
-                           **kf.constexprs())
+                           rows, cols, stride_xm, stride_xk, stride_q, stride_s, PACK_FP4=pack, MODE=mode, **meta, F=kf)
     return q.to(x.device), s.to(x.device)
 
 
@@ -179,7 +171,7 @@ def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = F
         grid, (x_arg, n_pairs, stride_xm, stride_xk, stride_q), meta, key = _per_token.launch(xd, K, (f.name,))
         q_arg = q.view(torch.int16) if meta["PAIR_STORE"] else q
         _persistent.launch(_per_token.fp8_per_token_kernel, grid, key, xd.device, x_arg, q_arg, s, M, K, n_pairs,
-                           stride_xm, stride_xk, stride_q, **meta, **kf.constexprs())
+                           stride_xm, stride_xk, stride_q, **meta, F=kf)
     elif M:
         s.zero_()
     q, s = q.to(x.device), s.to(x.device)

@@ -140,15 +140,15 @@ def _moe_variants():
         block_m, block_n1, block_n2, block_k, warps, stages = cfg
         name = dispatch.config_name(cfg)
         ptx = all(TARGETS[t].backend == "cuda" for t in targets)  # as fused_moe picks the decode
-        common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, **moe_gemm.weight_constexprs(ptx))
+        common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, W=moe_gemm.WEIGHT_FORMAT, W_PTX=ptx)
         for act_dtype, kind in dispatch._KIND.items():
-            fmt = KernelFormat.of(dispatch._element_format(act_dtype)).constexprs("F_", decode=True)
+            fmt = KernelFormat.of(dispatch._element_format(act_dtype))
             path = dispatch.PATHS[act_dtype]
             sig1 = _MOE_SIG1
             for gate_mode in ("separated", "interleave"):  # fused_moe's own launch: no codes for a trace
-                ce = dict(OUT_KIND=kind, STORE_CODES=False, GATE_MUL=1 if gate_mode == "separated" else 2,
-                          UP_OFF_IS_I=gate_mode == "separated", ACT=0, HAS_BIAS=True, DOWEIGHT=False, ALPHA=1.702,
-                          LIMIT=7.0, MODE=0, BLOCK_N=block_n1, **common, **fmt)
+                ce = dict(OUT_KIND=kind, STORE_CODES=False, INTERLEAVED=gate_mode == "interleave",
+                          ACT=moe_gemm.GatedActivation(0, 1.702, 7.0), HAS_BIAS=True, DOWEIGHT=False, MODE=0,
+                          BLOCK_N=block_n1, **common, F=fmt)
                 out.append(Variant(f"moe_stage1/{path}/{gate_mode}/{name}", f"mma_bm{block_m}",
                                    moe_gemm._moe_stage1_kernel, tuple(sig1.items()), tuple(ce.items()), warps, stages,
                                    targets=tuple(targets), divisible16=_MOE_DIV16_1))
@@ -158,8 +158,7 @@ def _moe_variants():
                            divisible16=_MOE_DIV16_2))
     for act_dtype in ("fp4x2", "fp8"):
         kf = KernelFormat.of(dispatch._element_format(act_dtype))
-        ce = dict(KIND=dispatch._KIND[act_dtype], BLOCK_R=16, BLOCK_K=128, MAN_BITS=kf.man_bits, BIAS=kf.bias,
-                  SIGN_SHIFT=kf.sign_shift)
+        ce = dict(KIND=dispatch._KIND[act_dtype], BLOCK_R=16, BLOCK_K=128, F=kf)
         out.append(Variant(f"dequant_rows/{act_dtype}", "dequant", moe_gemm._dequant_rows_kernel,
                            tuple(_DEQ_SIG.items()), tuple(ce.items()), 4))
     # decode alignment (M=64, top-4, E=128, BLOCK_M 16) and the slot sum, as fused_moe launches them
@@ -189,13 +188,13 @@ def _quant_variants():
             for mode, mode_id in SCALE_MODE_IDS.items():
                 if tag and mode_id:  # fp32 inputs: one scale mode
                     continue
-                ce = dict(PACK_FP4=pack, MODE=mode_id, **meta, **KernelFormat.of(fmt).constexprs())
+                ce = dict(PACK_FP4=pack, MODE=mode_id, **meta, F=KernelFormat.of(fmt))
                 out.append(Variant(f"quant_mx/{fmt}/{mode.value}{tag}", "quant", quant._mx_quant_kernel,
                                    tuple({**_MX_SIG, **x_sig, **q_sig}.items()), tuple(ce.items()), warps, **mx_spec))
         _, _, meta, _ = _per_token.launch(x, 2880)
         warps = meta.pop("num_warps")
         for fmt in ("e4m3fn", "e4m3fnuz"):
-            ce = dict(**meta, **KernelFormat.of(fmt).constexprs())
+            ce = dict(**meta, F=KernelFormat.of(fmt))
             out.append(Variant(f"quant_fp8_per_token/{fmt}{tag}", "quant", _per_token.fp8_per_token_kernel,
                                tuple({**_PT_SIG, **x_sig, "q_ptr": "*i16"}.items()), tuple(ce.items()), warps,
                                **pt_spec))

@@ -10,7 +10,7 @@ import triton.language as tl
 
 import emulation as em
 from moe_kernels._numerics import KernelFormat, encode_scaled
-from moe_kernels.moe_gemm import load_mxfp4_rows_bf16, weight_constexprs
+from moe_kernels.moe_gemm import WEIGHT_FORMAT, load_mxfp4_rows_bf16, load_rows_f32_bits
 
 from ..emulation.oracle import oracle_encode
 
@@ -18,12 +18,10 @@ FORMATS = ["e2m1", "e4m3fn", "e4m3fnuz"]
 
 
 @triton.jit
-def _encode_kernel(x_ptr, out_ptr, n, byte, BLOCK: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr,
-                   MAX_FINITE: tl.constexpr, SIGN_SHIFT: tl.constexpr, HAS_NEG_ZERO: tl.constexpr):
+def _encode_kernel(x_ptr, out_ptr, n, byte, BLOCK: tl.constexpr, F: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     bits = tl.load(x_ptr + offs, mask=offs < n, other=0)
-    codes = encode_scaled(bits, tl.full((BLOCK,), byte, tl.int32), MAN_BITS, EMIN, MAX_FINITE, SIGN_SHIFT,
-                          HAS_NEG_ZERO)
+    codes = encode_scaled(bits, tl.full((BLOCK,), byte, tl.int32), F)
     tl.store(out_ptr + offs, codes, mask=offs < n)
 
 
@@ -46,15 +44,13 @@ def test_encoder_is_exact_at_every_scale(fmt, where, rng, device):
     x = _finite_inputs(rng)
     x_t = torch.from_numpy(x.view(np.int32).copy()).to(device)
     out = torch.empty_like(x_t)
-    ce = {k: v for k, v in kf.constexprs().items() if k in ("MAN_BITS", "EMIN", "MAX_FINITE", "SIGN_SHIFT",
-                                                               "HAS_NEG_ZERO")}
     for byte in range(256):
         scale_exp = byte - 127
         scaled = x.astype(np.float64) * 2.0**-scale_exp
         keep = np.abs(scaled) < 2.0**127
         out.fill_(-1)  # poison
         block = 1 << 13
-        _encode_kernel[(triton.cdiv(x.size, block),)](x_t, out, x.size, byte, BLOCK=block, **ce)
+        _encode_kernel[(triton.cdiv(x.size, block),)](x_t, out, x.size, byte, BLOCK=block, F=kf)
         got = out.cpu().numpy()[keep]
         want = oracle_encode(scaled[keep].astype(np.float32), fmt) if byte < 255 else np.zeros(keep.sum(), int)
         bad = np.flatnonzero(got != want)
@@ -65,33 +61,42 @@ def test_encoder_is_exact_at_every_scale(fmt, where, rng, device):
 
 @triton.jit
 def _weight_decode_kernel(w_ptr, s_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                          W_MAN_BITS: tl.constexpr, W_BIAS: tl.constexpr, W_SIGN_SHIFT: tl.constexpr,
-                          W_PTX: tl.constexpr):
+                          W: tl.constexpr, DECODE: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k0 = tl.program_id(1) * BLOCK_K
-    w = load_mxfp4_rows_bf16(w_ptr, s_ptr, rows, K // 2, K // 32, k0, K, rows < R, BLOCK_K, W_MAN_BITS, W_BIAS,
-                             W_SIGN_SHIFT, W_PTX)
+    if DECODE == "exact":  # the activations' decode (_decode.decode_scaled_bits), fp32 patterns
+        w = (load_rows_f32_bits(w_ptr, s_ptr, rows, K // 2, K // 32, k0, K, rows < R, 1, BLOCK_K, W) >> 16).to(tl.int16)
+    else:  # the GEMMs' weight decode: portable fp32 or PTX
+        w = load_mxfp4_rows_bf16(w_ptr, s_ptr, rows, K // 2, K // 32, k0, K, rows < R, BLOCK_K, W,
+                                 DECODE == "ptx").to(tl.int16, bitcast=True)
     cols = k0 + tl.arange(0, BLOCK_K)
-    tl.store(out_ptr + rows[:, None] * K + cols[None, :], w.to(tl.int16, bitcast=True), mask=(rows < R)[:, None])
+    tl.store(out_ptr + rows[:, None] * K + cols[None, :], w, mask=(rows < R)[:, None])
 
 
-@pytest.mark.parametrize("where, ptx", [
-    ("interpreter", False), pytest.param("gpu", False, marks=pytest.mark.gpu),
-    *([pytest.param("gpu", True, marks=pytest.mark.gpu, id="gpu-ptx")] if torch.version.hip is None else [])])
+_DECODES = ["exact", "fp32"] + (["ptx"] if torch.version.hip is None else [])  # PTX: NVIDIA only
+
+
+@pytest.mark.parametrize("where, decode", [("interpreter", d) for d in ("exact", "fp32")]
+                         + [pytest.param("gpu", d, marks=pytest.mark.gpu, id=f"gpu-{d}") for d in _DECODES])
 @pytest.mark.parametrize("block_k", [32, 128])
-def test_weight_decode_is_exact_at_every_scale(block_k, where, ptx, device):
-    """The GEMMs' MXFP4 weight decode (``load_mxfp4_rows_bf16``, portable and, on NVIDIA, the bf16x2 PTX
-    that fused_moe uses there): every fp4x2 byte at every scale byte (row r has scale byte r in all its
-    blocks) gives the bf16 of ``emulation.dequantize_mxfp4``, bit for bit: subnormal results (scale
-    bytes near 0) included, 6 * 2^127 -> inf, byte 255 -> NaN."""
+def test_weight_decode_is_exact_at_every_scale(block_k, where, decode, device):
+    """The three MXFP4 decodes (``moe_kernels._decode``: the exact integer one of the activations, and
+    the GEMMs' weight decodes, portable fp32 and, on NVIDIA, the bf16x2 PTX that fused_moe uses there):
+    every fp4x2 byte at every scale byte (row r has scale byte r in all its blocks) gives the bf16 of
+    ``emulation.dequantize_mxfp4``, bit for bit: 6 * 2^127 -> inf, byte 255 -> NaN, and subnormal
+    results (scale bytes near 0) exact in the weight decodes; the exact decode gives +-0 below 2^-126
+    (its documented flush: no such activation value reaches an fp32 accumulator's ulp)."""
     R, K = 256, 512  # each row: the 256 byte values, one block of 16 bytes after another
     packed = np.tile(np.arange(256, dtype=np.uint8), (R, 1))
     scale = np.repeat(np.arange(256, dtype=np.uint8)[:, None], K // 32, axis=1)
     want = em.dequantize_mxfp4(packed, scale)
     assert np.array_equal(em.round_to_bf16(want), want, equal_nan=True)  # every value is a bf16
+    if decode == "exact":
+        want = np.where(np.abs(want) < 2.0**-126, np.copysign(np.float32(0), want), want).astype(np.float32)
     out = torch.full((R, K), -1, dtype=torch.int16, device=device)  # poison
     _weight_decode_kernel[(R // 16, K // block_k)](torch.from_numpy(packed).to(device), torch.from_numpy(scale).to(device),
-                                                   out, R, K, BLOCK_R=16, BLOCK_K=block_k, **weight_constexprs(ptx))
+                                                   out, R, K, BLOCK_R=16, BLOCK_K=block_k, W=WEIGHT_FORMAT,
+                                                   DECODE=decode)
     got = (out.cpu().numpy().astype(np.int32).view(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     keep = ~np.isnan(want)

@@ -32,6 +32,7 @@ TESTS_BY_FILE = {
     "moe_kernels/_numerics.py": _QUANT_TESTS + ("tests/kernels/test_fused_moe.py",),
     "moe_kernels/quant.py": _QUANT_TESTS,
     "moe_kernels/_per_token.py": _QUANT_TESTS,
+    "moe_kernels/_decode.py": ("tests/kernels/test_numerics.py",) + _MOE_TESTS,
     "moe_kernels/": _MOE_TESTS,
     "moe_oracle/": ("tests/oracle",),
 }
@@ -66,6 +67,7 @@ def _m(bug_name, file, *edits, **kw) -> Mutant:
 
 _NUM, _QUANT, _TOK = "moe_kernels/_numerics.py", "moe_kernels/quant.py", "moe_kernels/_per_token.py"
 _GEMM, _DISP, _ROUTE = "moe_kernels/moe_gemm.py", "moe_kernels/dispatch.py", "moe_kernels/routing.py"
+_DEC = "moe_kernels/_decode.py"
 _SEL, _ENV, _REF, _TOL = "moe_ref/selector.py", "moe_ref/env.py", "moe_ref/reference.py", "moe_ref/tolerance.py"
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -111,12 +113,12 @@ MUTANTS: tuple[Mutant, ...] = (
     _m("weight nibbles swapped", _GEMM, ("return tl.reshape(tl.join(lo, hi), (R, BLOCK_K)).to(tl.bfloat16, bitcast=True)",
                                          "return tl.reshape(tl.join(hi, lo), (R, BLOCK_K)).to(tl.bfloat16, bitcast=True)"),
        report="moe"),
-    _m("weight sign lost", _GEMM, ("lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & SIGN) << (31 - SIGN_SHIFT)))",
-                                   "lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & 0) << (31 - SIGN_SHIFT)))"),
+    _m("weight sign lost", _DEC, ("lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & SIGN) << (31 - SIGN_SHIFT)))",
+                                  "lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & 0) << (31 - SIGN_SHIFT)))"),
        report="moe"),
     # ---- fp8 --------------------------------------------------------------------------------
-    _m("no satfinite clamp", _NUM, ("code = encode_magnitude(tl.minimum(v, MAX_FINITE), bits,",
-                                    "code = encode_magnitude(v, bits,"), report="quantizers"),
+    _m("no satfinite clamp", _NUM, ("code = encode_magnitude(tl.minimum(v, F.max_finite), bits, F)",
+                                    "code = encode_magnitude(v, bits, F)"), report="quantizers"),
     _m("per-token x / s", _TOK,
        ("return inv[:, None], tl.where(amax == 0", "return tl.where(amax == 0, 1.0, scale)[:, None], tl.where(amax == 0"),
        ("v = tl.abs(bits.to(tl.float32, bitcast=True)) * inv",
@@ -124,10 +126,10 @@ MUTANTS: tuple[Mutant, ...] = (
        ("scaled = (bits.to(tl.float32, bitcast=True) * inv).to(tl.int32, bitcast=True)",
         "scaled = tl.math.div_rn(bits.to(tl.float32, bitcast=True), inv).to(tl.int32, bitcast=True)"),
        report="quantizers"),
-    _m("per-token NaN row not NaN", _TOK, ("tl.where(amax == 0, 0, tl.where(finite, -1, NAN_CODE))",
+    _m("per-token NaN row not NaN", _TOK, ("tl.where(amax == 0, 0, tl.where(finite, -1, F.nan_code))",
                                            "tl.where(amax == 0, 0, -1)"), report="quantizers"),
     _m("per-token NaN row scale inf", _TOK, ("tl.where(finite, scale, float(\"nan\"))", "scale"), report="quantizers"),
-    _m("e4m3fn max used for e4m3fnuz", _TOK, ("scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), MAX_FINITE)",
+    _m("e4m3fn max used for e4m3fnuz", _TOK, ("scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), F.max_finite)",
                                               "scale = tl.math.div_rn(amax.to(tl.float32, bitcast=True), 448.0)")),
     # ---- GEMM -------------------------------------------------------------------------------
     _m("last K block dropped", _GEMM, ("for k0 in range(0, H, BLOCK_K):", "for k0 in range(0, H - BLOCK_K + 1, BLOCK_K):"),
@@ -138,17 +140,17 @@ MUTANTS: tuple[Mutant, ...] = (
                                     'out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")'
                                     ".to(tl.bfloat16).to(tl.float32)"), report="moe"),
     # ---- SwiGLU -----------------------------------------------------------------------------
-    _m("gate and up swapped", _GEMM, ("gate_rows = n * GATE_MUL\n        up_rows = gate_rows + (I if UP_OFF_IS_I else 1)",
-                                      "up_rows = n * GATE_MUL\n        gate_rows = up_rows + (I if UP_OFF_IS_I else 1)"),
+    _m("gate and up swapped", _GEMM, ("gate_rows = n * (2 if INTERLEAVED else 1)\n        up_rows = gate_rows + (1 if INTERLEAVED else I)",
+                                      "up_rows = n * (2 if INTERLEAVED else 1)\n        gate_rows = up_rows + (1 if INTERLEAVED else I)"),
        report="moe"),
     _m("gate limit dropped", _GEMM, ("g = tl.minimum(acc_g, LIMIT, propagate_nan=tl.PropagateNan.ALL)", "g = acc_g"),
        report="moe"),
-    _m("alpha dropped", _GEMM, ("1.0 + tl.exp(-(ALPHA * g))", "1.0 + tl.exp(-g)"), report="moe"),
+    _m("alpha dropped", _GEMM, ("1.0 + tl.exp(-(ACT.alpha * g))", "1.0 + tl.exp(-g)"), report="moe"),
     _m("up + 1 dropped", _GEMM, ("h = (g * s) * (u + 1.0)", "h = (g * s) * u"), report="moe"),
-    _m("alpha and limit options ignored", _DISP, ("ALPHA=plan.alpha, LIMIT=plan.limit", "ALPHA=1.702, LIMIT=7.0")),
+    _m("alpha and limit options ignored", _DISP, ("GatedActivation(_ACT_IDS[activation], plan.alpha, plan.limit)",
+                                                   "GatedActivation(_ACT_IDS[activation], 1.702, 7.0)")),
     _m("bias1 dropped", _DISP, ("HAS_BIAS=bias1 is not None", "HAS_BIAS=False")),
-    _m("interleave read as separated", _DISP, ('GATE_MUL=1 if gate_mode == "separated" else 2, UP_OFF_IS_I=gate_mode == "separated"',
-                                               "GATE_MUL=1, UP_OFF_IS_I=True"), report="moe"),
+    _m("interleave read as separated", _DISP, ('INTERLEAVED=gate_mode == "interleave"', "INTERLEAVED=False"), report="moe"),
     # ---- routing ----------------------------------------------------------------------------
     _m("routing weight applied twice", _DISP, ("WEIGHT_HERE=not plan.doweight_stage1", "WEIGHT_HERE=True")),
     _m("routing weight never applied", _DISP, ("DOWEIGHT=plan.doweight_stage1", "DOWEIGHT=False")),
@@ -204,12 +206,12 @@ MUTANTS: tuple[Mutant, ...] = (
     _m("tensor-core bf16 accumulation", _GEMM, ("        out = tl.dot(a, b, acc)\n",
                                                 "        out = tl.dot(a, b, acc).to(tl.bfloat16).to(tl.float32)\n"),
        tests=_GPU_DECODE[1:], gpu=True),
-    _m("subnormal weight scale flushed", _GEMM, ("scale_pair = tl.maximum(byte * 0x00800080, 0x00400040)",
+    _m("subnormal weight scale flushed", _DEC, ("scale_pair = tl.maximum(byte * 0x00800080, 0x00400040)",
                                                  "scale_pair = byte * 0x00800080"), tests=_GPU_DECODE, gpu=True),
-    _m("weight sign lost", _GEMM, ("and.b32 s, t, {0x80008000};", "and.b32 s, t, {0x00008000};"), tests=_GPU_DECODE,
+    _m("weight sign lost", _DEC, ("and.b32 s, t, {0x80008000};", "and.b32 s, t, {0x00008000};"), tests=_GPU_DECODE,
        gpu=True),
-    _m("weight nibbles swapped", _GEMM, ("lo = pairs.to(tl.int16)  # element 2j: the low half\n        hi = (pairs >> 16).to(tl.int16)",
-                                         "hi = pairs.to(tl.int16)\n        lo = (pairs >> 16).to(tl.int16)"),
+    _m("weight nibbles swapped", _DEC, ("return pairs.to(tl.int16), (pairs >> 16).to(tl.int16)",
+                                        "return (pairs >> 16).to(tl.int16), pairs.to(tl.int16)"),
        tests=_GPU_DECODE, gpu=True),
     _m("host sync under graph capture", _DISP, ("if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():",
                                                 "if False:"),
