@@ -41,25 +41,36 @@ def kernel_times_us(fn, calls: int) -> dict[str, tuple[float, float]]:
 
 
 def host_profile(w1, s1, w2, s2, M, gen, calls=500):
-    """Host time of one eager a16w4 call (wall-clock of back-to-back calls) and where cProfile sees it."""
+    """Host time of one eager a16w4 call and of its parts (wall-clock per call of back-to-back calls,
+    one sync: ``_timing.time_host_ms``), then where cProfile sees it. Run it in a process that has
+    not run torch.profiler (its hooks stay and slow every launch)."""
     import cProfile
     import pstats
 
     from benchmarks._timing import time_host_ms
+    from moe_kernels import routing
 
     E, H, topk = w1.shape[0], w1.shape[2] * 2, GPU_SHAPE["topk"]
     weights, ids = torch.topk(torch.softmax(torch.randn(M, E, device="cuda", generator=gen), -1), topk, dim=-1)
+    weights, ids = weights.float(), ids.to(torch.int32)
     hidden = torch.randn(M, H, device="cuda", generator=gen).to(torch.bfloat16)
-    fn = functools.partial(mk.fused_moe, hidden, w1, s1, w2, s2, weights.float(), ids.to(torch.int32),
-                           **ROUTES["a16w4"])
-    print(f"host: M={M} a16w4 {time_host_ms(fn, calls=calls):.4f} ms a call (back-to-back, one sync)")
+    args = (hidden, w1, s1, w2, s2, weights, ids)
+    fn = functools.partial(mk.fused_moe, *args, **ROUTES["a16w4"])
+    plan = mk.plan_moe(*args, **ROUTES["a16w4"])
+
+    parts = {"fused_moe (all)": fn, "plan_moe (validate, selector, tiles)": functools.partial(mk.plan_moe, *args,
+                                                                                             **ROUTES["a16w4"]),
+             "align_pairs (one Triton launch + 3 allocations)": functools.partial(routing.align_pairs, ids, None,
+                                                                                plan.block_m, E)}
+    for name, part in parts.items():
+        print(f"host: M={M} {name}: {time_host_ms(part, calls=calls):.4f} ms a call")
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(calls):
         fn()
     prof.disable()
     torch.cuda.synchronize()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 
 def main(argv=None):
@@ -67,13 +78,15 @@ def main(argv=None):
     ap.add_argument("--M", type=int, nargs="*", default=[1, 64, 1024, 8192])
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--host", action="store_true", help="also: cProfile of eager a16w4 calls at the first M")
+    ap.add_argument("--host", action="store_true", help="only the host time of eager a16w4 calls at the first M, its parts and a cProfile")
     args = ap.parse_args(argv)
     if _runtime.INTERPRET or not torch.cuda.is_available():
         raise SystemExit("profile_moe needs a GPU (the profiler's device times)")
     E, H, I, topk = (GPU_SHAPE[k] for k in ("E", "H", "I", "topk"))  # noqa: E741
     gen = torch.Generator(device="cuda").manual_seed(0)
     w1, s1, w2, s2 = _weights(E, H, I, "cuda", gen)
+    if args.host:  # alone in its process: torch.profiler's hooks would slow every launch after it
+        return host_profile(w1, s1, w2, s2, args.M[0], gen)
     peer, why = triton_kernels_peer(w1, s1, w2, s2)
     print(f"card: {torch.cuda.get_device_name()}; shape {GPU_SHAPE}; triton_kernels: {'loaded' if peer else why}")
     rows = []
@@ -91,8 +104,6 @@ def main(argv=None):
             print(f"M={M} {name}: {sum(t for t, _ in kernels.values()):.1f} µs of kernels")
             for kname, (us, n) in kernels.items():
                 print(f"    {us:9.1f} µs  x{n:4.1f}  {kname[:110]}")
-    if args.host:
-        host_profile(w1, s1, w2, s2, args.M[0], gen)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(card=torch.cuda.get_device_name(), shape=GPU_SHAPE, rows=rows), f, indent=1)

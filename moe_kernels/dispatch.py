@@ -153,22 +153,22 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
 _ID_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
-def _check_ids(topk_ids, E, defer: bool) -> _PendingIdCheck | None:
+_FROM_ALIGNMENT = "from the alignment"  # _check_ids' answer: the alignment counts the bad ids (fused_moe)
+
+
+def _check_ids(topk_ids, E, defer: bool) -> str | None:
     """The expert ids' range check. On the host it is immediate; for a CUDA tensor it would be a host
-    sync that stalls the caller until the GPU catches up, so with ``defer`` it is queued on the device
-    (a flag copied to pinned memory, an event) and finished only after the kernels are queued (they
-    drop out-of-range ids meanwhile: ``routing``); under CUDA-graph capture it is a device assert."""
+    sync that stalls the caller until the GPU catches up, so with ``defer`` it is left to the
+    alignment kernel, which counts the ids out of range as it drops them (``routing``): ``fused_moe``
+    copies that count to pinned memory and reads it once the kernels are queued
+    (``_PendingIdCheck``). Under CUDA-graph capture it is a device assert."""
     if not topk_ids.numel():
         return None
     if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():  # no host sync in a CUDA graph
         torch._assert_async(((topk_ids >= 0) & (topk_ids < E)).all(), f"topk_ids: expert ids must lie in [0, {E - 1}]")
         return None
     if topk_ids.is_cuda and defer:
-        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
-        flag.copy_(((topk_ids < 0) | (topk_ids >= E)).any(), non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return _PendingIdCheck(topk_ids, E, flag, done)
+        return _FROM_ALIGNMENT
     _raise_if_ids_out_of_range(topk_ids, E)
     return None
 
@@ -184,8 +184,17 @@ class _PendingIdCheck:
 
     topk_ids: torch.Tensor
     E: int
-    out_of_range: torch.Tensor  # pinned bool, filled by the device
+    out_of_range: torch.Tensor  # pinned int32, filled by the device
     done: torch.cuda.Event
+
+    @classmethod
+    def queue(cls, topk_ids, E, out_of_range_on_device) -> _PendingIdCheck:
+        """Copy the alignment's count of bad ids to the host behind the kernels that make it."""
+        count = torch.empty((), dtype=torch.int32, pin_memory=True)
+        count.copy_(out_of_range_on_device, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return cls(topk_ids, E, count, done)
 
     def finish(self) -> None:
         self.done.synchronize()
@@ -297,10 +306,13 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     origin = hidden.device
     dev = _runtime.launch_device(hidden)
     to = lambda t: None if t is None else t.to(dev)  # noqa: E731
-    hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids = map(
+    hidden, w1, w1_scale, w2, w2_scale, topk_weights, ids_in = map(
         to, (hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids))
-    # a user's slices and transposes are normal: the routing kernels read ids and weights as flat rows
-    topk_ids, topk_weights = topk_ids.to(torch.int32).contiguous(), topk_weights.contiguous()
+    # a user's slices and transposes are normal: the routing kernels read ids and weights as flat rows;
+    # int64 ids are saturated into [-1, E] first, so that no bad id wraps into range as an int32
+    wide = ids_in.dtype == torch.int64
+    topk_ids = (ids_in.clamp(-1, plan.E) if wide else ids_in).to(torch.int32).contiguous()
+    topk_weights = topk_weights.contiguous()
     bias1, bias2, expert_mask = to(bias1), to(bias2), to(expert_mask)
     M, E, H, I, topk = plan.M, plan.E, plan.H, plan.I, plan.topk  # noqa: E741
     # None: all live (ids clamped: out-of-range ones are dropped by the alignment and then reported)
@@ -321,7 +333,9 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     h_scale = _alloc((n_pairs, I // 32), torch.uint8, dev, poison) if store_codes else None
     y = _alloc((n_pairs, H), torch.float32, dev, poison)
     if n_pairs:
-        sorted_ids, expert_ids, n_blocks = align_pairs(topk_ids, live, plan.block_m, E)
+        sorted_ids, expert_ids, n_blocks, out_of_range = align_pairs(topk_ids, live, plan.block_m, E)
+        if pending is _FROM_ALIGNMENT:
+            pending = _PendingIdCheck.queue(ids_in, E, out_of_range)
         tw = topk_weights.contiguous().reshape(-1)
         kf = KernelFormat.of(_element_format(plan.act_dtype))
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)

@@ -3,7 +3,9 @@
 Two implementations of one layout: up to ``SMALL_PAIRS`` (token, slot) pairs - decode, where host
 overhead is the cost - a single Triton program does it all (counts, block starts, stable ranks,
 scatter, block experts) in one launch, with tensors of at most pairs x 32 or experts x 32; above, about twenty torch ops whose device time is small next
-to the GEMMs'. Both return (sorted_ids, expert_ids, n_blocks): n_blocks is an upper bound of the
+to the GEMMs'. Both return (sorted_ids, expert_ids, n_blocks, out_of_range): out_of_range, a device
+int32 scalar, counts the ids outside [0, E) (``fused_moe``'s deferred range check reads it: no
+kernels of its own); n_blocks is an upper bound of the
 blocks (one partial block per expert at most), blocks past the last expert's have expert id -1, and
 ``tests/kernels/test_fused_moe.py`` holds both to ``moe_ref``.
 """
@@ -21,19 +23,21 @@ SMALL_PAIRS = 256
 
 def align_pairs(topk_ids: torch.Tensor, live: torch.Tensor | None, block_m: int, E: int):
     """Block layout of the (token, slot) pairs by expert; ``live`` None: every pair's expert is here.
-    Pairs whose id is outside [0, E) are not placed (as masked ones): ``fused_moe`` reports them after
-    the kernels are queued, and they must not index out of bounds meanwhile."""
+    Pairs whose id is outside [0, E) are not placed (as masked ones) and are counted: ``fused_moe``
+    reports them after the kernels are queued, and they must not index out of bounds meanwhile. The ids
+    are read as int32: wider ids must be saturated into [-1, E] first (``fused_moe`` does)."""
     n_pairs = topk_ids.numel()
     n_blocks = -(-(n_pairs + (block_m - 1) * min(E, n_pairs)) // block_m)
-    if n_pairs <= SMALL_PAIRS:
-        return (*_align_one_program(topk_ids, live, block_m, E, n_blocks), n_blocks)
-    return (*_align_torch(topk_ids, live, block_m, E, n_blocks), n_blocks)
+    align = _align_one_program if n_pairs <= SMALL_PAIRS else _align_torch
+    sorted_ids, expert_ids, out_of_range = align(topk_ids, live, block_m, E, n_blocks)
+    return sorted_ids, expert_ids, n_blocks, out_of_range
 
 
 def _align_torch(topk_ids, live, block_m, E, n_blocks):
     flat = topk_ids.reshape(-1).to(torch.int64)
     n_pairs = flat.numel()
-    placed = (flat >= 0) & (flat < E) if live is None else (flat >= 0) & (flat < E) & live.reshape(-1)
+    in_range = (flat >= 0) & (flat < E)
+    placed = in_range if live is None else in_range & live.reshape(-1)
     key = torch.where(placed, flat, E)  # masked pairs (and ids out of range) sort last, under key E
     order = torch.argsort(key, stable=True)
     counts = torch.zeros(E + 1, dtype=torch.int64, device=flat.device).scatter_add_(0, key, torch.ones_like(key))[:E]
@@ -47,7 +51,8 @@ def _align_torch(topk_ids, live, block_m, E, n_blocks):
     sorted_ids[dest] = order.to(torch.int32)
     block_expert = torch.searchsorted(torch.cumsum(blocks, 0), torch.arange(n_blocks, device=flat.device),
                                       right=True)
-    return sorted_ids[:-1], torch.where(block_expert < E, block_expert, -1).to(torch.int32)
+    out_of_range = (~in_range).sum(dtype=torch.int32)
+    return sorted_ids[:-1], torch.where(block_expert < E, block_expert, -1).to(torch.int32), out_of_range
 
 
 def _align_one_program(topk_ids, live, block_m, E, n_blocks):
@@ -55,13 +60,13 @@ def _align_one_program(topk_ids, live, block_m, E, n_blocks):
     n_pairs = topk_ids.numel()
     sorted_ids = torch.empty(n_blocks * block_m, dtype=torch.int32, device=dev)
     expert_ids = torch.empty(n_blocks, dtype=torch.int32, device=dev)
-    start = torch.empty(E + 1, dtype=torch.int32, device=dev)  # scratch: each expert's first slot
+    start = torch.empty(E + 2, dtype=torch.int32, device=dev)  # scratch: each expert's first slot; the count
     ids = topk_ids.reshape(-1)
     _align_kernel[(1,)](ids, ids if live is None else live.reshape(-1), sorted_ids, expert_ids, start, n_pairs, E,
                         n_blocks, BLOCK_M=block_m, HAS_LIVE=live is not None, PAIRS=triton.next_power_of_2(n_pairs),
                         EXPERTS=triton.next_power_of_2(E + 1), BLOCKS=triton.next_power_of_2(n_blocks),
                         MAX_RUN=triton.cdiv(n_pairs, block_m), CHUNK=32, num_warps=4)
-    return sorted_ids, expert_ids
+    return sorted_ids, expert_ids, start[E + 1]
 
 
 @triton.jit
@@ -81,8 +86,11 @@ def _align_kernel(ids_ptr, live_ptr, sorted_ptr, expert_ptr, start_ptr, n_pairs,
     """One program, no [pairs x pairs] tensors: counts and stable ranks from a loop over CHUNK-pair
     slices; pair i of expert e goes to start[e] + (its rank among e's pairs, in pair order), start[e] =
     BLOCK_M * (blocks of the experts before e), gathered through the ``start_ptr`` scratch; expert e
-    writes its id into its blocks (at most MAX_RUN), over a fill of -1. Masked pairs are not placed."""
+    writes its id into its blocks (at most MAX_RUN), over a fill of -1. Masked pairs are not placed.
+    start_ptr[E + 1]: the count of ids outside [0, E)."""
     i = tl.arange(0, PAIRS)
+    raw = tl.load(ids_ptr + i, mask=i < n_pairs, other=0).to(tl.int32)
+    tl.store(start_ptr + E + 1, tl.sum(((raw < 0) | (raw >= E)).to(tl.int32), axis=0))
     key = _keys(ids_ptr, live_ptr, i, n_pairs, E, HAS_LIVE)
     e = tl.arange(0, EXPERTS)
     counts = tl.zeros((EXPERTS,), tl.int32)

@@ -340,8 +340,10 @@ def test_out_of_range_ids_raise_on_the_gpu(M, masked, rng, device):
     kw = dict(zip(["hidden", "w1", "w1_scale", "w2", "w2_scale", "topk_weights", "topk_ids"], p.args()))
     good = mk.fused_moe(*kw.values(), arch="gfx950", env={})
     mask = torch.tensor([1, 0, 1, 1], dtype=torch.int32, device=device) if masked else None
-    for bad in (-1, 4, 1000):
-        ids = kw["topk_ids"].clone()
+    # int64 ids are saturated before their int32 alignment: 2^32 + 1 must not wrap to expert 1
+    for bad, dtype in ((-1, torch.int32), (4, torch.int32), (1000, torch.int32), (-1, torch.int64),
+                       (2**32 + 1, torch.int64)):
+        ids = kw["topk_ids"].to(dtype)
         ids[M // 2, 1] = bad
         with pytest.raises(ValueError, match=r"topk_ids: expert ids must lie in \[0, 3\]"):
             mk.fused_moe(*{**kw, "topk_ids": ids}.values(), arch="gfx950", env={}, expert_mask=mask)
@@ -444,8 +446,10 @@ def test_device_alignment_equals_moe_ref(M, E, topk, block_m, masked, bad_ids, i
         ref_mask = torch.cat([torch.ones(E, dtype=torch.int32) if mask is None else mask, torch.zeros(1, dtype=torch.int32)])
     n_blocks = -(-(M * topk + (block_m - 1) * min(E, M * topk)) // block_m)
     align = routing._align_one_program if impl == "one_program" else routing._align_torch
-    sorted_ids, expert_ids = align(ids.to(device), None if live is None else live.to(device), block_m, E, n_blocks)
+    sorted_ids, expert_ids, out_of_range = align(ids.to(device), None if live is None else live.to(device), block_m,
+                                                 E, n_blocks)
     sorted_ids, expert_ids = sorted_ids.cpu(), expert_ids.cpu()
+    assert int(out_of_range) == int(((ids < 0) | (ids >= E)).sum())  # what fused_moe's deferred check reads
     want_sorted, want_experts, padded = moe_align_block_size(ref_ids, block_m, E + bad_ids, expert_mask=ref_mask)
     n_real = int(padded) // block_m
     assert n_blocks >= n_real and sorted_ids.shape == (n_blocks * block_m,)
