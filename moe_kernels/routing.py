@@ -71,12 +71,14 @@ def _align_one_program(topk_ids, live, block_m, E, n_blocks):
 
 @triton.jit
 def _keys(ids_ptr, live_ptr, idx, n_pairs, E, HAS_LIVE: tl.constexpr):
-    """Expert of pairs ``idx``; E for a masked pair, an id outside [0, E) or one past the end."""
+    """(expert of pairs ``idx``: E for a masked pair, an id outside [0, E) or one past the end; whether
+    the id is outside [0, E))."""
     key = tl.load(ids_ptr + idx, mask=idx < n_pairs, other=E).to(tl.int32)
+    bad = ((key < 0) | (key >= E)) & (idx < n_pairs)
     key = tl.where((key >= 0) & (key < E), key, E)
     if HAS_LIVE:
         key = tl.where(tl.load(live_ptr + idx, mask=idx < n_pairs, other=0) != 0, key, E)
-    return key
+    return key, bad
 
 
 @triton.jit
@@ -89,15 +91,13 @@ def _align_kernel(ids_ptr, live_ptr, sorted_ptr, expert_ptr, start_ptr, n_pairs,
     writes its id into its blocks (at most MAX_RUN), over a fill of -1. Masked pairs are not placed.
     start_ptr[E + 1]: the count of ids outside [0, E)."""
     i = tl.arange(0, PAIRS)
-    raw = tl.load(ids_ptr + i, mask=i < n_pairs, other=0).to(tl.int32)
-    tl.store(start_ptr + E + 1, tl.sum(((raw < 0) | (raw >= E)).to(tl.int32), axis=0))
-    key = _keys(ids_ptr, live_ptr, i, n_pairs, E, HAS_LIVE)
+    key, _ = _keys(ids_ptr, live_ptr, i, n_pairs, E, HAS_LIVE)
     e = tl.arange(0, EXPERTS)
     counts = tl.zeros((EXPERTS,), tl.int32)
     rank = tl.zeros((PAIRS,), tl.int32)
     for j0 in tl.static_range(0, PAIRS, CHUNK):
         j = j0 + tl.arange(0, CHUNK)
-        key_j = _keys(ids_ptr, live_ptr, j, n_pairs, E, HAS_LIVE)
+        key_j, _ = _keys(ids_ptr, live_ptr, j, n_pairs, E, HAS_LIVE)
         counts += tl.sum((key_j[None, :] == e[:, None]).to(tl.int32), axis=1)
         rank += tl.sum(((key_j[None, :] == key[:, None]) & (j[None, :] < i[:, None])).to(tl.int32), axis=1)
     blocks = tl.where(e < E, (counts + BLOCK_M - 1) // BLOCK_M, 0)
@@ -112,3 +112,5 @@ def _align_kernel(ids_ptr, live_ptr, sorted_ptr, expert_ptr, start_ptr, n_pairs,
     tl.store(sorted_ptr + tl.load(start_ptr + key, mask=placed, other=0) + rank, i, mask=placed)
     for k in tl.static_range(MAX_RUN):
         tl.store(expert_ptr + first + k, e, mask=(k < blocks) & (e < E))
+    _, bad = _keys(ids_ptr, live_ptr, i, n_pairs, E, False)  # last: no live state held through the loops
+    tl.store(start_ptr + E + 1, tl.sum(bad.to(tl.int32), axis=0))
