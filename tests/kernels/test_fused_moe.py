@@ -343,7 +343,7 @@ def test_out_of_range_ids_raise_on_the_gpu(M, masked, rng, device):
     # int64 ids are saturated before their int32 alignment: 2^32 + 1 must not wrap to expert 1
     for bad, dtype in ((-1, torch.int32), (4, torch.int32), (1000, torch.int32), (-1, torch.int64),
                        (2**32 + 1, torch.int64)):
-        ids = kw["topk_ids"].to(dtype)
+        ids = kw["topk_ids"].to(dtype, copy=True)  # the good ids stay as they are, for the last call
         ids[M // 2, 1] = bad
         with pytest.raises(ValueError, match=r"topk_ids: expert ids must lie in \[0, 3\]"):
             mk.fused_moe(*{**kw, "topk_ids": ids}.values(), arch="gfx950", env={}, expert_mask=mask)
