@@ -61,6 +61,16 @@ def _weights(E, H, I, device, gen):  # noqa: E741
     return w1, s1, w2, s2
 
 
+def routed_inputs(M, E, H, topk, device, gen):
+    """(hidden bf16 [M, H], topk_weights fp32 [M, topk], topk_ids int32): softmax top-k of random
+    logits, renormalized (the logits are drawn first, then hidden, from ``gen``)."""
+    logits = torch.randn(M, E, device=device, generator=gen)
+    weights, ids = torch.topk(torch.softmax(logits, -1), topk, dim=-1)
+    weights, ids = (weights / weights.sum(-1, keepdim=True)).float(), ids.to(torch.int32)
+    hidden = torch.randn(M, H, device=device, generator=gen).to(torch.bfloat16)
+    return hidden, weights, ids
+
+
 def _dequant_bf16(packed, scale):
     """MXFP4 -> bf16 with torch ops (exact), [.., N, K]."""
     table = torch.tensor(em.decode(torch.arange(16).numpy(), "e2m1"), device=packed.device)
@@ -156,10 +166,7 @@ def bench(shape, ms, device, on_row=lambda row, copy_bw, flops: None):
         print(f"triton_kernels: not timed ({peer_why})")
     rows = []
     for M in ms:
-        logits = torch.randn(M, E, device=device, generator=gen)
-        weights, ids = torch.topk(torch.softmax(logits, -1), topk, dim=-1)
-        weights, ids = (weights / weights.sum(-1, keepdim=True)).float(), ids.to(torch.int32)
-        hidden = torch.randn(M, H, device=device, generator=gen).to(torch.bfloat16)
+        hidden, weights, ids = routed_inputs(M, E, H, topk, device, gen)
         prep = _peer_inputs(hidden, ids.long(), E)
         touched = int((prep[1] > 0).sum())
         row = dict(M=M, touched_experts=touched)

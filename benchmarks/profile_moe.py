@@ -20,7 +20,7 @@ import collections
 import functools
 import json
 
-from benchmarks.bench_moe import GPU_SHAPE, ROUTES, _weights, triton_kernels_peer
+from benchmarks.bench_moe import GPU_SHAPE, ROUTES, _weights, routed_inputs, triton_kernels_peer
 
 
 def kernel_times_us(fn, calls: int) -> dict[str, tuple[float, float]]:
@@ -51,9 +51,7 @@ def host_profile(w1, s1, w2, s2, M, gen, calls=500):
     from moe_kernels import routing
 
     E, H, topk = w1.shape[0], w1.shape[2] * 2, GPU_SHAPE["topk"]
-    weights, ids = torch.topk(torch.softmax(torch.randn(M, E, device="cuda", generator=gen), -1), topk, dim=-1)
-    weights, ids = weights.float(), ids.to(torch.int32)
-    hidden = torch.randn(M, H, device="cuda", generator=gen).to(torch.bfloat16)
+    hidden, weights, ids = routed_inputs(M, E, H, topk, "cuda", gen)
     args = (hidden, w1, s1, w2, s2, weights, ids)
     fn = functools.partial(mk.fused_moe, *args, **ROUTES["a16w4"])
     plan = mk.plan_moe(*args, **ROUTES["a16w4"])
@@ -91,10 +89,7 @@ def main(argv=None):
     print(f"card: {torch.cuda.get_device_name()}; shape {GPU_SHAPE}; triton_kernels: {'loaded' if peer else why}")
     rows = []
     for M in args.M:
-        logits = torch.randn(M, E, device="cuda", generator=gen)
-        weights, ids = torch.topk(torch.softmax(logits, -1), topk, dim=-1)
-        weights, ids = (weights / weights.sum(-1, keepdim=True)).float(), ids.to(torch.int32)
-        hidden = torch.randn(M, H, device="cuda", generator=gen).to(torch.bfloat16)
+        hidden, weights, ids = routed_inputs(M, E, H, topk, "cuda", gen)
         impls = {p: functools.partial(mk.fused_moe, hidden, w1, s1, w2, s2, weights, ids, **r) for p, r in ROUTES.items()}
         if peer is not None:
             impls["triton_kernels"] = functools.partial(peer, hidden, weights, ids)

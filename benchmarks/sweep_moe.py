@@ -18,7 +18,7 @@ import functools
 import json
 
 from benchmarks._timing import time_graph_ms
-from benchmarks.bench_moe import GPU_SHAPE, ROUTES, _weights
+from benchmarks.bench_moe import GPU_SHAPE, ROUTES, _weights, routed_inputs
 from moe_kernels import _tuning
 
 KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages")
@@ -55,9 +55,7 @@ def main(argv=None):
     print(f"card: {torch.cuda.get_device_name()}; shape {GPU_SHAPE}")
     rows = []
     for M in args.M:
-        weights, ids = torch.topk(torch.softmax(torch.randn(M, E, device="cuda", generator=gen), -1), topk, dim=-1)
-        weights, ids = (weights / weights.sum(-1, keepdim=True)).float(), ids.to(torch.int32)
-        hidden = torch.randn(M, H, device="cuda", generator=gen).to(torch.bfloat16)
+        hidden, weights, ids = routed_inputs(M, E, H, topk, "cuda", gen)
         fn = functools.partial(mk.fused_moe, hidden, w1, s1, w2, s2, weights, ids, **ROUTES["a16w4"])
         base_out, base_ms = fn(), time_graph_ms(fn)
         print(f"M={M}: current {mk.dispatch.config_name(mk.dispatch._config(M, E, topk, H=H, I=I))} {base_ms:.3f} ms")

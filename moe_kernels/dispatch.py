@@ -153,24 +153,21 @@ def _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1,
 _ID_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
-_FROM_ALIGNMENT = "from the alignment"  # _check_ids' answer: the alignment counts the bad ids (fused_moe)
-
-
-def _check_ids(topk_ids, E, defer: bool) -> str | None:
+def _check_ids(topk_ids, E, defer: bool) -> bool:
     """The expert ids' range check. On the host it is immediate; for a CUDA tensor it would be a host
     sync that stalls the caller until the GPU catches up, so with ``defer`` it is left to the
     alignment kernel, which counts the ids out of range as it drops them (``routing``): ``fused_moe``
     copies that count to pinned memory and reads it once the kernels are queued
-    (``_PendingIdCheck``). Under CUDA-graph capture it is a device assert."""
+    (``_PendingIdCheck``). Under CUDA-graph capture it is a device assert. True: left to the alignment."""
     if not topk_ids.numel():
-        return None
+        return False
     if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():  # no host sync in a CUDA graph
         torch._assert_async(((topk_ids >= 0) & (topk_ids < E)).all(), f"topk_ids: expert ids must lie in [0, {E - 1}]")
-        return None
+        return False
     if topk_ids.is_cuda and defer:
-        return _FROM_ALIGNMENT
+        return True
     _raise_if_ids_out_of_range(topk_ids, E)
-    return None
+    return False
 
 
 def _raise_if_ids_out_of_range(topk_ids, E) -> None:
@@ -252,10 +249,11 @@ def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, acti
 
 def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, alpha, limit,
           doweight_stage1, bias1, bias2, expert_mask, scale_mode, arch, env, defer_ids):
-    """(plan, pending id check) - ``plan_moe``, with the ids' range check deferred where ``defer_ids``."""
+    """(plan, whether the ids' range check is left to the alignment) - ``plan_moe``, with the check
+    deferred where ``defer_ids``."""
     M, E, H, I, topk = _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1, bias2,
                                  expert_mask)
-    pending = _check_ids(topk_ids, E, defer_ids)
+    ids_deferred = _check_ids(topk_ids, E, defer_ids)
     if activation not in _ACT_IDS:
         raise ValueError(f"activation={activation!r} is not supported by the kernels; expected one of {list(_ACT_IDS)}")
     decision = select_activation_dtype(M, arch=detect_arch() if arch is None else arch, weight_dtype="fp4x2",
@@ -268,7 +266,7 @@ def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation
     block_m, block_n1, block_n2, block_k, warps, stages = _config(M, E, topk, _runtime.INTERPRET, H, I)
     return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, float(alpha),
                    float(limit), doweight_stage1, M, E, H, I, topk, block_m, block_n1, block_n2, block_k, warps,
-                   stages), pending
+                   stages), ids_deferred
 
 
 def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, kf: KernelFormat) -> torch.Tensor:
@@ -301,8 +299,10 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     ``return_trace=True`` returns ``(out, MoERun)`` with the quantized intermediates; ``poison=True``
     fills every buffer the kernels write with NaN / 0xFF first (a testing aid).
     """
-    plan, pending = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, alpha,
-                          limit, doweight_stage1, bias1, bias2, expert_mask, scale_mode, arch, env, defer_ids=True)
+    plan, ids_deferred = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, alpha,
+                               limit, doweight_stage1, bias1, bias2, expert_mask, scale_mode, arch, env,
+                               defer_ids=True)
+    pending = None  # the deferred range check, queued behind the alignment that counts the bad ids
     origin = hidden.device
     dev = _runtime.launch_device(hidden)
     to = lambda t: None if t is None else t.to(dev)  # noqa: E731
@@ -334,7 +334,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     y = _alloc((n_pairs, H), torch.float32, dev, poison)
     if n_pairs:
         sorted_ids, expert_ids, n_blocks, out_of_range = align_pairs(topk_ids, live, plan.block_m, E)
-        if pending is _FROM_ALIGNMENT:
+        if ids_deferred:
             pending = _PendingIdCheck.queue(ids_in, E, out_of_range)
         tw = topk_weights.contiguous().reshape(-1)
         kf = KernelFormat.of(_element_format(plan.act_dtype))
