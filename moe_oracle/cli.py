@@ -47,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "default 1; on a CPU-only run a number means that many CPU processes)")
     ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # K/N: a --devices child's share of the cases
     ap.add_argument("--rows-file", default=None, help=argparse.SUPPRESS)  # where a --devices child writes its rows
-    ap.add_argument("--only", choices=["all", "quantizers", "moe"], default="all", help="which checks to run")
+    ap.add_argument("--only", choices=["all", "quantizers", "moe", "dispatch"], default="all",
+                    help="which checks to run; dispatch: AITER's dispatch and its tests' copies against the selector "
+                         "(--impl aiter; MOE_ORACLE_AITER_PATH = a checkout or a wheel)")
+    ap.add_argument("--aiter-repo", default=None, help="with --only dispatch: an AITER git checkout whose history "
+                                                      "is walked (from --since to --until)")
+    ap.add_argument("--since", default=None, help="with --aiter-repo: the first commit to check")
+    ap.add_argument("--until", default=None, help="with --aiter-repo: the last commit to check (default HEAD)")
     return ap
 
 
@@ -72,6 +78,10 @@ def main(argv=None) -> int:
         if value is not None and not value > 0:
             print(f"moe-oracle verify: {name} must be > 0, got {value}", file=sys.stderr)
             return 2
+    if args.only == "dispatch" or args.aiter_repo:
+        from .dispatch_cli import run
+
+        return run(args)
     if importlib.util.find_spec("torch") is None:
         print(_NEEDS, file=sys.stderr)
         return 2

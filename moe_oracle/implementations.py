@@ -36,7 +36,7 @@ def _triton_kernels() -> Implementation:
     return triton_kernels.implementation()
 
 
-REGISTRY = {"ours": ours, "aiter-triton": _aiter, "triton-kernels": _triton_kernels}
+REGISTRY = {"ours": ours, "aiter-triton": _aiter, "aiter": _aiter, "triton-kernels": _triton_kernels}
 
 
 def resolve(spec) -> Implementation:
