@@ -88,6 +88,7 @@ def derive_matrix(tree: SourceTree, located: Located) -> Matrix:
                 for c in sub.comparators:
                     weights.update(n.attr for n in ast.walk(c) if isinstance(n, ast.Attribute)
                                    and ast.unparse(n.value) == "dtypes")
+    acts += [a for site in located.copies for a in site.activations if a not in acts]  # the copies' guards
     for var in ENV_VARS.values():
         for name in (var.name, var.legacy):
             if name:
@@ -134,7 +135,9 @@ def check(tree: SourceTree, located: Located | None = None, matrix: Matrix | Non
             evaluators[key] = AiterEvaluator(tree, located, import_env)
         ev = evaluators[key]
         runtime, call_reads, import_reads = ev.runtime(case, env)
-        copies = {site.name: answer_text(ev.copy(site, case, env)[0]) for site in located.copies}
+        copies = {site.name: answer_text(ev.copy(site, case, env)[0])
+                  if not site.activations or case.activation in site.activations else None
+                  for site in located.copies}
         selector = selector_answer(case, env)
         row = dict(M=case.M, arch=case.arch, gate_mode=case.gate_mode.lower(), activation=case.activation,
                    weight_dtype=case.weight_dtype, shuffled=case.shuffled, env=dict(env), env_timing=timing,

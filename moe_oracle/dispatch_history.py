@@ -6,7 +6,6 @@ and in each copy, and from when to when the runtime and its copies disagreed."""
 from __future__ import annotations
 
 import ast
-import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -20,8 +19,11 @@ __all__ = ["commits", "history", "format_history", "merge_matrices"]
 def commits(repo: Path, since: str, until: str = "HEAD") -> list[tuple[str, str, str]]:
     """(id, date, subject) of each commit from ``since`` to ``until`` (both included) that touched the
     rule's file or the tests, oldest first."""
+    has_parent = subprocess.run(["git", "-C", str(repo), "rev-parse", "-q", "--verify", f"{since}^"],
+                                capture_output=True).returncode == 0
+    span = f"{since}^..{until}" if has_parent else until  # a root commit: everything up to until
     out = subprocess.run(["git", "-C", str(repo), "log", "--reverse", "--format=%H%x1f%cs%x1f%s",
-                          f"{since}^..{until}", "--", ENTRY_FILE, "op_tests"],
+                          span, "--", ENTRY_FILE, "op_tests"],
                          check=True, capture_output=True, text=True).stdout
     return [tuple(ln.split("\x1f", 2)) for ln in out.splitlines() if ln]
 
@@ -67,8 +69,7 @@ def history(repo: str | Path, since: str, until: str = "HEAD", progress=None) ->
                 entries.append(dict(commit=sha[:12], date=date, subject=subject, error=missing))
                 previous = missing
             continue
-        fingerprint = (dataclasses.replace(located, copies=()), tuple(s.name for s in located.copies),
-                       "\n".join(ast.unparse(n) for n in _functions_of(tree, located)))
+        fingerprint = _fingerprint(tree, located)
         if fingerprint == previous:
             continue
         previous = fingerprint
@@ -81,16 +82,29 @@ def history(repo: str | Path, since: str, until: str = "HEAD", progress=None) ->
     return entries
 
 
+def _fingerprint(tree, located) -> str:
+    """The text that decides: the rule's body up to its last q_dtype_a statement, the override's body up
+    to its branches, each copy, and the module constants they name (line numbers left out)."""
+    parts = []
+    for node in _functions_of(tree, located):
+        if isinstance(node, ast.FunctionDef) and node.name == located.rule.name:
+            node = ast.Module(node.body[: located.rule.stop + 1], [])
+        elif located.keep and isinstance(node, ast.FunctionDef) and node.name == located.keep.name:
+            node = ast.Module(node.body[: located.keep.stop + 1], [])
+        parts.append(ast.unparse(node))
+    return "\n".join(parts)
+
+
 def _entry(sha, date, subject, located, answers, before) -> dict:
     runtime_changed, copy_changed = [], {}
     for key, row in answers.items():
         old = before.get(key) if before else None
         if old is None:
             continue
-        if row["runtime"] != old["runtime"]:
+        if kind(row["runtime"]) != kind(old["runtime"]):  # line numbers inside reasons move with any edit
             runtime_changed.append(f"{_describe(key)}: {old['runtime']} -> {row['runtime']}")
         for name, value in row["copies"].items():
-            if value != old["copies"].get(name, "absent"):
+            if name not in old["copies"] or kind(value) != kind(old["copies"][name]):
                 copy_changed.setdefault(name, []).append(f"{_describe(key)}: {old['copies'].get(name, 'absent')} "
                                                          f"-> {value}")
     disagree = [k for k, r in answers.items()

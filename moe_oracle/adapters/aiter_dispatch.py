@@ -30,12 +30,15 @@ _COPY_NAME = re.compile(r"q_dtype_a|aq_dtype|act\w*_dtype", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Site:
-    """A function of the tree: file, name, line; ``stop``: the body's last statement index to run."""
+    """A function of the tree: file, name, line; ``stop``: the body's last statement index to run;
+    ``activations``: for a copy whose every call in its tests sits under ``if <act> == ActivationType.X``,
+    those X (it answers for them only); empty: no such guard."""
 
     path: str
     name: str
     line: int
     stop: int | None = None
+    activations: tuple[str, ...] = ()
 
     @property
     def where(self) -> str:
@@ -110,6 +113,28 @@ def _env_names(tree: ast.AST) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _call_guards(module: ast.Module, name: str) -> tuple[str, ...]:
+    """The activations ``X`` of ``== ActivationType.X`` tests that guard every call of ``name``."""
+    found, unguarded = set(), False
+
+    def visit(node, guards):
+        nonlocal unguarded
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name:
+            acts = {c.attr for g in guards for c in ast.walk(g) if isinstance(c, ast.Attribute)
+                    and ast.unparse(c.value).split(".")[-1] == "ActivationType"}
+            found.update(acts)
+            unguarded |= not acts
+        for field, value in ast.iter_fields(node):
+            children = value if isinstance(value, list) else [value]
+            extra = [node.test] if isinstance(node, ast.If) and field == "body" else []
+            for child in children:
+                if isinstance(child, ast.AST):
+                    visit(child, guards + extra)
+
+    visit(module, [])
+    return () if unguarded or not found else tuple(sorted(found))
+
+
 def locate(tree: SourceTree) -> Located:
     """Where the rule, the override and the copies are in ``tree``; LookupError naming what is missing."""
     source = tree.read(ENTRY_FILE)
@@ -144,7 +169,7 @@ def locate(tree: SourceTree) -> Located:
             returns_dtype = any(isinstance(r, ast.Return) and r.value is not None and "dtypes." in ast.unparse(r.value)
                                 for r in ast.walk(node))
             if returns_dtype and (_COPY_NAME.search(name) or set(_env_names(node)) & set(knobs)):
-                copies.append(Site(path, name, node.lineno))
+                copies.append(Site(path, name, node.lineno, activations=_call_guards(test_module, name)))
     return Located(rule, keep, tuple(copies), tuple(knobs))
 
 
