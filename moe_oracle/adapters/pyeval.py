@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import builtins
 import enum
+import functools
 import operator
 from dataclasses import dataclass, field
 
@@ -119,6 +120,10 @@ class Lazy:
     def __init__(self, thunk):
         self._thunk, self._done, self._value = thunk, False, None
 
+    @property
+    def done(self) -> bool:
+        return self._done
+
     def value(self):
         if not self._done:
             self._value, self._done = self._thunk(), True
@@ -204,6 +209,7 @@ class Interpreter:
         self.on_global_read = on_global_read or (lambda module, name: None)
         self.steps = 0
         self.depth = 0
+        self.cheap = False  # inside a boolean operator's first pass: deferred calls are not run
 
     def load_module(self, path: str, source: str, dotted: str, reads: set) -> Module:
         """Run a module's top level as an import would. ``reads`` is the set the environment stand-in
@@ -341,11 +347,9 @@ class Interpreter:
     @staticmethod
     def _forget_mutated(node, st, where):
         """Plain containers a method call may have changed (``lst.append(x)``) become unknown."""
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and isinstance(sub.func.value, ast.Name):
-                name = sub.func.value.id
-                if isinstance(st.local.get(name), (list, dict, set)):
-                    st.local[name] = unknown(why=f"{name}: changed by {ast.unparse(sub.func)}() ({where})")
+        for name, method in _receivers(node):
+            if isinstance(st.local.get(name), (list, dict, set)):
+                st.local[name] = unknown(why=f"{name}: changed by {name}.{method}() ({where})")
 
     def _assign(self, target, value, st, module, where):
         if isinstance(target, ast.Name):
@@ -464,6 +468,8 @@ class Interpreter:
         else:
             return unknown(why=f"{name} ({where})")
         if isinstance(v, Lazy):
+            if self.cheap and not v.done:
+                return unknown(why=f"{name} (not computed yet)")
             v = v.value()
             st.local[name] = v
         return v
@@ -552,6 +558,20 @@ class Interpreter:
 
     def _boolop(self, node, st, module):
         is_and = isinstance(node.op, ast.And)
+        if len(node.values) > 1 and not self.cheap:
+            # first without running deferred calls: an operand that decides (False for and, True for
+            # or) decides in three-valued logic whatever the unknown ones before it turn out to be
+            self.cheap = True
+            try:
+                for operand in node.values:
+                    v = self._guarded(operand, st, module)
+                    t = truth(v)
+                    if t is not None and t is not is_and:
+                        return v
+                    if t is None:
+                        continue
+            finally:
+                self.cheap = False
         pending = []
         v = None
         for operand in node.values:
@@ -614,9 +634,13 @@ def _handler(node: ast.Try, st: _State):
     return None
 
 
-def _assigned_names(node) -> set[str]:
-    out = set()
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-            out.add(sub.id)
-    return out
+@functools.lru_cache(maxsize=65536)
+def _receivers(node) -> tuple:
+    """(name, method) of every ``name.method(...)`` call inside ``node`` (nodes hash by identity)."""
+    return tuple((sub.func.value.id, sub.func.attr) for sub in ast.walk(node) if isinstance(sub, ast.Call)
+                 and isinstance(sub.func, ast.Attribute) and isinstance(sub.func.value, ast.Name))
+
+
+@functools.lru_cache(maxsize=65536)
+def _assigned_names(node) -> frozenset:
+    return frozenset(sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store))
