@@ -62,7 +62,7 @@ def _functions_of(tree: SourceTree, located: Located) -> list[ast.AST]:
 
 def derive_matrix(tree: SourceTree, located: Located) -> Matrix:
     """Everything the rule, its override and its copies branch on, with the selector's own values."""
-    from .adapters.aiter_dispatch import _env_names
+    from .adapters.aiter_locate import env_names
 
     nodes = _functions_of(tree, located)
     bounds, archs, acts, weights = {256, 512}, set(BASE_ARCHS), list(BASE_ACTIVATIONS), {"fp4x2"}
@@ -70,7 +70,7 @@ def derive_matrix(tree: SourceTree, located: Located) -> Matrix:
     for node in nodes:
         label = getattr(node, "name", "runtime")
         label = "runtime" if label in (located.rule.name, getattr(located.keep, "name", None)) else label
-        for name in _env_names(node):
+        for name in env_names(node):
             sources[name].append(label if isinstance(node, ast.FunctionDef) else "runtime (module constant)")
         for sub in ast.walk(node):
             if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
