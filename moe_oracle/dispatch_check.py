@@ -71,7 +71,8 @@ def derive_matrix(tree: SourceTree, located: Located) -> Matrix:
         label = getattr(node, "name", "runtime")
         label = "runtime" if label in (located.rule.name, getattr(located.keep, "name", None)) else label
         for name in env_names(node):
-            sources[name].append(label if isinstance(node, ast.FunctionDef) else "runtime (module constant)")
+            sources[name].append(f"{label} per call" if isinstance(node, ast.FunctionDef)
+                                 else "runtime at import (module constant)")
         for sub in ast.walk(node):
             if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
                 if sub.value.strip().isdigit():
@@ -134,14 +135,15 @@ def check(tree: SourceTree, located: Located | None = None, matrix: Matrix | Non
         if key not in evaluators:
             evaluators[key] = AiterEvaluator(tree, located, import_env)
         ev = evaluators[key]
-        runtime, call_reads, import_reads = ev.runtime(case, env)
+        runtime, call_reads, import_reads = ev.runtime(case, env)  # the knobs this answer read, and when
         copies = {site.name: answer_text(ev.copy(site, case, env)[0])
                   if not site.activations or case.activation in site.activations else None
                   for site in located.copies}
         selector = selector_answer(case, env)
         row = dict(M=case.M, arch=case.arch, gate_mode=case.gate_mode.lower(), activation=case.activation,
                    weight_dtype=case.weight_dtype, shuffled=case.shuffled, env=dict(env), env_timing=timing,
-                   selector=selector, runtime=answer_text(runtime), copies=copies)
+                   selector=selector, runtime=answer_text(runtime), copies=copies,
+                   runtime_read={"call": sorted(call_reads), "import": sorted(import_reads)})
         kinds = {kind(a) for a in (selector, row["runtime"], *copies.values())} - {None}
         row["differ"] = len(kinds) > 1
         sel = kind(selector)

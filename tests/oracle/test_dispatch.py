@@ -188,6 +188,13 @@ def test_three_way_table_groups_every_difference_by_cause(tmp_path):
     assert {"AITER_MOE_FORCE_BF16_ACT", "AITER_BF16_FP8_MOE_BOUND", "GPTOSS_SWIGLU_MXFP4_BF16_BOUND",
             "AITER_MOE_BF16_FP8_BOUND", "AITER_FORCE_A8W4"} <= set(matrix.knobs)
     assert {255, 256, 511, 512} <= set(matrix.Ms) and "gfx1250" in matrix.archs and matrix.shuffled == (False, True)
+    assert matrix.knob_sources["GPTOSS_SWIGLU_MXFP4_BF16_BOUND"] == [
+        "_runtime_swiglu_mxfp4_q_dtype_a per call", "runtime at import (module constant)", "selector"]
+    assert matrix.knob_sources["AITER_MOE_BF16_FP8_BOUND"] == ["selector"]  # AITER never reads the selector's name
+    separated = next(r for r in rows if r["M"] == 256 and r["activation"] == "Swiglu" and not r["env"]
+                     and r["gate_mode"] == "separated" and r["arch"] == "gfx950" and not r["shuffled"])
+    assert separated["runtime_read"] == {"call": ["AITER_BF16_FP8_MOE_BOUND", "AITER_MOE_FORCE_BF16_ACT"],
+                                         "import": ["GPTOSS_SWIGLU_MXFP4_BF16_BOUND"]}  # gfx950: not A8W4
     row = next(r for r in rows if r["M"] == 300 or (r["M"] == 256 and r["arch"] == "gfx950" and r["gate_mode"] ==
                                                    "interleave" and r["activation"] == "Swiglu" and not r["env"]))
     assert (row["selector"], row["runtime"], row["copies"]["_runtime_swiglu_mxfp4_q_dtype_a"]) == ("bf16", "fp8", "fp8")
