@@ -11,9 +11,11 @@ integer arithmetic on fp32 bits, never the interpreter's float8/bf16 casts (NUME
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
+import numpy as np
 import torch
 
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
@@ -41,3 +43,18 @@ def launch_device(*tensors: torch.Tensor) -> torch.device:
             raise RuntimeError("no GPU is visible and TRITON_INTERPRET=0: set TRITON_INTERPRET=1 to run on the CPU")
         return torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def interpreter_quiet(fn):
+    """Under the interpreter NumPy runs the kernels, and its floating-point warnings on the NaN / Inf
+    lanes that the kernels compute on purpose (NaN inputs, masked lanes, overflow to inf) would reach
+    every caller: they are silenced for the call. On a GPU ``fn`` is returned as it is."""
+    if not INTERPRET:
+        return fn
+
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return quiet

@@ -289,6 +289,7 @@ def _alloc(shape, dtype, device, poison):
     return t
 
 
+@_runtime.interpreter_quiet
 def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, activation="swiglu",
               gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT, bias1=None, bias2=None,
               doweight_stage1=False, expert_mask=None, scale_mode="round_up", arch=None, env=None,

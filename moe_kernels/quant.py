@@ -130,6 +130,7 @@ def _mx_quantize(x, fmt, scale_mode, pack):
     return q.to(x.device), s.to(x.device)
 
 
+@_runtime.interpreter_quiet
 def quantize_mxfp4(x: torch.Tensor, *, scale_mode="round_up"):
     """MXFP4 of x [M, K] (bf16 or fp32) along K -> (packed uint8 [M, K/2], scale_e8m0 uint8 [M, K/32]).
 
@@ -138,6 +139,7 @@ def quantize_mxfp4(x: torch.Tensor, *, scale_mode="round_up"):
     return _mx_quantize(x, "e2m1", scale_mode, pack=True)
 
 
+@_runtime.interpreter_quiet
 def quantize_mxfp8(x: torch.Tensor, *, fmt="e4m3fn", scale_mode="round_up", as_float8: bool = False):
     """MXFP8 of x [M, K] along K -> (codes [M, K], scale_e8m0 uint8 [M, K/32]); fmt e4m3fn or e4m3fnuz.
 
@@ -151,6 +153,7 @@ def quantize_mxfp8(x: torch.Tensor, *, fmt="e4m3fn", scale_mode="round_up", as_f
     return (codes.view(_FLOAT8[f.name]) if as_float8 else codes), scale
 
 
+@_runtime.interpreter_quiet
 def quantize_fp8_per_token(x: torch.Tensor, *, fmt="e4m3fn", as_float8: bool = False):
     """Per-row fp8: scale = fl32(amax / max), codes of fl32(x * fl32(1 / scale)) -> (codes [M, K], scale fp32 [M, 1]).
 

@@ -4,26 +4,59 @@ one assertion helper that fails with the oracle's message."""
 from __future__ import annotations
 
 import dataclasses
+import secrets
 
 from .config import QUICK, VerifyConfig
 from .implementation import Implementation, as_implementation
 from .quantizers import QuantizerCheck, check_quantizer
 
-__all__ = ["check_quantizer", "check_moe", "assert_conforms", "QuantizerCheck"]
+__all__ = ["check_quantizer", "check_moe", "assert_conforms", "QuantizerCheck", "MoECheck"]
 
 
 def _config(config) -> VerifyConfig:
+    """The matrix of a check: None (the quick one, seed 0), a VerifyConfig or a mapping of its keys; a
+    config without a seed gets a fresh one (on the result: ``.seed``)."""
     if config is None:
         return dataclasses.replace(QUICK, seed=0)
-    if isinstance(config, VerifyConfig):
-        return config.validated()
-    return VerifyConfig.from_mapping(dict(config), source="config")
+    cfg = config.validated() if isinstance(config, VerifyConfig) else VerifyConfig.from_mapping(dict(config), source="config")
+    return cfg if cfg.seed is not None else dataclasses.replace(cfg, seed=secrets.randbits(32))
 
 
-def check_moe(impl, config=None, *, device="cpu", archs=None, workers: int = 1) -> list[dict]:
+class MoECheck(list):
+    """What :func:`check_moe` returns: one row (a dict, see ``moe_oracle.report.LEGEND``) per case, and
+    like :class:`QuantizerCheck` a ``verdict`` ("PASS" only when every case passes), ``passed`` and
+    ``diagnosis()``; ``seed``: the matrix's data seed (rerun with ``{"seed": ...}``)."""
+
+    def __init__(self, rows, seed: int):
+        super().__init__(rows)
+        self.seed = seed
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self and all(r.get("verdict") == "PASS" for r in self) else "FAIL"
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "PASS"
+
+    def diagnosis(self) -> str:
+        bad = [_row_text(r) for r in self if r.get("verdict") != "PASS"]
+        return f"all {len(self)} cases pass (seed {self.seed})" if not bad else \
+            f"{len(bad)} of {len(self)} cases fail (seed {self.seed}):\n  " + "\n  ".join(bad)
+
+
+def _row_text(r: dict) -> str:
+    where = (f"E/H/I/topk={r['E']}/{r['H']}/{r['I']}/{r['topk']} M={r['M']} arch={r['arch']} env={r['env']} "
+             f"gate={r['gate_mode']} scale={r['scale_mode']}")
+    why = r.get("error") or "; ".join(r["diagnosis"])
+    return f"{where}: {why}" + (f" (margin {r['margin']:.3g})" if "margin" in r else "")
+
+
+def check_moe(impl, config=None, *, device="cpu", archs=None, workers: int = 1, progress: bool = False) -> MoECheck:
     """Run a ``fused_moe``-shaped callable (or an :class:`Implementation`) over a case matrix (a
-    VerifyConfig, a mapping of its keys, or None: the quick matrix, seed 0) -> one row per case, with
-    ``verdict``, ``margin``, ``bound_at_worst`` and ``diagnosis`` (see ``moe_oracle.report.LEGEND``)."""
+    VerifyConfig, a mapping of its keys, or None: the quick matrix, seed 0) -> :class:`MoECheck`, one
+    row per case with ``verdict``, ``margin``, ``bound_at_worst`` and ``diagnosis``. ``progress``:
+    a progress line on stderr."""
     from . import engine
 
     impl = impl if isinstance(impl, Implementation) else as_implementation(impl)
@@ -36,22 +69,26 @@ def check_moe(impl, config=None, *, device="cpu", archs=None, workers: int = 1) 
         from moe_ref import detect_arch
 
         layer_archs = [detect_arch()]
-    return engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers)
+    rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, progress=progress)
+    if not rows:
+        raise ValueError("config: the matrix has no case: nothing was checked")
+    return MoECheck(rows, cfg.seed)
 
 
 def assert_conforms(result) -> None:
-    """AssertionError with the oracle's diagnosis unless ``result`` (a QuantizerCheck, a row of
-    :func:`check_moe`, or a list of them) passes."""
-    items = result if isinstance(result, list) else [result]
+    """AssertionError with the oracle's diagnosis unless ``result`` (a QuantizerCheck, a MoECheck, a row
+    of one, or a list of them) passes. Its frames are hidden from pytest's traceback: a failure shows
+    the test's line and the diagnosis."""
+    __tracebackhide__ = True
+    items = list(result) if isinstance(result, list) else [result]
+    if not items:
+        raise AssertionError("moe-oracle: nothing was checked (an empty result)")
     bad = []
     for r in items:
         if isinstance(r, QuantizerCheck):
             if r.verdict != "PASS":
                 bad.append(f"{r.kind} [{r.fmt}, {r.input_dtype}, seed {r.seed}]: {r.diagnosis()}")
         elif r.get("verdict") != "PASS":
-            where = (f"M={r['M']} arch={r['arch']} env={r['env']} gate={r['gate_mode']} scale={r['scale_mode']} "
-                     f"E/H/I/topk={r['E']}/{r['H']}/{r['I']}/{r['topk']}")
-            why = r.get("error") or "; ".join(r["diagnosis"])
-            bad.append(f"{where}: {why}" + (f" (margin {r['margin']:.3g})" if "margin" in r else ""))
+            bad.append(_row_text(r))
     if bad:
         raise AssertionError(f"moe-oracle: {len(bad)} of {len(items)} checks fail\n  " + "\n  ".join(bad))

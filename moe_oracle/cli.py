@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .config import DEFAULT_ARCHS, DEFAULT_CPU, DEFAULT_GPU, QUICK, load_config
 
 __all__ = ["main", "cli", "build_parser"]
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "default 1; on a CPU-only run a number means that many CPU processes)")
     ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # K/N: a --devices child's share of the cases
     ap.add_argument("--rows-file", default=None, help=argparse.SUPPRESS)  # where a --devices child writes its rows
+    ap.add_argument("--version", action="version", version=f"moe-oracle {__version__}")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no tables, no progress: errors and the last line only")
+    ap.add_argument("--json", action="store_true", help="the report as JSON on stdout (the text goes to stderr)")
+    ap.add_argument("--junit-xml", default=None, metavar="FILE", help="JUnit XML for CI systems: a testcase per check")
     ap.add_argument("--only", choices=["all", "quantizers", "moe", "dispatch"], default="all",
                     help="which checks to run; dispatch: AITER's dispatch and its tests' copies against the selector "
                          "(--impl aiter; MOE_ORACLE_AITER_PATH = a checkout or a wheel)")
@@ -71,13 +76,57 @@ def _archs(args, cfg) -> tuple[list[str], str]:
     return archs, f"{', '.join(DEFAULT_ARCHS)} (default) + {detected} (the detected device)"
 
 
+def _usage(message: str) -> int:
+    print(f"moe-oracle verify: {message}", file=sys.stderr)
+    return 2
+
+
+def _usage_problem(args) -> str | None:
+    """What is wrong with the command line, found before any work (exit 2)."""
+    for name, value in (("--workers", args.workers), ("--max-memory-gb", args.max_memory_gb)):
+        if value is not None and not value > 0:
+            return f"{name} must be > 0, got {value}"
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        return f"--seed must be an integer >= 0, got {args.seed}"
+    for flag, value in (("--out", args.out), ("--junit-xml", args.junit_xml)):
+        if value is not None and not value.strip():
+            return f"{flag}: empty path"
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        return f"--out {args.out}: exists and is not a folder"
+    if args.junit_xml and Path(args.junit_xml).is_dir():
+        return f"--junit-xml {args.junit_xml}: is a folder; expected a file path"
+    if args.impl is not None and not args.impl.strip():
+        return "--impl '': empty; expected ours, aiter-triton, triton-kernels, a module or module:attr"
+    return None
+
+
+def _importable_cwd() -> None:
+    """The current folder on sys.path, as ``python -m`` has it: ``--impl mykern:fn`` finds ./mykern.py."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+_WHAT = {"all": "quantizers, GEMM stages, fused_moe and dispatch", "quantizers": "quantizers",
+         "moe": "fused_moe, GEMM stages and dispatch"}
+
+
+def _planned(impl, only: str) -> list[str]:
+    """The parts ``--only`` asks for that the implementation provides."""
+    parts = []
+    if only in ("all", "quantizers") and impl.quantizers():
+        parts.append("quantizers")
+    if only in ("all", "moe"):
+        parts += [p for p, fn in (("stages", impl.moe_gemm_stage), ("moe", impl.fused_moe),
+                                  ("dispatch", impl.select_act_dtype)) if fn is not None]
+    return parts
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    for name, value in (("--workers", args.workers), ("--max-memory-gb", args.max_memory_gb)):
-        if value is not None and not value > 0:
-            print(f"moe-oracle verify: {name} must be > 0, got {value}", file=sys.stderr)
-            return 2
+    problem = _usage_problem(args)
+    if problem:
+        return _usage(problem)
     if args.only == "dispatch" or args.aiter_repo:
         from .dispatch_cli import run
 
@@ -85,27 +134,29 @@ def main(argv=None) -> int:
     if importlib.util.find_spec("torch") is None:
         print(_NEEDS, file=sys.stderr)
         return 2
+    _importable_cwd()
     try:
         cfg = load_config(args.config) if args.config else None
-        impl_spec = args.impl or (cfg.impl if cfg else "ours")
+        impl_spec = args.impl if args.impl is not None else (cfg.impl if cfg else "ours")
         from .implementations import resolve
 
         impl = resolve(impl_spec)
-        archs, archs_why = (None, None)
     except (ValueError, ImportError) as exc:
-        print(f"moe-oracle verify: {exc}", file=sys.stderr)
-        return 2
+        return _usage(str(exc))
     except RuntimeError as exc:  # adapters' PeerUnavailable: not installed, or does not run here
-        print(f"moe-oracle verify: implementation {impl_spec!r} unavailable here: {exc}", file=sys.stderr)
-        return 2
+        return _usage(f"implementation {impl_spec!r} unavailable here: {exc}")
+    parts = _planned(impl, args.only)
+    if not parts:
+        provided = ", ".join(impl.provides()) or "none of the contract's callables"
+        return _usage(f"nothing to check: {impl.name} provides {provided}; --only {args.only} checks "
+                      f"{_WHAT[args.only]}")
     import torch
 
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     gpu = torch.cuda.is_available() and not interpret
     device = args.device or ("cuda" if gpu else "cpu")
     if device == "cuda" and not gpu:
-        print("moe-oracle verify: --device cuda: no GPU is visible (or TRITON_INTERPRET=1)", file=sys.stderr)
-        return 2
+        return _usage("--device cuda: no GPU is visible (or TRITON_INTERPRET=1)")
     cfg = cfg or (QUICK if args.quick else DEFAULT_GPU if device == "cuda" else DEFAULT_CPU)
     from .devices import resolve_devices, visible_gpus
 
@@ -114,88 +165,119 @@ def main(argv=None) -> int:
         n_devices = resolve_devices(args.devices, gpus)
         shard = _shard(args.shard)
     except ValueError as exc:
-        print(f"moe-oracle verify: {exc}", file=sys.stderr)
-        return 2
+        return _usage(str(exc))
     try:
         archs, archs_why = _archs(args, cfg)
     except ValueError as exc:
-        print(f"moe-oracle verify: --arch: {exc}", file=sys.stderr)
-        return 2
+        return _usage(f"--arch: {exc}")
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     if cfg.seed is None:
         import secrets
 
         cfg = dataclasses.replace(cfg, seed=secrets.randbits(32))
+    return _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus, shard)
+
+
+def _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus, shard) -> int:
+    import torch
+
     from . import engine
     from .references import peak_memory
     from .report import LEGEND, format_quantizers, format_stages, format_table, quant_cost_by_path, write
 
-    print(f"implementation: {impl.name} ({', '.join(impl.provides())})" + (f"; {impl.note}" if impl.note else ""))
-    print(f"seed: {cfg.seed} (rerun with --seed {cfg.seed}); archs: {archs_why}; device: {device}")
-    quant = engine.run_quantizers(impl, cfg, device=device) if args.only != "moe" else []
-    stages = engine.run_stages(impl, cfg, device=device) if args.only != "quantizers" else []
+    stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
+
+    def say(text: str = "", detail: bool = True) -> None:
+        if not (args.quiet and detail):
+            print(text, file=stream)
+
+    progress = not args.quiet
+    say(f"implementation: {impl.name} ({', '.join(impl.provides())})" + (f"; {impl.note}" if impl.note else ""))
+    say(f"seed: {cfg.seed} (rerun with --seed {cfg.seed}); archs: {archs_why}; device: {device}")
+    quant = engine.run_quantizers(impl, cfg, device=device) if "quantizers" in parts else []
+    stages = engine.run_stages(impl, cfg, device=device) if "stages" in parts else []
     rows, selector = [], []
-    if impl.fused_moe is not None and args.only != "quantizers":
+    if "moe" in parts:
         layer_archs = engine.layer_archs(impl, archs)
         if layer_archs is None:
             from moe_ref import detect_arch
 
             layer_archs = [detect_arch()]
-            print(f"note: {impl.name}'s fused_moe takes no arch: run at the device's arch ({layer_archs[0]}) only")
+            say(f"note: {impl.name}'s fused_moe takes no arch: run at the device's arch ({layer_archs[0]}) only")
         workers = args.workers if args.workers is not None else 1
         if n_devices > 1 and shard is None:
             from .sharded import run_on_devices
 
-            print(f"MoE cases over {n_devices} devices ({', '.join(gpus[:n_devices]) or 'CPU processes'})")
+            say(f"MoE cases over {n_devices} devices ({', '.join(gpus[:n_devices]) or 'CPU processes'})")
             rows = run_on_devices(argv, impl, cfg, layer_archs, n_devices, gpus[:n_devices],
                                   Path(args.out) / "devices" if args.out else None)
         else:
             keep = _PartialRows(Path(args.rows_file) if args.rows_file else Path(args.out) / _PartialRows.NAME
                                 if args.out else None)
             rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep,
-                                     max_memory_gib=args.max_memory_gb, shard=shard)
-    if args.only != "quantizers":
+                                     max_memory_gib=args.max_memory_gb, shard=shard, progress=progress)
+    if "dispatch" in parts:
         selector = engine.run_selector(impl, cfg, archs)
     if quant:
-        print("\nQuantizers (bytes against the emulation; the diagnosis names the convention followed):")
-        print(format_quantizers(quant))
+        say("\nQuantizers (bytes against the emulation; the diagnosis names the convention followed):")
+        say(format_quantizers(quant))
     if stages:
-        print("\nMoE GEMM stage (bf16 outputs against the exact reference within the derived bound):")
-        print(format_stages(stages))
+        say("\nMoE GEMM stage (bf16 outputs against the exact reference within the derived bound):")
+        say(format_stages(stages))
     if rows:
-        print("\n" + format_table(rows))
-        print("\n" + LEGEND)
-        print("quantization cost per path (reference vs ideal): "
-              + ", ".join(f"{p} {c:.3g}" for p, c in sorted(quant_cost_by_path(rows).items())))
+        say("\n" + format_table(rows))
+        say("\n" + LEGEND)
+        say("quantization cost per path (reference vs ideal): "
+            + ", ".join(f"{p} {c:.3g}" for p, c in sorted(quant_cost_by_path(rows).items())))
     if selector:
         bad = [s for s in selector if not s["agree"]]
-        print(f"\nits dispatch vs the selector: {len(selector) - len(bad)} of {len(selector)} agree")
+        say(f"\nits dispatch vs the selector: {len(selector) - len(bad)} of {len(selector)} agree")
         for s in bad[:20]:
-            print(f"    M={s['M']} {s['arch']} {s['gate_mode']} env={s['env']}: selector {s['selector']}, it {s['impl']}")
+            say(f"    M={s['M']} {s['arch']} {s['gate_mode']} env={s['env']}: selector {s['selector']}, it {s['impl']}")
     verdicts = ([r["verdict"] for r in rows] + [c["verdict"] for c in quant] + [s["verdict"] for s in stages]
                 + ["PASS" if s["agree"] else "FAIL" for s in selector])
+    if not verdicts:
+        return _usage(f"nothing was checked: the matrix gave {impl.name} no case for {', '.join(parts)}")
     n_fail = sum(v == "FAIL" for v in verdicts)
-    errors = sum(1 for r in rows if r.get("error"))
+    errors = [r for r in rows if r.get("error")]
     if errors:
-        print(f"\n{errors} case(s) could not be checked (an error row each, a FAIL):")
-        for r in [r for r in rows if r.get("error")][:10]:
-            print(f"    E={r['E']} H={r['H']} I={r['I']} M={r['M']} {r['gate_mode']} env={r['env']}: {r['error']}")
+        say(f"\n{len(errors)} case(s) could not be checked (an error row each, a FAIL):", detail=False)
+        for r in errors[:10]:
+            say(f"    E={r['E']} H={r['H']} I={r['I']} M={r['M']} {r['gate_mode']} env={r['env']}: {r['error']}",
+                detail=False)
+    if args.quiet:  # the failing checks, one line each
+        from .outputs import checks
+
+        for part, name, verdict, message in checks(rows, quant, stages, selector):
+            if verdict == "FAIL":
+                say(f"FAIL {part}: {name}: {message}", detail=False)
     n_interp = sum(v == "INTERP" for v in verdicts)
-    print(f"\n{len(verdicts) - n_fail - n_interp} passed, {n_fail} failed"
-          + (f" ({n_interp} more differ only by the Triton interpreter's own casts: INTERP)" if n_interp else ""))
     main_gib, worker_gib = peak_memory()
-    print(f"peak host memory: {main_gib:.1f} GiB (this process)"
-          + (f", {worker_gib:.1f} GiB (the largest reference worker)" if worker_gib else ""))
+    say(f"peak host memory: {main_gib:.1f} GiB (this process)"
+        + (f", {worker_gib:.1f} GiB (the largest reference worker)" if worker_gib else ""))
+    meta = dict(peak_host_gib=round(main_gib, 2), peak_worker_gib=round(worker_gib, 2), impl=impl.name,
+                device=torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
+                seed=cfg.seed, config=dataclasses.asdict(cfg), archs=archs, archs_why=archs_why,
+                torch=torch.__version__, version=__version__)
     if args.out:
-        meta = dict(peak_host_gib=round(main_gib, 2), peak_worker_gib=round(worker_gib, 2), impl=impl.name, device=torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
-                    seed=cfg.seed, config=dataclasses.asdict(cfg), archs=archs, archs_why=archs_why,
-                    torch=torch.__version__)
-        files = write(Path(args.out), rows, quant, selector, meta, stages)
+        files = write(Path(args.out), rows, quant, selector, meta, stages, say=say)
         (Path(args.out) / _PartialRows.NAME).unlink(missing_ok=True)
-        print("wrote " + ", ".join(str(f) for f in files))
-    else:
-        print("(nothing written: pass --out DIR to keep report.json, report.md and the plot)")
+        say("wrote " + ", ".join(str(f) for f in files))
+    elif not args.json and not args.junit_xml:
+        say("(nothing written: pass --out DIR to keep report.json, report.md and the plot)")
+    if args.junit_xml:
+        from .outputs import checks, write_junit
+
+        write_junit(Path(args.junit_xml), impl.name, checks(rows, quant, stages, selector))
+        say(f"wrote {args.junit_xml}")
+    if args.json:
+        from .outputs import json_report
+
+        print(json_report(meta, rows, quant, stages, selector, len(verdicts) - n_fail, n_fail))
+    say(f"\n{len(verdicts) - n_fail - n_interp} passed, {n_fail} failed"
+        + (f" ({n_interp} more differ only by the Triton interpreter's own casts: INTERP)" if n_interp else ""),
+        detail=False)
     return 1 if n_fail else 0
 
 
@@ -234,11 +316,14 @@ def cli() -> None:
     top = argparse.ArgumentParser(prog="moe-oracle", description="Prove that MXFP4 MoE kernels compute exactly what "
                                   "they should.", epilog="commands:\n  verify    the conformance report (moe-oracle "
                                   "verify --help)", formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--version", action="version", version=f"moe-oracle {__version__}")
     top.add_argument("command", choices=["verify"], help="verify: the conformance report")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         print("\n" + build_parser().format_help())
         sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        top.parse_args(argv)
     if argv[0] != "verify":
         top.error(f"unknown command {argv[0]!r}; expected: verify")
     sys.exit(main(argv[1:]))

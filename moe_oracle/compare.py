@@ -32,6 +32,10 @@ def compare_output(out: np.ndarray, ref: np.ndarray, ideal: np.ndarray, bound: n
         quant_cost_rel=mx(np.abs(ref - ideal)) / scale,  # what the path's quantization alone costs
         bound_max=float(bound.max()) if bound.size else 0.0,
         bound_at_worst=float(bound.reshape(-1)[worst]) if out.size else 0.0,
+        err_at_worst=float(diff_ref.reshape(-1)[worst]) if out.size else 0.0,  # the same element as the bound
+        # margin exactly 1 with an error: the output took the other bf16 rounding of an fp32 interval that
+        # holds a rounding boundary, the one step the bound grants there (NUMERICS.md section 11, step 5)
+        at_rounding_step=bool(out.size and 0 < diff_ref.reshape(-1)[worst] == bound.reshape(-1)[worst]),
         margin=margin, within_tolerance=bool(margin <= 1.0),
         nan_out=int(np.isnan(out).sum()), inf_out=int(np.isinf(out).sum()),
         n_outside=int((~(diff_ref <= bound)).sum()),

@@ -4,10 +4,12 @@ defaults or a JSON/TOML file, validated where it is read."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from pathlib import Path
 
 import emulation as em
+from moe_ref.env import ENV_VARS
 from moe_ref.selector import ACT_DTYPES, normalize_arch
 
 __all__ = ["VerifyConfig", "DEFAULT_CPU", "DEFAULT_GPU", "QUICK", "DEFAULT_ARCHS", "load_config"]
@@ -70,9 +72,15 @@ class VerifyConfig:
         for m in self.M:
             if not isinstance(m, int) or isinstance(m, bool) or m < 0:
                 raise ValueError(f"{source}: M values must be integers >= 0, got {m!r}")
+        known = sorted({n for v in ENV_VARS.values() for n in (v.name, v.legacy) if n})
         for env in self.envs:
             if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
                 raise ValueError(f"{source}: envs must be mappings of variable -> string, got {env!r}")
+            for name in env:
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    raise ValueError(f"{source}: envs: {name!r} is not a variable the selector reads"
+                                     + (f" (did you mean {close[0]!r}?)" if close else "") + f"; expected one of {known}")
         for mode in self.scale_modes:
             em.ScaleMode.parse(mode, arg=f"{source}: scale_modes")
         for gm in self.gate_modes:
@@ -92,16 +100,17 @@ QUICK = VerifyConfig(M=(1, 64, 256, 512), envs=({},), scale_modes=("round_up", "
 DEFAULT_GPU = VerifyConfig(shapes=({"E": 32, "H": 2880, "I": 2880, "topk": 4},), M=(1, 64, 255, 256, 511, 512))
 
 
-def load_config(path: str) -> VerifyConfig:
+def load_config(path: str, flag: str = "--config") -> VerifyConfig:
+    """The config file at ``path``; errors name it as ``flag`` (the option the user typed)."""
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"--config: no file {path}")
+        raise ValueError(f"{flag}: no file {path}")
     text = p.read_text()
     if p.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--config {path}: invalid JSON: {exc}") from None
+            raise ValueError(f"{flag} {path}: invalid JSON: {exc}") from None
     elif p.suffix == ".toml":
         try:
             import tomllib
@@ -110,9 +119,9 @@ def load_config(path: str) -> VerifyConfig:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"--config {path}: invalid TOML: {exc}") from None
+            raise ValueError(f"{flag} {path}: invalid TOML: {exc}") from None
     else:
-        raise ValueError(f"--config {path}: expected a .json or .toml file")
+        raise ValueError(f"{flag} {path}: expected a .json or .toml file")
     if not isinstance(data, dict):
-        raise ValueError(f"--config {path}: expected a table/object at the top level")
-    return VerifyConfig.from_mapping(data, source=f"--config {path}")
+        raise ValueError(f"{flag} {path}: expected a table/object at the top level")
+    return VerifyConfig.from_mapping(data, source=f"{flag} {path}")

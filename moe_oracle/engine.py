@@ -9,6 +9,7 @@ import zlib
 from moe_ref import select_activation_dtype
 
 from . import references as refs
+from .contract import ContractError
 from .implementation import Implementation, call_with
 from .layer import check_layer_case, layer_capabilities
 from .progress import Progress
@@ -41,7 +42,8 @@ def layer_cases(impl: Implementation, cfg, archs, shard: tuple[int, int] | None 
 
 
 def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on_row=None,
-               max_memory_gib: float | None = None, shard: tuple[int, int] | None = None) -> list[dict]:
+               max_memory_gib: float | None = None, shard: tuple[int, int] | None = None,
+               progress: bool = True) -> list[dict]:
     """One row per case (of ``shard``, see :func:`layer_cases`); a case that raises is a row with its
     error (the rest still run); ``on_row(row)`` sees each row as it is made (the CLI keeps them on
     disk: a run that dies keeps its rows)."""
@@ -56,21 +58,23 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
     jobs = [(c, cfg.reference_act_dtype or impl.fixed_path or select_activation_dtype(
                 c["M"], arch=c["arch"], gate_mode=c["gate_mode"], env=c["env"]).dtype, cfg.seed, mma_k, "bias1" in caps, at)
             for c in case_list]
-    refs.prefetch(jobs, cache, workers, max_memory_gib)
-    progress = Progress(len(case_list), "cases")
+    refs.prefetch(jobs, cache, workers, max_memory_gib, progress=progress)
+    bar = Progress(len(case_list), "cases", enabled=progress)
     rows, t0 = [], time.perf_counter()
     for i, case in enumerate(case_list):
         try:
             rows.append(check_layer_case(impl, case, cfg, device, cfg.seed, cache))
+        except ContractError as exc:
+            rows.append(error_row(impl, case, str(exc)))
         except Exception as exc:  # noqa: BLE001 - a failing case is a row, never the end of the report
-            rows.append(error_row(impl, case, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=4)))
+            rows.append(error_row(impl, case, f"raised {type(exc).__name__}: {exc}", traceback.format_exc(limit=4)))
         if on_row is not None:
             on_row(rows[-1])
         following = case_list[i + 1] if i + 1 < len(case_list) else None
         if following is None or (following["shape"], following["M"]) != (case["shape"], case["M"]):
             refs.release(cache, case, keep_layer=following is not None and following["shape"] == case["shape"])
-        progress.step(f"{time.perf_counter() - t0:.0f}s")
-    progress.close()
+        bar.step(f"{time.perf_counter() - t0:.0f}s")
+    bar.close()
     return rows
 
 
@@ -103,6 +107,8 @@ def run_quantizers(impl: Implementation, cfg, *, device) -> list[dict]:
                 row.update(bytes_equal=c.bytes_equal, bytes_total=c.bytes_total, verdict=c.verdict,
                            follows=c.follows, closest=c.closest, differing=c.differing, policies=c.policies,
                            diagnosis=notes)
+            except ContractError as exc:
+                row.update(bytes_equal=0, bytes_total=0, verdict="FAIL", diagnosis=str(exc))
             except Exception as exc:  # noqa: BLE001
                 row.update(bytes_equal=0, bytes_total=0, verdict="FAIL", diagnosis=f"raised {type(exc).__name__}: {exc}")
             checks.append(row)

@@ -13,9 +13,9 @@ values of the project's own (``moe_kernels``):
   ``-> out bf16 [M, H]`` (or a :class:`LayerResult`, which may also say which activation path ran)
 - ``select_act_dtype(M, *, arch, gate_mode, env) -> "bf16" | "fp4x2" | "fp8"`` (its own dispatch)
 
-Keyword arguments a callable does not declare are not passed (``scale_mode``, ``fmt``, ``arch``,
-``env``, ``poison``); an ``env`` it does not take is applied to ``os.environ`` for the call, as a
-process environment would be. Codes may come back as float8 tensors (viewed as bytes), scales as
+Keyword arguments a callable does not name are not passed (``scale_mode``, ``fmt``, ``arch``,
+``env``, ``poison``, ``bias1``, ...; ``**kwargs`` names none); an ``env`` it does not name is applied
+to ``os.environ`` for the call, as a process environment would be. Codes may come back as float8 tensors (viewed as bytes), scales as
 float8_e8m0fnu or uint8, and transposed or strided views: they are compared by value.
 """
 
@@ -29,7 +29,8 @@ import os
 import types
 from collections.abc import Callable, Mapping
 
-__all__ = ["Implementation", "Quantizer", "LayerResult", "accepts", "QUANTIZER_KINDS", "as_implementation", "call_with", "applied_env"]
+__all__ = ["Implementation", "Quantizer", "LayerResult", "accepts", "QUANTIZER_KINDS", "as_implementation", "call_with",
+           "applied_env", "takes_keyword"]
 
 QUANTIZER_KINDS = ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token", "quantize_fp8_per_tensor")
 _CALLABLES = (*QUANTIZER_KINDS, "moe_gemm_stage", "fused_moe", "select_act_dtype")
@@ -97,7 +98,7 @@ class Implementation:
             fn = getattr(self, kind)
             if fn is None:
                 continue
-            takes_mode = not kind.startswith("quantize_fp8_per_") and accepts(fn, "scale_mode")
+            takes_mode = not kind.startswith("quantize_fp8_per_") and takes_keyword(fn, "scale_mode")
             found.append(Quantizer(kind, kind, fn, self.scale_modes if takes_mode else (),
                                    self.declared.get("scale_mode", "round_up"), self.fp8_formats))
         return found + list(self.extra_quantizers)
@@ -123,22 +124,48 @@ def as_implementation(obj, name: str | None = None) -> Implementation:
     return Implementation(label, **found)
 
 
-def load_spec(spec: str) -> Implementation:
-    """``module:attr`` (attr an Implementation, a factory returning one, a module/object or a callable)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"impl={spec!r}: expected a registered name or module:attr")
+def _import(spec: str, dotted: str):
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(dotted)
     except ImportError as exc:
-        raise ValueError(f"impl={spec!r}: cannot import {module_name}: {exc}") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"impl={spec!r}: {module_name} has no attribute {attr}")
-        obj = getattr(obj, part)
+        raise ValueError(f"impl={spec!r}: cannot import {dotted}: {exc}") from None
+
+
+def _positional_capacity(fn) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 99
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 99
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+def load_spec(spec: str) -> Implementation:
+    """``module`` (a module with any of the contract's names) or ``module:attr`` (attr an
+    Implementation, a factory returning one, a module or object with the contract's names, a callable
+    named after one of them, or a fused_moe-shaped callable)."""
+    module_name, sep, attr = spec.partition(":")
+    if not module_name or (sep and not attr):
+        raise ValueError(f"impl={spec!r}: expected a registered name, a module, or module:attr")
+    obj = _import(spec, module_name)
+    for i, part in enumerate(attr.split(".") if attr else []):
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+        elif isinstance(obj, types.ModuleType) and hasattr(obj, "__path__"):  # a submodule its package did not import
+            obj = _import(spec, f"{obj.__name__}.{part}")
+        else:
+            raise ValueError(f"impl={spec!r}: {'.'.join([module_name, *attr.split('.')[:i]])} has no attribute {part}")
     if inspect.isfunction(obj) and not inspect.signature(obj).parameters:  # a factory
         obj = obj()
+    name = attr.split(".")[-1] if attr else ""
+    if callable(obj) and not isinstance(obj, (types.ModuleType, type, Implementation)):
+        if name in _CALLABLES:
+            return Implementation(spec, **{name: obj})
+        if _positional_capacity(obj) < 7:
+            raise ValueError(f"impl={spec!r}: {name} takes {_positional_capacity(obj)} positional argument(s), so it "
+                             f"is not a fused_moe (hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids); name "
+                             f"it after the contract ({', '.join(_CALLABLES)}) or point --impl at its module")
     return as_implementation(obj, name=spec)
 
 
@@ -165,11 +192,20 @@ def applied_env(env: Mapping[str, str] | None):
                 os.environ[k] = v
 
 
+def takes_keyword(fn, name: str) -> bool:
+    """``fn`` names the parameter ``name`` (``**kwargs`` does not count)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def call_with(fn, *args, env: Mapping[str, str] | None = None, **kwargs):
-    """Call ``fn`` with the keyword arguments it declares (the rest dropped; None values dropped
-    only where undeclared); an ``env`` it does not take is applied to ``os.environ`` for the call."""
-    passed = {k: v for k, v in kwargs.items() if accepts(fn, k)}
-    if env is not None and accepts(fn, "env"):
+    """Call ``fn`` with the keyword arguments it names; ``**kwargs`` names none (a ``def f(*a, **k)``
+    wrapper is not handed ``bias1`` it would pass on to a function without it: name the keywords to
+    get them). An ``env`` it does not name is applied to ``os.environ`` for the call."""
+    passed = {k: v for k, v in kwargs.items() if takes_keyword(fn, k)}
+    if env is not None and takes_keyword(fn, "env"):
         return fn(*args, env=env, **passed)
     with applied_env(env):
         return fn(*args, **passed)

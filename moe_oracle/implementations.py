@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from .implementation import Implementation, LayerResult, load_spec
 
 __all__ = ["REGISTRY", "resolve", "ours"]
@@ -45,8 +47,13 @@ def resolve(spec) -> Implementation:
         from .implementation import as_implementation
 
         return as_implementation(spec)
+    if not spec.strip():
+        raise ValueError(f"impl={spec!r} is empty; expected one of {sorted(REGISTRY)}, a module or module:attr")
     if spec in REGISTRY:
         return REGISTRY[spec]()
     if ":" in spec:
         return load_spec(spec)
-    raise ValueError(f"impl={spec!r} is not known; expected one of {sorted(REGISTRY)} or module:attr")
+    if importlib.util.find_spec(spec.split(".")[0]) is not None:
+        return load_spec(spec)  # a module with any of the contract's names
+    raise ValueError(f"impl={spec!r} is not known and is no importable module; expected one of {sorted(REGISTRY)}, "
+                     f"a module or module:attr (the current folder is importable)")

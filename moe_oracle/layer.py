@@ -16,6 +16,7 @@ from moe_ref import ACTIVATION_PATHS, activation_path, select_activation_dtype
 from . import references as refs
 from ._tensors import to_numpy, torch_module
 from .compare import compare_output
+from .contract import layer_output
 from .implementation import LayerResult, call_with
 
 __all__ = ["PATH_NAMES", "layer_capabilities", "check_layer_case"]
@@ -24,15 +25,12 @@ PATH_NAMES = {d: p.name for d, p in ACTIVATION_PATHS.items()}
 
 
 def layer_capabilities(fn) -> set[str]:
-    """The keyword arguments of ``fused_moe``'s contract that ``fn`` declares (all, with **kwargs)."""
+    """The keyword arguments of ``fused_moe``'s contract that ``fn`` names (``**kwargs`` names none:
+    ``implementation.call_with`` passes it nothing)."""
     try:
-        params = inspect.signature(fn).parameters.values()
+        return {p.name for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD}
     except (TypeError, ValueError):
         return set()
-    names = {p.name for p in params}
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        names |= {"gate_mode", "bias1", "bias2", "scale_mode", "arch", "env", "poison"}
-    return names
 
 
 def _fill_allocator(device, nbytes: int, byte: int) -> None:
@@ -85,12 +83,8 @@ def _run(impl, pt, case, caps, fill: int, device) -> tuple[np.ndarray, LayerResu
     if device.type == "cuda":
         torch_module().cuda.synchronize()
     seconds = time.perf_counter() - t0
-    if not isinstance(result, LayerResult):
-        result = LayerResult(result[0] if isinstance(result, tuple) else result)
-    out = to_numpy(result.out).astype(np.float64)
-    if out.shape != (M, H):
-        raise ValueError(f"{impl.name}: fused_moe returned shape {list(out.shape)}, expected [M={M}, H={H}]")
-    return out, result, seconds
+    result = layer_output(f"{impl.name}'s fused_moe", result, M, H)
+    return to_numpy(result.out).astype(np.float64), result, seconds
 
 
 def _stage1_bytes(result: LayerResult, hidden_bf16: np.ndarray, act_dtype: str, scale_mode) -> tuple[int, int] | None:

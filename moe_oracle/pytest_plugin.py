@@ -8,7 +8,9 @@ matrix as parametrized fixtures for a kernel repo's own tests, and one assertion
         moe_oracle.assert_conforms(moe_oracle.check_quantizer(my_quant, "quantize_mxfp4", scale_mode=mx_scale_mode))
 
 Options: ``--moe-oracle-config FILE`` (the report's JSON/TOML config; default: the quick matrix),
-``--moe-oracle-device cpu|cuda``, ``--moe-oracle-seed N`` (default: fresh per run, in the header).
+``--moe-oracle-device cpu|cuda``, ``--moe-oracle-seed N`` (default: the config file's seed, else fresh per
+run, in the header). Test ids name the case: shape, M, arch, gate mode, scale mode, environment;
+``mx_scale_mode`` runs the config file's scale modes (default: all four).
 """
 
 from __future__ import annotations
@@ -30,9 +32,26 @@ def pytest_addoption(parser):
     group.addoption("--moe-oracle-seed", type=int, default=None, help="base seed of the oracle's data")
 
 
+def _file_config(config):
+    """The --moe-oracle-config file's matrix (None without one); its errors are usage errors."""
+    if not hasattr(config, "_moe_oracle_file"):
+        from moe_oracle.config import load_config
+
+        path = config.getoption("--moe-oracle-config", None)
+        try:
+            config._moe_oracle_file = load_config(path, flag="--moe-oracle-config") if path else None
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return config._moe_oracle_file
+
+
 def _seed(config) -> int:
+    """--moe-oracle-seed, else the config file's seed, else fresh (printed in the header)."""
     if not hasattr(config, "_moe_oracle_seed"):
         given = config.getoption("--moe-oracle-seed", None)
+        cfg = _file_config(config)
+        if given is None and cfg is not None:
+            given = cfg.seed
         config._moe_oracle_seed = given if given is not None else secrets.randbits(32)
     return config._moe_oracle_seed
 
@@ -42,11 +61,16 @@ def pytest_report_header(config):
 
 
 def _matrix(config):
-    from moe_oracle.config import QUICK, load_config
+    from moe_oracle.config import QUICK
 
-    path = config.getoption("--moe-oracle-config", None)
-    cfg = load_config(path) if path else QUICK
-    return dataclasses.replace(cfg, seed=_seed(config))
+    return dataclasses.replace(_file_config(config) or QUICK, seed=_seed(config))
+
+
+def _case_id(c: dict) -> str:
+    s = c["shape"]
+    env = "-".join(f"{k}={v}" for k, v in c["env"].items())
+    return (f"E{s['E']}-H{s['H']}-I{s['I']}-k{s['topk']}-M{c['M']}-{c['arch']}-{c['gate_mode']}-{c['scale_mode']}"
+            + (f"-{env}" if env else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +84,7 @@ class MoECase:
     def assert_conforms(self, fused_moe) -> dict:
         """Run ``fused_moe`` on this case's problem and fail with the oracle's diagnosis unless it
         conforms; returns the report row."""
+        __tracebackhide__ = True
         import torch
 
         from moe_oracle.api import assert_conforms
@@ -87,11 +112,10 @@ def pytest_generate_tests(metafunc):
 
         cfg = _matrix(metafunc.config)
         found = list(cases(cfg, list(cfg.archs or ("gfx942", "gfx950"))))
-        ids = [f"M{c['M']}-{c['arch']}-{c['gate_mode']}-{c['scale_mode']}" + ("-forced" if c["env"] else "")
-               for c in found]
-        metafunc.parametrize("moe_case_params", found, ids=ids, indirect=True)
+        metafunc.parametrize("moe_case_params", found, ids=[_case_id(c) for c in found], indirect=True)
     if "mx_scale_mode" in metafunc.fixturenames:
-        metafunc.parametrize("mx_scale_mode", SCALE_MODES)
+        cfg = _file_config(metafunc.config)
+        metafunc.parametrize("mx_scale_mode", cfg.scale_modes if cfg is not None else SCALE_MODES)
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import numpy as np
 import emulation as em
 
 from ._tensors import to_numpy, torch_module
-from .implementation import accepts, call_with
+from .contract import quantizer_pair
+from .implementation import call_with, takes_keyword
 from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, quantizer_input
 from .interpreter import explained_by_interpreter
 
@@ -46,6 +47,10 @@ class QuantizerCheck:
     def verdict(self) -> str:
         return "PASS" if self.bytes_equal == self.bytes_total else "FAIL"
 
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "PASS"
+
     def diagnosis(self) -> str:
         if self.verdict == "PASS":
             return f"bit-exact under {self.expected} ({self.bytes_total} bytes)"
@@ -59,12 +64,16 @@ class QuantizerCheck:
         return "; ".join(parts + list(self.notes))
 
 
-def _call(fn, x_np, input_dtype, device, **kw):
+def _call(fn, x_np, input_dtype, device, kind, **kw):
     torch = torch_module()
     x = torch.from_numpy(x_np).to(device=device, dtype=getattr(torch, input_dtype))
-    q, s = call_with(fn, x, **kw)
+    q, s = quantizer_pair(_name(fn), kind, call_with(fn, x, **kw), *x_np.shape)
     s = to_numpy(s)
     return to_numpy(q), s if s.dtype == np.uint8 else s.astype(np.float32)
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
 def _mx_candidates(x, fmt):
@@ -83,7 +92,7 @@ def _mx_candidates(x, fmt):
 
 
 def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
-    q, s = _call(fn, x, input_dtype, device, scale_mode=scale_mode.value, fmt=fmt)
+    q, s = _call(fn, x, input_dtype, device, kind, scale_mode=scale_mode.value, fmt=fmt)
     M, K = x.shape
     codes = em.unpack_fp4x2(q) if pack else q
     if codes.shape != (M, K) or s.shape != (M, K // 32):
@@ -134,7 +143,7 @@ def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
 
 
 def _per_token_check(fn, x, fmt, input_dtype, device):
-    q, s = _call(fn, x, input_dtype, device, fmt=fmt)
+    q, s = _call(fn, x, input_dtype, device, "quantize_fp8_per_token", fmt=fmt)
     M, K = x.shape
     s = s.reshape(M, -1)[:, :1].astype(np.float32)
     want_q, want_s = em.quantize_fp8_per_token(x, fmt=fmt, reciprocal=True)
@@ -170,7 +179,7 @@ def _per_tensor_check(fn, x, fmt, input_dtype, device):
     M, K = x.shape
 
     def as_one_row(x_row, fmt=fmt):
-        q, s = call_with(fn, x_row.reshape(M, K), fmt=fmt)
+        q, s = quantizer_pair(_name(fn), "quantize_fp8_per_tensor", call_with(fn, x_row.reshape(M, K), fmt=fmt), M, K)
         return q.reshape(1, M * K), s.reshape(1, 1)
 
     check = _per_token_check(as_one_row, x.reshape(1, M * K), fmt, input_dtype, device)
@@ -213,6 +222,6 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
         result = _per_tensor_check(fn, x, elem, input_dtype, device)
     else:
         result = _mx_check(kind, fn, x, elem, mode, ties, input_dtype, device, pack=kind == "quantize_mxfp4")
-    if not accepts(fn, "scale_mode") and kind in MX_KINDS:
+    if not takes_keyword(fn, "scale_mode") and kind in MX_KINDS:
         result = dataclasses.replace(result, notes=result.notes + ("takes no scale_mode: its own fixed mode",))
     return dataclasses.replace(result, seed=seed)

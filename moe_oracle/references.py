@@ -200,7 +200,8 @@ def worker_count(jobs: list[tuple], requested: int, budget: int) -> tuple[int, i
     return max(1, min(requested, len(jobs), int(budget // per))), per
 
 
-def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float | None = None) -> None:
+def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float | None = None,
+             progress: bool = True) -> None:
     """Compute the distinct host references ``(case, act_dtype, seed, mma_k, with_bias, device)`` before
     the cases run, in ``workers`` forked processes (as many as fit the memory budget:
     :func:`memory_budget`), one progress line each, and fill ``cache``. With one worker, and whenever the
@@ -224,14 +225,14 @@ def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float
               f"{budget / 2**30:.1f} GiB left of the memory budget)", file=sys.stderr)
     global _SHARED
     _SHARED = cache
-    progress = Progress(len(todo), "references", every_step=True)
+    bar = Progress(len(todo), "references", every_step=True, enabled=progress)
     t0 = time.perf_counter()
     for key, result in (_here(todo) if n <= 1 else _forked(todo, n)):
         job = todo[key]
         cache[key] = result if isinstance(result, ReferenceFailed) else (problem(cache, job[0], job[2], job[4]), *result)
-        progress.step(f"{_label(job)}, {time.perf_counter() - t0:.0f}s")
+        bar.step(f"{_label(job)}, {time.perf_counter() - t0:.0f}s")
     _SHARED = {}
-    progress.close()
+    bar.close()
 
 
 def _here(todo: dict):

@@ -13,14 +13,29 @@ LEGEND = """\
 Legend: path a16w4 = bf16 activations, a4w4 = MXFP4 (fp4x2) activations, a8w4 = MXFP8 e4m3fn activations,
 all with MXFP4 weights. rule = the selector's rule that decided (python -m moe_ref prints the table).
 bytes = stage-1 quantized input bytes equal to the emulation's (n/N; '-' where the implementation does
-not expose them). err = max |out - emulated reference|; bound = the derived tolerance at that element
-(accumulation order only, NUMERICS.md section 11); margin = max(err / bound): PASS needs margin <= 1 and
-every byte equal. ideal = max relative error to the float64 ideal; qcost = the same for the emulated
-reference itself: what the path's quantization costs, not the kernel (a4w4's ~0.3-0.5 is the format's)."""
+not expose them). The worst element is the one of the largest err / bound: err@w = |out - emulated
+reference| there and bound@w = the derived tolerance there (accumulation order only, NUMERICS.md section
+11); max err = the largest |out - reference| anywhere (it may sit where the bound is larger).
+margin = max(err / bound): PASS needs margin <= 1 and every byte equal. "1 step": margin exactly 1, the
+output took the other bf16 rounding where the fp32 interval of every allowed order holds a rounding
+boundary, the one step the bound grants there (a kernel whose fp32 sum differs in its last bits lands
+there by design). inf: an error where the bound is 0 (no allowed order can change that output: it must
+be equal). ideal = max relative error to the float64 ideal; qcost = the same for the emulated reference
+itself: what the path's quantization costs, not the kernel (a4w4's ~0.3-0.5 is the format's)."""
 
 
 def _env_text(env: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in env.items()) or "-"
+
+
+def _margin_text(r) -> str:
+    if r.get("at_rounding_step") and r["margin"] == 1.0:
+        return "1 step"
+    return "inf" if r["margin"] == float("inf") else f"{r['margin']:.3f}"
+
+
+def _err_at_worst(r) -> float:
+    return r.get("err_at_worst", r["max_err_ref"])
 
 
 def _bytes_text(r) -> str:
@@ -29,7 +44,8 @@ def _bytes_text(r) -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'E/H/I/k':14s} {'M':>5s} {'arch':7s} {'env':26s} {'gate':10s} {'scale':10s} {'path':5s} {'rule':>4s} "
-            f"{'bytes':>13s} {'err':>9s} {'bound':>9s} {'margin':>7s} {'ideal':>7s} {'qcost':>7s} verdict")
+            f"{'bytes':>13s} {'err@w':>9s} {'bound@w':>9s} {'max err':>9s} {'margin':>7s} {'ideal':>7s} {'qcost':>7s} "
+            f"verdict")
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
@@ -38,7 +54,8 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"{r['E']}/{r['H']}/{r['I']}/{r['topk']:<4} {r['M']:5d} {r['arch']:7s} {_env_text(r['env']):26s} "
             f"{r['gate_mode']:10s} {r['scale_mode']:10s} {r['path']:5s} {r['rule']:4d} {_bytes_text(r):>13s} "
-            f"{r['max_err_ref']:9.2e} {r['bound_at_worst']:9.2e} {r['margin']:7.3f} {r['rel_err_ideal']:7.1e} "
+            f"{_err_at_worst(r):9.2e} {r['bound_at_worst']:9.2e} {r['max_err_ref']:9.2e} {_margin_text(r):>7s} "
+            f"{r['rel_err_ideal']:7.1e} "
             f"{r['quant_cost_rel']:7.1e} {r['verdict']}")
         if r["verdict"] != "PASS" or len(r["diagnosis"]) > 1:
             lines += [f"    - {d}" for d in r["diagnosis"]]
@@ -78,16 +95,20 @@ def _markdown(rows, quant, selector, meta) -> str:
              "Quantization cost per path (emulated reference vs float64 ideal, max relative): "
              + ", ".join(f"{p} {c:.3g}" for p, c in sorted(quant_cost_by_path(rows).items())), ""]
     if rows:
-        lines += ["| M | arch | env | gate | scale | path | rule | bytes equal | max err | bound | margin | "
-                  "rel err vs ideal | qcost | verdict | diagnosis |", "|" + "---|" * 15]
+        lines += ["| E/H/I/topk | M | arch | env | gate | scale | path | rule | bytes equal | err at worst | "
+                  "bound at worst | max err | margin | rel err vs ideal | qcost | verdict | diagnosis |",
+                  "|" + "---|" * 17]
         for r in rows:
+            shape = f"{r['E']}/{r['H']}/{r['I']}/{r['topk']}"
             if "error" in r:
-                lines.append(f"| {r['M']} | {r['arch']} | | | | | | | | | | | | ERROR | {r['error']} |")
+                lines.append(f"| {shape} | {r['M']} | {r['arch']} | {_env_text(r['env'])} | {r['gate_mode']} | "
+                             f"{r['scale_mode']} | | | | | | | | | | FAIL | {r['error']} |")
                 continue
             lines.append(
-                f"| {r['M']} | {r['arch']} | {_env_text(r['env'])} | {r['gate_mode']} | {r['scale_mode']} | {r['path']} | "
-                f"{r['rule']} | {_bytes_text(r)} | {r['max_err_ref']:.3g} | {r['bound_at_worst']:.3g} | {r['margin']:.3g} | "
-                f"{r['rel_err_ideal']:.3g} | {r['quant_cost_rel']:.3g} | {r['verdict']} | {'; '.join(r['diagnosis'])} |")
+                f"| {shape} | {r['M']} | {r['arch']} | {_env_text(r['env'])} | {r['gate_mode']} | {r['scale_mode']} | "
+                f"{r['path']} | {r['rule']} | {_bytes_text(r)} | {_err_at_worst(r):.3g} | {r['bound_at_worst']:.3g} | "
+                f"{r['max_err_ref']:.3g} | {_margin_text(r)} | {r['rel_err_ideal']:.3g} | {r['quant_cost_rel']:.3g} | "
+                f"{r['verdict']} | {'; '.join(r['diagnosis'])} |")
     if quant:
         lines += ["", "## Quantizers", "", "| quantizer | format | input | scale mode | bytes equal | verdict | diagnosis |",
                   "|---|---|---|---|---|---|---|"]
@@ -140,7 +161,7 @@ def _plot(rows, path: Path) -> str | None:
     return None
 
 
-def write(out: Path, rows, quant, selector, meta, stages=()) -> list[Path]:
+def write(out: Path, rows, quant, selector, meta, stages=(), say=print) -> list[Path]:
     """report.json, report.md and margin_vs_M.png under ``out``; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.json", out / "report.md"]
@@ -157,5 +178,5 @@ def write(out: Path, rows, quant, selector, meta, stages=()) -> list[Path]:
     if note is None:
         files.append(out / "margin_vs_M.png")
     else:
-        print(note)
+        say(note)
     return files

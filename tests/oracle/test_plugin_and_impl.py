@@ -63,9 +63,11 @@ def test_pytest_plugin_in_a_fresh_project(tmp_path):
               "-p", "no:cacheprovider", "-rf"], tmp_path)
     out = r.stdout
     assert "moe-oracle data seed" in out
-    assert "test_moe[M8-gfx950-separated-round_up] PASSED" in out and "test_moe[M256-gfx950-separated-round_up] PASSED" in out
-    assert "test_bad_moe[M256-gfx950-separated-round_up] FAILED" in out and "test_quant[ceil] PASSED" in out
-    assert "1 failed, 7 passed" in out, out[-3000:]  # the bf16-only layer is right at M=8, wrong at M=256
+    assert "test_moe[E4-H64-I32-k2-M8-gfx950-separated-round_up] PASSED" in out
+    assert "test_moe[E4-H64-I32-k2-M256-gfx950-separated-round_up] PASSED" in out
+    assert "test_bad_moe[E4-H64-I32-k2-M256-gfx950-separated-round_up] FAILED" in out
+    assert "test_quant[round_up] PASSED" in out and "test_quant[ceil]" not in out  # the config's scale modes
+    assert "1 failed, 4 passed" in out, out[-3000:]  # the bf16-only layer is right at M=8, wrong at M=256
     assert "it took a16w4 where the selector chose a4w4" in out
 
 
