@@ -174,11 +174,19 @@ class AiterEvaluator:
         rule = self.located.rule
         self._start(case, env)
         bound = self._bindings(case)
-        try:
+
+        def evaluate():
             fn = self._function(rule)
             states = self.interp.call(fn, [], self._args(fn, bound), stop_after=rule.stop)
-            answers = [self._after_rule(s, bound) for s in states]
-            value = combine(answers, states)
+            return combine([self._after_rule(s, bound) for s in states], states)
+
+        return self._answer(evaluate)
+
+    def _answer(self, evaluate):
+        """``evaluate()``'s value (a budget exceeded: unknown; a module that fails to import: its
+        exception), with the environment keys read at the call and through module constants."""
+        try:
+            value = evaluate()
         except Stop as exc:
             value = unknown(why=str(exc))
         except _ImportFailed as exc:
@@ -216,21 +224,17 @@ class AiterEvaluator:
     def copy(self, site: Site, case: Case, env: dict):
         """A copy's answer for ``case`` (None: it returns none) and the keys it read."""
         self._start(case, env)
-        try:
+
+        def evaluate():
             fn = self._function(site)
             bound = self._bindings(case)
             missing = [p for p in fn.params() if p not in bound and p not in fn.defaults]
             if missing:
-                return unknown(why=f"{missing[0]}: parameter of {site.name} ({site.where}) has no binding"), \
-                    frozenset(), frozenset()
+                return unknown(why=f"{missing[0]}: parameter of {site.name} ({site.where}) has no binding")
             states = self.interp.call(fn, [], self._args(fn, bound))
-            values = [s.outcome[1] if s.outcome else None for s in states]
-            value = combine(values, states)
-        except Stop as exc:
-            value = unknown(why=str(exc))
-        except _ImportFailed as exc:
-            value = exc.raised
-        return value, frozenset(self.ctx.reads), frozenset(self.global_reads)
+            return combine([s.outcome[1] if s.outcome else None for s in states], states)
+
+        return self._answer(evaluate)
 
 
 class _ImportFailed(Exception):
