@@ -3,7 +3,7 @@
 Definition (``_encode_exact``): the input's magnitude is placed on the target format's grid
 (exponent clamped at ``emin`` so subnormals come out naturally), rounded once to nearest with the
 chosen tie rule (``"even"``: the even *code* wins, IEEE round-to-nearest-even; ``"away"``: the larger
-magnitude wins), then the overflow policy applies:
+magnitude wins; ``"zero"``: the smaller magnitude wins), then the overflow policy applies:
 
 ``satfinite`` (default; the contract our kernels implement, = NVIDIA ``cvt.rn.satfinite``,
 gfx950 with saturation on): finite overflow and +-inf give +-max; NaN gives the format's canonical
@@ -35,7 +35,7 @@ from .formats import BF16, FloatFormat, get_format
 __all__ = ["encode", "decode", "round_to_bf16", "OVERFLOW_POLICIES", "TIE_MODES"]
 
 OVERFLOW_POLICIES = ("satfinite", "ocp")
-TIE_MODES = ("even", "away")
+TIE_MODES = ("even", "away", "zero")
 
 
 def _check_choice(value, choices, arg):
@@ -56,7 +56,10 @@ def _round_magnitude(mag: np.ndarray, fmt: FloatFormat, ties: str) -> np.ndarray
         code_lo = ((e_t - emin) << m) + lo  # lo carries the implicit bit for normals
     else:  # e8m0: no subnormals, the implicit bit is not part of the code
         code_lo = (e_t - emin) + lo - 1
-    tie_up = (code_lo & 1) == 1 if ties == "even" else np.ones_like(code_lo, dtype=bool)
+    if ties == "even":
+        tie_up = (code_lo & 1) == 1
+    else:
+        tie_up = np.full(code_lo.shape, ties == "away")
     up = (frac > 0.5) | ((frac == 0.5) & tie_up)
     return np.maximum(code_lo + up, 0)
 

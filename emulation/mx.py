@@ -18,7 +18,8 @@ EVEN        round amax's bits to 1+mbits:               AMD Quark; AITER Triton 
 
 Elements: ``x / scale`` (exact: scale is a power of two) encoded with ``satfinite`` and the chosen
 tie rule (``"even"``: the contract and the hardware converts; ``"away"``: what AITER's Triton MXFP4
-quantizers and ``downcast_to_mxfp`` do, measured: NUMERICS.md section 10).
+quantizers and ``downcast_to_mxfp`` do, measured: NUMERICS.md section 10; ``"zero"``: the smaller
+magnitude, what a ``|x| > midpoint`` count gives, as in SGLang's ``MXFP4QuantizeUtil``).
 
 Policies:
 - All-zero block: scale byte 0 (2^-127) in every mode; element codes are +-0 (sign kept).

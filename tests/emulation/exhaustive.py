@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 FORMATS = ("e2m1", "e4m3fn", "e4m3fnuz", "e5m2")
-POLICIES = [(o, t) for o in ("satfinite", "ocp") for t in ("even", "away")]
+POLICIES = [(o, t) for o in ("satfinite", "ocp") for t in ("even", "away", "zero")]
 
 
 def check_chunk(start: int, size: int) -> list[str]:

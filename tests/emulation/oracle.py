@@ -2,7 +2,7 @@
 
 Shares nothing with ``emulation.convert`` but ``decode`` (itself checked against ml_dtypes): it sorts
 the format's finite values and, for every input, picks the nearest by comparing distances, breaking
-ties by code parity ("even") or magnitude ("away"), then applies the overflow policy.
+ties by code parity ("even"), the larger magnitude ("away") or the smaller ("zero"), then applies the overflow policy.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def oracle_encode(x: np.ndarray, fmt_name: str, overflow: str = "satfinite", tie
     d_lo, d_hi = m - ext_vals[lo], ext_vals[hi] - m
     if ties == "even":
         prefer_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (ext_codes[hi] % 2 == 0))
-    else:
+    elif ties == "away":
         prefer_hi = d_hi <= d_lo
+    else:
+        prefer_hi = d_hi < d_lo
     pick = np.where(prefer_hi | (hi == lo), hi, lo)
     pick = np.where(m < ext_vals[0], 0, pick)
     over = (pick == len(ext_vals) - 1) | (m > ext_vals[-1]) | np.isinf(mag)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import emulation as em
-from emulation import FORMATS, decode, encode, round_to_bf16
+from emulation import FORMATS, TIE_MODES, decode, encode, round_to_bf16
 
 from .oracle import oracle_encode
 
@@ -80,7 +80,7 @@ def test_every_code_round_trips(fmt, overflow):
 
 @pytest.mark.parametrize("fmt", ENCODABLE)
 @pytest.mark.parametrize("overflow", ["satfinite", "ocp"])
-@pytest.mark.parametrize("ties", ["even", "away"])
+@pytest.mark.parametrize("ties", TIE_MODES)
 def test_all_bf16_patterns_match_the_oracle(fmt, overflow, ties):
     np.testing.assert_array_equal(encode(ALL_BF16, fmt, overflow=overflow, ties=ties),
                                   oracle_encode(ALL_BF16, fmt, overflow, ties))
@@ -179,12 +179,14 @@ def test_numerics_md_conversion_examples(value, fmt, overflow, expected):
 
 
 @pytest.mark.parametrize(
-    "value, even, away",
-    [(2.5, 0x4, 0x5), (0.25, 0x0, 0x1), (5.0, 0x6, 0x7), (0.75, 0x2, 0x2), (-2.5, 0xC, 0xD), (7.0, 0x7, 0x7)],
+    "value, even, away, zero",
+    [(2.5, 0x4, 0x5, 0x4), (0.25, 0x0, 0x1, 0x0), (5.0, 0x6, 0x7, 0x6), (0.75, 0x2, 0x2, 0x1), (1.75, 0x4, 0x4, 0x3),
+     (3.5, 0x6, 0x6, 0x5), (-2.5, 0xC, 0xD, 0xC), (-0.75, 0xA, 0xA, 0x9), (7.0, 0x7, 0x7, 0x7)],
 )
-def test_e2m1_tie_rules(value, even, away):
+def test_e2m1_tie_rules(value, even, away, zero):
     assert encode(np.float32(value), "e2m1") == even
     assert encode(np.float32(value), "e2m1", ties="away") == away
+    assert encode(np.float32(value), "e2m1", ties="zero") == zero
 
 
 def test_bf16_rounding_is_rne_and_matches_torch():

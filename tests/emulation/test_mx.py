@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import emulation as em
-from emulation import ScaleMode, decode, dequantize_mx, encode, mx_scale_e8m0, quantize_mx
+from emulation import TIE_MODES, ScaleMode, decode, dequantize_mx, encode, mx_scale_e8m0, quantize_mx
 
 from .nasty import random_fp32
 
@@ -93,7 +93,7 @@ def test_block_policies_zero_nan_inf(mode, fmt):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fmt", ELEMENTS)
-@pytest.mark.parametrize("ties", ["even", "away"])
+@pytest.mark.parametrize("ties", TIE_MODES)
 def test_elements_are_encode_of_x_over_scale(mode, fmt, ties, rng):
     x = random_fp32(rng, (64, 128), finite=True)
     codes, scale = quantize_mx(x, fmt, scale_mode=mode, ties=ties)
