@@ -17,6 +17,7 @@ from .mx import (
     quantize_mx,
     quantize_mxfp4,
     quantize_mxfp8,
+    recover_mx,
 )
 
 __all__ = [
@@ -24,5 +25,5 @@ __all__ = [
     "OVERFLOW_POLICIES", "ScaleMode", "TIE_MODES", "decode", "dequantize_fp8", "dequantize_mx",
     "dequantize_mxfp4", "dequantize_mxfp8", "encode", "get_format", "mx_scale_e8m0", "pack_fp4x2",
     "quantize_fp8_per_tensor", "quantize_fp8_per_token", "quantize_mx", "quantize_mxfp4",
-    "quantize_mxfp8", "round_to_bf16", "unpack_fp4x2",
+    "quantize_mxfp8", "recover_mx", "round_to_bf16", "unpack_fp4x2",
 ]

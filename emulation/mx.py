@@ -42,7 +42,7 @@ from .validate import check_byte_range
 
 __all__ = [
     "ScaleMode", "BLOCK_SIZE", "MX_ELEMENT_FORMATS", "mx_scale_e8m0", "quantize_mx", "dequantize_mx",
-    "quantize_mxfp4", "dequantize_mxfp4", "quantize_mxfp8", "dequantize_mxfp8",
+    "quantize_mxfp4", "dequantize_mxfp4", "quantize_mxfp8", "dequantize_mxfp8", "recover_mx",
 ]
 
 BLOCK_SIZE = 32
@@ -174,3 +174,46 @@ def quantize_mxfp8(x, *, fmt="e4m3fn", axis: int = -1, scale_mode=ScaleMode.ROUN
 def dequantize_mxfp8(codes, scale_e8m0, *, fmt="e4m3fn", axis: int = -1) -> np.ndarray:
     """MXFP8 -> float32."""
     return dequantize_mx(codes, scale_e8m0, fmt, axis=axis)
+
+
+
+def recover_mx(values, fmt, *, axis: int = -1):
+    """What a quantize-dequantize ("fake quantization") wrote, as MX bytes where the decode makes that
+    unique: ``values`` (floats) -> ``(codes, scale_e8m0, status)``, codes unpacked.
+
+    A block's candidate scales are the bytes 0..254 under which every value of the block is exactly a
+    ``fmt`` value (``decode(encode(v / scale)) == v``, the sign of zero included). ``status`` per block:
+    1 recovered (one candidate; or every value NaN: scale 0xFF, codes 0, as the contract writes),
+    2 ambiguous (several candidates: zero blocks, values that also fit a coarser scale; the coarsest
+    candidate is returned), 0 not an MX decode (NaN beside numbers, +-inf, values off every grid;
+    codes and scale 0).
+    """
+    f = _mx_element_format(fmt)
+    x = np.asarray(values, np.float64)
+    axis = normalize_axis(axis, x.ndim)
+    blocks = _blocks_last(x, axis, arg="values")
+    with np.errstate(invalid="ignore"):
+        amax = np.max(np.abs(blocks), axis=-1)
+    live = np.isfinite(amax) & (amax > 0)
+    top = np.floor(np.log2(np.where(live, amax, 1.0))).astype(np.int64)
+    smallest = f.emin - f.man_bits  # log2 of the format's smallest nonzero magnitude
+    best = np.full(amax.shape, -1, np.int64)
+    count = np.zeros(amax.shape, np.int64)
+    for d in range(-f.emax, -smallest + 1):  # amax / 2^(top + d) spans every magnitude of the grid
+        byte = top + d + 127
+        scaled = np.ldexp(blocks, -(top + d)[..., None])
+        with np.errstate(over="ignore", invalid="ignore"):
+            back = decode(encode(scaled.astype(np.float32), f), f).astype(np.float64)
+        exact = ((back == scaled) & (np.signbit(back) == np.signbit(scaled))).all(-1)
+        ok = live & exact & (byte >= 0) & (byte <= 254)
+        count += ok
+        best = np.where(ok, np.maximum(best, byte), best)
+    zero = np.isfinite(amax) & (amax == 0)
+    all_nan = np.isnan(blocks).all(-1)
+    status = np.select([all_nan | (count == 1), zero | (count > 1)], [1, 2], 0).astype(np.uint8)
+    scale = np.select([all_nan, zero, count > 0], [SCALE_NAN, 0, best], 0).astype(np.uint8)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.ldexp(np.where(np.isnan(blocks), 0.0, blocks), 127 - scale.astype(np.int64)[..., None])
+        codes = encode(scaled.astype(np.float32), f)
+    codes = np.where(((status > 0) & ~all_nan)[..., None], codes, 0).astype(np.uint8)
+    return _unblock(codes, axis), np.moveaxis(scale, -1, axis), np.moveaxis(status, -1, axis)

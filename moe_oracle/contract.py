@@ -4,7 +4,7 @@ that reads as the implementation raising."""
 
 from __future__ import annotations
 
-__all__ = ["ContractError", "describe", "quantizer_pair", "layer_output"]
+__all__ = ["ContractError", "describe", "quantizer_pair", "layer_output", "float_values"]
 
 _ONE_BYTE = ("uint8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu")
 _SCALE_BYTES = ("uint8", "float8_e8m0fnu")
@@ -70,6 +70,13 @@ def _numel(value) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+def float_values(fn_name: str, value, M: int, K: int, what: str):
+    """A floating tensor of M * K values (a fake quantizer's or a dequantizer's output), checked."""
+    if _dtype(value) not in _FLOATS or _numel(value) != M * K:
+        _fail(fn_name, describe(value), f"a floating tensor {what} = [{M}, {K}]")
+    return value
 
 
 def layer_output(fn_name: str, value, M: int, H: int):

@@ -90,21 +90,22 @@ def run_quantizers(impl: Implementation, cfg, *, device) -> list[dict]:
     """Each quantizer it provides, per scale mode it can be asked for and input dtype, on fresh data."""
     checks = []
     for qz in impl.quantizers():
-        if qz.kind.startswith("quantize_fp8_per_"):
+        if qz.kind.startswith("quantize_fp8_per_") or qz.kind == "dequantize_mxfp4":
             modes = [None]
         elif qz.scale_modes == ():
             modes = [qz.fixed_mode]
         else:
             modes = [m for m in cfg.scale_modes if qz.scale_modes is None or m in qz.scale_modes]
-        fmts = qz.fp8_formats if qz.kind != "quantize_mxfp4" else ("e2m1",)
-        for mode, fmt, dtype in ((m, f, d) for m in modes for f in fmts for d in qz.input_dtypes):
+        fmts = ("e2m1",) if qz.kind in ("quantize_mxfp4", "quantize_dequantize_mxfp4", "dequantize_mxfp4") else qz.fp8_formats
+        dtypes = ("-",) if qz.kind == "dequantize_mxfp4" else qz.input_dtypes
+        for mode, fmt, dtype in ((m, f, d) for m in modes for f in fmts for d in dtypes):
             seed = zlib.crc32(repr((cfg.seed, qz.label, mode, fmt, dtype)).encode())  # fresh per run, logged
             row = dict(impl=impl.name, kind=qz.label, fmt=fmt, input_dtype=dtype, requested=mode or "-", seed=seed)
             try:
                 c = check_quantizer(qz.fn, qz.kind, scale_mode=mode or "round_up", fmt=None if fmt == "e2m1" else fmt,
-                                    input_dtype=dtype, device=device, seed=seed)
+                                    input_dtype="bfloat16" if dtype == "-" else dtype, device=device, seed=seed)
                 notes = "; ".join(n for n in (c.diagnosis(), qz.note) if n)
-                row.update(bytes_equal=c.bytes_equal, bytes_total=c.bytes_total, verdict=c.verdict,
+                row.update(bytes_equal=c.bytes_equal, bytes_total=c.bytes_total, unit=c.unit, verdict=c.verdict,
                            follows=c.follows, closest=c.closest, differing=c.differing, policies=c.policies,
                            diagnosis=notes)
             except ContractError as exc:

@@ -7,11 +7,15 @@ values of the project's own (``moe_kernels``):
 - ``quantize_mxfp8(x, *, fmt="e4m3fn", scale_mode=...) -> (codes uint8 [M, K], e8m0 uint8 [M, K/32])``
 - ``quantize_fp8_per_token(x, *, fmt="e4m3fn") -> (codes uint8 [M, K], scale fp32 [M, 1])``
 - ``quantize_fp8_per_tensor(x, *, fmt="e4m3fn") -> (codes uint8 [M, K], scale fp32 [1])``
+- ``quantize_dequantize_mxfp4(x, *, scale_mode=...) -> values [M, K]`` (fake quantization; judged by value)
+- ``dequantize_mxfp4(codes fp4x2 uint8 [M, K/2], scale e8m0 [M, K/32]) -> values [M, K]``
 - ``moe_gemm_stage(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None)``
   ``-> bf16 [M, topk, N]``: one grouped GEMM without activation (``moe_oracle.stage``)
 - ``fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode, bias1, bias2, ...)``
   ``-> out bf16 [M, H]`` (or a :class:`LayerResult`, which may also say which activation path ran)
 - ``select_act_dtype(M, *, arch, gate_mode, env) -> "bf16" | "fp4x2" | "fp8"`` (its own dispatch)
+
+A dequantizer is swept over every e2m1 code at every e8m0 byte (``moe_oracle.decodes``).
 
 Keyword arguments a callable does not name are not passed (``scale_mode``, ``fmt``, ``arch``,
 ``env``, ``poison``, ``bias1``, ...; ``**kwargs`` names none); an ``env`` it does not name is applied
@@ -32,7 +36,8 @@ from collections.abc import Callable, Mapping
 __all__ = ["Implementation", "Quantizer", "LayerResult", "accepts", "QUANTIZER_KINDS", "as_implementation", "call_with",
            "applied_env", "takes_keyword"]
 
-QUANTIZER_KINDS = ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token", "quantize_fp8_per_tensor")
+QUANTIZER_KINDS = ("quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token", "quantize_fp8_per_tensor",
+                   "quantize_dequantize_mxfp4", "dequantize_mxfp4")
 _CALLABLES = (*QUANTIZER_KINDS, "moe_gemm_stage", "fused_moe", "select_act_dtype")
 
 
@@ -76,6 +81,8 @@ class Implementation:
     quantize_mxfp8: Callable | None = None
     quantize_fp8_per_token: Callable | None = None
     quantize_fp8_per_tensor: Callable | None = None
+    quantize_dequantize_mxfp4: Callable | None = None
+    dequantize_mxfp4: Callable | None = None
     moe_gemm_stage: Callable | None = None
     fused_moe: Callable | None = None
     select_act_dtype: Callable | None = None
@@ -98,7 +105,8 @@ class Implementation:
             fn = getattr(self, kind)
             if fn is None:
                 continue
-            takes_mode = not kind.startswith("quantize_fp8_per_") and takes_keyword(fn, "scale_mode")
+            takes_mode = kind in ("quantize_mxfp4", "quantize_mxfp8", "quantize_dequantize_mxfp4") and takes_keyword(
+                fn, "scale_mode")
             found.append(Quantizer(kind, kind, fn, self.scale_modes if takes_mode else (),
                                    self.declared.get("scale_mode", "round_up"), self.fp8_formats))
         return found + list(self.extra_quantizers)

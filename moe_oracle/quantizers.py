@@ -16,14 +16,15 @@ import emulation as em
 
 from ._tensors import to_numpy, torch_module
 from .contract import quantizer_pair
+from .decodes import dequantizer_check, fake_quant_check
 from .implementation import call_with, takes_keyword
 from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, quantizer_input
 from .interpreter import explained_by_interpreter
 
 __all__ = ["QuantizerCheck", "check_quantizer", "MX_KINDS"]
 
-MX_KINDS = {"quantize_mxfp4": "e2m1", "quantize_mxfp8": None}  # mxfp8: its fp8 format
-TIES = ("even", "away")
+MX_KINDS = {"quantize_mxfp4": "e2m1", "quantize_mxfp8": None, "quantize_dequantize_mxfp4": "e2m1"}  # mxfp8: its fp8
+TIES = em.TIE_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class QuantizerCheck:
     policies: dict  # what it does on zero / NaN-Inf blocks (rows), against the contract
     notes: tuple[str, ...] = ()
     seed: int | None = None
+    unit: str = "bytes"  # what bytes_equal counts: "bytes", or "values" (fake quantizers, dequantizers)
 
     @property
     def verdict(self) -> str:
@@ -53,8 +55,9 @@ class QuantizerCheck:
 
     def diagnosis(self) -> str:
         if self.verdict == "PASS":
-            return f"bit-exact under {self.expected} ({self.bytes_total} bytes)"
-        parts = [f"{self.bytes_total - self.bytes_equal} of {self.bytes_total} bytes differ from {self.expected}"]
+            return "; ".join([f"bit-exact under {self.expected} ({self.bytes_total} {self.unit})",
+                              *[f"{k}: {v}" for k, v in self.policies.items()], *self.notes])
+        parts = [f"{self.bytes_total - self.bytes_equal} of {self.bytes_total} {self.unit} differ from {self.expected}"]
         where = ", ".join(f"{k}: {n}" for k, n in self.differing.items() if n)
         if where:
             parts.append(f"differing blocks by kind: {where}")
@@ -201,14 +204,16 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
                     input_dtype: str = "bfloat16", device="cpu", seed: int = 0, M: int = 32, K: int = 256,
                     x: np.ndarray | None = None) -> QuantizerCheck:
     """Check one quantizer callable of the contract (``kind``: quantize_mxfp4, quantize_mxfp8,
-    quantize_fp8_per_token) against the emulation under ``scale_mode`` and ``ties`` on fresh nasty
+    quantize_fp8_per_token, quantize_fp8_per_tensor, quantize_dequantize_mxfp4, dequantize_mxfp4) against the emulation under ``scale_mode`` and ``ties`` on fresh nasty
     data drawn from ``seed`` (or on ``x``, fp32 [M, K]); see :class:`QuantizerCheck`."""
-    kinds = (*MX_KINDS, "quantize_fp8_per_token", "quantize_fp8_per_tensor")
+    kinds = (*MX_KINDS, "quantize_fp8_per_token", "quantize_fp8_per_tensor", "dequantize_mxfp4")
     if kind not in kinds:
         raise ValueError(f"kind={kind!r} is not valid; expected one of {list(kinds)}")
     if ties not in TIES:
         raise ValueError(f"ties={ties!r} is not valid; expected one of {list(TIES)}")
     mode = em.ScaleMode.parse(scale_mode)
+    if kind == "dequantize_mxfp4":  # a fixed sweep of every (code, scale byte): no data, no seed
+        return dequantizer_check(fn, device, _name(fn))
     elem = MX_KINDS.get(kind) or fmt or "e4m3fn"
     if x is None and kind == "quantize_fp8_per_tensor":
         x = _per_tensor_input(np.random.default_rng(seed), M, K, elem)
@@ -220,6 +225,8 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
         result = _per_token_check(fn, x, elem, input_dtype, device)
     elif kind == "quantize_fp8_per_tensor":
         result = _per_tensor_check(fn, x, elem, input_dtype, device)
+    elif kind == "quantize_dequantize_mxfp4":
+        result = fake_quant_check(fn, x, mode, ties, input_dtype, device, _name(fn))
     else:
         result = _mx_check(kind, fn, x, elem, mode, ties, input_dtype, device, pack=kind == "quantize_mxfp4")
     if not takes_keyword(fn, "scale_mode") and kind in MX_KINDS:

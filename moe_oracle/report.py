@@ -110,10 +110,10 @@ def _markdown(rows, quant, selector, meta) -> str:
                 f"{r['max_err_ref']:.3g} | {_margin_text(r)} | {r['rel_err_ideal']:.3g} | {r['quant_cost_rel']:.3g} | "
                 f"{r['verdict']} | {'; '.join(r['diagnosis'])} |")
     if quant:
-        lines += ["", "## Quantizers", "", "| quantizer | format | input | scale mode | bytes equal | verdict | diagnosis |",
+        lines += ["", "## Quantizers", "", "| quantizer | format | input | scale mode | equal (bytes or values) | verdict | diagnosis |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {c['kind']} | {c['fmt']} | {c['input_dtype']} | {c['requested']} | {c['bytes_equal']}/"
-                  f"{c['bytes_total']} | {c['verdict']} | {c['diagnosis']} |" for c in quant]
+                  f"{c['bytes_total']} {c.get('unit', 'bytes')} | {c['verdict']} | {c['diagnosis']} |" for c in quant]
     if selector:
         lines += ["", "## Its own dispatch against the selector", "", "| M | arch | gate | env | selector | it | agree |",
                   "|---|---|---|---|---|---|---|"]

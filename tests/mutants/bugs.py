@@ -64,6 +64,15 @@ _ALL = [
     _B("e4m3fn max used for e4m3fnuz", "fp8", "448 hard-wired, the gfx942 format's 240 ignored"),
     _B("e4m3fnuz bias 7", "fp8", "the gfx942 format decoded with the OCP bias"),
     _B("mxfp8 ties away", "fp8", "software round(x) in the MXFP8 quantizer", "follows round_up, ties away"),
+    # values instead of bytes: fake quantizers and dequantizers (the forms most libraries expose)
+    _B("fake quant ties toward zero", "element rounding", "codes counted as |x| > midpoint (SGLang's cast_fp4)",
+       "follows round_up, ties zero"),
+    _B("fake quant scale exponent off by one", "scale", "emax off by one in a quantize-dequantize",
+       "scale exponent +1"),
+    _B("dequant flushes scale 0x00", "scale", "2^(byte-127) computed in a type that flushes 2^-127 to 0",
+       "scale 0x00: 0 (flushed)"),
+    _B("dequant 0xFF as inf", "scale", "the NaN scale byte decoded as 2^128 = inf", "scale 0xFF: inf"),
+    _B("dequant nibbles swapped", "packing", "element 2i read from the high nibble", "high nibble first"),
     # GEMM
     _B("last K block dropped", "gemm", "the K loop stops before a partial tile"),
     _B("scale of the wrong block", "gemm", "the scale index computed per tile instead of per 32 values"),

@@ -191,7 +191,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _m("emulation ignores low mantissa bits", "emulation/convert.py",
        ("sticky = (bits & np.uint32((1 << int(shift)) - 1)) != 0", "sticky = np.zeros(bits.shape, dtype=bool)")),
     _m("emulation rounds ties away", "emulation/convert.py",
-       ('tie_up = (code_lo & 1) == 1 if ties == "even" else', 'tie_up = (code_lo & 1) >= 0 if ties == "even" else')),
+       ("tie_up = (code_lo & 1) == 1", "tie_up = (code_lo & 1) >= 0")),
     _m("emulation NaN block codes kept", "emulation/mx.py",
        ("codes = np.where(finite[..., None], codes, 0).astype(np.uint8)", "codes = codes.astype(np.uint8)")),
     _m("e4m3fnuz bias 7", "emulation/formats.py", ('"e4m3fnuz", bits=8, exp_bits=4, man_bits=3, bias=8,',

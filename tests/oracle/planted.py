@@ -111,6 +111,33 @@ def _per_tensor(reciprocal=True):
     return fn
 
 
+def _fake(ties="even", exponent_off=0):
+    def fn(x, scale_mode="round_up"):
+        codes, scale = em.quantize_mx(_np(x), "e2m1", scale_mode=scale_mode, ties=ties)
+        if exponent_off:
+            finite = scale != 0xFF
+            scale = np.where(finite, np.clip(scale.astype(np.int32) + exponent_off, 0, 254), scale).astype(np.uint8)
+            blocks = _np(x).reshape(x.shape[0], -1, 32) * np.ldexp(np.float32(1), 127 - scale.astype(np.int32))[..., None]
+            codes = np.where(finite[..., None], em.encode(blocks.astype(np.float32), "e2m1"), 0).reshape(x.shape)
+        return torch.from_numpy(em.dequantize_mx(codes, scale, "e2m1")).to(x.dtype)
+    return fn
+
+
+def _dequant(edit=None):
+    def fn(codes_fp4x2, scale_e8m0):
+        packed, scale = codes_fp4x2.numpy(), scale_e8m0.numpy()
+        if edit == "nibbles":
+            packed = (packed >> 4) | ((packed & 0xF) << 4)
+        values = em.dequantize_mxfp4(packed, scale)
+        rows = np.repeat(scale, 32, axis=1)
+        if edit == "flush":
+            values[rows == 0] = 0.0 * values[rows == 0]
+        if edit == "inf":
+            values[rows == 0xFF] = np.inf
+        return torch.from_numpy(values)
+    return fn
+
+
 QUANTIZERS = [
     Planted("correct mxfp4", "quantize_mxfp4", _mxfp4()),
     Planted("ties away", "quantize_mxfp4", _mxfp4(ties="away")),
@@ -127,6 +154,13 @@ QUANTIZERS = [
     Planted("per-token x / s", "quantize_fp8_per_token", _per_token(reciprocal=False)),
     Planted("correct per-tensor fp8", "quantize_fp8_per_tensor", _per_tensor()),
     Planted("per-tensor x / s", "quantize_fp8_per_tensor", _per_tensor(reciprocal=False)),
+    Planted("correct fake quant", "quantize_dequantize_mxfp4", _fake()),
+    Planted("fake quant ties toward zero", "quantize_dequantize_mxfp4", _fake(ties="zero")),
+    Planted("fake quant scale exponent off by one", "quantize_dequantize_mxfp4", _fake(exponent_off=1)),
+    Planted("correct dequant", "dequantize_mxfp4", _dequant()),
+    Planted("dequant flushes scale 0x00", "dequantize_mxfp4", _dequant("flush")),
+    Planted("dequant 0xFF as inf", "dequantize_mxfp4", _dequant("inf")),
+    Planted("dequant nibbles swapped", "dequantize_mxfp4", _dequant("nibbles")),
 ]
 
 
