@@ -57,10 +57,12 @@ def _run_suite(session: nox.Session) -> None:
 
 
 AITER = "amd-aiter==0.1.7.post2.dev18"  # a peer under test: its files only (--no-deps; its top level is never imported)
+# the ecosystem's MXFP4 libraries (moe_oracle.ecosystem), their files only: each adapter imports what it needs
+MX_PEERS = ("torchao==0.18.0", "amd-quark==0.13", "sglang==0.5.23", "vllm==0.33.0")
 
 
 def _install_peers(session: nox.Session) -> None:
-    session.install("--no-deps", AITER)
+    session.install("--no-deps", AITER, *MX_PEERS)
 
 
 @nox.session(venv_params=VENV_PARAMS)
@@ -111,14 +113,19 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session(venv_params=VENV_PARAMS)
 def peers(session: nox.Session) -> None:
-    """The oracle on the peers: AITER's Triton kernels (the pinned wheel) and triton_kernels (where
-    MOE_ORACLE_TRITON_KERNELS_PATH points at it, or it is importable); reports under report-peers/.
+    """The oracle on the peers: the ecosystem table (README, report-peers/ecosystem.json: every MXFP4
+    quantizer, fake quantizer and dequantizer of torchao, amd-quark, SGLang, vLLM, triton_kernels, AITER),
+    then each library's own report under report-peers/ (AITER's Triton kernels and triton_kernels as
+    whole layers where they run).
     A peer that is missing or does not run here is one line; the peers' failed checks are findings,
     not a failure of the session."""
     _install(session, "plot")
     _install_peers(session)
-    for impl in ("aiter-triton", "triton-kernels"):
-        session.run("python", "-m", "moe_oracle", "--impl", impl, "--quick", "--out", f"report-peers/{impl}",
+    session.run("python", "-m", "moe_oracle.ecosystem", "--readme", "README.md", "--json", "report-peers/ecosystem.json",
+                env=_interpret_without_gpu())
+    for impl in ("aiter-triton", "triton-kernels", "torchao", "amd-quark", "sglang", "vllm"):
+        session.run("python", "-m", "moe_oracle", "--impl", impl, "--quick", "--only", "quantizers" if impl in
+                    ("torchao", "amd-quark", "sglang", "vllm") else "all", "--out", f"report-peers/{impl}",
                     *session.posargs, env=_interpret_without_gpu(), success_codes=[0, 1, 2])
 
 

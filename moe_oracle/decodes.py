@@ -26,9 +26,20 @@ __all__ = ["fake_quant_check", "dequantizer_check", "dequantizer_input", "value_
 
 
 def value_bits(values) -> np.ndarray:
-    """float32 bits of ``values`` with every NaN as one pattern: equal bits = equal values here."""
+    """float32 bits of ``values`` with every NaN as one pattern and -0 as +0: equal bits = equal values
+    (IEEE equality, and NaN equals NaN). The sign of zero is reported apart (:func:`zero_sign_note`)."""
     v = np.asarray(values, np.float32)
-    return np.where(np.isnan(v), np.uint32(0x7FC00000), v.view(np.uint32))
+    return np.where(np.isnan(v), np.uint32(0x7FC00000), np.where(v == 0, np.uint32(0), v.view(np.uint32)))
+
+
+def zero_sign_note(got, want) -> tuple[str, ...]:
+    """Where both are zero but of different signs: one line (the value forms compare +0 == -0)."""
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    both = (got == 0) & (want == 0)
+    lost = int((both & np.signbit(want) & ~np.signbit(got)).sum())
+    made = int((both & ~np.signbit(want) & np.signbit(got)).sum())
+    parts = ([f"-0 returned as +0 in {lost} values"] if lost else []) + ([f"+0 returned as -0 in {made} values"] if made else [])
+    return (f"sign of zero: {', '.join(parts)} (equal values; the byte form would differ)",) if parts else ()
 
 
 def fake_quant_check(fn, x, scale_mode, ties, input_dtype, device, name):
@@ -38,11 +49,13 @@ def fake_quant_check(fn, x, scale_mode, ties, input_dtype, device, name):
     torch = torch_module()
     M, K = x.shape
     xt = torch.from_numpy(x).to(device=device, dtype=getattr(torch, input_dtype))
-    got = to_numpy(float_values(name, call_with(fn, xt, scale_mode=scale_mode.value), M, K, "[M, K] values"))
-    got = value_bits(got.reshape(M, K)).reshape(M, -1, 32)
+    raw = to_numpy(float_values(name, call_with(fn, xt, scale_mode=scale_mode.value), M, K, "[M, K] values"))
+    raw = raw.reshape(M, K).astype(np.float32)
+    got = value_bits(raw).reshape(M, -1, 32)
     kinds = classify_blocks(x)
     want_c, want_s = em.quantize_mx(x, "e2m1", scale_mode=scale_mode, ties=ties)
-    want = value_bits(em.dequantize_mx(want_c, want_s, "e2m1")).reshape(M, -1, 32)
+    want_raw = em.dequantize_mx(want_c, want_s, "e2m1")
+    want = value_bits(want_raw).reshape(M, -1, 32)
     ok = (got == want).all(-1)
     scale_v = np.ldexp(1.0, want_s.astype(np.int32) - 127)
     ratio = np.abs(x.reshape(M, -1, 32).astype(np.float64)) / scale_v[..., None]
@@ -64,20 +77,22 @@ def fake_quant_check(fn, x, scale_mode, ties, input_dtype, device, name):
     for kind, contract in (("zero", "+-0 (sign kept)"), ("nan_inf", "every value NaN")):
         sel = kinds == kind
         if sel.any() and not ok[sel].all():
-            policies[f"{kind} blocks"] = f"{_value_summary(got[sel])} (contract: {contract})"
-    _, _, status = em.recover_mx(got.view(np.float32).reshape(M, K), "e2m1")
+            policies[f"{kind} blocks"] = f"{_value_summary(raw.reshape(M, -1, 32)[sel])} (contract: {contract})"
+    _, _, status = em.recover_mx(raw, "e2m1")
     n = status.size
     recovered = (f"bytes recovered from its values in {int((status == 1).sum())} of {n} blocks; ambiguous in "
                  f"{int((status == 2).sum())} (zero blocks, values that fit a coarser scale: judged by value); "
                  f"no MX decode in {int((status == 0).sum())}")
     return QuantizerCheck("quantize_dequantize_mxfp4", "e2m1", input_dtype, expected, int((got == want).sum()),
-                          want.size, follows, closest, differing, policies, (recovered,), unit="values")
+                          want.size, follows, closest, differing, policies, (recovered, *zero_sign_note(raw, want_raw)),
+                          unit="values", best=best,
+                          best_differing={k: int((~best_ok & (kinds == k)).sum()) for k in BLOCK_KINDS})
 
 
-def _value_summary(bits: np.ndarray) -> str:
-    v = bits.view(np.float32).ravel()
-    parts = [f"NaN {int(np.isnan(v).sum())}", f"inf {int(np.isinf(v).sum())}", f"zero {int((v == 0).sum())}",
-             f"other {int((np.isfinite(v) & (v != 0)).sum())}"]
+def _value_summary(values: np.ndarray) -> str:
+    v = np.asarray(values, np.float32).ravel()
+    parts = [f"NaN {int(np.isnan(v).sum())}", f"inf {int(np.isinf(v).sum())}", f"+0 {int(((v == 0) & ~np.signbit(v)).sum())}",
+             f"-0 {int(((v == 0) & np.signbit(v)).sum())}", f"other {int((np.isfinite(v) & (v != 0)).sum())}"]
     return "values: " + ", ".join(p for p in parts if not p.endswith(" 0"))
 
 
@@ -108,8 +123,9 @@ def dequantizer_check(fn, device, name):
     M, K = 256, 32
     got = float_values(name, call_with(fn, torch.from_numpy(packed).to(device), torch.from_numpy(scale).to(device)),
                        M, K, "[M, K] values")
-    got = value_bits(to_numpy(got).reshape(M, K))
-    want = value_bits(em.dequantize_mxfp4(packed, scale))
+    raw = to_numpy(got).reshape(M, K).astype(np.float32)
+    got, want_raw = value_bits(raw), em.dequantize_mxfp4(packed, scale)
+    want = value_bits(want_raw)
     swapped = value_bits(em.dequantize_mxfp4((packed >> 4) | ((packed & 0xF) << 4), scale))
     ordinary = np.ones(256, bool)
     ordinary[[0, 255]] = False
@@ -119,11 +135,10 @@ def dequantizer_check(fn, device, name):
         nibbles, want_order = "high nibble first (element 2i in the high nibble)", swapped
     else:
         want_order = want
-    bad = [(int(c), int(r)) for r, c in zip(*np.nonzero(got[ordinary] != want_order[ordinary]))]
     rows = np.arange(256)[ordinary]
-    examples = ", ".join(f"code 0x{c % 16:X} at scale 0x{rows[r]:02X}: {got.view(np.float32)[rows[r], c]!r} "
-                         f"(emulation {want_order.view(np.float32)[rows[r], c]!r})" for c, r in
-                         [(c, r) for r, c in bad][:3])
+    bad = [(int(rows[r]), int(c)) for r, c in zip(*np.nonzero(got[ordinary] != want_order[ordinary]))]
+    examples = ", ".join(f"code 0x{c % 16:X} at scale 0x{r:02X}: {float(got.view(np.float32)[r, c])!r} (emulation "
+                         f"{float(want_order.view(np.float32)[r, c])!r})" for r, c in bad[:3])
     policies = {"scale 0x00": f"{_describe_decode(got.view(np.float32)[0])} (contract: 2^-127)",
                 "scale 0xFF": f"{_describe_decode(got.view(np.float32)[255])} (contract: NaN)"}
     follows = (f"the e2m1 x 2^(byte-127) decode at every other byte, {nibbles}" if not bad else None)
@@ -131,4 +146,5 @@ def dequantizer_check(fn, device, name):
         f", e.g. {examples}" if examples else "")
     differing = {"ordinary": int((~ok_rows[ordinary]).sum()), "zero": int(not ok_rows[0]), "nan_inf": int(not ok_rows[255])}
     return QuantizerCheck("dequantize_mxfp4", "e2m1", "e8m0 x fp4x2", "e2m1 x 2^(byte-127), 0xFF NaN, low nibble first",
-                          int((got == want).sum()), want.size, follows, closest, differing, policies, unit="values")
+                          int((got == want).sum()), want.size, follows, closest, differing, policies,
+                          zero_sign_note(raw, want_raw), unit="values")

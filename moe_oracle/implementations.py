@@ -1,5 +1,7 @@
-"""The registry of implementations by name: ``ours`` (moe_kernels), ``aiter-triton`` and
-``triton-kernels`` (peers, loaded only when asked), or any ``module:attr``."""
+"""The registry of implementations by name: ``ours`` (moe_kernels), the peers (loaded only when
+asked: ``aiter-triton``, ``triton-kernels``, and the MXFP4 libraries of ``moe_oracle.ecosystem``:
+``torchao``, ``amd-quark``, ``sglang``, ``vllm``, ``triton-kernels-torch``, ``aiter-torch``), or any
+``module:attr``."""
 
 from __future__ import annotations
 
@@ -38,7 +40,18 @@ def _triton_kernels() -> Implementation:
     return triton_kernels.implementation()
 
 
-REGISTRY = {"ours": ours, "aiter-triton": _aiter, "aiter": _aiter, "triton-kernels": _triton_kernels}
+def _mx(loader_name: str):
+    def load() -> Implementation:
+        from .adapters import mx_peers, quark_vllm
+
+        return getattr(mx_peers if hasattr(mx_peers, loader_name) else quark_vllm, loader_name)()
+
+    return load
+
+
+REGISTRY = {"ours": ours, "aiter-triton": _aiter, "aiter": _aiter, "triton-kernels": _triton_kernels,
+            "torchao": _mx("torchao"), "amd-quark": _mx("quark"), "sglang": _mx("sglang"), "vllm": _mx("vllm"),
+            "triton-kernels-torch": _mx("triton_kernels_refs"), "aiter-torch": _mx("aiter_torch")}
 
 
 def resolve(spec) -> Implementation:

@@ -44,6 +44,8 @@ class QuantizerCheck:
     notes: tuple[str, ...] = ()
     seed: int | None = None
     unit: str = "bytes"  # what bytes_equal counts: "bytes", or "values" (fake quantizers, dequantizers)
+    best: str = ""  # the candidate convention closest on ordinary and tie blocks (MX forms)
+    best_differing: dict = dataclasses.field(default_factory=dict)  # block kind -> blocks `best` misses
 
     @property
     def verdict(self) -> str:
@@ -133,7 +135,9 @@ def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
         sel = kinds == k
         if sel.any() and not ok[sel].all():
             got = sorted({int(b) for b in s[sel]})
-            policies[f"{k} blocks"] = f"scale byte(s) {[hex(b) for b in got]} (contract: {contract})"
+            codes_seen = sorted({int(c) for c in codes.reshape(M, -1, 32)[sel].ravel()})
+            policies[f"{k} blocks"] = (f"scale byte(s) {[hex(b) for b in got]}, codes {[hex(c) for c in codes_seen][:6]} "
+                                       f"(contract: {contract})")
     notes = ()
     if not pack:  # fp8 elements: under the interpreter, is it the cast? (its own scales, the contract's scaling)
         core_el = np.repeat(core & (want_s == s), 32, axis=1)
@@ -142,7 +146,8 @@ def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
         why = explained_by_interpreter(pre[core_el], codes[core_el], want_c[core_el], fmt)
         notes = (why,) if why else ()
     return QuantizerCheck(kind, fmt, input_dtype, expected, equal, want_q.size + want_s.size, follows, closest,
-                          differing, policies, notes)
+                          differing, policies, notes, best=best,
+                          best_differing={k: int((~best_ok & (kinds == k)).sum()) for k in BLOCK_KINDS})
 
 
 def _per_token_check(fn, x, fmt, input_dtype, device):

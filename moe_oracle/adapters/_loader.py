@@ -36,7 +36,10 @@ def locate(package: str, env_var: str, *, inner: str = "", cache: Path | None = 
         if path.name == package and path.is_dir():
             return path.parent
         raise PeerUnavailable(f"{env_var}={given}: no {package}/ folder there")
-    spec = importlib.util.find_spec(package.split(".")[0]) if importlib.util.find_spec else None
+    top = sys.modules.get(package.split(".")[0])
+    if getattr(top, "__moe_oracle_stub__", False):  # already registered by stub_packages (it has no __spec__)
+        return Path(top.__path__[0]).parent
+    spec = importlib.util.find_spec(package.split(".")[0])
     if spec is None or not spec.submodule_search_locations:
         raise PeerUnavailable(f"{package} is not installed; set {env_var} to its folder or wheel")
     return Path(next(iter(spec.submodule_search_locations))).parent

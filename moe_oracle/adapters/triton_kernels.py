@@ -4,7 +4,7 @@ Hopper value/scale layouts), in the contract's signatures and layouts.
 
 Where to find it: ``MOE_ORACLE_TRITON_KERNELS_PATH`` (a folder holding ``triton_kernels/``, or the vLLM
 wheel, whose ``vllm/third_party/triton_kernels`` is extracted once), else an importable
-``triton_kernels``. Tested with the copy vendored in the vLLM 0.33.0 wheel, on an H200 (triton 3.6);
+``triton_kernels``, else the copy in an installed vLLM. Tested with the copy vendored in the vLLM 0.33.0 wheel, on an H200 (triton 3.6);
 under the CPU interpreter of triton 3.9 it does not run (its kernels raise there).
 """
 
@@ -26,9 +26,11 @@ def _modules():
     import importlib
     import os
 
+    from .mx_peers import locate_triton_kernels
+
     wheel = os.environ.get("MOE_ORACLE_TRITON_KERNELS_PATH", "")
-    root = locate("triton_kernels", "MOE_ORACLE_TRITON_KERNELS_PATH",
-                  inner="vllm/third_party" if wheel.endswith(".whl") else "")
+    root = (locate("triton_kernels", "MOE_ORACLE_TRITON_KERNELS_PATH", inner="vllm/third_party") if wheel.endswith(".whl")
+            else locate_triton_kernels())
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:
@@ -108,11 +110,28 @@ def prepare_layer(w1, w1_scale, w2, w2_scale, *, gate_mode="separated", bias1=No
     return run
 
 
+def _probe_interpreter(mxfp) -> None:
+    """Under the Triton interpreter its kernels may not run: try one, and say what it did (one line)."""
+    from ..interpreter import interpreter_active
+
+    if not interpreter_active():
+        return
+    import torch
+
+    try:
+        mxfp.downcast_to_mxfp(torch.ones((32, 32), dtype=torch.bfloat16), torch.uint8, axis=1)
+    except Exception as exc:  # noqa: BLE001 - measured here, reported in one line
+        raise PeerUnavailable(f"its Triton kernels do not run under this triton interpreter (downcast_to_mxfp raised "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}); its torch references are "
+                              f"--impl triton-kernels-torch") from None
+
+
 def implementation() -> Implementation:
     m = _modules()
     import torch
 
     mxfp = m["numerics_details.mxfp"]
+    _probe_interpreter(mxfp)
 
     def _mode(scale_mode):
         return {"round_up": mxfp.DequantScaleRoundingMode.ROUND_UP,
