@@ -27,9 +27,12 @@ fi
 if [[ $what == peers || $what == all ]]; then
   # peers carried in wheels/ (see README "What the oracle reports on peers"): AITER's Triton files, triton_kernels
   export MOE_ORACLE_AITER_PATH="${MOE_ORACLE_AITER_PATH:-wheels/aiter}" MOE_ORACLE_TRITON_KERNELS_PATH="${MOE_ORACLE_TRITON_KERNELS_PATH:-wheels/tk}"
+  # real shapes with partial tiles and guard bands (config): gpt-oss (K % 128 = 64), DeepSeek-V3, E = 60
   for impl in aiter-triton triton-kernels; do
     python -m moe_oracle --impl $impl --config benchmarks/peers_gpu.json --out "$out/$impl" 2>&1 | tee "$out/$impl.log" | tail -60
   done
+  # the ecosystem table on the GPU (carry the torchao / amd-quark / sglang / vllm files under wheels/site)
+  PYTHONPATH="wheels/site:${PYTHONPATH:-}" python -m moe_oracle.ecosystem --json "$out/ecosystem.json" 2>&1 | tee "$out/ecosystem.md" | tail -80
 fi
 if [[ $what == bench || $what == all ]]; then
   export MOE_ORACLE_TRITON_KERNELS_PATH="${MOE_ORACLE_TRITON_KERNELS_PATH:-wheels/tk}"  # the peer, where carried

@@ -30,6 +30,7 @@ class VerifyConfig:
     tolerance_scale: float = 1.0  # < 1 tightens the derived bound (to demonstrate failures)
     reference_act_dtype: str | None = None  # compare against this path's reference instead of the selected one
     impl: str = "ours"  # the implementation under test (moe_oracle.implementations)
+    guard_bands: bool = True  # one more run per case with poisoned slack around every input (moe_oracle.guard)
 
     @classmethod
     def from_mapping(cls, data: dict, *, source: str = "config") -> VerifyConfig:
@@ -48,6 +49,9 @@ class VerifyConfig:
             elif key == "reference_act_dtype":
                 if value is not None and value not in ACT_DTYPES:
                     raise ValueError(f"{source}: reference_act_dtype must be one of {list(ACT_DTYPES)}, got {value!r}")
+            elif key == "guard_bands":
+                if not isinstance(value, bool):
+                    raise ValueError(f"{source}: guard_bands must be true or false, got {value!r}")
             elif key == "impl":
                 if not isinstance(value, str) or not value:
                     raise ValueError(f"{source}: impl must be a name or module:attr string, got {value!r}")

@@ -131,7 +131,8 @@ def run_stages(impl: Implementation, cfg, *, device) -> list[dict]:
                            mul_routed_weight=mul, seed=seed)
                 try:
                     row.update(check_stage(impl.moe_gemm_stage, M=M, E=shape["E"], K=shape["H"], N=2 * shape["I"],
-                                           topk=shape["topk"], mul_routed_weight=mul, seed=seed, device=device))
+                                           topk=shape["topk"], mul_routed_weight=mul, seed=seed, device=device,
+                                           guard_bands=cfg.guard_bands))
                 except Exception as exc:  # noqa: BLE001
                     row.update(verdict="FAIL", margin=float("nan"), max_err=float("nan"),
                                diagnosis=f"raised {type(exc).__name__}: {exc}")

@@ -17,6 +17,7 @@ from . import references as refs
 from ._tensors import to_numpy, torch_module
 from .compare import compare_output
 from .contract import layer_output
+from .guard import guard_band_check
 from .implementation import LayerResult, call_with
 
 __all__ = ["PATH_NAMES", "layer_capabilities", "check_layer_case"]
@@ -68,18 +69,25 @@ def filled_empty(byte: int):
         torch.empty, torch.empty_like, torch.empty_strided, torch.Tensor.new_empty = saved
 
 
-def _run(impl, pt, case, caps, fill: int, device) -> tuple[np.ndarray, LayerResult, float]:
+ARG_NAMES = ("hidden", "w1", "w1_scale", "w2", "w2_scale", "topk_weights", "topk_ids")
+
+
+def _inputs(pt, caps) -> dict:
+    """The layer's inputs by name: the seven positional ones, and the biases where it takes them."""
+    return {**dict(zip(ARG_NAMES, pt.args())), **(pt.biases() if "bias1" in caps else {})}
+
+
+def _run(impl, inputs: dict, case, caps, fill: int, device) -> tuple[np.ndarray, LayerResult, float]:
     M, s = case["M"], case["shape"]
     H, I, topk = s["H"], s["I"], s["topk"]  # noqa: E741
     _fill_allocator(device, min(4 * (M * topk * (2 * I + H) * 4 + M * H * 2), 1 << 28), fill)
     kw = dict(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], arch=case["arch"])
-    if "bias1" in caps:
-        kw.update(pt.biases())
+    kw.update({k: v for k, v in inputs.items() if k.startswith("bias")})
     if "poison" in caps:
         kw["poison"] = fill == 0xFF
     t0 = time.perf_counter()
     with filled_empty(fill):
-        result = call_with(impl.fused_moe, *pt.args(), env=case["env"], **kw)
+        result = call_with(impl.fused_moe, *(inputs[n] for n in ARG_NAMES), env=case["env"], **kw)
     if device.type == "cuda":
         torch_module().cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -193,15 +201,20 @@ def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> d
     bound = cfg.tolerance_scale * bound
     pt = refs.on_device(cache, p, device)
     before = [t.clone() for t in pt.args()]
-    out, result, seconds = _run(impl, pt, case, caps, 0xFF, device)
+    inputs = _inputs(pt, caps)
+    out, result, seconds = _run(impl, inputs, case, caps, 0xFF, device)
     cmp = compare_output(out, ref, ideal, bound)
     reported = result.act_dtype
     notes = _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selected, reported)
-    out_zeroed, _, _ = _run(impl, pt, case, caps, 0x00, device)
+    out_zeroed, _, _ = _run(impl, inputs, case, caps, 0x00, device)
     changed = int((out_zeroed.view(np.uint64) != out.view(np.uint64)).sum())
     if changed:
         notes.append(f"output changes with memory it should not read: {changed} of {out.size} elements differ "
                      f"between a run over NaN-filled and one over zeroed memory")
+    outside = guard_band_check(lambda args: _run(impl, args, case, caps, 0xFF, device)[0], inputs, out) \
+        if cfg.guard_bands else []
+    notes += outside
+    read_outside = any(n.startswith("reads outside") for n in outside)
     touched = [n for n, a, b in zip(("hidden", "w1", "w1_scale", "w2", "w2_scale", "topk_weights", "topk_ids"),
                                     before, pt.args()) if not torch.equal(a, b)]
     if touched:
@@ -211,7 +224,8 @@ def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> d
         notes.append(f"judged on its one path {PATH_NAMES[impl.fixed_path]}; the selector would choose "
                      f"{PATH_NAMES[decision.dtype]} here ({decision.reason})")
     bytes_eq = _stage1_bytes(result, p.hidden, reported or selected, case["scale_mode"])
-    ok = cmp["within_tolerance"] and not changed and not touched and (bytes_eq is None or bytes_eq[0] == bytes_eq[1])
+    ok = cmp["within_tolerance"] and not changed and not touched and not read_outside and (
+        bytes_eq is None or bytes_eq[0] == bytes_eq[1])
     ok = ok and (reported is None or reported == selected)
     s = case["shape"]
     return dict(

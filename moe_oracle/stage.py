@@ -19,6 +19,7 @@ from moe_ref.products import HostProducts
 from moe_ref.tolerance import _accumulation_bound, bf16_output_bound
 
 from .compare import margin_of
+from .guard import guard_band_check
 from .implementation import accepts, call_with
 from .interpreter import bf16_explained_by_interpreter
 
@@ -45,23 +46,25 @@ def _reference(p, mul_routed_weight: bool, mma_k):
 
 
 def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_weight: bool, seed: int,
-                device="cpu") -> dict:
+                device="cpu", guard_bands: bool = True) -> dict:
     """One stage case -> a row: bytes-free (bf16 output) comparison with margin, NaN (never written)
-    count, memory sensitivity, and a diagnosis."""
+    count, memory sensitivity, reads outside the inputs (``moe_oracle.guard``), and a diagnosis."""
     import torch
 
     p = random_moe_problem(np.random.default_rng([seed, M, E, K, N, topk]), M=M, E=E, H=K, I=N // 2, topk=topk)
     ref, bound, ref_f32, fp32_bound = _reference(p, mul_routed_weight, 16 if str(device) != "cpu" else None)
     pt = p.to_torch(device)
-    args = (pt.hidden, pt.w1, pt.w1_scale, pt.topk_weights, pt.topk_ids)
-    outs = []
-    for fill in (float("nan"), 0.0):
+    inputs = dict(zip(("hidden", "w", "w_scale", "topk_weights", "topk_ids"),
+                      (pt.hidden, pt.w1, pt.w1_scale, pt.topk_weights, pt.topk_ids)))
+
+    def run(args, fill=float("nan")):
         kw = {"mul_routed_weight": mul_routed_weight}
         if accepts(fn, "out"):
             kw["out"] = torch.full((M, topk, N), fill, dtype=torch.bfloat16, device=device)
-        res = call_with(fn, *args, **kw)
-        outs.append(res.detach().float().cpu().numpy().astype(np.float64))
-    got, got_zeroed = outs
+        res = call_with(fn, *args.values(), **kw)
+        return res.detach().float().cpu().numpy().astype(np.float64)
+
+    got, got_zeroed = run(inputs), run(inputs, 0.0)
     if got.shape != ref.shape:
         raise ValueError(f"moe_gemm_stage returned shape {list(got.shape)}, expected {list(ref.shape)}")
     err = np.abs(got - ref)
@@ -73,6 +76,9 @@ def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_wei
         notes.append(f"{unwritten} of {got.size} outputs never written (NaN from the poisoned buffer)")
     if changed:
         notes.append(f"{changed} outputs change with the buffer's prior contents")
+    outside = guard_band_check(run, inputs, got) if guard_bands and got.shape == ref.shape else []
+    notes += outside
+    read_outside = any(n.startswith("reads outside") for n in outside)
     if margin > 1 and not unwritten:
         alt, alt_bound, _, _ = _reference(p, not mul_routed_weight, None)
         if margin_of(np.abs(got - alt), alt_bound) <= 1:
@@ -80,9 +86,9 @@ def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_wei
     why = None if unwritten else bf16_explained_by_interpreter(ref_f32, fp32_bound, got, ~(err <= bound))
     if why:
         notes.append(why)
-    ok = margin <= 1 and not unwritten and not changed
+    ok = margin <= 1 and not unwritten and not changed and not read_outside
     notes.insert(0, f"within the bound (margin {margin:.3g})" if margin <= 1 else f"outside the bound (margin {margin:.3g})")
-    verdict = "PASS" if ok else "INTERP" if why and not changed else "FAIL"
+    verdict = "PASS" if ok else "INTERP" if why and not changed and not read_outside else "FAIL"
     return dict(M=M, E=E, K=K, N=N, topk=topk, mul_routed_weight=mul_routed_weight, seed=seed,
                 max_err=float(np.nanmax(err)) if not np.all(np.isnan(err)) else float("nan"), margin=margin,
                 verdict=verdict, diagnosis="; ".join(notes))

@@ -64,6 +64,13 @@ _ALL = [
     _B("e4m3fn max used for e4m3fnuz", "fp8", "448 hard-wired, the gfx942 format's 240 ignored"),
     _B("e4m3fnuz bias 7", "fp8", "the gfx942 format decoded with the OCP bias"),
     _B("mxfp8 ties away", "fp8", "software round(x) in the MXFP8 quantizer", "follows round_up, ties away"),
+    # reads outside the inputs (moe_oracle.guard)
+    _B("hidden row stride assumed", "gemm", "the activation's row stride taken as H: a slice of a wider tensor is read wrong",
+       "hidden past a row's end"),
+    _B("reads past the last token", "gemm", "a statistic over the padded BLOCK_M tile reads rows past the last token",
+       "hidden past the last row"),
+    _B("scale row read past its end", "gemm", "the last K tile's scales loaded unmasked (K not a multiple of BLOCK_K)",
+       "w_scale past a row's end"),
     # values instead of bytes: fake quantizers and dequantizers (the forms most libraries expose)
     _B("fake quant ties toward zero", "element rounding", "codes counted as |x| > midpoint (SGLang's cast_fp4)",
        "follows round_up, ties zero"),

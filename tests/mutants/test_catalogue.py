@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.oracle.planted import LAYERS, QUANTIZERS
+from tests.oracle.planted import LAYERS, QUANTIZERS, STAGES
 
 from .bugs import AREAS, BUGS
 from .catalogue import MUTANTS, Mutant
@@ -37,7 +37,7 @@ def test_catalogue_size_and_coverage():
 def test_bug_definitions_are_shared_not_repeated():
     """Every bug is planted somewhere (a mutant of our tree or a foreign planted implementation), and
     the planted implementations take their names and diagnoses from the same records."""
-    planted = [p for p in QUANTIZERS + LAYERS if p.bug is not None]
+    planted = [p for p in QUANTIZERS + LAYERS + STAGES if p.bug is not None]
     used = {m.bug.name for m in MUTANTS} | {p.bug.name for p in planted}
     assert used == set(BUGS), f"unplanted bugs: {sorted(set(BUGS) - used)}"
     assert all(p.bug is BUGS[p.name] and p.diagnosis == p.bug.diagnosis for p in planted)

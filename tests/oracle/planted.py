@@ -164,12 +164,21 @@ QUANTIZERS = [
 ]
 
 
+def _rows_in_storage(t) -> int:
+    """How many rows of ``t``'s row stride its storage holds from its offset (what an unmasked load can reach
+    without faulting; past the allocation a real kernel reads whatever lies there: here, nothing)."""
+    room = t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+    return (room - t.shape[-1]) // t.stride(-2) + 1
+
+
 def _layer(bug=None):
     """A fused_moe-shaped layer: the emulated reference on the selector's path, with ``bug`` planted."""
 
     def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode="separated", bias1=None,
                   bias2=None, scale_mode="round_up", arch="gfx950", env=None):
         M = hidden.shape[0]
+        if bug == "hidden row stride assumed":  # a kernel with stride_am = H hard-coded
+            hidden = torch.as_strided(hidden, hidden.shape, (hidden.shape[1], 1), hidden.storage_offset())
         env_seen = {} if bug == "env ignored" else env
         bound = 257 if bug == "bound <= instead of <" else None
         dtype = select_activation_dtype(M if bound is None or M != 256 else 255, arch=arch, gate_mode=gate_mode,
@@ -192,6 +201,10 @@ def _layer(bug=None):
         if bug == "reads padding":  # a padded slot of weight 0 read from an uninitialised buffer: 0 * NaN = NaN
             pad = torch.empty(out.shape, dtype=torch.float32)
             out = (out.float() + 0.0 * pad).to(torch.bfloat16)
+        if bug == "reads past the last token":  # an amax over the BLOCK_M=16 tile, rows past M unmasked
+            tile = torch.as_strided(hidden, (min(-(-M // 16) * 16, _rows_in_storage(hidden)), hidden.shape[1]),
+                                    hidden.stride(), hidden.storage_offset())
+            out = (out.float() + 0.0 * tile.float().abs().amax()).to(torch.bfloat16)
         if bug == "writes its input":
             hidden.mul_(1.0)
             hidden[0, 0] = hidden[0, 0] + 1
@@ -213,4 +226,40 @@ LAYERS = [
     Planted("slots summed in bf16", "fused_moe", _layer("slots summed in bf16")),
     Planted("scale mode ignored", "fused_moe", _layer("scale mode ignored")),
     Planted("writes its input", "fused_moe", _layer("writes its input")),
+    Planted("hidden row stride assumed", "fused_moe", _layer("hidden row stride assumed")),
+    Planted("reads past the last token", "fused_moe", _layer("reads past the last token")),
+]
+
+
+def _stage(bug=None):
+    """A moe_gemm_stage: out[t, k] = hidden[t] . dequant(w[e]).T (x weight); ``bug`` planted."""
+
+    def stage(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+        M, topk = topk_ids.shape
+        N, K = w.shape[1], hidden.shape[1]
+        out = torch.empty((M, topk, N), dtype=torch.bfloat16) if out is None else out
+        for e in torch.unique(topk_ids).tolist():
+            ws = w_scale[e]
+            if bug == "scale row read past its end":  # the last K tile (BLOCK_K=128) loads its scales unmasked
+                n_s = -(-K // 128) * 4
+                fits = ws.storage_offset() + (N - 1) * ws.stride(0) + n_s <= ws.untyped_storage().nbytes()
+                ws = torch.as_strided(ws, (N, n_s), ws.stride(), ws.storage_offset()) if fits else ws
+            scale = torch.from_numpy(np.repeat(em.decode(ws.numpy(), "e8m0"), 32, axis=1)).double()
+            codes = torch.from_numpy(em.decode(em.unpack_fp4x2(w[e].numpy()), "e2m1")).double()
+            a = torch.zeros((M, scale.shape[1]), dtype=torch.float64)
+            a[:, :K] = hidden.double()  # the tile's K tail is zero-padded: 0 x (codes x scale)
+            wd = torch.zeros_like(scale)
+            wd[:, :K] = codes
+            g = (a @ (wd * scale).T).float()
+            t, k = torch.nonzero(topk_ids == e, as_tuple=True)
+            slot = g[t] * topk_weights[t, k][:, None] if mul_routed_weight else g[t]
+            out[t, k] = slot.to(torch.bfloat16)
+        return out
+
+    return stage
+
+
+STAGES = [
+    Planted("correct stage", "moe_gemm_stage", _stage()),
+    Planted("scale row read past its end", "moe_gemm_stage", _stage("scale row read past its end")),
 ]

@@ -6,7 +6,7 @@ import pytest
 
 from moe_oracle import assert_conforms, check_moe, check_quantizer
 
-from .planted import LAYERS, QUANTIZERS
+from .planted import LAYERS, QUANTIZERS, STAGES
 
 # both sides of the separated bound, the forced env, one interleave case (a16w4 at gfx942)
 LAYER_MATRIX = {"shapes": [{"E": 4, "H": 64, "I": 32, "topk": 2}], "M": [8, 256], "archs": ["gfx950"],
@@ -58,3 +58,15 @@ def test_a_layer_that_writes_its_weights_does_not_corrupt_the_next_cases(base_se
     for r in rows:
         notes = "; ".join(r["diagnosis"])
         assert r["verdict"] == "FAIL" and "matches the" in r["diagnosis"][0] and "wrote to its inputs: w1" in notes, notes
+
+
+@pytest.mark.parametrize("planted", STAGES, ids=[p.name for p in STAGES])
+@pytest.mark.parametrize("K", [64, 288])  # one K tile; several with a partial last one (288 % 128 = 32)
+def test_stage_bugs_are_diagnosed(planted, K, base_seed):
+    from moe_oracle.stage import check_stage
+
+    row = check_stage(planted.fn, M=8, E=4, K=K, N=64, topk=2, mul_routed_weight=True, seed=base_seed)
+    if not planted.diagnosis:
+        assert row["verdict"] == "PASS", row
+        return
+    assert row["verdict"] == "FAIL" and planted.diagnosis in row["diagnosis"], row["diagnosis"]
