@@ -41,6 +41,7 @@ def mma_k_of(device: str):
 
 
 OUTLIER_ROWS = 0.25  # a quarter of the tokens 4x larger: SwiGLU's clamps are reached (moe_ref.random_moe_problem)
+ZERO_WEIGHT_ROWS = 1 / 16  # tokens routed with weight 0 on every slot (padded tokens of a serving engine)
 
 
 def reference_device(device):
@@ -68,7 +69,8 @@ def problem(cache: dict, case: dict, seed: int, with_bias: bool = True):
     if pkey not in cache:
         shape = case["shape"]
         hidden, tw, ids = random_routed_tokens(np.random.default_rng([seed, case["M"], *shape.values()]), M=case["M"],
-                                               E=shape["E"], H=shape["H"], topk=shape["topk"], outlier_rows=OUTLIER_ROWS)
+                                               E=shape["E"], H=shape["H"], topk=shape["topk"], outlier_rows=OUTLIER_ROWS,
+                                               zero_weight_rows=ZERO_WEIGHT_ROWS)
         cache[pkey] = dataclasses.replace(layer(cache, shape, seed, with_bias), hidden=hidden, topk_weights=tw,
                                           topk_ids=ids)
     return cache[pkey]

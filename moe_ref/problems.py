@@ -97,18 +97,25 @@ def random_moe_problem(rng: np.random.Generator, *, M: int, E: int, H: int, I: i
 
 
 def random_routed_tokens(rng: np.random.Generator, *, M: int, E: int, H: int, topk: int, hidden_std: float = 1.0,
-                         outlier_rows: float = 0.0):
+                         outlier_rows: float = 0.0, zero_weight_rows: float = 0.0):
     """(hidden [M, H], topk_weights, topk_ids) drawn as :func:`random_moe_problem` draws them, without the
-    weights: tokens for a layer drawn once (a real model's layer is gigabytes; its M sweep shares it)."""
+    weights: tokens for a layer drawn once (a real model's layer is gigabytes; its M sweep shares it).
+    ``zero_weight_rows``: that fraction of the tokens get routing weight 0 on every slot (a serving
+    engine's padded tokens: routed, computed, weighted to nothing), drawn after everything else."""
     M, E, topk = check_int(M, "M", minimum=0), check_int(E, "E", minimum=1), check_int(topk, "topk", minimum=1)
     H = check_int(H, "H", minimum=32, multiple_of=32)
     if topk > E:
         raise ValueError(f"topk={topk} is not valid for E={E} experts; expected topk <= E")
     if not 0.0 <= check_finite_number(outlier_rows, "outlier_rows") <= 1.0:
         raise ValueError(f"outlier_rows={outlier_rows!r} is not valid; expected a fraction in [0, 1]")
+    if not 0.0 <= check_finite_number(zero_weight_rows, "zero_weight_rows") <= 1.0:
+        raise ValueError(f"zero_weight_rows={zero_weight_rows!r} is not valid; expected a fraction in [0, 1]")
     hidden = _hidden(rng, M, H, hidden_std)
     weights, ids = softmax_topk(rng.standard_normal((M, E)).astype(np.float32), topk)
-    return _outliers(rng, hidden, outlier_rows), weights, ids
+    hidden = _outliers(rng, hidden, outlier_rows)
+    if zero_weight_rows:
+        weights[rng.random(M) < zero_weight_rows] = 0.0
+    return hidden, weights, ids
 
 
 def _hidden(rng, M: int, H: int, std: float) -> np.ndarray:
