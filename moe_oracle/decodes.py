@@ -43,8 +43,8 @@ def zero_sign_note(got, want) -> tuple[str, ...]:
 
 
 def fake_quant_check(fn, x, scale_mode, ties, input_dtype, device, name):
-    from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks
-    from .quantizers import QuantizerCheck, _mx_candidates
+    from .inputs import BLOCK_KINDS, classify_blocks
+    from .quantizers import QuantizerCheck, _mx_candidates, convention, tie_kinds
 
     torch = torch_module()
     M, K = x.shape
@@ -57,22 +57,12 @@ def fake_quant_check(fn, x, scale_mode, ties, input_dtype, device, name):
     want_raw = em.dequantize_mx(want_c, want_s, "e2m1")
     want = value_bits(want_raw).reshape(M, -1, 32)
     ok = (got == want).all(-1)
-    scale_v = np.ldexp(1.0, want_s.astype(np.int32) - 127)
-    ratio = np.abs(x.reshape(M, -1, 32).astype(np.float64)) / scale_v[..., None]
-    kinds = np.where(np.isin(ratio, _grid_midpoints("e2m1")).any(-1) & (kinds == "ordinary"), "ties", kinds)
+    kinds = tie_kinds(x, "e2m1", want_s, kinds)
     differing = {k: int((~ok & (kinds == k)).sum()) for k in BLOCK_KINDS}
-    core = np.isin(kinds, ["ordinary", "ties"])
     expected = f"{scale_mode.value}, ties {ties}"
-    scored = []
-    for cand, c, sc in _mx_candidates(x, "e2m1"):
-        blk = (value_bits(em.dequantize_mx(c, sc, "e2m1")).reshape(M, -1, 32) == got).all(-1)
-        scored.append((int((~blk & core).sum()), cand, blk))
-    scored.sort(key=lambda t: (t[0], t[1] != expected, "exponent" in t[1]))
-    n_bad, best, best_ok = scored[0]
-    still = ", ".join(f"{k} {int((~best_ok & (kinds == k)).sum())}" for k in ("subnormal", "huge", "zero", "nan_inf")
-                      if (~best_ok & (kinds == k)).any())
-    follows = (best + (f" (except blocks: {still})" if still else "")) if n_bad == 0 else None
-    closest = f"{best} ({n_bad} of {int(core.sum())} ordinary/tie blocks differ" + (f"; also {still}" if still else "") + ")"
+    best, follows, closest, best_differing = convention(
+        ((cand, (value_bits(em.dequantize_mx(c, sc, "e2m1")).reshape(M, -1, 32) == got).all(-1))
+         for cand, c, sc in _mx_candidates(x, "e2m1")), kinds, expected)
     policies = {}
     for kind, contract in (("zero", "+-0 (sign kept)"), ("nan_inf", "every value NaN")):
         sel = kinds == kind
@@ -86,7 +76,7 @@ def fake_quant_check(fn, x, scale_mode, ties, input_dtype, device, name):
     return QuantizerCheck("quantize_dequantize_mxfp4", "e2m1", input_dtype, expected, int((got == want).sum()),
                           want.size, follows, closest, differing, policies, (recovered, *zero_sign_note(raw, want_raw)),
                           unit="values", best=best,
-                          best_differing={k: int((~best_ok & (kinds == k)).sum()) for k in BLOCK_KINDS})
+                          best_differing=best_differing)
 
 
 def _value_summary(values: np.ndarray) -> str:

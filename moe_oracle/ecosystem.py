@@ -158,13 +158,10 @@ def _classes(outputs: dict, M: int, kinds: np.ndarray) -> dict:
 
 def _kinds_with_ties(x: np.ndarray) -> np.ndarray:
     """Block kinds of ``x``, ordinary blocks holding an e2m1 midpoint at their ROUND_UP scale as "ties"."""
-    from .inputs import _grid_midpoints, classify_blocks
+    from .inputs import classify_blocks
+    from .quantizers import tie_kinds
 
-    M = x.shape[0]
-    kinds = classify_blocks(x)
-    _, scale = em.quantize_mx(x, "e2m1")
-    ratio = np.abs(x.reshape(M, -1, 32).astype(np.float64)) / np.ldexp(1.0, scale.astype(np.int32) - 127)[..., None]
-    return np.where(np.isin(ratio, _grid_midpoints("e2m1")).any(-1) & (kinds == "ordinary"), "ties", kinds)
+    return tie_kinds(x, "e2m1", em.quantize_mx(x, "e2m1")[1], classify_blocks(x))
 
 
 def _short_policy(text: str) -> str:

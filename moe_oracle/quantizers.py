@@ -96,6 +96,30 @@ def _mx_candidates(x, fmt):
                    em.encode(scaled, fmt, ties=ties).reshape(x.shape), shifted.astype(np.uint8))
 
 
+def tie_kinds(x, fmt, scale_e8m0, kinds):
+    """``kinds`` with the ordinary blocks that hold an element exactly on a grid midpoint at their
+    ``scale_e8m0`` relabelled "ties"."""
+    M = x.shape[0]
+    scale_v = np.ldexp(1.0, scale_e8m0.astype(np.int32) - 127)
+    ratio = np.abs(x.reshape(M, -1, 32).astype(np.float64)) / scale_v[..., None]
+    return np.where(np.isin(ratio, _grid_midpoints(fmt)).any(-1) & (kinds == "ordinary"), "ties", kinds)
+
+
+def convention(scored, kinds, expected):
+    """The candidate convention that reproduces the most ordinary and tie blocks: ``scored`` yields
+    (name, per-block match) -> (best name, follows (None unless all of them), closest (with counts),
+    blocks it misses per kind). Ties between candidates go to the expected one, then to plain ones."""
+    core = np.isin(kinds, ["ordinary", "ties"])  # the convention is read off these; the rest are policies
+    ranked = sorted(((int((~ok & core).sum()), name, ok) for name, ok in scored),
+                    key=lambda t: (t[0], t[1] != expected, "exponent" in t[1], "nibbles" in t[1]))
+    n_bad, best, best_ok = ranked[0]
+    still = ", ".join(f"{k} {int((~best_ok & (kinds == k)).sum())}" for k in ("subnormal", "huge", "zero", "nan_inf")
+                      if (~best_ok & (kinds == k)).any())
+    follows = (best + (f" (except blocks: {still})" if still else "")) if n_bad == 0 else None
+    closest = f"{best} ({n_bad} of {int(core.sum())} ordinary/tie blocks differ" + (f"; also {still}" if still else "") + ")"
+    return best, follows, closest, {k: int((~best_ok & (kinds == k)).sum()) for k in BLOCK_KINDS}
+
+
 def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
     q, s = _call(fn, x, input_dtype, device, kind, scale_mode=scale_mode.value, fmt=fmt)
     M, K = x.shape
@@ -114,22 +138,13 @@ def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
     readings = {"": codes}  # how its bytes may be read: as packed by the contract, or nibbles swapped
     if pack:
         readings[", nibbles swapped (element 2i in the high nibble)"] = em.unpack_fp4x2((q >> 4) | ((q & 0xF) << 4))
-    # ties: ordinary blocks holding an element exactly on a grid midpoint at the expected scale
-    scale_v = np.ldexp(1.0, want_s.astype(np.int32) - 127)
-    ratio = np.abs(x.reshape(M, -1, 32).astype(np.float64)) / scale_v[..., None]
-    tie = np.isin(ratio, _grid_midpoints(fmt)).any(-1) & (kinds == "ordinary")
-    kinds = np.where(tie, "ties", kinds)
+    kinds = tie_kinds(x, fmt, want_s, kinds)
     ok = blk(want_c, want_s)
     differing = {k: int((~ok & (kinds == k)).sum()) for k in BLOCK_KINDS}
-    core = np.isin(kinds, ["ordinary", "ties"])  # the convention is read off these; the rest are policies
-    scored = sorted(((int((~blk(c, sc, got) & core).sum()), name + how, blk(c, sc, got))
-                     for name, c, sc in _mx_candidates(x, fmt) for how, got in readings.items()),
-                    key=lambda t: (t[0], t[1] != expected, "exponent" in t[1], "nibbles" in t[1]))
-    n_bad, best, best_ok = scored[0]
-    still = ", ".join(f"{k} {int((~best_ok & (kinds == k)).sum())}" for k in ("subnormal", "huge", "zero", "nan_inf")
-                      if (~best_ok & (kinds == k)).any())
-    follows = (best + (f" (except blocks: {still})" if still else "")) if n_bad == 0 else None
-    closest = f"{best} ({n_bad} of {int(core.sum())} ordinary/tie blocks differ" + (f"; also {still}" if still else "") + ")"
+    conv = convention(((name + how, blk(c, sc, got)) for name, c, sc in _mx_candidates(x, fmt)
+                       for how, got in readings.items()), kinds, expected)
+    best, follows, closest, best_differing = conv
+    core = np.isin(kinds, ["ordinary", "ties"])
     policies = {}
     for k, contract in (("zero", "scale 0x00, codes +-0"), ("nan_inf", "scale 0xFF, codes 0")):
         sel = kinds == k
@@ -146,8 +161,7 @@ def _mx_check(kind, fn, x, fmt, scale_mode, ties, input_dtype, device, pack):
         why = explained_by_interpreter(pre[core_el], codes[core_el], want_c[core_el], fmt)
         notes = (why,) if why else ()
     return QuantizerCheck(kind, fmt, input_dtype, expected, equal, want_q.size + want_s.size, follows, closest,
-                          differing, policies, notes, best=best,
-                          best_differing={k: int((~best_ok & (kinds == k)).sum()) for k in BLOCK_KINDS})
+                          differing, policies, notes, best=best, best_differing=best_differing)
 
 
 def _per_token_check(fn, x, fmt, input_dtype, device):
