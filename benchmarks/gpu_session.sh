@@ -20,7 +20,7 @@ if [[ $what == quant || $what == tests || $what == all ]]; then
   python -m pytest $tests -m gpu -q -p no:cacheprovider $workers --tb=short 2>&1 | grep -v '^seed:' | tee "$out/gpu_tests_$what.log" | tail -40 || rc=1
 fi
 if [[ $what == verify || $what == all ]]; then
-  # references run in worker processes (--workers, 8 on a GPU run): two BLAS threads each
+  # a GPU run computes its references on the GPU (moe_ref.products); BLAS threads for the host steps
   OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2 \
     python -m moe_oracle --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
 fi

@@ -18,6 +18,7 @@ import emulation as em
 from emulation.validate import check_finite_number, check_mask_values
 from moe_ref import (
     ACTIVATION_PATHS,
+    GATED_ACTIVATIONS,
     SWIGLU_ALPHA,
     SWIGLU_LIMIT,
     ActivationPath,
@@ -52,7 +53,7 @@ _KIND = {"bf16": KIND_BF16, "fp4x2": KIND_FP4, "fp8": KIND_FP8}  # the GEMM kern
 def _element_format(act_dtype: str) -> str:
     """The path's MX element format (the bf16 path's constexprs are unused: any format will do)."""
     return ACTIVATION_PATHS[act_dtype].element_format or "e4m3fn"
-_ACT_IDS = {"swiglu": 0, "silu": 1}
+_ACT_IDS = {name: i for i, name in enumerate(GATED_ACTIVATIONS)}  # the kernels' ACT constexpr: swiglu 0, silu 1
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ Contract: ``moe_gemm_stage(hidden bf16 [M, K], w uint8 [E, N, K/2], w_scale uint
 topk_weights fp32 [M, topk], topk_ids int32 [M, topk], *, mul_routed_weight, out=None) -> bf16 [M, topk, N]``
 (``out``, when it declares it, is the buffer it must write; the check hands it one filled with NaN,
 then one filled with zeros: a result that differs read memory it must not, an element still NaN was
-never written). The bound is stage 1's of ``moe_ref.tolerance`` plus one bf16 ulp where the fp32
-results may differ.
+never written). The bound is stage 1's of ``moe_ref.tolerance``, then its bf16 rule: the outputs may
+differ only where the fp32 interval ref +- bound holds a bf16 rounding boundary
+(``bf16_output_bound``).
 """
 
 from __future__ import annotations

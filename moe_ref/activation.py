@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SWIGLU_ALPHA", "SWIGLU_LIMIT", "split_gate_up", "gated_activation"]
+__all__ = ["SWIGLU_ALPHA", "SWIGLU_LIMIT", "GATED_ACTIVATIONS", "split_gate_up", "gated_activation"]
 
 SWIGLU_ALPHA = 1.702
 SWIGLU_LIMIT = 7.0
+GATED_ACTIVATIONS = ("swiglu", "silu")  # what the reference computes (the selector also knows gelu's rule)
 
 
 def split_gate_up(x: np.ndarray, gate_mode: str) -> tuple[np.ndarray, np.ndarray]:

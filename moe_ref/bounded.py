@@ -47,7 +47,8 @@ def moe_reference_bounded(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk
     tw = call.topk_weights.astype(np.float64)
     bound = np.zeros((call.x.shape[0], call.weights.H))
     opts = dict(act_dtype=call.intermediate_dtype or act_dtype, activation=call.activation, gate_mode=call.gate_mode,
-                doweight_stage1=call.doweight_stage1, scale_mode=call.scale_mode, limit=call.limit, mma_k=mma_k,
+                doweight_stage1=call.doweight_stage1, scale_mode=call.scale_mode, limit=call.limit, alpha=call.alpha,
+                mma_k=mma_k,
                 slot_dtype=call.slot_dtype)
 
     def add_bound(e, rows, a_rows, g, h, hq, y):

@@ -38,7 +38,7 @@ import emulation as em
 from emulation.validate import check_bool, check_finite_number, check_mask_values
 
 from ._arrays import is_torch, like, to_numpy
-from .activation import SWIGLU_ALPHA, SWIGLU_LIMIT, gated_activation
+from .activation import GATED_ACTIVATIONS, SWIGLU_ALPHA, SWIGLU_LIMIT, gated_activation
 from .exact import row_bits
 from .paths import activation_path
 from .products import HostProducts
@@ -127,8 +127,11 @@ def prepare_call(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, 
         raise ValueError(f"hidden: expected shape [M, H={weights.H}], got {list(x.shape)}")
     if act_dtype is not None and act_dtype not in ACT_DTYPES:
         raise ValueError(f"act_dtype={act_dtype!r} is not valid; expected None or one of {list(ACT_DTYPES)}")
-    if activation not in ACTIVATIONS or gate_mode not in GATE_MODES:
-        raise ValueError(f"activation={activation!r}/gate_mode={gate_mode!r}: expected {list(ACTIVATIONS)} / {list(GATE_MODES)}")
+    if activation not in GATED_ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not computed by the reference; expected one of "
+                         f"{list(GATED_ACTIVATIONS)} (the selector's rule also knows {sorted(set(ACTIVATIONS) - set(GATED_ACTIVATIONS))})")
+    if gate_mode not in GATE_MODES:
+        raise ValueError(f"gate_mode={gate_mode!r} is not valid; expected one of {list(GATE_MODES)}")
     M, E, H, I = x.shape[0], weights.E, weights.H, weights.I  # noqa: E741
     tw, ids = _validate_routing(topk_weights, topk_ids, M, E)
     b1 = _bias(bias1, (E, 2 * I), "bias1")

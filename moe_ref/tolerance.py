@@ -6,10 +6,14 @@ u = 2^-23 (one ulp: covers round-to-nearest and truncation):
 
 1. stage 1:  |g_k - g| <= K u / (1 - K u) * sum_i |a_i w_i|  +  2^-24 |g|   (=: B_g)
 2. activation (fp32; the kernel's exp and the reference's may differ by a few ulp):
-   |h_k - h| <= 1.1 B_gate (|up + 1| + B_up) + 7 B_up + 2^-20 |h|           (=: B_h)
-   (sup of the partial derivatives of SwiGLU: d/dgate <= 1.1 |up + 1|, d/dup <= limit; clamps are
-   1-Lipschitz; SiLU-gated uses 1.1 |up| and |gate| + B_gate likewise), times the routing weight
-   when it is applied in stage 1.
+   |h_k - h| <= 1.1 B_gate (|up + 1| + B_up) + S_up B_up + 2^-20 |h|        (=: B_h)
+   (mean value theorem with the sup of SwiGLU's partial derivatives over the box gate +- B_gate,
+   up +- B_up: d/dgate = (s(z) + z s(z)(1 - s(z))) (up + 1) with z = alpha g, and |s(z) + z s(z)(1 -
+   s(z))| <= 1.0999 for every real z, so for every alpha; d/dup = g s(alpha g), whose sup S_up over
+   the clamped gate interval is taken at its ends or at its one stationary point g* = z* / alpha,
+   z* = -1.27846 (``_sup_gate_silu``): for alpha > 0 at most max(limit, 0.2785 / alpha), for alpha <= 0
+   it grows with |gate|. Clamps are 1-Lipschitz; SiLU-gated uses 1.1 |up| and |gate| + B_gate
+   likewise), times the routing weight when it is applied in stage 1.
 3. stage-2 input quantization: Q(h_k) == Q(h) unless h is within B_h of a rounding boundary of its
    element or its block's amax within B_h of a scale boundary; there the two may differ by one
    step of the grid at the larger possible scale (D_j); elsewhere D_j = 0. This is checked per element
@@ -43,7 +47,7 @@ from .paths import activation_path
 from .products import HostProducts
 from .reference import MoETrace, MoEWeights, add_rows, quantize_activation
 
-__all__ = ["kernel_tolerance", "expert_bound", "finish_bound", "bf16_output_bound", "bf16_ulp", "U_ACC"]
+__all__ = ["kernel_tolerance", "expert_bound", "activation_bound", "finish_bound", "bf16_output_bound", "bf16_ulp", "U_ACC"]
 
 U_ACC = 2.0**-23
 
@@ -93,9 +97,37 @@ def _flip_step(h: np.ndarray, b_h: np.ndarray, act_dtype: str, scale_mode) -> np
     return np.where(robust, 0.0, 2 * step + 2 * b_h)
 
 
+_Z_STAR = -1.2784645427610738  # the root of s(z) + z s(z)(1 - s(z)): where z s(z) is smallest
+
+
+def _sup_gate_silu(lo: np.ndarray, hi: np.ndarray, alpha: float) -> np.ndarray:
+    """sup |g s(alpha g)| over g in [lo, hi] elementwise (s the logistic sigmoid): the ends, and the
+    stationary point g* = z* / alpha where it lies inside (g s(alpha g) has no other)."""
+    def f(g):
+        with np.errstate(over="ignore"):
+            return np.abs(g / (1.0 + np.exp(-alpha * g)))
+
+    best = np.maximum(f(lo), f(hi))
+    if alpha != 0:
+        g_star = _Z_STAR / alpha
+        best = np.where((lo <= g_star) & (g_star <= hi), np.maximum(best, f(np.float64(g_star))), best)
+    return best
+
+
+def activation_bound(gate, up, b_gate, b_up, *, activation: str = "swiglu", limit: float = 7.0,
+                     alpha: float = 1.702) -> np.ndarray:
+    """Step 2 without its fp32 term: sup |h(gate', up') - h(gate, up)| over |gate' - gate| <= b_gate,
+    |up' - up| <= b_up (elementwise, float64), for every finite alpha and limit the API accepts."""
+    if activation == "swiglu":
+        up_c = np.clip(up, -limit, limit)
+        s_up = _sup_gate_silu(np.minimum(gate - b_gate, limit), np.minimum(gate + b_gate, limit), alpha)
+        return 1.1 * b_gate * (np.abs(up_c + 1) + b_up) + s_up * b_up
+    return 1.1 * b_gate * (np.abs(up) + b_up) + (np.abs(gate) + b_gate) * b_up
+
+
 def expert_bound(products, e: int, a_rows, g, h, hq, y, w_pair, *, act_dtype: str, activation: str = "swiglu",
                  gate_mode: str = "separated", doweight_stage1: bool = False, scale_mode="round_up", limit: float = 7.0,
-                 mma_k: int | None = None, slot_dtype: str = "fp32") -> np.ndarray:
+                 alpha: float = 1.702, mma_k: int | None = None, slot_dtype: str = "fp32") -> np.ndarray:
     """Steps 1-4 for expert e's pairs: the bound [n, H] on each slot's stage-2 result, from the pairs'
     stage-1 input ``a_rows``, stage-1 result ``g``, activation ``h``, its quantization ``hq``, stage-2
     result ``y`` and routing weight ``w_pair`` (``products``: ``moe_ref.products``)."""
@@ -108,11 +140,7 @@ def expert_bound(products, e: int, a_rows, g, h, hq, y, w_pair, *, act_dtype: st
     else:
         gate, up, b_gate, b_up = g[:, 0::2], g[:, 1::2], b_g[:, 0::2], b_g[:, 1::2]
     h64 = h.astype(np.float64)
-    if activation == "swiglu":
-        up_c = np.clip(up, -limit, limit)
-        b_h = 1.1 * b_gate * (np.abs(up_c + 1) + b_up) + limit * b_up
-    else:
-        b_h = 1.1 * b_gate * (np.abs(up) + b_up) + (np.abs(gate) + b_gate) * b_up
+    b_h = activation_bound(gate, up, b_gate, b_up, activation=activation, limit=limit, alpha=alpha)
     b_h = b_h + 2.0**-20 * np.abs(h64)
     if doweight_stage1:
         b_h = b_h * w_pair[:, None] + 2.0**-24 * np.abs(h64)
@@ -136,7 +164,7 @@ def finish_bound(bound: np.ndarray, out_f32: np.ndarray, topk: int, bf16_output:
 
 def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_ids, *, act_dtype: str,
                      activation: str = "swiglu", gate_mode: str = "separated", doweight_stage1: bool = False,
-                     scale_mode="round_up", limit: float = 7.0, mma_k: int | None = None,
+                     scale_mode="round_up", limit: float = 7.0, alpha: float = 1.702, mma_k: int | None = None,
                      slot_dtype: str = "fp32", bf16_output: bool = True) -> np.ndarray:
     """Elementwise bound [M, H] on |kernel - reference| for one emulated run (see the module docstring).
 
@@ -152,6 +180,7 @@ def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_id
         b_y = expert_bound(products, e, trace.a_q[tokens[rows]], trace.stage1[rows], trace.act[rows], trace.act_q[rows],
                            trace.stage2[rows], tw[tokens[rows], slots[rows]], act_dtype=act_dtype, activation=activation,
                            gate_mode=gate_mode, doweight_stage1=doweight_stage1, scale_mode=scale_mode, limit=limit,
+                           alpha=alpha,
                            mma_k=mma_k, slot_dtype=slot_dtype)
         add_rows(bound, tokens[rows], b_y)
     return finish_bound(bound, trace.out_f32, ids.shape[1] if ids.ndim == 2 else 1, bf16_output)

@@ -13,7 +13,8 @@ import pytest
 
 import emulation as em
 from moe_ref import MoEWeights, kernel_tolerance, moe_reference, random_moe_problem
-from moe_ref.tolerance import U_ACC, _accumulation_bound, _flip_step, bf16_output_bound, bf16_ulp
+from moe_ref.activation import gated_activation
+from moe_ref.tolerance import U_ACC, _accumulation_bound, _flip_step, activation_bound, bf16_output_bound, bf16_ulp
 
 u = U_ACC
 
@@ -57,6 +58,22 @@ def test_bf16_output_bound_by_hand(ref, bound, expected):
     assert bf16_output_bound(np.float32([ref]), np.array([bound]))[0] == expected
 
 
+def _z_star() -> float:
+    """The stationary point of z * sigmoid(z), by bisection on its derivative (independent of the code's constant)."""
+    lo, hi = -2.0, -1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        s = 1 / (1 + math.exp(-mid))
+        lo, hi = (mid, hi) if s + mid * s * (1 - s) < 0 else (lo, mid)
+    return lo
+
+
+def _sup_gate_silu_by_hand(lo: float, hi: float, alpha: float) -> float:
+    f = lambda g: abs(g / (1 + math.exp(-alpha * g)))  # noqa: E731
+    points = [lo, hi] + ([_z_star() / alpha] if alpha and lo <= _z_star() / alpha <= hi else [])
+    return max(f(g) for g in points)
+
+
 def _bound_by_hand(p, trace, limit=7.0):
     """The docstring's steps 1-5 for an a16w4 run with topk 1, one element at a time."""
     w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
@@ -76,7 +93,8 @@ def _bound_by_hand(p, trace, limit=7.0):
         for j in range(I):
             up = min(max(g[I + j], -limit), limit)
             h = float(trace.act[row, j])
-            b_h = 1.1 * b_g[j] * (abs(up + 1) + b_g[I + j]) + limit * b_g[I + j] + 2.0**-20 * abs(h)
+            s_up = _sup_gate_silu_by_hand(min(g[j] - b_g[j], limit), min(g[j] + b_g[j], limit), 1.702)
+            b_h = 1.1 * b_g[j] * (abs(up + 1) + b_g[I + j]) + s_up * b_g[I + j] + 2.0**-20 * abs(h)
             lo, hi = (em.round_to_bf16(np.float32([h - b_h, h + b_h])))
             d.append(0.0 if lo == hi else 2 * float(bf16_ulp(np.float64([abs(h) + b_h]))[0]))
         weight = float(p.topk_weights[t, k])
@@ -97,3 +115,50 @@ def test_kernel_tolerance_equals_the_formula_by_hand(rng):
     assert (want > 0).all()
     np.testing.assert_array_equal(kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype="bf16"),
                                   bf16_output_bound(trace.out_f32, want))
+
+
+@pytest.mark.parametrize("alpha", [1.702, 0.5, 0.05, 0.0, -0.3, -1.702])
+def test_activation_bound_holds_for_every_alpha(alpha, rng):
+    """The sup of |h(gate', up') - h(gate, up)| over the box, searched densely (corners, edges, a grid),
+    never exceeds the bound; with the old d/dup <= limit it would at small or negative alpha."""
+    n = 400
+    gate = np.concatenate([rng.uniform(-40, 10, n), np.full(8, 7.0), -1.27846 / alpha * np.ones(8) if alpha else []])
+    m = gate.size
+    up = rng.uniform(-9, 9, m)
+    b_gate, b_up = rng.uniform(0, 0.5, m), rng.uniform(0, 0.5, m)
+    x = np.empty((m, 2))
+    worst = np.zeros(m)
+    h0 = gated_activation(np.stack([gate, up], 1), activation="swiglu", gate_mode="separated", alpha=alpha)[:, 0]
+    for dg in np.linspace(-1, 1, 41):
+        for du in np.linspace(-1, 1, 41):
+            x[:, 0], x[:, 1] = gate + dg * b_gate, up + du * b_up
+            h = gated_activation(x, activation="swiglu", gate_mode="separated", alpha=alpha)[:, 0]
+            worst = np.maximum(worst, np.abs(h - h0))
+    bound = activation_bound(gate, up, b_gate, b_up, alpha=alpha)
+    assert np.all(worst <= bound * (1 + 1e-12)), np.max(worst / bound)
+    if alpha < 0.2785 / 7:  # below it the old d/dup <= limit is no bound (sup |g s(alpha g)| = 0.2785 / alpha)
+        old = 1.1 * b_gate * (np.abs(np.clip(up, -7, 7) + 1) + b_up) + 7.0 * b_up
+        assert np.any(worst > old)
+
+
+@pytest.mark.parametrize("alpha", [1.702, 0.05, -1.0])
+def test_sup_gate_silu_is_the_sup(alpha, rng):
+    from moe_ref.tolerance import _sup_gate_silu
+
+    lo = rng.uniform(-60, 7, 200)
+    hi = np.minimum(lo + rng.uniform(0, 20, 200), 7.0)
+    got = _sup_gate_silu(lo, hi, alpha)
+    grid = lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, 20001)[None, :]
+    dense = np.abs(grid / (1 + np.exp(-alpha * grid))).max(1)
+    assert np.all(got >= dense * (1 - 1e-12)) and np.all(got <= dense * (1 + 1e-6) + 1e-12)
+    want = [_sup_gate_silu_by_hand(a, b, alpha) for a, b in zip(lo, hi)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_an_activation_the_reference_cannot_compute_is_refused_by_name(rng):
+    """gelu is a rule of the selector's table, not an activation the reference computes: refused, not zeros."""
+    p = random_moe_problem(rng, M=2, E=2, H=32, I=32, topk=1)
+    with pytest.raises(ValueError, match="activation='gelu' is not computed by the reference"):
+        moe_reference(*p.args(), act_dtype="bf16", activation="gelu")
+    with pytest.raises(ValueError, match="gate_mode='both'"):
+        moe_reference(*p.args(), act_dtype="bf16", gate_mode="both")
