@@ -95,6 +95,8 @@ def _usage_problem(args) -> str | None:
         return f"--out {args.out}: exists and is not a folder"
     if args.junit_xml and Path(args.junit_xml).is_dir():
         return f"--junit-xml {args.junit_xml}: is a folder; expected a file path"
+    if args.quick and args.config:
+        return "--quick and --config: the config is the matrix; give one of them"
     if args.impl is not None and not args.impl.strip():
         return "--impl '': empty; expected ours, aiter-triton, triton-kernels, a module or module:attr"
     return None

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import emulation as em
-from moe_ref.env import ENV_VARS
+from moe_ref.env import ENV_VARS, bound_points
 from moe_ref.selector import ACT_DTYPES, normalize_arch
 
 __all__ = ["VerifyConfig", "DEFAULT_CPU", "DEFAULT_GPU", "QUICK", "DEFAULT_ARCHS", "load_config"]
@@ -21,7 +21,7 @@ DEFAULT_ARCHS = ("gfx942", "gfx950")
 class VerifyConfig:
     # the second shape spans several K tiles of the usual sizes (64, 128) with a partial last one
     shapes: tuple = ({"E": 4, "H": 64, "I": 64, "topk": 2}, {"E": 4, "H": 288, "I": 96, "topk": 2})
-    M: tuple = (1, 255, 256, 511, 512)
+    M: tuple = (1, *bound_points())  # both sides of every selector bound (moe_ref.env)
     archs: tuple | None = None  # None: DEFAULT_ARCHS and the detected device's arch
     envs: tuple = ({}, {"AITER_MOE_FORCE_BF16_ACT": "1"})
     gate_modes: tuple = ("separated", "interleave")
@@ -101,7 +101,7 @@ class VerifyConfig:
 
 DEFAULT_CPU = VerifyConfig()
 QUICK = VerifyConfig(M=(1, 64, 256, 512), envs=({},), scale_modes=("round_up", "even"))
-DEFAULT_GPU = VerifyConfig(shapes=({"E": 32, "H": 2880, "I": 2880, "topk": 4},), M=(1, 64, 255, 256, 511, 512))
+DEFAULT_GPU = VerifyConfig(shapes=({"E": 32, "H": 2880, "I": 2880, "topk": 4},), M=(1, 64, *bound_points()))
 
 
 def load_config(path: str, flag: str = "--config") -> VerifyConfig:

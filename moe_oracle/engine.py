@@ -7,6 +7,7 @@ import traceback
 import zlib
 
 from moe_ref import select_activation_dtype
+from moe_ref.env import bound_points
 
 from . import references as refs
 from .contract import ContractError
@@ -145,7 +146,7 @@ def run_selector(impl: Implementation, cfg, archs) -> list[dict]:
     gate mode x env."""
     if impl.select_act_dtype is None:
         return []
-    Ms = sorted(set(cfg.M) | {0, 1, 255, 256, 511, 512, 8192})
+    Ms = sorted(set(cfg.M) | {0, 1, 8192} | set(bound_points()))
     rows = []
     for M in Ms:
         for arch in archs:

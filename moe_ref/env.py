@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from emulation.validate import check_mapping_of_str, parse_ascii_uint
 
-__all__ = ["EnvVar", "ENV_VARS", "read_env"]
+__all__ = ["EnvVar", "ENV_VARS", "read_env", "bound_points"]
 
 _TRUE, _FALSE = ("1", "true"), ("0", "false")
 
@@ -32,6 +32,12 @@ ENV_VARS: dict[str, EnvVar] = {
                doc="M below this -> bf16 (SwiGLU interleaved / interleave layout)"),
     )
 }
+
+
+def bound_points() -> tuple[int, ...]:
+    """M on both sides of every default bound of the selector's knobs (M = bound - 1 and M = bound):
+    what a matrix must hold to see each bound, read from the knobs, never retyped."""
+    return tuple(sorted({m for v in ENV_VARS.values() if v.kind == "bound" for m in (v.default - 1, v.default)}))
 
 
 def _parse(var: EnvVar, name: str, raw):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from emulation.validate import check_mask_values
+
 from ._arrays import is_torch, like, to_numpy
 
 __all__ = ["softmax_topk", "moe_align_block_size"]
@@ -38,7 +40,8 @@ def moe_align_block_size(topk_ids, block_size: int, num_experts: int, expert_mas
     ``topk_ids``, expert by expert in increasing expert id and, within an expert, in increasing flat
     index; each expert's run is padded to a multiple of ``block_size`` with ``topk_ids.size``.
     ``expert_ids`` has one expert id per block. Experts with no pairs get no block; with
-    ``expert_mask`` ([E], nonzero = local expert) pairs routed to masked-out experts are dropped.
+    ``expert_mask`` ([E], 1 or True = local expert, 0 or False = not; other values are refused, as
+    everywhere: ``emulation.validate.check_mask_values``) pairs routed to masked-out experts are dropped.
 
     Returns ``(sorted_token_ids int32 [P], expert_ids int32 [P / block_size], num_tokens_post_padded)``
     where P is exactly the padded length (the kernels' buffers may be longer).
@@ -52,7 +55,8 @@ def moe_align_block_size(topk_ids, block_size: int, num_experts: int, expert_mas
     flat = ids.reshape(-1).astype(np.int64)
     if flat.size and (flat.min() < 0 or flat.max() >= num_experts):
         raise ValueError(f"topk_ids: expert ids must lie in [0, {num_experts - 1}]")
-    keep = np.ones(num_experts, bool) if expert_mask is None else to_numpy(expert_mask, arg="expert_mask") != 0
+    keep = np.ones(num_experts, bool) if expert_mask is None else check_mask_values(
+        to_numpy(expert_mask, arg="expert_mask"))
     if keep.shape != (num_experts,):
         raise ValueError(f"expert_mask: expected shape [{num_experts}], got {keep.shape}")
     order = np.argsort(flat, kind="stable")

@@ -77,3 +77,11 @@ def test_detect_arch_on_this_machine():
         assert detect_arch() == "cpu"
     else:
         assert detect_arch().startswith(("sm", "gfx"))
+
+
+@pytest.mark.parametrize("mask, error", [([1, 0.5, 1, 1], ValueError), ([1, float("nan"), 1, 1], ValueError),
+                                         ([1, 2, 1, 1], ValueError), (["a", "b", "c", "d"], TypeError)])
+def test_the_align_takes_the_mask_rule_of_every_entry_point(mask, error):
+    """moe_align_block_size refuses what the reference and the kernels refuse (0 / 1 or bool only)."""
+    with pytest.raises(error, match="expert_mask"):
+        moe_align_block_size(np.zeros((2, 1), np.int32), 16, 4, expert_mask=np.array(mask))

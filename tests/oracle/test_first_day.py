@@ -211,6 +211,7 @@ def test_error_and_bound_are_at_the_same_element_and_the_margin_is_explained(tmp
 @pytest.mark.parametrize("args, says", [
     (["--out", "afile"], "--out afile: exists and is not a folder"),
     (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--config", "typo.json", "--quick"], "--quick and --config: the config is the matrix"),
     (["--config", "typo.json"], "'AITER_MOE_FORCE_BF16_ACTS' is not a variable the selector reads (did you mean "
                                 "'AITER_MOE_FORCE_BF16_ACT'?)"),
 ])
