@@ -25,7 +25,7 @@ class VerifyConfig:
     archs: tuple | None = None  # None: DEFAULT_ARCHS and the detected device's arch
     envs: tuple = ({}, {"AITER_MOE_FORCE_BF16_ACT": "1"})
     gate_modes: tuple = ("separated", "interleave")
-    scale_modes: tuple = ("round_up", "round_down", "ceil", "even")  # each for the fp4x2 path
+    scale_modes: tuple = tuple(m.value for m in em.ScaleMode)  # each for the fp4x2 path (emulation's modes)
     seed: int | None = None  # None: a fresh seed per run, printed and saved in the report
     tolerance_scale: float = 1.0  # < 1 tightens the derived bound (to demonstrate failures)
     reference_act_dtype: str | None = None  # compare against this path's reference instead of the selected one

@@ -174,7 +174,7 @@ def markdown(result: dict) -> str:
              f"(an element on a rounding midpoint), zero, subnormal amax, huge amax, NaN/Inf. Versions: "
              f"{', '.join(result['versions'])}.", "",
              "| library | function | form | asked (claimed) | convention (ordinary and tie blocks) | zero | subnormal | huge | "
-             "NaN/Inf | values equal to round_up / round_down / ceil / even |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"NaN/Inf | values equal to {' / '.join(m.value for m in em.ScaleMode)} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["quantizers"]:
         d = r["best_differing"]
         core = d.get("ordinary", 0) + d.get("ties", 0)
@@ -187,7 +187,7 @@ def markdown(result: dict) -> str:
             return f"{d[kind]} differ" + (f": {_short_policy(pol)}" if pol else "")
 
         total = r["total"]
-        modes = " / ".join(f"{100 * r['per_mode'][m] / total:.1f}%" for m in ("round_up", "round_down", "ceil", "even"))
+        modes = " / ".join(f"{100 * r['per_mode'][m.value] / total:.1f}%" for m in em.ScaleMode)
         lines.append(f"| {r['library']} | `{r['function']}` | {r['form']} | {r['mode']} | {conv} | {cell('zero')} | "
                      f"{cell('subnormal')} | {cell('huge')} | {cell('nan_inf')} | {modes} |")
     lines += ["", "Dequantizers (every e2m1 code at every e8m0 byte):", "",

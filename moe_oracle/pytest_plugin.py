@@ -20,9 +20,11 @@ import secrets
 
 import pytest
 
+import emulation as em
+
 __all__ = ["MoECase"]
 
-SCALE_MODES = ("round_up", "round_down", "ceil", "even")
+SCALE_MODES = tuple(m.value for m in em.ScaleMode)
 
 
 def pytest_addoption(parser):
