@@ -48,17 +48,20 @@ class Entry:
     note: str = ""
 
 
+LIBRARIES = ("ours", "torchao", "amd-quark", "sglang", "vllm", "triton-kernels-torch", "aiter-triton", "aiter-torch")
+
+
 def _libraries() -> list[Implementation]:
-    from .adapters import mx_peers, quark_vllm
+    """The registry's libraries of the table; one that does not load is its one line."""
+    from .adapters.mx_peers import PeerUnavailable, library_unavailable
     from .implementations import REGISTRY
 
-    libs = [REGISTRY["ours"]()]
-    for loader in (mx_peers.torchao, quark_vllm.quark, mx_peers.sglang, quark_vllm.vllm, mx_peers.triton_kernels_refs,
-                   lambda: REGISTRY["aiter-triton"](), mx_peers.aiter_torch):
+    libs = []
+    for name in LIBRARIES:
         try:
-            libs.append(loader())
-        except mx_peers.PeerUnavailable as exc:  # aiter-triton raises it; the others return a one-line library
-            libs.append(mx_peers.library_unavailable("aiter", str(exc)))
+            libs.append(REGISTRY[name]())
+        except PeerUnavailable as exc:  # aiter-triton raises it; the mx peers return a one-line library
+            libs.append(library_unavailable(name, str(exc)))
     return libs
 
 
@@ -240,7 +243,7 @@ def main(argv=None) -> int:
     if args.json:
         import json
 
-        args.json.write_text(json.dumps({**result, "classes": result["classes"]}, indent=1, default=str))
+        args.json.write_text(json.dumps(result, indent=1, default=str))
     if args.readme:
         changed = update_readme(args.readme, table)
         print(f"\n{args.readme}: {'updated' if changed else 'already current'}", file=sys.stderr)

@@ -5,6 +5,7 @@ asked: ``aiter-triton``, ``triton-kernels``, and the MXFP4 libraries of ``moe_or
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 from .implementation import Implementation, LayerResult, load_spec
@@ -40,18 +41,20 @@ def _triton_kernels() -> Implementation:
     return triton_kernels.implementation()
 
 
-def _mx(loader_name: str):
-    def load() -> Implementation:
-        from .adapters import mx_peers, quark_vllm
+def _peer(module: str, loader: str):
+    """A peer library's loader (``moe_oracle.adapters.<module>.<loader>``), imported when asked for."""
 
-        return getattr(mx_peers if hasattr(mx_peers, loader_name) else quark_vllm, loader_name)()
+    def load() -> Implementation:
+        return getattr(importlib.import_module(f".adapters.{module}", __package__), loader)()
 
     return load
 
 
 REGISTRY = {"ours": ours, "aiter-triton": _aiter, "aiter": _aiter, "triton-kernels": _triton_kernels,
-            "torchao": _mx("torchao"), "amd-quark": _mx("quark"), "sglang": _mx("sglang"), "vllm": _mx("vllm"),
-            "triton-kernels-torch": _mx("triton_kernels_refs"), "aiter-torch": _mx("aiter_torch")}
+            "torchao": _peer("mx_peers", "torchao"), "amd-quark": _peer("quark_vllm", "quark"),
+            "sglang": _peer("mx_peers", "sglang"), "vllm": _peer("quark_vllm", "vllm"),
+            "triton-kernels-torch": _peer("mx_peers", "triton_kernels_refs"),
+            "aiter-torch": _peer("mx_peers", "aiter_torch")}
 
 
 def resolve(spec) -> Implementation:

@@ -103,7 +103,9 @@ def sglang() -> Implementation:
         return obj.data.reshape(x.shape[0], -1), scale.reshape(x.shape[0], -1)
 
     def dequantize(codes, scale):
-        return util.dequantize(codes, torch_float32(), scale, [32])
+        import torch
+
+        return util.dequantize(codes, torch.float32, scale, [32])
 
     return Implementation("sglang", version=version_of("sglang"),
                           note="sglang.srt.layers.quantization.mxfp4_tensor (from TensorRT-Model-Optimizer)",
@@ -116,33 +118,15 @@ def sglang() -> Implementation:
                           ))
 
 
-def torch_float32():
-    import torch
-
-    return torch.float32
-
-
 # --- triton_kernels (vendored in vLLM) ------------------------------------------------------------------------
 
 
 @functools.cache
 def _triton_kernels_mxfp():
-    root = locate_triton_kernels()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    from .triton_kernels import package_root
+
+    package_root()
     return import_file_module("triton_kernels.numerics_details.mxfp")
-
-
-def locate_triton_kernels():
-    """``MOE_ORACLE_TRITON_KERNELS_PATH``, an importable triton_kernels, else the copy in an installed vLLM."""
-    try:
-        return locate("triton_kernels", "MOE_ORACLE_TRITON_KERNELS_PATH")
-    except PeerUnavailable:
-        try:
-            return locate("vllm", "MOE_ORACLE_VLLM_PATH") / "vllm" / "third_party"
-        except PeerUnavailable:
-            raise PeerUnavailable("triton_kernels is not installed, nor vLLM (which vendors it); set "
-                                  "MOE_ORACLE_TRITON_KERNELS_PATH") from None
 
 
 def triton_kernels_refs() -> Implementation:
@@ -176,8 +160,10 @@ def triton_kernels_refs() -> Implementation:
 
 
 def triton_kernels_version() -> str:
-    root = str(locate_triton_kernels())
-    return version_of("vllm").replace("vllm", "triton_kernels vendored in vllm") if "vllm" in root else version_of(
+    from .triton_kernels import package_root
+
+    vendored = "vllm" in str(package_root())
+    return version_of("vllm").replace("vllm", "triton_kernels vendored in vllm") if vendored else version_of(
         "triton_kernels")
 
 

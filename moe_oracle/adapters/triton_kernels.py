@@ -16,23 +16,39 @@ import sys
 from ..implementation import Implementation, LayerResult, Quantizer
 from ._loader import PeerUnavailable, locate
 
-__all__ = ["implementation", "prepare_layer", "TESTED_VERSION", "PeerUnavailable"]
+__all__ = ["implementation", "prepare_layer", "package_root", "TESTED_VERSION", "PeerUnavailable"]
 
 TESTED_VERSION = "triton_kernels vendored in vllm 0.33.0"
 
 
 @functools.cache
-def _modules():
-    import importlib
+def package_root():
+    """The folder holding ``triton_kernels/``, put on ``sys.path`` (its files import ``triton_kernels.*``):
+    ``MOE_ORACLE_TRITON_KERNELS_PATH`` (a folder, or the vLLM wheel), an importable triton_kernels, else
+    the copy in an installed vLLM."""
     import os
 
-    from .mx_peers import locate_triton_kernels
-
-    wheel = os.environ.get("MOE_ORACLE_TRITON_KERNELS_PATH", "")
-    root = (locate("triton_kernels", "MOE_ORACLE_TRITON_KERNELS_PATH", inner="vllm/third_party") if wheel.endswith(".whl")
-            else locate_triton_kernels())
+    if os.environ.get("MOE_ORACLE_TRITON_KERNELS_PATH", "").endswith(".whl"):
+        root = locate("triton_kernels", "MOE_ORACLE_TRITON_KERNELS_PATH", inner="vllm/third_party")
+    else:
+        try:
+            root = locate("triton_kernels", "MOE_ORACLE_TRITON_KERNELS_PATH")
+        except PeerUnavailable:
+            try:
+                root = locate("vllm", "MOE_ORACLE_VLLM_PATH") / "vllm" / "third_party"
+            except PeerUnavailable:
+                raise PeerUnavailable("triton_kernels is not installed, nor vLLM (which vendors it); set "
+                                      "MOE_ORACLE_TRITON_KERNELS_PATH") from None
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    return root
+
+
+@functools.cache
+def _modules():
+    import importlib
+
+    root = package_root()
     try:
         names = ("numerics_details.mxfp", "matmul_ogs", "routing", "tensor", "tensor_details.layout", "numerics",
                  "swiglu", "matmul_ogs_details.opt_flags")
