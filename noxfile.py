@@ -58,7 +58,10 @@ def _run_suite(session: nox.Session) -> None:
 
 AITER = "amd-aiter==0.1.7.post2.dev18"  # a peer under test: its files only (--no-deps; its top level is never imported)
 # the ecosystem's MXFP4 libraries (moe_oracle.ecosystem), their files only: each adapter imports what it needs
-MX_PEERS = ("torchao==0.18.0", "amd-quark==0.13", "sglang==0.5.23", "vllm==0.33.0")
+MX_PEERS = ("torchao==0.18.0", "amd-quark==0.13", "sglang==0.5.23", "vllm==0.33.0", "flashinfer-python==0.7.4",
+            # what importing FlashInfer's fp4_quantization file needs (its kernels' own guards then speak)
+            "apache-tvm-ffi==0.1.15.post2", "nvidia-ml-py==13.615.71", "requests==2.34.2", "urllib3==2.8.0",
+            "certifi==2026.10.19.post1", "charset-normalizer==3.5.3", "idna==3.21")
 
 
 def _install_peers(session: nox.Session) -> None:

@@ -25,14 +25,21 @@ if [[ $what == verify || $what == all ]]; then
     python -m moe_oracle --out "$out/verify" 2>&1 | tee "$out/verify.log" | tail -30 || rc=1
 fi
 if [[ $what == peers || $what == all ]]; then
-  # peers carried in wheels/ (see README "What the oracle reports on peers"): AITER's Triton files, triton_kernels
+  # peers carried in wheels/ (see README "What the oracle reports on peers"): AITER's Triton files (wheels/aiter),
+  # triton_kernels (wheels/tk), the ecosystem's libraries' files (wheels/site: torchao, amd-quark, sglang, vllm,
+  # flashinfer) and binary wheels they import (wheels/*.whl, e.g. apache-tvm-ffi for FlashInfer)
   export MOE_ORACLE_AITER_PATH="${MOE_ORACLE_AITER_PATH:-wheels/aiter}" MOE_ORACLE_TRITON_KERNELS_PATH="${MOE_ORACLE_TRITON_KERNELS_PATH:-wheels/tk}"
+  ls wheels/*.whl >/dev/null 2>&1 && pip install -q --no-index --no-deps --target /tmp/peer-site wheels/*.whl
+  # the ecosystem table on the GPU: every library's MXFP4 functions on the device
+  PYTHONPATH="/tmp/peer-site:wheels/site:${PYTHONPATH:-}" timeout "${ECOSYSTEM_S:-240}" python -m moe_oracle.ecosystem \
+    --device cuda --json "$out/ecosystem.json" > "$out/ecosystem.md" 2> "$out/ecosystem.err"; echo "ecosystem: exit $?"
+  tail -5 "$out/ecosystem.err"
   # real shapes with partial tiles and guard bands (config): gpt-oss (K % 128 = 64), DeepSeek-V3, E = 60
   for impl in aiter-triton triton-kernels; do
-    python -m moe_oracle --impl $impl --config benchmarks/peers_gpu.json --out "$out/$impl" 2>&1 | tee "$out/$impl.log" | tail -60
+    timeout "${PEER_S:-200}" python -m moe_oracle --impl $impl --config benchmarks/peers_gpu.json --out "/tmp/peers/$impl" \
+      > "$out/$impl.log" 2>&1; echo "$impl: exit $?"; tail -40 "$out/$impl.log"
+    cp "/tmp/peers/$impl/report.md" "$out/$impl.report.md" 2>/dev/null  # the device returns 8 files at most
   done
-  # the ecosystem table on the GPU (carry the torchao / amd-quark / sglang / vllm files under wheels/site)
-  PYTHONPATH="wheels/site:${PYTHONPATH:-}" python -m moe_oracle.ecosystem --json "$out/ecosystem.json" 2>&1 | tee "$out/ecosystem.md" | tail -80
 fi
 if [[ $what == bench || $what == all ]]; then
   export MOE_ORACLE_TRITON_KERNELS_PATH="${MOE_ORACLE_TRITON_KERNELS_PATH:-wheels/tk}"  # the peer, where carried

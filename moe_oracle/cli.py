@@ -152,12 +152,10 @@ def main(argv=None) -> int:
         provided = ", ".join(impl.provides()) or "none of the contract's callables"
         return _usage(f"nothing to check: {impl.name} provides {provided}; --only {args.only} checks "
                       f"{_WHAT[args.only]}")
-    import torch
+    from .devices import default_device
 
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    gpu = torch.cuda.is_available() and not interpret
-    device = args.device or ("cuda" if gpu else "cpu")
-    if device == "cuda" and not gpu:
+    device = args.device or default_device()
+    if device == "cuda" and default_device() != "cuda":
         return _usage("--device cuda: no GPU is visible (or TRITON_INTERPRET=1)")
     cfg = cfg or (QUICK if args.quick else DEFAULT_GPU if device == "cuda" else DEFAULT_CPU)
     from .devices import resolve_devices, visible_gpus

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["visible_gpus", "pin_env", "resolve_devices", "gpu_for_worker"]
+__all__ = ["visible_gpus", "default_device", "pin_env", "resolve_devices", "gpu_for_worker"]
 
 
 def _runtime_var() -> str:
@@ -35,6 +35,11 @@ def visible_gpus() -> list[str]:
     if listed:
         return [d.strip() for d in listed.split(",") if d.strip()][:count]
     return [str(i) for i in range(count)]
+
+
+def default_device() -> str:
+    """"cuda" where a GPU is visible (:func:`visible_gpus`), else "cpu" (kernels under the interpreter)."""
+    return "cuda" if visible_gpus() else "cpu"
 
 
 def pin_env(gpu: str) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The registry of implementations by name: ``ours`` (moe_kernels), the peers (loaded only when
 asked: ``aiter-triton``, ``triton-kernels``, and the MXFP4 libraries of ``moe_oracle.ecosystem``:
-``torchao``, ``amd-quark``, ``sglang``, ``vllm``, ``triton-kernels-torch``, ``aiter-torch``), or any
+``torchao``, ``amd-quark``, ``sglang``, ``vllm``, ``triton-kernels-torch``, ``aiter-torch``, ``flashinfer``), or any
 ``module:attr``."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ REGISTRY = {"ours": ours, "aiter-triton": _aiter, "aiter": _aiter, "triton-kerne
             "torchao": _peer("mx_peers", "torchao"), "amd-quark": _peer("quark_vllm", "quark"),
             "sglang": _peer("mx_peers", "sglang"), "vllm": _peer("quark_vllm", "vllm"),
             "triton-kernels-torch": _peer("mx_peers", "triton_kernels_refs"),
-            "aiter-torch": _peer("mx_peers", "aiter_torch")}
+            "aiter-torch": _peer("mx_peers", "aiter_torch"), "flashinfer": _peer("flashinfer", "flashinfer")}
 
 
 def resolve(spec) -> Implementation:

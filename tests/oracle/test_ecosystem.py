@@ -27,7 +27,7 @@ def test_readme_block_is_what_the_peers_do(measured):
 def test_every_library_loads_and_each_form_is_measured(measured):
     libraries = {r["library"] for r in measured["quantizers"] + measured["dequantizers"]}
     assert {"ours", "torchao", "amd-quark", "sglang", "vllm", "triton_kernels", "aiter-triton",
-            "aiter (utility)"} <= libraries
+            "aiter (utility)", "flashinfer"} <= libraries
     assert not [r for r in measured["not_run"] if r["function"] == "(the library)"], measured["not_run"]
     forms = {r["form"] for r in measured["quantizers"]}
     assert forms == {"bytes", "values"} and measured["dequantizers"]
@@ -56,3 +56,19 @@ def test_readme_without_markers_names_the_argument(tmp_path):
     path.write_text("no block")
     with pytest.raises(ValueError, match="readme="):
         ecosystem.update_readme(path, "x")
+
+
+def test_flashinfer_kernels_say_where_they_run(measured):
+    """FlashInfer's CUDA quantizer and its batch-invariant class are entries: on the CPU each is one
+    measured line (what calling it raised), never a silent absence."""
+    lines = {r["function"]: r["reason"] for r in measured["not_run"] if r["library"] == "flashinfer"}
+    assert set(lines) == {"mxfp4_quantize", "mxfp4_quantize(batch_invariant=True)"}
+    assert all(reason and "\n" not in reason for reason in lines.values())
+    assert "device cpu" in lines["mxfp4_quantize(batch_invariant=True)"]
+
+
+def test_device_is_named_and_cuda_without_a_gpu_is_a_usage_error(measured, capsys):
+    assert measured["device"].startswith("CPU")
+    with pytest.raises(SystemExit) as exit_:
+        ecosystem.main(["--device", "cuda"])
+    assert exit_.value.code == 2 and "--device cuda" in capsys.readouterr().err
