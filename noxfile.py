@@ -86,6 +86,21 @@ def mutants(session: nox.Session) -> None:
     session.run("python", "-m", "tests.mutants.run", *session.posargs)
 
 
+MUTMUT = "mutmut==3.8.1"  # the mutation tool of mutants_auto (tests/mutants/auto.py says why this one)
+
+
+@nox.session(venv_params=VENV_PARAMS)
+def mutants_auto(session: nox.Session) -> None:
+    """Machine-generated mutants over the oracle side (mutmut): each module in its own resumable copy
+    under mutants-auto/, with the tests that can see it; kills re-run under three more seeds (flaky
+    ones reported); survivors triaged in tests/mutants/equivalent.json. Writes mutants-report/auto.md.
+    `-- moe_ref/selector.py` runs one module; `-- --seed N` fixes the seed."""
+    _install(session, "test", "plot")
+    _install_peers(session)
+    session.install(*_lock_args(session), MUTMUT)
+    session.run("python", "-m", "tests.mutants.auto", *session.posargs)
+
+
 @nox.session(venv_params=VENV_PARAMS, reuse_venv=False)
 def tests_latest(session: nox.Session) -> None:
     """The CPU suite against the newest releases (no lock): upstream changes show up here first."""
@@ -98,7 +113,7 @@ def tests_latest(session: nox.Session) -> None:
 @nox.session(reuse_venv=False)
 def lock(session: nox.Session) -> None:
     """Re-resolve the newest releases and rewrite constraints.txt (then review the diff, run nox -s tests)."""
-    session.install(CPU_TORCH, "triton", "-e", ".[kernels,test,plot]", "ruff")
+    session.install(CPU_TORCH, "triton", "-e", ".[kernels,test,plot]", "ruff", MUTMUT.split("==")[0])
     frozen = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True)
     header = [ln for ln in LOCK.read_text().splitlines() if ln.startswith("#")]
     pins = sorted((ln.split("+")[0] for ln in frozen.splitlines() if "==" in ln), key=str.lower)

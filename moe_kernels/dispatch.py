@@ -15,7 +15,7 @@ import torch
 import triton
 
 import emulation as em
-from emulation.validate import check_finite_number, check_mask_values
+from emulation.validate import check_mask_values
 from moe_ref import (
     ACTIVATION_PATHS,
     GATED_ACTIVATIONS,
@@ -23,6 +23,7 @@ from moe_ref import (
     SWIGLU_LIMIT,
     ActivationPath,
     Decision,
+    check_swiglu_params,
     detect_arch,
     select_activation_dtype,
 )
@@ -262,8 +263,7 @@ def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation
     mode = em.ScaleMode.parse(scale_mode)
     if not isinstance(doweight_stage1, bool):
         raise TypeError(f"doweight_stage1: expected a bool, got {type(doweight_stage1).__name__} {doweight_stage1!r}")
-    for name, value in (("alpha", alpha), ("limit", limit)):
-        check_finite_number(value, name)
+    alpha, limit = check_swiglu_params(alpha, limit)
     block_m, block_n1, block_n2, block_k, warps, stages = _config(M, E, topk, _runtime.INTERPRET, H, I)
     return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, float(alpha),
                    float(limit), doweight_stage1, M, E, H, I, topk, block_m, block_n1, block_n2, block_k, warps,

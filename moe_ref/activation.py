@@ -17,11 +17,23 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SWIGLU_ALPHA", "SWIGLU_LIMIT", "GATED_ACTIVATIONS", "split_gate_up", "gated_activation"]
+from emulation.validate import check_finite_number
+
+__all__ = ["SWIGLU_ALPHA", "SWIGLU_LIMIT", "GATED_ACTIVATIONS", "split_gate_up", "gated_activation",
+           "check_swiglu_params"]
 
 SWIGLU_ALPHA = 1.702
 SWIGLU_LIMIT = 7.0
 GATED_ACTIVATIONS = ("swiglu", "silu")  # what the reference computes (the selector also knows gelu's rule)
+
+
+def check_swiglu_params(alpha, limit) -> tuple[float, float]:
+    """``(alpha, limit)`` as floats: any finite alpha; a finite ``limit >= 0`` (a negative one would make
+    the clamp's interval empty). ValueError naming the argument otherwise. Reference and kernels both call it."""
+    alpha, limit = check_finite_number(alpha, "alpha"), check_finite_number(limit, "limit")
+    if limit < 0:
+        raise ValueError(f"limit={limit!r} is not valid; expected a finite number >= 0 (the clamp is [-limit, limit])")
+    return alpha, limit
 
 
 def split_gate_up(x: np.ndarray, gate_mode: str) -> tuple[np.ndarray, np.ndarray]:

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import emulation as em
-from emulation.validate import check_bool, check_finite_number, check_mask_values
+from emulation.validate import check_bool, check_mask_values
 
 from ._arrays import is_torch, like, to_numpy
-from .activation import GATED_ACTIVATIONS, SWIGLU_ALPHA, SWIGLU_LIMIT, gated_activation
+from .activation import GATED_ACTIVATIONS, SWIGLU_ALPHA, SWIGLU_LIMIT, check_swiglu_params, gated_activation
 from .exact import row_bits
 from .paths import activation_path
 from .products import HostProducts
@@ -138,7 +138,7 @@ def prepare_call(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, 
     b2 = _bias(bias2, (E, H), "bias2")
     mask = np.ones(E, bool) if expert_mask is None else check_mask_values(to_numpy(expert_mask, arg="expert_mask"))
     check_bool(doweight_stage1, "doweight_stage1")
-    alpha, limit = check_finite_number(alpha, "alpha"), check_finite_number(limit, "limit")
+    alpha, limit = check_swiglu_params(alpha, limit)
     if mask.shape != (E,):
         raise ValueError(f"expert_mask: expected shape [{E}], got {list(mask.shape)}")
     em.ScaleMode.parse(scale_mode)

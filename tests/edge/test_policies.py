@@ -50,8 +50,11 @@ def test_a_finite_block_past_fp32_dequantizes_to_inf(mode, finite):
     assert np.array_equal(kq.numpy(), q) and np.array_equal(ks.numpy(), s)
 
 
-@pytest.mark.parametrize("name, value", [("alpha", float("nan")), ("alpha", float("inf")), ("limit", float("nan"))])
-def test_non_finite_swiglu_parameters_are_refused(name, value, rng):
+@pytest.mark.parametrize("name, value", [("alpha", float("nan")), ("alpha", float("inf")), ("limit", float("nan")),
+                                         ("limit", -0.5), ("limit", -float("inf"))])
+def test_swiglu_parameters_outside_the_contract_are_refused(name, value, rng):
+    """Both sides refuse through one check (moe_ref.check_swiglu_params): a non-finite alpha or limit, and a
+    negative limit (its clamp interval [-limit, limit] would be empty)."""
     p = random_moe_problem(rng, M=2, E=4, H=64, I=32, topk=2)
     with pytest.raises(ValueError, match=f"{name}=.* expected a finite number"):
         mk.fused_moe(*p.to_torch().args(), arch="gfx950", **{name: value})

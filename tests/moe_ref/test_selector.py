@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,3 +187,9 @@ def test_detect_arch_on_a_simulated_device(hip, props, expected, monkeypatch):
     assert detect_arch() == expected
     assert select_activation_dtype(4096, arch=detect_arch(), gate_mode="interleave", env={}).dtype == (
         "fp8" if expected == "gfx950" else "bf16")
+
+
+def test_readme_decision_table_is_the_printed_one():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- decision-table:begin (python -m moe_ref) -->", 1)[1].split("<!-- decision-table:end -->")[0]
+    assert block.strip() == format_decision_table().strip(), "README is stale: paste `python -m moe_ref` between the markers"

@@ -1,0 +1,249 @@
+"""Machine-generated mutants over the oracle side: ``python -m tests.mutants.auto`` (``nox -s mutants_auto``).
+
+The tool is mutmut 3 (pinned in the mutants session): it mutates every function of a module (operators,
+constants, comparisons, arguments, return values, strings), records which tests cover each function,
+and runs only those for each mutant, forked from a warmed process. Chosen over cosmic-ray because
+its per-function test selection and fork-server keep a mutant at a fraction of a second for the
+direct tests, where cosmic-ray re-runs a whole test command per mutant (seconds of imports each).
+
+Each module runs in its own copy of the tree under ``--work`` (resumable: mutmut keeps its results
+there and re-runs only mutants of functions that changed), with the selection of tests that can see
+it (``SELECTIONS``), one logged seed (``MOE_ORACLE_SEED``), the kernels under the interpreter.
+
+Kills that hold: every killed mutant is run again under three further seeds; one that survives any
+of them is reported "flaky", not "killed". Survivors are triaged in ``equivalent.json`` (mutant ->
+the changed line and a one-line reason it cannot change behaviour); an entry whose recorded line no
+longer matches the mutant is stale and the mutant counts as untriaged. Output: the table per module
+(mutants, killed, equivalent, flaky, untriaged, kill rate, time) in ``--out``/auto.md and .json, and
+every untriaged survivor's diff. Exit 0 only if every module kills >= 95% and nothing is untriaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .run import ROOT, copy_tree, tree_files
+
+PACKAGES = ["emulation", "moe_ref", "moe_oracle", "moe_kernels"]
+_DOCS = ["tests/test_readme.py", "tests/test_numerics_doc.py"]
+# the oracle side, module -> the tests that can see it (mutmut then runs, per mutant, those that cover it)
+SELECTIONS = {
+    **{f"emulation/{m}.py": ["tests/emulation", "tests/edge/test_policies.py", "tests/edge/test_refusals.py"]
+       for m in ("formats", "convert", "fp8", "fp4x2", "mx", "validate")},
+    **{f"moe_ref/{m}.py": ["tests/moe_ref", "tests/oracle/test_dispatch.py", *_DOCS]
+       for m in ("selector", "env", "paths", "activation", "routing", "tolerance", "bounded", "exact", "reference")},
+    **{f"moe_oracle/{m}.py": ["tests/oracle", "tests/edge/test_refusals.py"]
+       for m in ("compare", "config", "quantizers", "stage", "layer", "engine", "report", "cli")},
+}
+EQUIVALENT = Path(__file__).with_name("equivalent.json")
+KILLED, SURVIVED = "killed", "survived"
+_STATUS = {1: KILLED, 3: KILLED, 0: SURVIVED, 33: "no tests", 5: "no tests", 36: "timeout", 24: "timeout",
+           -24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+TARGET = 0.95
+
+
+def _config(module: str, selection: list[str], others: list[str]) -> str:
+    """mutmut's section: the packages copied (and the module mutated), the rest of the tree copied beside."""
+    quoted = ", ".join(json.dumps(p) for p in selection)
+    return (f"\n[tool.mutmut]\nsource_paths = {json.dumps(PACKAGES)}\nonly_mutate = [{json.dumps(module)}]\n"
+            f"also_copy = {json.dumps(others)}\n"
+            f"pytest_add_cli_args_test_selection = [{quoted}]\n"
+            'pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-m", "not gpu and not exhaustive"]\n'
+            'process_isolation = "forkserver"\n')
+
+
+def prepare(module: str, work: Path) -> Path:
+    """The module's copy of the tree (sources refreshed; mutmut's results kept), its config appended."""
+    tree = work / module.replace("/", "__").removesuffix(".py")
+    files = tree_files(ROOT)
+    copy_tree(ROOT, files, tree)
+    (tree / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    others = sorted({f.split("/")[0] for f in files} - set(PACKAGES) - {"tests", "pyproject.toml"} | {"sitecustomize.py"})
+    pyproject = tree / "pyproject.toml"
+    pyproject.write_text((ROOT / "pyproject.toml").read_text() + _config(module, SELECTIONS[module], others))
+    return tree
+
+
+# Tests that start Python in another folder (the CLI, the README's snippets) import the mutated tree, whose
+# trampolines read mutmut's config from the current folder: it is read once, from the tree, at start-up.
+_SITECUSTOMIZE = """import os
+if os.environ.get("MUTANT_UNDER_TEST") and os.environ.get("MOE_MUTMUT_TREE"):
+    _cwd = os.getcwd()
+    os.chdir(os.environ["MOE_MUTMUT_TREE"])
+    try:
+        from mutmut.configuration import config
+        config()
+    finally:
+        os.chdir(_cwd)
+"""
+
+
+def _env(seed: int, tree: Path) -> dict:
+    return {**os.environ, "MOE_ORACLE_SEED": str(seed), "TRITON_INTERPRET": "1", "PYTHONHASHSEED": "0",
+            "MOE_MUTMUT_TREE": str(tree)}
+
+
+def _mutmut(tree: Path, seed: int, names=(), timeout: float | None = None) -> None:
+    cmd = [sys.executable, "-m", "mutmut", "run", *names]
+    subprocess.run(cmd, cwd=tree, env=_env(seed, tree), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=timeout, check=False)
+
+
+def _meta(tree: Path, module: str) -> dict:
+    meta = tree / "mutants" / f"{module}.meta"
+    return json.loads(meta.read_text()) if meta.exists() else {"exit_code_by_key": {}, "hash_by_function_name": {}}
+
+
+def results(tree: Path, module: str) -> dict[str, str]:
+    return {k: _STATUS.get(v, "suspicious") for k, v in _meta(tree, module)["exit_code_by_key"].items()}
+
+
+def _function_hash(tree: Path, module: str) -> dict[str, str]:
+    """mutant -> the hash of the function it mutates (a kill re-checked once holds until the function changes)."""
+    hashes = _meta(tree, module)["hash_by_function_name"]
+    return {name: hashes.get(name.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0], "") for name in results(tree, module)}
+
+
+def diffs(tree: Path, names: list[str]) -> dict[str, str]:
+    """Each mutant's diff against the module, from mutmut's own record."""
+    if not names:
+        return {}
+    code = ("import json, sys\nfrom mutmut.__main__ import find_mutant, get_diff_for_mutant\n"
+            "out = {n: get_diff_for_mutant(n, path=find_mutant(n).path) for n in json.load(sys.stdin)}\n"
+            "print(json.dumps(out))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tree, input=json.dumps(names), capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def changed_lines(diff: str) -> list[str]:
+    """The mutant's edit: its added lines, stripped (what ``equivalent.json`` records)."""
+    return [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+
+
+def load_equivalent() -> dict[str, dict]:
+    return json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+
+
+def triage(status: dict[str, str], diff_of: dict[str, str], equivalent: dict[str, dict]) -> dict[str, str]:
+    """Survivors (and uncovered mutants) that ``equivalent.json`` accounts for, with the same edit, become
+    "equivalent"; the rest stay as they are (untriaged)."""
+    out = dict(status)
+    for name, st in status.items():
+        entry = equivalent.get(name)
+        if st in (SURVIVED, "no tests") and entry and entry.get("edit") == changed_lines(diff_of.get(name, "")):
+            out[name] = "equivalent"
+    return out
+
+
+def recheck(tree: Path, module: str, status: dict[str, str], seeds: list[int]) -> dict[str, str]:
+    """Re-run every kill under each further seed: a kill that does not reproduce is "flaky". The verdicts
+    are kept in the module's copy (``rechecked.json``) until the mutated function changes."""
+    record = tree / "rechecked.json"
+    done = json.loads(record.read_text()) if record.exists() else {}
+    hashes = _function_hash(tree, module)
+    out = dict(status)
+    for name, verdict in done.items():
+        if name in out and out[name] == KILLED and verdict["hash"] == hashes.get(name):
+            out[name] = verdict["status"]
+    killed = [n for n, s in status.items() if s == KILLED and done.get(n, {}).get("hash") != hashes.get(n)]
+    fresh = list(killed)
+    for seed in seeds:
+        if not killed:
+            break
+        _mutmut(tree, seed, killed)
+        again = results(tree, module)
+        for name in killed:
+            if again.get(name) != KILLED:
+                out[name] = "flaky"
+        killed = [n for n in killed if out[n] == KILLED]
+    done.update({n: {"status": out[n], "hash": hashes.get(n, "")} for n in fresh})
+    record.write_text(json.dumps(done, indent=0))
+    return out
+
+
+def summarize(module: str, status: dict[str, str], seconds: float) -> dict:
+    counts = {k: sum(v == k for v in status.values()) for k in (KILLED, "equivalent", "flaky")}
+    total = len(status)
+    untriaged = total - sum(counts.values())
+    judged = total - counts["equivalent"]
+    rate = counts[KILLED] / judged if judged else 1.0
+    return {"module": module, "mutants": total, **counts, "untriaged": untriaged, "kill_rate": round(rate, 4),
+            "seconds": round(seconds, 1)}
+
+
+def markdown(rows: list[dict], seed: int, recheck_seeds: list[int]) -> str:
+    lines = [f"Base seed {seed}; kills re-run under seeds {', '.join(map(str, recheck_seeds))}. Kill rate = killed / "
+             "(mutants - equivalent); flaky kills and untriaged survivors count against it.", "",
+             "| module | mutants | killed | equivalent | flaky | untriaged | kill rate | time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r['module']}` | {r['mutants']} | {r['killed']} | {r['equivalent']} | {r['flaky']} | "
+                     f"{r['untriaged']} | {100 * r['kill_rate']:.1f}% | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_module(module: str, work: Path, seed: int, recheck_seeds: list[int], timeout: float) -> tuple[dict, dict]:
+    start = time.monotonic()
+    tree = prepare(module, work)
+    before = [n for n, st in results(tree, module).items() if st != KILLED]
+    _mutmut(tree, seed, timeout=timeout)
+    if before:  # mutmut keeps a verdict until the function changes: the open ones meet the current tests again
+        _mutmut(tree, seed, before, timeout=timeout)
+    status = results(tree, module)
+    status = recheck(tree, module, status, recheck_seeds)
+    open_names = [n for n, s in status.items() if s not in (KILLED,)]
+    diff_of = diffs(tree, open_names)
+    status = triage(status, diff_of, load_equivalent())
+    row = summarize(module, status, time.monotonic() - start)
+    survivors = {n: {"status": s, "diff": diff_of.get(n, "")} for n, s in status.items()
+                 if s not in (KILLED, "equivalent")}
+    return row, survivors
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.mutants.auto", description=__doc__.split("\n\n")[0])
+    ap.add_argument("modules", nargs="*", help=f"modules to run (default: all {len(SELECTIONS)} of the oracle side)")
+    ap.add_argument("--seed", type=int, default=None, help="base seed (default: fresh, printed)")
+    ap.add_argument("--work", default="mutants-auto", help="the per-module copies (kept: a rerun resumes)")
+    ap.add_argument("--out", default="mutants-report", help="directory for auto.md and auto.json")
+    ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per module's mutmut run")
+    ap.add_argument("--fresh", action="store_true", help="discard earlier results of these modules")
+    args = ap.parse_args(argv)
+    unknown = [m for m in args.modules if m not in SELECTIONS]
+    if unknown:
+        ap.error(f"modules: not on the oracle side: {', '.join(unknown)} (known: {', '.join(SELECTIONS)})")
+    if args.seed is not None and args.seed < 0:
+        ap.error("--seed: expected a non-negative integer")
+    seed = secrets.randbits(32) if args.seed is None else args.seed
+    recheck_seeds = [(seed + k * 7919) % 2**32 for k in (1, 2, 3)]
+    work, out = Path(args.work).resolve(), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"seed: {seed} (rerun with --seed {seed})", flush=True)
+    rows, open_ = [], {}
+    for module in args.modules or list(SELECTIONS):
+        if args.fresh:
+            shutil.rmtree(work / module.replace("/", "__").removesuffix(".py") / "mutants", ignore_errors=True)
+        row, survivors = run_module(module, work, seed, recheck_seeds, args.timeout)
+        rows.append(row)
+        open_.update(survivors)
+        print(f"{module}: {row['killed']}/{row['mutants']} killed, {row['equivalent']} equivalent, {row['flaky']} "
+              f"flaky, {row['untriaged']} untriaged ({row['seconds']:.0f} s)", flush=True)
+    (out / "auto.md").write_text(markdown(rows, seed, recheck_seeds))
+    (out / "auto.json").write_text(json.dumps({"seed": seed, "rows": rows, "open": open_}, indent=1))
+    print(markdown(rows, seed, recheck_seeds))
+    for name, info in open_.items():
+        print(f"--- {name}: {info['status']}\n{info['diff']}")
+    return 0 if all(r["kill_rate"] >= TARGET and not r["untriaged"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
