@@ -40,9 +40,7 @@ def bound_points() -> tuple[int, ...]:
     return tuple(sorted({m for v in ENV_VARS.values() if v.kind == "bound" for m in (v.default - 1, v.default)}))
 
 
-def _parse(var: EnvVar, name: str, raw):
-    if not isinstance(raw, str):
-        raise TypeError(f"environment variable {name}={raw!r}: expected a string value, got {type(raw).__name__}")
+def _parse(var: EnvVar, name: str, raw: str):  # raw is a str: os.environ's, or checked by check_mapping_of_str
     text = raw.strip().lower()
     if var.kind == "bool":
         if text in _TRUE:

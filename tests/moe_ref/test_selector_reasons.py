@@ -112,3 +112,19 @@ def test_no_torch_is_cpu(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "torch", None)
     assert detect_arch() == "cpu"
+
+
+def test_texts_of_several_values():
+    """The table's texts in general, not only for today's one-valued rules: several allowed values, several
+    archs (rules a future table may hold)."""
+    from moe_ref.selector import Override, Rule, _fire, known_archs_text
+
+    rule = Rule(9, ((("arch", ("gfx942", "gfx950")), ("gate_mode", ("interleave",))), (("weight_dtype", ("bf16",)),)),
+                "bf16")
+    assert rule.describe_when() == "(arch in {gfx942, gfx950} and gate_mode=interleave) or (weight_dtype=bf16)"
+    override = Override("arch_not_in", "bf16", archs=("gfx942", "gfx950"))
+    assert override.describe() == "arch not in {gfx942, gfx950} -> bf16"
+    assert _fire(override, 8, "gfx90a", {}) == (True, "arch=gfx90a not in {gfx942, gfx950}")
+    assert _fire(override, 8, "gfx942", {}) == (False, "arch=gfx942 in {gfx942, gfx950}")
+    assert known_archs_text() == ("gfx90a, gfx942, gfx950, gfx1100, gfx1101, gfx1200, gfx1201, gfx1250, sm<NN> "
+                                  "(NVIDIA, e.g. sm90, sm100) or cpu")

@@ -44,6 +44,8 @@ SELECTIONS = {
        for m in ("compare", "config", "quantizers", "stage", "layer", "engine", "report", "cli")},
 }
 EQUIVALENT = Path(__file__).with_name("equivalent.json")
+RECORD = Path(__file__).with_name("auto_results.json")  # the committed table: the last recorded run of each module
+BEGIN, END = "<!-- mutants-auto:begin (python -m tests.mutants.auto --record) -->", "<!-- mutants-auto:end -->"
 KILLED, SURVIVED = "killed", "survived"
 _STATUS = {1: KILLED, 3: KILLED, 0: SURVIVED, 33: "no tests", 5: "no tests", 36: "timeout", 24: "timeout",
            -24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
@@ -180,15 +182,29 @@ def summarize(module: str, status: dict[str, str], seconds: float) -> dict:
             "seconds": round(seconds, 1)}
 
 
-def markdown(rows: list[dict], seed: int, recheck_seeds: list[int]) -> str:
-    lines = [f"Base seed {seed}; kills re-run under seeds {', '.join(map(str, recheck_seeds))}. Kill rate = killed / "
-             "(mutants - equivalent); flaky kills and untriaged survivors count against it.", "",
-             "| module | mutants | killed | equivalent | flaky | untriaged | kill rate | time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+def markdown(rows: list[dict]) -> str:
+    """The table: one row per module (its seed and date as recorded), modules not yet run named below it."""
+    lines = ["| module | mutants | killed | equivalent | flaky | untriaged | kill rate | time (s) | seed | run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| `{r['module']}` | {r['mutants']} | {r['killed']} | {r['equivalent']} | {r['flaky']} | "
-                     f"{r['untriaged']} | {100 * r['kill_rate']:.1f}% | {r['seconds']:.0f} |")
+                     f"{r['untriaged']} | {100 * r['kill_rate']:.1f}% | {r['seconds']:.0f} | {r.get('seed', '-')} | "
+                     f"{r.get('date', '-')} |")
+    missing = [m for m in SELECTIONS if m not in {r["module"] for r in rows}]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(f'`{m}`' for m in missing)}."]
     return "\n".join(lines) + "\n"
+
+
+def record(rows: list[dict], readme: Path) -> None:
+    """Merge ``rows`` into the committed results and regenerate the README's table from them."""
+    kept = {r["module"]: r for r in (json.loads(RECORD.read_text()) if RECORD.exists() else [])}
+    kept.update({r["module"]: r for r in rows})
+    ordered = [kept[m] for m in SELECTIONS if m in kept]
+    RECORD.write_text(json.dumps(ordered, indent=1) + "\n")
+    text = readme.read_text()
+    head, rest = text.split(BEGIN, 1)
+    readme.write_text(f"{head}{BEGIN}\n{markdown(ordered)}{END}{rest.split(END, 1)[1]}")
 
 
 def run_module(module: str, work: Path, seed: int, recheck_seeds: list[int], timeout: float) -> tuple[dict, dict]:
@@ -203,7 +219,8 @@ def run_module(module: str, work: Path, seed: int, recheck_seeds: list[int], tim
     open_names = [n for n, s in status.items() if s not in (KILLED,)]
     diff_of = diffs(tree, open_names)
     status = triage(status, diff_of, load_equivalent())
-    row = summarize(module, status, time.monotonic() - start)
+    row = {**summarize(module, status, time.monotonic() - start), "seed": seed,
+           "date": time.strftime("%Y-%m-%d", time.gmtime())}
     survivors = {n: {"status": s, "diff": diff_of.get(n, "")} for n, s in status.items()
                  if s not in (KILLED, "equivalent")}
     return row, survivors
@@ -217,6 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="mutants-report", help="directory for auto.md and auto.json")
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per module's mutmut run")
     ap.add_argument("--fresh", action="store_true", help="discard earlier results of these modules")
+    ap.add_argument("--record", action="store_true",
+                    help="merge the rows into tests/mutants/auto_results.json and the README's table")
     args = ap.parse_args(argv)
     unknown = [m for m in args.modules if m not in SELECTIONS]
     if unknown:
@@ -237,9 +256,13 @@ def main(argv=None) -> int:
         open_.update(survivors)
         print(f"{module}: {row['killed']}/{row['mutants']} killed, {row['equivalent']} equivalent, {row['flaky']} "
               f"flaky, {row['untriaged']} untriaged ({row['seconds']:.0f} s)", flush=True)
-    (out / "auto.md").write_text(markdown(rows, seed, recheck_seeds))
-    (out / "auto.json").write_text(json.dumps({"seed": seed, "rows": rows, "open": open_}, indent=1))
-    print(markdown(rows, seed, recheck_seeds))
+    (out / "auto.md").write_text(markdown(rows))
+    (out / "auto.json").write_text(json.dumps({"seed": seed, "recheck_seeds": recheck_seeds, "rows": rows,
+                                               "open": open_}, indent=1))
+    print(f"kills re-run under seeds {', '.join(map(str, recheck_seeds))}; kill rate = killed / (mutants - "
+          "equivalent): flaky kills and untriaged survivors count against it\n" + markdown(rows))
+    if args.record:
+        record(rows, ROOT / "README.md")
     for name, info in open_.items():
         print(f"--- {name}: {info['status']}\n{info['diff']}")
     return 0 if all(r["kill_rate"] >= TARGET and not r["untriaged"] for r in rows) else 1

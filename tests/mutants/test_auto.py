@@ -1,0 +1,59 @@
+"""The mutation tool's own bookkeeping: what counts as equivalent, flaky, untriaged; the committed
+table is the README's."""
+
+from __future__ import annotations
+
+import json
+
+from tests.mutants import auto
+
+DIFF = """--- moe_ref/selector.py
++++ moe_ref/selector.py
+@@ -1,3 +1,3 @@
+     x = 1
+-    return a < b
++    return a <= b
+"""
+
+
+def test_the_edit_is_the_added_lines():
+    assert auto.changed_lines(DIFF) == ["return a <= b"]
+
+
+def test_an_equivalent_entry_holds_only_for_the_same_edit():
+    status = {"m.x__mutmut_1": "survived", "m.x__mutmut_2": "survived", "m.x__mutmut_3": "killed",
+              "m.x__mutmut_4": "no tests"}
+    diffs = {name: DIFF for name in status}
+    entries = {"m.x__mutmut_1": {"edit": ["return a <= b"], "reason": "r"},
+               "m.x__mutmut_2": {"edit": ["return a >= b"], "reason": "stale: the mutant now makes another edit"},
+               "m.x__mutmut_3": {"edit": ["return a <= b"], "reason": "a kill stays a kill"},
+               "m.x__mutmut_4": {"edit": ["return a <= b"], "reason": "uncovered, reasoned"}}
+    got = auto.triage(status, diffs, entries)
+    assert got == {"m.x__mutmut_1": "equivalent", "m.x__mutmut_2": "survived", "m.x__mutmut_3": "killed",
+                   "m.x__mutmut_4": "equivalent"}
+
+
+def test_flaky_and_untriaged_count_against_the_rate():
+    status = {"a": "killed", "b": "killed", "c": "flaky", "d": "equivalent", "e": "survived", "f": "timeout"}
+    row = auto.summarize("moe_ref/env.py", status, 1.0)
+    assert (row["mutants"], row["killed"], row["equivalent"], row["flaky"], row["untriaged"]) == (6, 2, 1, 1, 2)
+    assert row["kill_rate"] == round(2 / 5, 4)
+
+
+def test_every_equivalent_entry_has_an_edit_and_a_reason():
+    for name, entry in json.loads(auto.EQUIVALENT.read_text()).items():
+        assert "__mutmut_" in name and entry["edit"] and entry["reason"].strip(), name
+
+
+def test_readme_table_is_the_recorded_results():
+    readme = (auto.ROOT / "README.md").read_text()
+    block = readme.split(auto.BEGIN, 1)[1].split(auto.END, 1)[0]
+    rows = json.loads(auto.RECORD.read_text()) if auto.RECORD.exists() else []
+    assert block.strip() == auto.markdown(rows).strip(), "README is stale: python -m tests.mutants.auto --record"
+    assert {r["module"] for r in rows} <= set(auto.SELECTIONS)
+
+
+def test_every_module_of_the_oracle_side_has_a_selection_that_exists():
+    for module, selection in auto.SELECTIONS.items():
+        assert (auto.ROOT / module).is_file(), module
+        assert all((auto.ROOT / path).exists() for path in selection), module
