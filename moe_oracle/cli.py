@@ -152,11 +152,12 @@ def main(argv=None) -> int:
         provided = ", ".join(impl.provides()) or "none of the contract's callables"
         return _usage(f"nothing to check: {impl.name} provides {provided}; --only {args.only} checks "
                       f"{_WHAT[args.only]}")
-    from .devices import default_device
+    from .devices import resolve_device
 
-    device = args.device or default_device()
-    if device == "cuda" and default_device() != "cuda":
-        return _usage("--device cuda: no GPU is visible (or TRITON_INTERPRET=1)")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        return _usage(str(exc))
     cfg = cfg or (QUICK if args.quick else DEFAULT_GPU if device == "cuda" else DEFAULT_CPU)
     from .devices import resolve_devices, visible_gpus
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["visible_gpus", "default_device", "pin_env", "resolve_devices", "gpu_for_worker"]
+__all__ = ["visible_gpus", "default_device", "resolve_device", "pin_env", "resolve_devices", "gpu_for_worker"]
 
 
 def _runtime_var() -> str:
@@ -40,6 +40,14 @@ def visible_gpus() -> list[str]:
 def default_device() -> str:
     """"cuda" where a GPU is visible (:func:`visible_gpus`), else "cpu" (kernels under the interpreter)."""
     return "cuda" if visible_gpus() else "cpu"
+
+
+def resolve_device(asked: str | None) -> str:
+    """``--device``: None -> :func:`default_device`; "cuda" without a visible GPU is a ValueError (the
+    usage error of each command line that takes the option)."""
+    if asked == "cuda" and default_device() != "cuda":
+        raise ValueError("--device cuda: no GPU is visible (or TRITON_INTERPRET=1)")
+    return asked or default_device()
 
 
 def pin_env(gpu: str) -> dict[str, str]:

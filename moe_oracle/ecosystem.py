@@ -142,18 +142,11 @@ def measure(seed: int = 0, M: int = 32, K: int = 256, libraries=None, device: st
 
 def _device_name(device: str) -> str:
     import torch
+    import triton
 
     if device == "cpu":
         return "CPU (Triton kernels under the interpreter)"
-    return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, triton {_triton_version()})"
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-    except ImportError:
-        return "none"
-    return triton.__version__
+    return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, triton {triton.__version__})"
 
 
 def _classes(outputs: dict, M: int, kinds: np.ndarray) -> dict:
@@ -253,11 +246,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.seed < 0:
         ap.error("--seed: expected a non-negative integer")
-    from .devices import default_device
+    from .devices import resolve_device
 
-    if args.device == "cuda" and default_device() != "cuda":
-        ap.error("--device cuda: no GPU is visible (or TRITON_INTERPRET=1)")
-    result = measure(seed=args.seed, device=args.device or default_device())
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        ap.error(str(exc))
+    result = measure(seed=args.seed, device=device)
     table = markdown(result)
     print(table)
     if args.json:

@@ -47,8 +47,6 @@ EQUIVALENT = Path(__file__).with_name("equivalent.json")
 RECORD = Path(__file__).with_name("auto_results.json")  # the committed table: the last recorded run of each module
 BEGIN, END = "<!-- mutants-auto:begin (python -m tests.mutants.auto --record) -->", "<!-- mutants-auto:end -->"
 KILLED, SURVIVED = "killed", "survived"
-_STATUS = {1: KILLED, 3: KILLED, 0: SURVIVED, 33: "no tests", 5: "no tests", 36: "timeout", 24: "timeout",
-           -24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
 TARGET = 0.95
 
 
@@ -105,7 +103,10 @@ def _meta(tree: Path, module: str) -> dict:
 
 
 def results(tree: Path, module: str) -> dict[str, str]:
-    return {k: _STATUS.get(v, "suspicious") for k, v in _meta(tree, module)["exit_code_by_key"].items()}
+    """mutant -> mutmut's own status name for its exit code ("killed", "survived", "no tests", ...)."""
+    from mutmut.stats import status_by_exit_code
+
+    return {k: status_by_exit_code[v] for k, v in _meta(tree, module)["exit_code_by_key"].items()}
 
 
 def _function_hash(tree: Path, module: str) -> dict[str, str]:
