@@ -10,8 +10,8 @@ from . import (
            _runtime,  # noqa: F401  (must run before any kernel is defined)
            ops,  # noqa: E402,F401  (torch.ops.moe_kernels.*: the custom operators)
 )
-from .dispatch import PATHS, MoEPlan, MoERun, fused_moe, plan_moe
+from .dispatch import MoEPlan, MoERun, fused_moe, plan_moe
 from .quant import quantize_fp8_per_token, quantize_mxfp4, quantize_mxfp8
 
-__all__ = ["PATHS", "MoEPlan", "MoERun", "fused_moe", "plan_moe", "quantize_fp8_per_token", "quantize_mxfp4",
+__all__ = ["MoEPlan", "MoERun", "fused_moe", "plan_moe", "quantize_fp8_per_token", "quantize_mxfp4",
            "quantize_mxfp8"]

@@ -19,7 +19,10 @@ import triton.language as tl
 
 import emulation as em
 
-SCALE_MODE_IDS = {em.ScaleMode.ROUND_UP: 0, em.ScaleMode.ROUND_DOWN: 1, em.ScaleMode.CEIL: 2, em.ScaleMode.EVEN: 3}
+SCALE_MODE_IDS = {mode: i for i, mode in enumerate(em.ScaleMode)}  # the kernels' MODE constexpr
+# named for the kernels' branches (a Triton kernel reads a global only as a constexpr)
+MODE_ROUND_UP, MODE_ROUND_DOWN, MODE_CEIL = (tl.constexpr(SCALE_MODE_IDS[m]) for m in
+                                             (em.ScaleMode.ROUND_UP, em.ScaleMode.ROUND_DOWN, em.ScaleMode.CEIL))
 
 
 class KernelFormat(NamedTuple):
@@ -103,16 +106,16 @@ def mx_scale_byte(amax_bits, MODE: tl.constexpr, F: tl.constexpr):
     MAN_BITS: tl.constexpr = F.man_bits
     EMAX: tl.constexpr = F.emax
     ef = amax_bits >> 23
-    if MODE == 0:  # ROUND_UP: ceil_pow2(fl32(amax / max)); a subnormal ratio gives 1, zero gives 0
+    if MODE == MODE_ROUND_UP:  # ceil_pow2(fl32(amax / max)); a subnormal ratio gives 1, zero gives 0
         # fl32(amax * fl32(1/max)) has the same ceiling as fl32(amax / max) for every fp32 amax whose
         # ratio is normal (all 2^23 mantissas checked, tests/kernels/test_quant.py), without a division.
         ratio = amax_bits.to(tl.float32, bitcast=True) * (1.0 / F.max_finite)
         up = (ratio.to(tl.int32, bitcast=True) + 0x7FFFFF) >> 23
         up = tl.where(amax_bits < F.tiny_bits, tl.where(amax_bits == 0, 0, 1), up)
         unbiased = up - 127
-    elif MODE == 1:  # ROUND_DOWN: floor_pow2(amax) / 2^emax
+    elif MODE == MODE_ROUND_DOWN:  # floor_pow2(amax) / 2^emax
         unbiased = ef - 127 - EMAX
-    elif MODE == 2:  # CEIL: ceil_pow2(amax) / 2^emax
+    elif MODE == MODE_CEIL:  # ceil_pow2(amax) / 2^emax
         unbiased = ef - 127 + ((amax_bits & 0x7FFFFF) != 0).to(tl.int32) - EMAX
     else:  # EVEN: amax rounded to 1 + mbits bits, then / 2^emax
         unbiased = ((amax_bits + (1 << (22 - MAN_BITS))) >> 23) - 127 - EMAX

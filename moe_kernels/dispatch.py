@@ -14,16 +14,13 @@ from dataclasses import dataclass
 import torch
 import triton
 
-import emulation as em
 from emulation.validate import check_mask_values
 from moe_ref import (
     ACTIVATION_PATHS,
     GATED_ACTIVATIONS,
-    SWIGLU_ALPHA,
-    SWIGLU_LIMIT,
     ActivationPath,
     Decision,
-    check_swiglu_params,
+    MoESpec,
     detect_arch,
     select_activation_dtype,
 )
@@ -32,9 +29,6 @@ from . import _runtime
 from ._numerics import SCALE_MODE_IDS, KernelFormat
 from ._tuning import CONFIGS
 from .moe_gemm import (
-    KIND_BF16,
-    KIND_FP4,
-    KIND_FP8,
     WEIGHT_FORMAT,
     GatedActivation,
     _dequant_rows_kernel,
@@ -45,32 +39,24 @@ from .moe_gemm import (
 from .quant import quantize_mxfp4, quantize_mxfp8
 from .routing import align_pairs
 
-__all__ = ["MoEPlan", "MoERun", "PATHS", "plan_moe", "fused_moe"]
+__all__ = ["MoEPlan", "MoERun", "plan_moe", "fused_moe"]
 
-PATHS = {d: p.name for d, p in ACTIVATION_PATHS.items()}  # act dtype -> path name (moe_ref.paths)
-_KIND = {"bf16": KIND_BF16, "fp4x2": KIND_FP4, "fp8": KIND_FP8}  # the GEMM kernels' name for each path
-
-
-def _element_format(act_dtype: str) -> str:
-    """The path's MX element format (the bf16 path's constexprs are unused: any format will do)."""
-    return ACTIVATION_PATHS[act_dtype].element_format or "e4m3fn"
 _ACT_IDS = {name: i for i, name in enumerate(GATED_ACTIVATIONS)}  # the kernels' ACT constexpr: swiglu 0, silu 1
+
+
+def kernel_format(path: ActivationPath) -> KernelFormat:
+    """The kernels' F constexpr for the path's MX element format (the bf16 path never reads it: any will do)."""
+    return KernelFormat.of(path.element_format or ACTIVATION_PATHS["fp8"].element_format)
 
 
 @dataclass(frozen=True)
 class MoEPlan:
-    """The single record of a call: what ``fused_moe`` executes (the selector's decision, the numerics
-    options, parsed once, and the kernel configuration)."""
+    """What ``fused_moe`` executes: the selector's decision, the path it names, the call's semantics
+    (``moe_ref.MoESpec``, validated once), the shapes and the kernel configuration."""
 
     decision: Decision
-    path: str  # the path's name (a16w4 / a4w4 / a8w4)
-    act_dtype: str
-    scale_mode: em.ScaleMode  # a str enum: == "round_up" holds
-    activation: str
-    gate_mode: str
-    alpha: float
-    limit: float
-    doweight_stage1: bool
+    path: ActivationPath  # ACTIVATION_PATHS[decision.dtype]
+    spec: MoESpec
     M: int
     E: int
     H: int
@@ -84,8 +70,8 @@ class MoEPlan:
     num_stages: int  # software-pipelining depth of the K loop
 
     @property
-    def activation_path(self) -> ActivationPath:
-        return ACTIVATION_PATHS[self.act_dtype]
+    def act_dtype(self) -> str:
+        return self.path.act_dtype
 
 
 @dataclass(frozen=True)
@@ -240,37 +226,32 @@ def config_name(config) -> str:
     return f"bm{block_m}n{block_n1}x{block_n2}k{block_k}w{warps}s{stages}"
 
 
-def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, activation="swiglu",
-             gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT, bias1=None, bias2=None,
-             doweight_stage1=False, expert_mask=None, scale_mode="round_up", arch=None, env=None) -> MoEPlan:
+def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bias1=None, bias2=None,
+             expert_mask=None, arch=None, env=None, spec: MoESpec | None = None, **options) -> MoEPlan:
     """Validate the call and return the plan ``fused_moe`` would execute (selector decision included)."""
-    plan, _ = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, alpha, limit,
-                    doweight_stage1, bias1, bias2, expert_mask, scale_mode, arch, env, defer_ids=False)
+    plan, _ = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1=bias1, bias2=bias2,
+                    expert_mask=expert_mask, arch=arch, env=env, spec=MoESpec.from_options(spec, **options),
+                    defer_ids=False)
     return plan
 
 
-def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, alpha, limit,
-          doweight_stage1, bias1, bias2, expert_mask, scale_mode, arch, env, defer_ids):
+def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bias1, bias2, expert_mask, arch, env,
+          spec: MoESpec, defer_ids: bool):
     """(plan, whether the ids' range check is left to the alignment) - ``plan_moe``, with the check
     deferred where ``defer_ids``."""
+    _check(spec == spec.replace(intermediate_dtype=None, routing_weight_dtype="fp32", slot_dtype="fp32"), "spec",
+           "the kernels compute the contract: intermediate_dtype None, routing_weight_dtype and slot_dtype 'fp32'")
     M, E, H, I, topk = _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1, bias2,
                                  expert_mask)
     ids_deferred = _check_ids(topk_ids, E, defer_ids)
-    if activation not in _ACT_IDS:
-        raise ValueError(f"activation={activation!r} is not supported by the kernels; expected one of {list(_ACT_IDS)}")
     decision = select_activation_dtype(M, arch=detect_arch() if arch is None else arch, weight_dtype="fp4x2",
-                                       activation=activation, gate_mode=gate_mode, quant_type="per_1x32", env=env)
-    mode = em.ScaleMode.parse(scale_mode)
-    if not isinstance(doweight_stage1, bool):
-        raise TypeError(f"doweight_stage1: expected a bool, got {type(doweight_stage1).__name__} {doweight_stage1!r}")
-    alpha, limit = check_swiglu_params(alpha, limit)
-    block_m, block_n1, block_n2, block_k, warps, stages = _config(M, E, topk, _runtime.INTERPRET, H, I)
-    return MoEPlan(decision, PATHS[decision.dtype], decision.dtype, mode, activation, gate_mode, float(alpha),
-                   float(limit), doweight_stage1, M, E, H, I, topk, block_m, block_n1, block_n2, block_k, warps,
-                   stages), ids_deferred
+                                       activation=spec.activation, gate_mode=spec.gate_mode, quant_type="per_1x32",
+                                       env=env)
+    config = _config(M, E, topk, _runtime.INTERPRET, H, I)
+    return MoEPlan(decision, ACTIVATION_PATHS[decision.dtype], spec, M, E, H, I, topk, *config), ids_deferred
 
 
-def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, kf: KernelFormat) -> torch.Tensor:
+def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, path: ActivationPath, K: int) -> torch.Tensor:
     """Exact bf16 values [R, K] of MX rows (fp4x2 or e4m3 codes with e8m0 scales)."""
     R = q.shape[0]
     out = torch.empty((R, K), dtype=torch.bfloat16, device=q.device)
@@ -278,8 +259,8 @@ def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, kind: int, K: int, kf
         block_r, block_k = (128, min(1024, triton.next_power_of_2(K))) if _runtime.INTERPRET else (16, 128)
         block_k = max(32, min(block_k, triton.next_power_of_2(K)))
         _dequant_rows_kernel[(triton.cdiv(R, block_r), triton.cdiv(K, block_k))](
-            q, scale, out.view(torch.int16), R, K, q.stride(0), scale.stride(0), out.stride(0), KIND=kind,
-            BLOCK_R=block_r, BLOCK_K=block_k, F=kf, num_warps=4)
+            q, scale, out.view(torch.int16), R, K, q.stride(0), scale.stride(0), out.stride(0), KIND=path.kind,
+            BLOCK_R=block_r, BLOCK_K=block_k, F=kernel_format(path), num_warps=4)
     return out
 
 
@@ -291,19 +272,20 @@ def _alloc(shape, dtype, device, poison):
 
 
 @_runtime.interpreter_quiet
-def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, activation="swiglu",
-              gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT, bias1=None, bias2=None,
-              doweight_stage1=False, expert_mask=None, scale_mode="round_up", arch=None, env=None,
-              return_trace=False, poison=False):
+def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bias1=None, bias2=None, expert_mask=None,
+              arch=None, env=None, return_trace=False, poison=False, spec: MoESpec | None = None, **options):
     """MoE forward with MXFP4 weights -> [M, H] bf16 on the inputs' device.
 
+    The call's options are a ``moe_ref.MoESpec`` (``spec``) or its fields as keywords (``options``:
+    activation, gate_mode, alpha, limit, scale_mode, doweight_stage1; the oracle's conventions
+    intermediate_dtype, routing_weight_dtype and slot_dtype must keep their contract values).
     The activation path is the one ``moe_ref.select_activation_dtype`` chooses (see :func:`plan_moe`).
     ``return_trace=True`` returns ``(out, MoERun)`` with the quantized intermediates; ``poison=True``
     fills every buffer the kernels write with NaN / 0xFF first (a testing aid).
     """
-    plan, ids_deferred = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, activation, gate_mode, alpha,
-                               limit, doweight_stage1, bias1, bias2, expert_mask, scale_mode, arch, env,
-                               defer_ids=True)
+    spec = MoESpec.from_options(spec, **options)
+    plan, ids_deferred = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1=bias1, bias2=bias2,
+                               expert_mask=expert_mask, arch=arch, env=env, spec=spec, defer_ids=True)
     pending = None  # the deferred range check, queued behind the alignment that counts the bad ids
     origin = hidden.device
     dev = _runtime.launch_device(hidden)
@@ -320,18 +302,17 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
     # None: all live (ids clamped: out-of-range ones are dropped by the alignment and then reported)
     live = None if expert_mask is None else (expert_mask != 0)[topk_ids.to(torch.int64).clamp(0, E - 1)]
 
-    path = plan.activation_path
+    path = plan.path
     if not path.is_mx:
         a_q, a_scale = hidden.contiguous(), None
     elif path.packed:
-        a_q, a_scale = quantize_mxfp4(hidden, scale_mode=plan.scale_mode)
+        a_q, a_scale = quantize_mxfp4(hidden, scale_mode=spec.scale_mode)
     else:
-        a_q, a_scale = quantize_mxfp8(hidden, fmt=path.element_format, scale_mode=plan.scale_mode)
-    kind = _KIND[plan.act_dtype]
+        a_q, a_scale = quantize_mxfp8(hidden, fmt=path.element_format, scale_mode=spec.scale_mode)
     n_pairs = M * topk
     h_vals = _alloc((n_pairs, I), torch.int16, dev, poison)  # the stage-2 input: bf16 values of the quantized h
-    store_codes = return_trace and kind != KIND_BF16  # the MX codes and scales themselves, for the trace
-    h_q = _alloc((n_pairs, I // 2 if kind == KIND_FP4 else I), torch.uint8, dev, poison) if store_codes else None
+    store_codes = return_trace and path.is_mx  # the MX codes and scales themselves, for the trace
+    h_q = _alloc((n_pairs, I // 2 if path.packed else I), torch.uint8, dev, poison) if store_codes else None
     h_scale = _alloc((n_pairs, I // 32), torch.uint8, dev, poison) if store_codes else None
     y = _alloc((n_pairs, H), torch.float32, dev, poison)
     if n_pairs:
@@ -339,23 +320,22 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         if ids_deferred:
             pending = _PendingIdCheck.queue(ids_in, E, out_of_range)
         tw = topk_weights.contiguous().reshape(-1)
-        kf = KernelFormat.of(_element_format(plan.act_dtype))
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_q_arg, h_scale_arg = (h_q, h_scale) if store_codes else (h_vals, h_vals)  # STORE_CODES=False: never written
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
                       num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT, W_PTX=_ptx_decode(dev))
         if n_blocks:
-            a_in = a_q if kind == KIND_BF16 else _dequantize_rows(a_q, a_scale, kind, H, kf)
+            a_in = _dequantize_rows(a_q, a_scale, path, H) if path.is_mx else a_q
             grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.program_block)
             _moe_stage1_kernel[grid1](
                 a_in, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
                 expert_ids, h_vals, h_q_arg, h_scale_arg, n_pairs, topk, H, I,
                 a_in.stride(0), w1.stride(0), w1.stride(1), w1_scale.stride(0),
                 w1_scale.stride(1), h_vals.stride(0), h_q_arg.stride(0), h_scale_arg.stride(0),
-                OUT_KIND=kind, STORE_CODES=store_codes, INTERLEAVED=gate_mode == "interleave",
-                ACT=GatedActivation(_ACT_IDS[activation], plan.alpha, plan.limit), HAS_BIAS=bias1 is not None,
-                DOWEIGHT=plan.doweight_stage1, MODE=SCALE_MODE_IDS[plan.scale_mode], BLOCK_N=plan.block_n1, F=kf,
-                **common)
+                OUT_KIND=path.kind, STORE_CODES=store_codes, INTERLEAVED=spec.gate_mode == "interleave",
+                ACT=GatedActivation(_ACT_IDS[spec.activation], spec.alpha, spec.limit), HAS_BIAS=bias1 is not None,
+                DOWEIGHT=spec.doweight_stage1, MODE=SCALE_MODE_IDS[spec.scale_mode], BLOCK_N=plan.block_n1,
+                F=kernel_format(path), **common)
             grid2 = (n_blocks * triton.cdiv(H, plan.block_n2),)
             h_in = h_vals.view(torch.bfloat16)
             _moe_stage2_kernel[grid2](
@@ -363,7 +343,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
                 expert_ids, y, n_pairs, H, I,
                 h_in.stride(0), w2.stride(0), w2.stride(1), w2_scale.stride(0),
                 w2_scale.stride(1), y.stride(0),
-                HAS_BIAS=bias2 is not None, WEIGHT_HERE=not plan.doweight_stage1, BLOCK_N=plan.block_n2, **common)
+                HAS_BIAS=bias2 is not None, WEIGHT_HERE=not spec.doweight_stage1, BLOCK_N=plan.block_n2, **common)
     out = torch.empty((M, H), dtype=torch.bfloat16, device=dev)
     if M:
         block_t, block_h = (64, 512) if _runtime.INTERPRET else (4, 256)
@@ -374,7 +354,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act
         pending.finish()
     out = out.to(origin)
     if return_trace:
-        h_view = h_vals.view(torch.bfloat16) if kind == KIND_BF16 else h_q
+        h_view = h_q if path.is_mx else h_vals.view(torch.bfloat16)
         live = torch.ones((M, topk), dtype=torch.bool, device=dev) if live is None else live
         return out, MoERun(plan, a_q, a_scale, h_view, h_scale, h_vals.view(torch.bfloat16), y, live)
     return out

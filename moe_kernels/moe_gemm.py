@@ -22,11 +22,13 @@ from typing import NamedTuple
 import triton
 import triton.language as tl
 
+from moe_ref.paths import ACTIVATION_PATHS
+
 from ._decode import decode_scaled_bits, e2m1x2_to_bf16
 from ._numerics import KernelFormat, f32_to_bf16_bits, mx_quantize_pairs
 
-# activation kinds: 0 bf16, 1 MXFP4 (e2m1, packed), 2 MXFP8 (e4m3fn)
-KIND_BF16, KIND_FP4, KIND_FP8 = 0, 1, 2
+# the activation paths' kinds (moe_ref.paths): the kernels' KIND / OUT_KIND constexpr, named here for the branches
+KIND_BF16, KIND_FP4, KIND_FP8 = (tl.constexpr(ACTIVATION_PATHS[d].kind) for d in ("bf16", "fp4x2", "fp8"))
 WEIGHT_FORMAT = KernelFormat.of("e2m1")  # the GEMMs' W constexpr: MXFP4 weights
 
 
@@ -82,7 +84,7 @@ def load_rows_f32_bits(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_ma
     NB: tl.constexpr = BLOCK_K // 32
     R: tl.constexpr = rows.shape[0]
     byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
-    if KIND == 1:
+    if KIND == KIND_FP4:
         packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K).to(tl.int32)
         lo = decode_scaled_bits(packed & 0xF, byte, F)
         hi = decode_scaled_bits(packed >> 4, byte, F)
@@ -140,7 +142,7 @@ def store_quantized_rows(val_ptr, out_ptr, out_scale_ptr, h, rows, col0, row_mas
     cols = col0 + tl.arange(0, BLOCK_N)
     col_mask = cols < ncols
     mask = row_mask[:, None] & col_mask[None, :]
-    if KIND == 0:
+    if KIND == KIND_BF16:
         tl.store(val_ptr + rows[:, None] * stride_v + cols[None, :], f32_to_bf16_bits(h).to(tl.int16), mask=mask)
     else:
         NB: tl.constexpr = BLOCK_N // 32
@@ -153,7 +155,7 @@ def store_quantized_rows(val_ptr, out_ptr, out_scale_ptr, h, rows, col0, row_mas
         vals = tl.reshape(decode_scaled_bits(codes, byte[:, :, None], F), (BLOCK_M, BLOCK_N))
         tl.store(val_ptr + rows[:, None] * stride_v + cols[None, :], (vals >> 16).to(tl.int16), mask=mask)
         if STORE_CODES:
-            if KIND == 1:
+            if KIND == KIND_FP4:
                 pcols = col0 // 2 + tl.arange(0, HALF)
                 tl.store(out_ptr + rows[:, None] * stride + pcols[None, :],
                          tl.reshape(codes_lo | (codes_hi << 4), (BLOCK_M, HALF)).to(tl.uint8),

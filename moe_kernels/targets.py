@@ -30,6 +30,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
 
+from moe_ref import ACTIVATION_PATHS, MoESpec
+
 from . import _per_token, _rows, _runtime, dispatch, moe_gemm, quant, routing
 from ._numerics import SCALE_MODE_IDS, KernelFormat
 from ._tuning import CONFIGS
@@ -141,25 +143,24 @@ def _moe_variants():
         name = dispatch.config_name(cfg)
         ptx = all(TARGETS[t].backend == "cuda" for t in targets)  # as fused_moe picks the decode
         common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, W=moe_gemm.WEIGHT_FORMAT, W_PTX=ptx)
-        for act_dtype, kind in dispatch._KIND.items():
-            fmt = KernelFormat.of(dispatch._element_format(act_dtype))
-            path = dispatch.PATHS[act_dtype]
+        spec = MoESpec()  # fused_moe's defaults
+        for path in ACTIVATION_PATHS.values():
             sig1 = _MOE_SIG1
             for gate_mode in ("separated", "interleave"):  # fused_moe's own launch: no codes for a trace
-                ce = dict(OUT_KIND=kind, STORE_CODES=False, INTERLEAVED=gate_mode == "interleave",
-                          ACT=moe_gemm.GatedActivation(0, 1.702, 7.0), HAS_BIAS=True, DOWEIGHT=False, MODE=0,
-                          BLOCK_N=block_n1, **common, F=fmt)
-                out.append(Variant(f"moe_stage1/{path}/{gate_mode}/{name}", f"mma_bm{block_m}",
+                ce = dict(OUT_KIND=path.kind, STORE_CODES=False, INTERLEAVED=gate_mode == "interleave",
+                          ACT=moe_gemm.GatedActivation(dispatch._ACT_IDS[spec.activation], spec.alpha, spec.limit),
+                          HAS_BIAS=True, DOWEIGHT=False, MODE=SCALE_MODE_IDS[spec.scale_mode],
+                          BLOCK_N=block_n1, **common, F=dispatch.kernel_format(path))
+                out.append(Variant(f"moe_stage1/{path.name}/{gate_mode}/{name}", f"mma_bm{block_m}",
                                    moe_gemm._moe_stage1_kernel, tuple(sig1.items()), tuple(ce.items()), warps, stages,
                                    targets=tuple(targets), divisible16=_MOE_DIV16_1))
         ce = dict(HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
         out.append(Variant(f"moe_stage2/{name}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
                            tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages, targets=tuple(targets),
                            divisible16=_MOE_DIV16_2))
-    for act_dtype in ("fp4x2", "fp8"):
-        kf = KernelFormat.of(dispatch._element_format(act_dtype))
-        ce = dict(KIND=dispatch._KIND[act_dtype], BLOCK_R=16, BLOCK_K=128, F=kf)
-        out.append(Variant(f"dequant_rows/{act_dtype}", "dequant", moe_gemm._dequant_rows_kernel,
+    for path in (p for p in ACTIVATION_PATHS.values() if p.is_mx):
+        ce = dict(KIND=path.kind, BLOCK_R=16, BLOCK_K=128, F=dispatch.kernel_format(path))
+        out.append(Variant(f"dequant_rows/{path.act_dtype}", "dequant", moe_gemm._dequant_rows_kernel,
                            tuple(_DEQ_SIG.items()), tuple(ce.items()), 4))
     # decode alignment (M=64, top-4, E=128, BLOCK_M 16) and the slot sum, as fused_moe launches them
     ce = dict(BLOCK_M=16, HAS_LIVE=False, PAIRS=256, EXPERTS=256, BLOCKS=256, MAX_RUN=16, CHUNK=32)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from moe_ref import random_moe_problem, select_activation_dtype
+from moe_ref import MoESpec, random_moe_problem, select_activation_dtype
 from moe_ref.bounded import moe_reference_bounded, reference_bytes
 from moe_ref.problems import random_routed_tokens
 
@@ -110,14 +110,17 @@ def release(cache: dict, case: dict, keep_layer: bool) -> None:
         del cache[key]
 
 
+def case_spec(case: dict) -> MoESpec:
+    """The call a case makes: its gate layout and scale mode, the rest fused_moe's defaults."""
+    return MoESpec(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"])
+
+
 def _compute(p, case: dict, act_dtype: str, mma_k, variant: tuple = (), device=None):
     """(emulated reference, float64 ideal, elementwise bound) of a case's problem on one path;
     ``variant``: (name, value) pairs of the reference's convention options (intermediate_dtype,
     routing_weight_dtype, slot_dtype, or another scale_mode than the case's), the contract where absent."""
-    opts = dict(variant)
-    mode = opts.pop("scale_mode", case["scale_mode"])
-    r = moe_reference_bounded(*p.args(), act_dtype=act_dtype, mma_k=mma_k, device=device, gate_mode=case["gate_mode"],
-                              scale_mode=mode, **p.biases(), **opts)
+    spec = case_spec(case).replace(**dict(variant))
+    r = moe_reference_bounded(*p.args(), act_dtype=act_dtype, mma_k=mma_k, device=device, spec=spec, **p.biases())
     return r.out, r.ideal, r.bound
 
 

@@ -24,10 +24,11 @@ from .selector import (
     format_decision_table,
     select_activation_dtype,
 )
+from .spec import MoESpec
 from .tolerance import kernel_tolerance
 
 __all__ = [
-    "ACTIVATION_PATHS", "ActivationPath", "activation_path", "ACT_DTYPES", "ACTIVATIONS", "DECISION_TABLE", "Decision", "GATE_MODES", "MoEProblem", "MoETrace",
+    "ACTIVATION_PATHS", "ActivationPath", "activation_path", "ACT_DTYPES", "ACTIVATIONS", "DECISION_TABLE", "Decision", "GATE_MODES", "MoEProblem", "MoESpec", "MoETrace",
     "MoEWeights", "QUANT_TYPES", "GATED_ACTIVATIONS", "check_swiglu_params", "SWIGLU_ALPHA", "SWIGLU_LIMIT", "WEIGHT_DTYPES", "detect_arch",
     "format_decision_table", "gated_activation", "kernel_tolerance", "moe_align_block_size", "moe_reference",
     "quantize_activation", "random_moe_problem", "select_activation_dtype", "softmax_topk", "split_gate_up",

@@ -37,8 +37,8 @@ def moe_reference_bounded(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk
     """``moe_reference(..., act_dtype)``, the ideal ``moe_reference(..., act_dtype=None)`` and
     ``kernel_tolerance`` of the emulated run (``mma_k`` its accumulation model), without a trace.
 
-    ``options``: ``moe_reference``'s keywords (gate_mode, scale_mode, bias1, bias2, intermediate_dtype,
-    routing_weight_dtype, slot_dtype, ...). ``device``: None or "cpu" for NumPy, else a torch device
+    ``options``: ``moe_reference``'s keywords (bias1, bias2, expert_mask, ``spec`` or the fields of
+    :class:`moe_ref.MoESpec`). ``device``: None or "cpu" for NumPy, else a torch device
     for the products (the elementwise steps stay NumPy's: the emulation is the contract)."""
     if act_dtype is None:
         raise ValueError("act_dtype: expected an emulated path ('bf16', 'fp4x2', 'fp8'); the ideal comes with it")
@@ -46,14 +46,11 @@ def moe_reference_bounded(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk
     products = products_for(call.weights, device)
     tw = call.topk_weights.astype(np.float64)
     bound = np.zeros((call.x.shape[0], call.weights.H))
-    opts = dict(act_dtype=call.intermediate_dtype or act_dtype, activation=call.activation, gate_mode=call.gate_mode,
-                doweight_stage1=call.doweight_stage1, scale_mode=call.scale_mode, limit=call.limit, alpha=call.alpha,
-                mma_k=mma_k,
-                slot_dtype=call.slot_dtype)
 
     def add_bound(e, rows, a_rows, g, h, hq, y):
         tokens = call.tokens[rows]
-        add_rows(bound, tokens, expert_bound(products, e, a_rows, g, h, hq, y, tw[tokens, call.slots[rows]], **opts))
+        add_rows(bound, tokens, expert_bound(products, e, a_rows, g, h, hq, y, tw[tokens, call.slots[rows]],
+                                                 act_dtype=act_dtype, spec=call.spec, mma_k=mma_k))
 
     _, out_f32, _ = forward(call, act_dtype, products, add_bound)
     bound = finish_bound(bound, out_f32, call.topk_ids.shape[1])

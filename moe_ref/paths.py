@@ -15,12 +15,14 @@ __all__ = ["ActivationPath", "ACTIVATION_PATHS", "activation_path"]
 @dataclass(frozen=True)
 class ActivationPath:
     """``act_dtype`` (the selector's answer), ``name`` (a16w4 / a4w4 / a8w4), ``element_format`` of its
-    MX activations (None: bf16, not MX-quantized), ``packed`` (two elements a byte: fp4x2)."""
+    MX activations (None: bf16, not MX-quantized), ``packed`` (two elements a byte: fp4x2), ``kind``
+    (its number: the GEMM kernels' KIND constexpr, ``moe_kernels.moe_gemm``)."""
 
     act_dtype: str
     name: str
     element_format: str | None
-    packed: bool = False
+    packed: bool
+    kind: int
 
     @property
     def is_mx(self) -> bool:
@@ -44,9 +46,9 @@ class ActivationPath:
 
 ACTIVATION_PATHS: dict[str, ActivationPath] = {
     p.act_dtype: p for p in (
-        ActivationPath("bf16", "a16w4", None),
-        ActivationPath("fp4x2", "a4w4", "e2m1", packed=True),
-        ActivationPath("fp8", "a8w4", "e4m3fn"),
+        ActivationPath("bf16", "a16w4", None, packed=False, kind=0),
+        ActivationPath("fp4x2", "a4w4", "e2m1", packed=True, kind=1),
+        ActivationPath("fp8", "a8w4", "e4m3fn", packed=False, kind=2),
     )
 }
 

@@ -35,14 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 
 import emulation as em
-from emulation.validate import check_bool, check_mask_values
+from emulation.validate import check_mask_values
 
 from ._arrays import is_torch, like, to_numpy
-from .activation import GATED_ACTIVATIONS, SWIGLU_ALPHA, SWIGLU_LIMIT, check_swiglu_params, gated_activation
+from .activation import gated_activation
 from .exact import row_bits
-from .paths import activation_path
+from .paths import ACTIVATION_PATHS, activation_path
 from .products import HostProducts
-from .selector import ACT_DTYPES, ACTIVATIONS, GATE_MODES
+from .spec import MoESpec
 from .weights import MoEWeights, _mxfp4_bit_range  # noqa: F401 - re-exported (the layer's weights live there)
 
 __all__ = ["MoEWeights", "quantize_activation", "moe_reference", "MoETrace", "MoECall", "prepare_call", "forward",
@@ -82,15 +82,7 @@ class MoECall:
     tokens: np.ndarray
     slots: np.ndarray
     experts: np.ndarray
-    activation: str
-    gate_mode: str
-    alpha: float
-    limit: float
-    doweight_stage1: bool
-    scale_mode: object
-    intermediate_dtype: str | None
-    routing_weight_dtype: str
-    slot_dtype: str
+    spec: MoESpec
 
 
 def _validate_routing(topk_weights, topk_ids, M, E):
@@ -116,42 +108,26 @@ def _bias(b, shape, name):
     return b
 
 
-def prepare_call(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act_dtype,
-                 activation="swiglu", gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT,
-                 bias1=None, bias2=None, doweight_stage1=False, expert_mask=None, scale_mode="round_up",
-                 intermediate_dtype=None, routing_weight_dtype="fp32", slot_dtype="fp32") -> MoECall:
-    """Every argument of :func:`moe_reference` checked (ValueError/TypeError naming it)."""
+def prepare_call(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act_dtype, bias1=None, bias2=None,
+                 expert_mask=None, spec: MoESpec | None = None, **options) -> MoECall:
+    """Every argument of :func:`moe_reference` checked (ValueError/TypeError naming it); ``options``
+    (or ``spec``) are the call's :class:`MoESpec`."""
+    spec = MoESpec.from_options(spec, **options)
     weights = MoEWeights.from_arrays(w1, w1_scale, w2, w2_scale)
     x = to_numpy(hidden, arg="hidden")
     if x.ndim != 2 or x.shape[1] != weights.H:
         raise ValueError(f"hidden: expected shape [M, H={weights.H}], got {list(x.shape)}")
-    if act_dtype is not None and act_dtype not in ACT_DTYPES:
-        raise ValueError(f"act_dtype={act_dtype!r} is not valid; expected None or one of {list(ACT_DTYPES)}")
-    if activation not in GATED_ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not computed by the reference; expected one of "
-                         f"{list(GATED_ACTIVATIONS)} (the selector's rule also knows {sorted(set(ACTIVATIONS) - set(GATED_ACTIVATIONS))})")
-    if gate_mode not in GATE_MODES:
-        raise ValueError(f"gate_mode={gate_mode!r} is not valid; expected one of {list(GATE_MODES)}")
+    if act_dtype is not None and act_dtype not in ACTIVATION_PATHS:
+        raise ValueError(f"act_dtype={act_dtype!r} is not valid; expected None or one of {list(ACTIVATION_PATHS)}")
     M, E, H, I = x.shape[0], weights.E, weights.H, weights.I  # noqa: E741
     tw, ids = _validate_routing(topk_weights, topk_ids, M, E)
     b1 = _bias(bias1, (E, 2 * I), "bias1")
     b2 = _bias(bias2, (E, H), "bias2")
     mask = np.ones(E, bool) if expert_mask is None else check_mask_values(to_numpy(expert_mask, arg="expert_mask"))
-    check_bool(doweight_stage1, "doweight_stage1")
-    alpha, limit = check_swiglu_params(alpha, limit)
     if mask.shape != (E,):
         raise ValueError(f"expert_mask: expected shape [{E}], got {list(mask.shape)}")
-    em.ScaleMode.parse(scale_mode)
-    h_dtype = act_dtype if intermediate_dtype is None else intermediate_dtype
-    if h_dtype is not None and h_dtype not in (*ACT_DTYPES, "fp32"):
-        raise ValueError(f"intermediate_dtype={intermediate_dtype!r} is not valid; expected None, 'fp32' or one of "
-                         f"{list(ACT_DTYPES)}")
-    for name, value in (("routing_weight_dtype", routing_weight_dtype), ("slot_dtype", slot_dtype)):
-        if value not in ("fp32", "bf16"):
-            raise ValueError(f"{name}={value!r} is not valid; expected 'fp32' or 'bf16'")
     tokens, slots = np.nonzero(mask[ids])  # live pairs, token-major
-    return MoECall(x, weights, tw, ids, b1, b2, tokens, slots, ids[tokens, slots], activation, gate_mode, alpha, limit,
-                   doweight_stage1, scale_mode, intermediate_dtype, routing_weight_dtype, slot_dtype)
+    return MoECall(x, weights, tw, ids, b1, b2, tokens, slots, ids[tokens, slots], spec)
 
 
 def add_rows(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
@@ -172,8 +148,9 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
     products = products or HostProducts(call.weights)
     x, tokens, slots, experts = call.x, call.tokens, call.slots, call.experts
     M, H, I = x.shape[0], call.weights.H, call.weights.I  # noqa: E741
-    b1, b2, scale_mode, doweight_stage1 = call.bias1, call.bias2, call.scale_mode, call.doweight_stage1
-    h_dtype = act_dtype if call.intermediate_dtype is None else call.intermediate_dtype
+    spec = call.spec
+    b1, b2, scale_mode, doweight_stage1 = call.bias1, call.bias2, spec.scale_mode, spec.doweight_stage1
+    h_dtype = spec.intermediate(act_dtype)
     ideal = act_dtype is None
     ft = np.float64 if ideal else np.float32
     a = x.astype(np.float64) if ideal else em.round_to_bf16(x.astype(np.float32))
@@ -184,7 +161,7 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
     stage2 = None if ideal and not keep_stages else np.zeros((P, H), ft)  # the ideal sums as it goes
     if keep_stages:
         stage1, act, act_q = np.zeros((P, 2 * I), ft), np.zeros((P, I), ft), np.zeros((P, I), ft)
-    tw = em.round_to_bf16(call.topk_weights) if call.routing_weight_dtype == "bf16" and not ideal else call.topk_weights
+    tw = em.round_to_bf16(call.topk_weights) if spec.routing_weight_dtype == "bf16" and not ideal else call.topk_weights
     wts = tw[tokens, slots].astype(ft)
     for e in np.unique(experts):
         rows = np.flatnonzero(experts == e)
@@ -193,8 +170,8 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
             a_rows, e, "w1", (a_bits[0][tokens[rows]], a_bits[1][tokens[rows]]))
         if b1 is not None:
             g = (g + b1[e].astype(ft)).astype(ft)
-        h = gated_activation(g.astype(ft), activation=call.activation, gate_mode=call.gate_mode, alpha=call.alpha,
-                             limit=call.limit)
+        h = gated_activation(g.astype(ft), activation=spec.activation, gate_mode=spec.gate_mode, alpha=spec.alpha,
+                             limit=spec.limit)
         if doweight_stage1:
             h = (h * wts[rows, None]).astype(ft)
         hq = h if ideal or h_dtype == "fp32" else quantize_activation(h, h_dtype, scale_mode)
@@ -214,7 +191,7 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
 
     if ideal:
         return a_q, out, ((stage1, act, act_q, stage2) if keep_stages else ())
-    summed = em.round_to_bf16(stage2) if call.slot_dtype == "bf16" else stage2  # the trace keeps fp32
+    summed = em.round_to_bf16(stage2) if spec.slot_dtype == "bf16" else stage2  # the trace keeps fp32
     for k in range(call.topk_ids.shape[1]):  # slot order: ((y_0 + y_1) + y_2) ...
         sel = slots == k
         with np.errstate(over="ignore"):
@@ -222,15 +199,15 @@ def forward(call: MoECall, act_dtype, products=None, on_expert=None, keep_stages
     return a_q, out, ((stage1, act, act_q, stage2) if keep_stages else (stage2,))
 
 
-def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act_dtype,
-                  activation="swiglu", gate_mode="separated", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT,
-                  bias1=None, bias2=None, doweight_stage1=False, expert_mask=None, scale_mode="round_up",
-                  intermediate_dtype=None, routing_weight_dtype="fp32", slot_dtype="fp32", return_trace=False):
+def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, act_dtype, bias1=None, bias2=None,
+                  expert_mask=None, return_trace=False, spec: MoESpec | None = None, **options):
     """Reference MoE (see the module docstring for the exact definition).
 
-    ``intermediate_dtype`` (emulated paths only): the quantization of step 4, by default the path's
-    own (``act_dtype``); "bf16", "fp4x2", "fp8", or "fp32" (not quantized) model an implementation
-    that quantizes its intermediate differently from its input (a diagnosis, not a path).
+    The call's options are a :class:`moe_ref.MoESpec` (``spec``) or its fields as keywords (``options``):
+    activation ("swiglu", "silu"), gate_mode, alpha, limit, scale_mode, doweight_stage1, and the
+    conventions below. ``intermediate_dtype`` (emulated paths only): the quantization of step 4, by
+    default the path's own (``act_dtype``); "bf16", "fp4x2", "fp8", or "fp32" (not quantized) model an
+    implementation that quantizes its intermediate differently from its input (a diagnosis, not a path).
     ``routing_weight_dtype="bf16"`` rounds the routing weights to bf16 first (as vLLM's triton_kernels
     path does); ``slot_dtype="bf16"`` rounds each slot's stage-2 result to bf16 before the slot sum
     (kernels that write per-pair bf16 rows and reduce them after). Both default to the contract, fp32.
@@ -241,11 +218,8 @@ def moe_reference(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *,
     bounded memory, on a GPU where there is one: ``moe_ref.bounded``.)
     """
     torch_out = is_torch(hidden)
-    call = prepare_call(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, act_dtype=act_dtype,
-                        activation=activation, gate_mode=gate_mode, alpha=alpha, limit=limit, bias1=bias1, bias2=bias2,
-                        doweight_stage1=doweight_stage1, expert_mask=expert_mask, scale_mode=scale_mode,
-                        intermediate_dtype=intermediate_dtype, routing_weight_dtype=routing_weight_dtype,
-                        slot_dtype=slot_dtype)
+    call = prepare_call(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, act_dtype=act_dtype, bias1=bias1,
+                        bias2=bias2, expert_mask=expert_mask, spec=spec, **options)
     keep = return_trace and act_dtype is not None
     a_q, out, stages = forward(call, act_dtype, keep_stages=keep)
     if act_dtype is None:

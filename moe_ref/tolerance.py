@@ -43,9 +43,11 @@ import numpy as np
 
 import emulation as em
 
+from .activation import split_gate_up
 from .paths import activation_path
 from .products import HostProducts
 from .reference import MoETrace, MoEWeights, add_rows, quantize_activation
+from .spec import MoESpec
 
 __all__ = ["kernel_tolerance", "expert_bound", "activation_bound", "finish_bound", "bf16_output_bound", "bf16_ulp", "U_ACC"]
 
@@ -114,43 +116,39 @@ def _sup_gate_silu(lo: np.ndarray, hi: np.ndarray, alpha: float) -> np.ndarray:
     return best
 
 
-def activation_bound(gate, up, b_gate, b_up, *, activation: str = "swiglu", limit: float = 7.0,
-                     alpha: float = 1.702) -> np.ndarray:
+def activation_bound(gate, up, b_gate, b_up, spec: MoESpec) -> np.ndarray:
     """Step 2 without its fp32 term: sup |h(gate', up') - h(gate, up)| over |gate' - gate| <= b_gate,
-    |up' - up| <= b_up (elementwise, float64), for every finite alpha and limit the API accepts."""
-    if activation == "swiglu":
+    |up' - up| <= b_up (elementwise, float64), for every alpha and limit a :class:`MoESpec` accepts."""
+    if spec.activation == "swiglu":
+        limit = spec.limit
         up_c = np.clip(up, -limit, limit)
-        s_up = _sup_gate_silu(np.minimum(gate - b_gate, limit), np.minimum(gate + b_gate, limit), alpha)
+        s_up = _sup_gate_silu(np.minimum(gate - b_gate, limit), np.minimum(gate + b_gate, limit), spec.alpha)
         return 1.1 * b_gate * (np.abs(up_c + 1) + b_up) + s_up * b_up
     return 1.1 * b_gate * (np.abs(up) + b_up) + (np.abs(gate) + b_gate) * b_up
 
 
-def expert_bound(products, e: int, a_rows, g, h, hq, y, w_pair, *, act_dtype: str, activation: str = "swiglu",
-                 gate_mode: str = "separated", doweight_stage1: bool = False, scale_mode="round_up", limit: float = 7.0,
-                 alpha: float = 1.702, mma_k: int | None = None, slot_dtype: str = "fp32") -> np.ndarray:
-    """Steps 1-4 for expert e's pairs: the bound [n, H] on each slot's stage-2 result, from the pairs'
-    stage-1 input ``a_rows``, stage-1 result ``g``, activation ``h``, its quantization ``hq``, stage-2
-    result ``y`` and routing weight ``w_pair`` (``products``: ``moe_ref.products``)."""
+def expert_bound(products, e: int, a_rows, g, h, hq, y, w_pair, *, act_dtype: str, spec: MoESpec,
+                 mma_k: int | None = None) -> np.ndarray:
+    """Steps 1-4 for expert e's pairs on the path ``act_dtype``: the bound [n, H] on each slot's stage-2
+    result, from the pairs' stage-1 input ``a_rows``, stage-1 result ``g``, activation ``h``, its
+    quantization ``hq``, stage-2 result ``y`` and routing weight ``w_pair`` (``products``: ``moe_ref.products``)."""
     H, I = products.weights.H, products.weights.I  # noqa: E741
     a = np.abs(a_rows.astype(np.float64))
     g = g.astype(np.float64)
     b_g = _accumulation_bound(products, a, e, "w1", H, mma_k) + 2.0**-24 * np.abs(g)
-    if gate_mode == "separated":
-        gate, up, b_gate, b_up = g[:, :I], g[:, I:], b_g[:, :I], b_g[:, I:]
-    else:
-        gate, up, b_gate, b_up = g[:, 0::2], g[:, 1::2], b_g[:, 0::2], b_g[:, 1::2]
+    (gate, up), (b_gate, b_up) = split_gate_up(g, spec.gate_mode), split_gate_up(b_g, spec.gate_mode)
     h64 = h.astype(np.float64)
-    b_h = activation_bound(gate, up, b_gate, b_up, activation=activation, limit=limit, alpha=alpha)
+    b_h = activation_bound(gate, up, b_gate, b_up, spec)
     b_h = b_h + 2.0**-20 * np.abs(h64)
-    if doweight_stage1:
+    if spec.doweight_stage1:
         b_h = b_h * w_pair[:, None] + 2.0**-24 * np.abs(h64)
-    d = _flip_step(h, b_h, act_dtype, scale_mode)
+    d = _flip_step(h, b_h, spec.intermediate(act_dtype), spec.scale_mode)
     hq = np.abs(hq.astype(np.float64))
     y_abs = np.abs(y.astype(np.float64))
     b_y = products.matmul(d, e, "w2", "abs") + _accumulation_bound(products, hq, e, "w2", I, mma_k) + 2.0**-24 * y_abs
-    if not doweight_stage1:
+    if not spec.doweight_stage1:
         b_y = b_y * w_pair[:, None] + 2.0**-24 * y_abs
-    if slot_dtype == "bf16":  # each slot rounded to bf16 before the sum: its own interval rule
+    if spec.slot_dtype == "bf16":  # each slot rounded to bf16 before the sum: its own interval rule
         b_y = bf16_output_bound(y, b_y)
     return b_y
 
@@ -163,12 +161,13 @@ def finish_bound(bound: np.ndarray, out_f32: np.ndarray, topk: int, bf16_output:
 
 
 def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_ids, *, act_dtype: str,
-                     activation: str = "swiglu", gate_mode: str = "separated", doweight_stage1: bool = False,
-                     scale_mode="round_up", limit: float = 7.0, alpha: float = 1.702, mma_k: int | None = None,
-                     slot_dtype: str = "fp32", bf16_output: bool = True) -> np.ndarray:
-    """Elementwise bound [M, H] on |kernel - reference| for one emulated run (see the module docstring).
+                     mma_k: int | None = None, bf16_output: bool = True, spec: MoESpec | None = None,
+                     **options) -> np.ndarray:
+    """Elementwise bound [M, H] on |kernel - reference| for one emulated run on the path ``act_dtype``
+    (see the module docstring); ``spec`` or its fields as keywords (``options``): the run's :class:`MoESpec`.
 
     ``bf16_output=False``: the bound on the fp32 slot sums instead (step 5 before the bf16 rounding)."""
+    spec = MoESpec.from_options(spec, **options)
     tw = np.asarray(topk_weights, np.float64)
     ids = np.asarray(topk_ids)
     products = HostProducts(weights)
@@ -178,10 +177,8 @@ def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_id
     for e in np.unique(experts):
         rows = np.flatnonzero(experts == e)
         b_y = expert_bound(products, e, trace.a_q[tokens[rows]], trace.stage1[rows], trace.act[rows], trace.act_q[rows],
-                           trace.stage2[rows], tw[tokens[rows], slots[rows]], act_dtype=act_dtype, activation=activation,
-                           gate_mode=gate_mode, doweight_stage1=doweight_stage1, scale_mode=scale_mode, limit=limit,
-                           alpha=alpha,
-                           mma_k=mma_k, slot_dtype=slot_dtype)
+                           trace.stage2[rows], tw[tokens[rows], slots[rows]], act_dtype=act_dtype, spec=spec,
+                           mma_k=mma_k)
         add_rows(bound, tokens[rows], b_y)
     return finish_bound(bound, trace.out_f32, ids.shape[1] if ids.ndim == 2 else 1, bf16_output)
 

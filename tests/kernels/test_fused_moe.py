@@ -13,6 +13,7 @@ import torch
 import emulation as em
 import moe_kernels as mk
 from moe_ref import (
+    ACTIVATION_PATHS,
     DECISION_TABLE,
     MoEProblem,
     MoEWeights,
@@ -114,7 +115,7 @@ def _run_bit_exact(path, gate_mode, doweight, bias, mask, mode, rng, device, sha
     out, run = mk.fused_moe(*pt.args(), **pt.biases(), doweight_stage1=doweight, scale_mode=mode,
                             expert_mask=None if expert_mask is None else torch.from_numpy(expert_mask).to(device),
                             return_trace=True, poison=True, **route)
-    assert run.plan.path == path
+    assert run.plan.path.name == path
     decision = select_activation_dtype(shape["M"], arch=route["arch"], gate_mode=gate_mode, env=route["env"])
     assert run.plan.decision == decision
     ref, trace = moe_reference(*p.args(), **p.biases(), act_dtype=decision.dtype, gate_mode=gate_mode,
@@ -223,7 +224,7 @@ def test_alpha_limit_and_multi_tile_k_within_the_bound(path, alpha, limit, rng, 
     out, run = mk.fused_moe(*p.to_torch(device).args(), **p.to_torch(device).biases(), alpha=alpha, limit=limit,
                             return_trace=True, poison=True, **route)
     act = run.plan.act_dtype
-    assert run.plan.path == path
+    assert run.plan.path.name == path
     ref, trace = moe_reference(*p.args(), **p.biases(), act_dtype=act, alpha=alpha, limit=limit, return_trace=True)
     assert (np.abs(trace.stage1) > limit).mean() > 0.02, "the draw never reaches the limit"
     w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
@@ -279,7 +280,7 @@ def test_the_path_that_ran_is_the_selector_decision(M, arch, gate_mode, activati
     out, run = mk.fused_moe(*pt.args(), gate_mode=gate_mode, activation=activation, arch=arch, env=env,
                             return_trace=True)
     decision = select_activation_dtype(M, arch=arch, gate_mode=gate_mode, activation=activation, env=env)
-    assert run.plan.decision == decision and run.plan.path == mk.PATHS[decision.dtype]
+    assert run.plan.decision == decision and run.plan.path is ACTIVATION_PATHS[decision.dtype]
     expected_a_dtype = {"bf16": torch.bfloat16, "fp4x2": torch.uint8, "fp8": torch.uint8}[decision.dtype]
     assert run.a_q.dtype == expected_a_dtype
     assert run.a_q.shape[1] == (p.hidden.shape[1] // 2 if decision.dtype == "fp4x2" else p.hidden.shape[1])
@@ -356,7 +357,7 @@ def _check_stage2_input(path, rng, device, shape):
     pt = random_moe_problem(rng, **shape).to_torch(device)
     traced, run = mk.fused_moe(*pt.args(), return_trace=True, poison=True, **route)
     fast = mk.fused_moe(*pt.args(), poison=True, **route)
-    assert run.plan.path == path
+    assert run.plan.path.name == path
     assert torch.equal(fast.view(torch.int16), traced.view(torch.int16)), "storing the codes changed the result"
     got = run.h_values.float().cpu().numpy()
     if path == "a16w4":

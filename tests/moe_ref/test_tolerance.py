@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import emulation as em
-from moe_ref import MoEWeights, kernel_tolerance, moe_reference, random_moe_problem
+from moe_ref import MoESpec, MoEWeights, kernel_tolerance, moe_reference, random_moe_problem
 from moe_ref.activation import gated_activation
 from moe_ref.tolerance import U_ACC, _accumulation_bound, _flip_step, activation_bound, bf16_output_bound, bf16_ulp
 
@@ -134,7 +134,7 @@ def test_activation_bound_holds_for_every_alpha(alpha, rng):
             x[:, 0], x[:, 1] = gate + dg * b_gate, up + du * b_up
             h = gated_activation(x, activation="swiglu", gate_mode="separated", alpha=alpha)[:, 0]
             worst = np.maximum(worst, np.abs(h - h0))
-    bound = activation_bound(gate, up, b_gate, b_up, alpha=alpha)
+    bound = activation_bound(gate, up, b_gate, b_up, MoESpec(alpha=alpha))
     assert np.all(worst <= bound * (1 + 1e-12)), np.max(worst / bound)
     if alpha < 0.2785 / 7:  # below it the old d/dup <= limit is no bound (sup |g s(alpha g)| = 0.2785 / alpha)
         old = 1.1 * b_gate * (np.abs(np.clip(up, -7, 7) + 1) + b_up) + 7.0 * b_up
