@@ -180,22 +180,47 @@ def main(argv=None) -> int:
     return _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus, shard)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    """What one run checked: quantizer rows, stage rows, MoE case rows, selector agreements."""
+
+    quant: list
+    stages: list
+    rows: list
+    selector: list
+
+    @property
+    def verdicts(self) -> list[str]:
+        return ([r["verdict"] for r in self.rows] + [c["verdict"] for c in self.quant]
+                + [s["verdict"] for s in self.stages] + ["PASS" if s["agree"] else "FAIL" for s in self.selector])
+
+
 def _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus, shard) -> int:
-    import torch
-
-    from . import engine
-    from .references import peak_memory
-    from .report import LEGEND, format_quantizers, format_stages, format_table, quant_cost_by_path, write
-
     stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
 
     def say(text: str = "", detail: bool = True) -> None:
         if not (args.quiet and detail):
             print(text, file=stream)
 
-    progress = not args.quiet
     say(f"implementation: {impl.name} ({', '.join(impl.provides())})" + (f"; {impl.note}" if impl.note else ""))
     say(f"seed: {cfg.seed} (rerun with --seed {cfg.seed}); archs: {archs_why}; device: {device}")
+    checked = _check(args, argv, impl, cfg, parts, device, archs, n_devices, gpus, shard, say)
+    _print_results(checked, args.quiet, say)
+    verdicts = checked.verdicts
+    if not verdicts:
+        return _usage(f"nothing was checked: the matrix gave {impl.name} no case for {', '.join(parts)}")
+    _write_outputs(args, checked, impl, cfg, device, archs, archs_why, say)
+    n_fail, n_interp = verdicts.count("FAIL"), verdicts.count("INTERP")
+    say(f"\n{len(verdicts) - n_fail - n_interp} passed, {n_fail} failed"
+        + (f" ({n_interp} more differ only by the Triton interpreter's own casts: INTERP)" if n_interp else ""),
+        detail=False)
+    return 1 if n_fail else 0
+
+
+def _check(args, argv, impl, cfg, parts, device, archs, n_devices, gpus, shard, say) -> _Checked:
+    """Run the planned parts: the quantizers, the stages, the MoE cases (here, or sharded over devices), the selector."""
+    from . import engine
+
     quant = engine.run_quantizers(impl, cfg, device=device) if "quantizers" in parts else []
     stages = engine.run_stages(impl, cfg, device=device) if "stages" in parts else []
     rows, selector = [], []
@@ -206,7 +231,6 @@ def _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus
 
             layer_archs = [detect_arch()]
             say(f"note: {impl.name}'s fused_moe takes no arch: run at the device's arch ({layer_archs[0]}) only")
-        workers = args.workers if args.workers is not None else 1
         if n_devices > 1 and shard is None:
             from .sharded import run_on_devices
 
@@ -216,10 +240,19 @@ def _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus
         else:
             keep = _PartialRows(Path(args.rows_file) if args.rows_file else Path(args.out) / _PartialRows.NAME
                                 if args.out else None)
-            rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep,
-                                     max_memory_gib=args.max_memory_gb, shard=shard, progress=progress)
+            rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs,
+                                     workers=args.workers if args.workers is not None else 1, on_row=keep,
+                                     max_memory_gib=args.max_memory_gb, shard=shard, progress=not args.quiet)
     if "dispatch" in parts:
         selector = engine.run_selector(impl, cfg, archs)
+    return _Checked(quant, stages, rows, selector)
+
+
+def _print_results(checked: _Checked, quiet: bool, say) -> None:
+    """The tables (details), the error rows, and with ``quiet`` the failing checks one line each."""
+    from .report import LEGEND, format_quantizers, format_stages, format_table, quant_cost_by_path
+
+    quant, stages, rows, selector = checked.quant, checked.stages, checked.rows, checked.selector
     if quant:
         say("\nQuantizers (bytes against the emulation; the diagnosis names the convention followed):")
         say(format_quantizers(quant))
@@ -236,24 +269,28 @@ def _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus
         say(f"\nits dispatch vs the selector: {len(selector) - len(bad)} of {len(selector)} agree")
         for s in bad[:20]:
             say(f"    M={s['M']} {s['arch']} {s['gate_mode']} env={s['env']}: selector {s['selector']}, it {s['impl']}")
-    verdicts = ([r["verdict"] for r in rows] + [c["verdict"] for c in quant] + [s["verdict"] for s in stages]
-                + ["PASS" if s["agree"] else "FAIL" for s in selector])
-    if not verdicts:
-        return _usage(f"nothing was checked: the matrix gave {impl.name} no case for {', '.join(parts)}")
-    n_fail = sum(v == "FAIL" for v in verdicts)
     errors = [r for r in rows if r.get("error")]
     if errors:
         say(f"\n{len(errors)} case(s) could not be checked (an error row each, a FAIL):", detail=False)
         for r in errors[:10]:
             say(f"    E={r['E']} H={r['H']} I={r['I']} M={r['M']} {r['gate_mode']} env={r['env']}: {r['error']}",
                 detail=False)
-    if args.quiet:  # the failing checks, one line each
+    if quiet:  # the failing checks, one line each
         from .outputs import checks
 
         for part, name, verdict, message in checks(rows, quant, stages, selector):
             if verdict == "FAIL":
                 say(f"FAIL {part}: {name}: {message}", detail=False)
-    n_interp = sum(v == "INTERP" for v in verdicts)
+
+
+def _write_outputs(args, checked: _Checked, impl, cfg, device, archs, archs_why, say) -> None:
+    """The peak memory line, and what was asked for: --out's report, --junit-xml, --json."""
+    import torch
+
+    from .references import peak_memory
+    from .report import write
+
+    quant, stages, rows, selector = checked.quant, checked.stages, checked.rows, checked.selector
     main_gib, worker_gib = peak_memory()
     say(f"peak host memory: {main_gib:.1f} GiB (this process)"
         + (f", {worker_gib:.1f} GiB (the largest reference worker)" if worker_gib else ""))
@@ -275,11 +312,8 @@ def _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus
     if args.json:
         from .outputs import json_report
 
-        print(json_report(meta, rows, quant, stages, selector, len(verdicts) - n_fail, n_fail))
-    say(f"\n{len(verdicts) - n_fail - n_interp} passed, {n_fail} failed"
-        + (f" ({n_interp} more differ only by the Triton interpreter's own casts: INTERP)" if n_interp else ""),
-        detail=False)
-    return 1 if n_fail else 0
+        n_fail = checked.verdicts.count("FAIL")
+        print(json_report(meta, rows, quant, stages, selector, len(checked.verdicts) - n_fail, n_fail))
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:

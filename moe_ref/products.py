@@ -83,21 +83,21 @@ class DeviceProducts(HostProducts):
     def bits(self, which: str, e: int):
         """``MoEWeights.bits`` computed on the device from the same tables (equal: tested), kept in the
         weights' own cache."""
-        key = (which, int(e))
-        if key not in self.weights._bits:
-            torch = self.torch
-            packed, scale, _, _ = self._packed[which]
-            byte_low, byte_high = self._packed["bits"]
-            codes, s = packed[e].long(), scale[e].int() - 127
-            n = codes.shape[0]
-            low = (byte_low[codes].view(n, -1, 16).amin(-1).int() + s).amin(-1)
-            high = (byte_high[codes].view(n, -1, 16).amax(-1).int() + s).amax(-1)
-            nonzero = ((packed[e] & 0x77) != 0).any(-1)
-            low = torch.where(nonzero, low, torch.iinfo(torch.int32).max).cpu().numpy()
-            high = torch.where(nonzero, high, torch.iinfo(torch.int32).min).cpu().numpy()
-            finite = not bool((scale[e] == 255).any()) and int(high.max()) <= 128
-            self.weights._bits[key] = ((low, high), finite)
-        return self.weights._bits[key]
+        return self.weights.bits(which, e, self._device_bits)
+
+    def _device_bits(self, which: str, e: int):
+        torch = self.torch
+        packed, scale, _, _ = self._packed[which]
+        byte_low, byte_high = self._packed["bits"]
+        codes, s = packed[e].long(), scale[e].int() - 127
+        n = codes.shape[0]
+        low = (byte_low[codes].view(n, -1, 16).amin(-1).int() + s).amin(-1)
+        high = (byte_high[codes].view(n, -1, 16).amax(-1).int() + s).amax(-1)
+        nonzero = ((packed[e] & 0x77) != 0).any(-1)
+        low = torch.where(nonzero, low, torch.iinfo(torch.int32).max).cpu().numpy()
+        high = torch.where(nonzero, high, torch.iinfo(torch.int32).min).cpu().numpy()
+        finite = not bool((scale[e] == 255).any()) and int(high.max()) <= 128
+        return (low, high), finite
 
     def matmul(self, x: np.ndarray, e: int, which: str, form: str = "value") -> np.ndarray:
         xt = self.torch.from_numpy(np.ascontiguousarray(x, np.float64)).to(self.device)

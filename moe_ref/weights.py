@@ -91,15 +91,20 @@ class MoEWeights:
         packed, scale = self.packed(which, e)
         return em.dequantize_mxfp4(packed[j], scale[j])
 
-    def bits(self, which: str, e: int):
-        """Per row: (lowest set bit, highest exponent + 1) of its nonzero values, and whether all are finite."""
+    def bits(self, which: str, e: int, compute=None):
+        """Per row: (lowest set bit, highest exponent + 1) of its nonzero values, and whether all are
+        finite; kept per expert. ``compute(which, e)``: another way to the same answer (a device's,
+        ``moe_ref.products``), used on a miss."""
         key = (which, int(e))
         if key not in self._bits:
-            packed, scale = self.packed(which, e)
-            low, high = _mxfp4_bit_range(packed, scale)
-            finite = not (scale == 255).any() and int(high.max()) <= 128  # 2^128 and above: inf in fp32
-            self._bits[key] = ((low, high), finite)
+            self._bits[key] = (compute or self._host_bits)(which, int(e))
         return self._bits[key]
+
+    def _host_bits(self, which: str, e: int):
+        packed, scale = self.packed(which, e)
+        low, high = _mxfp4_bit_range(packed, scale)
+        finite = not (scale == 255).any() and int(high.max()) <= 128  # 2^128 and above: inf in fp32
+        return (low, high), finite
 
     def dequant_w1(self, e: int) -> np.ndarray:
         return self.dequant("w1", e)

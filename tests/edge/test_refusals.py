@@ -55,6 +55,29 @@ def test_doweight_stage1_must_be_a_bool(value, rng):
         moe_reference(*_problem(rng).args(), act_dtype="bf16", doweight_stage1=value)
 
 
+@pytest.mark.parametrize("option", [dict(activation="gelu"), dict(alpha=float("inf")), dict(limit=-1.0),
+                                    dict(scale_mode="nearest"), dict(gatemode="interleave")], ids=str)
+def test_kernels_and_reference_refuse_the_same_options(option, rng):
+    """One validator (moe_ref.MoESpec): what the reference refuses, the kernels refuse in the same words."""
+    p = _problem(rng)
+    messages = []
+    for call in (lambda: moe_reference(*p.args(), act_dtype="bf16", **option),
+                 lambda: mk.plan_moe(*p.to_torch().args(), arch="gfx950", **option),
+                 lambda: mk.fused_moe(*p.to_torch().args(), arch="gfx950", **option)):
+        with pytest.raises((ValueError, TypeError)) as info:
+            call()
+        messages.append(str(info.value))
+    assert len(set(messages)) == 1 and next(iter(option)) in messages[0], messages
+
+
+@pytest.mark.parametrize("convention", [dict(intermediate_dtype="fp32"), dict(routing_weight_dtype="bf16"),
+                                        dict(slot_dtype="bf16")], ids=str)
+def test_kernels_refuse_the_oracles_diagnostic_conventions(convention, rng):
+    """The kernels compute the contract; a diagnosis's convention is the reference's alone."""
+    with pytest.raises(ValueError, match="spec: the kernels compute the contract"):
+        mk.fused_moe(*_problem(rng).to_torch().args(), arch="gfx950", **convention)
+
+
 @pytest.mark.parametrize("mask", [[1, 0.5, 1, 1], [1, float("nan"), 1, 1], [2, 1, 1, 1]])
 def test_expert_mask_entries_are_0_or_1(mask, rng):
     p = _problem(rng)
