@@ -10,6 +10,7 @@ from moe_ref import select_activation_dtype
 from moe_ref.env import bound_points
 
 from . import references as refs
+from .cases import LayerCase, cases
 from .contract import ContractError
 from .implementation import Implementation, call_with
 from .layer import check_layer_case, layer_capabilities
@@ -26,20 +27,20 @@ def layer_archs(impl: Implementation, archs):
     return list(archs) if "arch" in layer_capabilities(impl.fused_moe) else None
 
 
-def layer_cases(impl: Implementation, cfg, archs, shard: tuple[int, int] | None = None) -> list[tuple[int, dict]]:
+def layer_cases(impl: Implementation, cfg, archs, shard: tuple[int, int] | None = None) -> list[tuple[int, LayerCase]]:
     """(index, case) of the layer's cases; ``shard=(k, n)``: the k-th of n shares, whole (shape, M)
     groups each (the cases that share a layer and its references stay together)."""
     gate_modes = cfg.gate_modes
     if "gate_mode" not in layer_capabilities(impl.fused_moe):
         gate_modes = (impl.declared.get("gate_mode", "separated"),)
-    indexed = list(enumerate(refs.cases(cfg, archs, gate_modes)))
+    indexed = list(enumerate(cases(cfg, archs, gate_modes)))
     if shard is None:
         return indexed
     groups: dict = {}
     for _, c in indexed:
-        groups.setdefault((tuple(c["shape"].items()), c["M"]), len(groups))
+        groups.setdefault(c.group, len(groups))
     k, n = shard
-    return [(i, c) for i, c in indexed if groups[(tuple(c["shape"].items()), c["M"])] % n == k]
+    return [(i, c) for i, c in indexed if groups[c.group] % n == k]
 
 
 def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on_row=None,
@@ -56,8 +57,7 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
     cache: dict = {}
     mma_k = refs.mma_k_of(device.type)
     at = refs.reference_device(device)
-    jobs = [(c, cfg.reference_act_dtype or impl.fixed_path or select_activation_dtype(
-                c["M"], arch=c["arch"], gate_mode=c["gate_mode"], env=c["env"]).dtype, cfg.seed, mma_k, "bias1" in caps, at)
+    jobs = [(c, cfg.reference_act_dtype or impl.fixed_path or c.decision.dtype, cfg.seed, mma_k, "bias1" in caps, at)
             for c in case_list]
     refs.prefetch(jobs, cache, workers, max_memory_gib, progress=progress)
     bar = Progress(len(case_list), "cases", enabled=progress)
@@ -72,19 +72,16 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
         if on_row is not None:
             on_row(rows[-1])
         following = case_list[i + 1] if i + 1 < len(case_list) else None
-        if following is None or (following["shape"], following["M"]) != (case["shape"], case["M"]):
-            refs.release(cache, case, keep_layer=following is not None and following["shape"] == case["shape"])
+        if following is None or following.group != case.group:
+            refs.release(cache, case, keep_layer=following is not None and following.shape == case.shape)
         bar.step(f"{time.perf_counter() - t0:.0f}s")
     bar.close()
     return rows
 
 
-def error_row(impl: Implementation, case: dict, error: str, trace: str = "") -> dict:
+def error_row(impl: Implementation, case: LayerCase, error: str, trace: str = "") -> dict:
     """The row of a case that could not be checked: a FAIL naming why."""
-    s = case["shape"]
-    return dict(impl=impl.name, E=s["E"], H=s["H"], I=s["I"], topk=s["topk"], M=case["M"], arch=case["arch"],
-                env=case["env"], gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], verdict="FAIL", error=error,
-                traceback=trace)
+    return dict(impl=impl.name, **case.columns(), verdict="FAIL", error=error, traceback=trace)
 
 
 def run_quantizers(impl: Implementation, cfg, *, device) -> list[dict]:

@@ -11,10 +11,11 @@ import time
 import numpy as np
 
 import emulation as em
-from moe_ref import ACTIVATION_PATHS, activation_path, select_activation_dtype
+from moe_ref import ACTIVATION_PATHS, activation_path
 
 from . import references as refs
 from ._tensors import to_numpy, torch_module
+from .cases import LayerCase
 from .compare import compare_output
 from .contract import layer_output
 from .guard import guard_band_check
@@ -78,16 +79,16 @@ def _inputs(pt, caps) -> dict:
 
 
 def _run(impl, inputs: dict, case, caps, fill: int, device) -> tuple[np.ndarray, LayerResult, float]:
-    M, s = case["M"], case["shape"]
+    M, s = case.M, case.shape
     H, I, topk = s["H"], s["I"], s["topk"]  # noqa: E741
     _fill_allocator(device, min(4 * (M * topk * (2 * I + H) * 4 + M * H * 2), 1 << 28), fill)
-    kw = dict(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], arch=case["arch"])
+    kw = dict(gate_mode=case.gate_mode, scale_mode=case.scale_mode, arch=case.arch)
     kw.update({k: v for k, v in inputs.items() if k.startswith("bias")})
     if "poison" in caps:
         kw["poison"] = fill == 0xFF
     t0 = time.perf_counter()
     with filled_empty(fill):
-        result = call_with(impl.fused_moe, *(inputs[n] for n in ARG_NAMES), env=case["env"], **kw)
+        result = call_with(impl.fused_moe, *(inputs[n] for n in ARG_NAMES), env=case.env, **kw)
     if device.type == "cuda":
         torch_module().cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -164,7 +165,7 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
         notes.insert(0, f"matches the {PATH_NAMES[selected]} reference (margin {cmp['margin']:.3g})")
         return notes
     tried = []
-    for act, variant in _candidates(selected, case["scale_mode"]):
+    for act, variant in _candidates(selected, case.scale_mode):
         _, r, ideal, b = refs.reference(cache, case, act, seed, mma_k, with_bias, variant=variant, device=at)
         tried.append((compare_output(out, r, ideal, b)["margin"], act, variant))
     tried.sort(key=lambda t: t[0])
@@ -175,7 +176,7 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
                         f"{PATH_NAMES[selected]}")
     elif best_m <= 1.0 and "scale_mode" in dict(variant):
         notes.insert(0, f"matches {label} (margin {best_m:.3g}): it quantized with another scale mode than the "
-                        f"{case['scale_mode']} asked for")
+                        f"{case.scale_mode} asked for")
     elif best_m <= 1.0 and dict(variant).get("intermediate_dtype"):
         notes.insert(0, f"matches {label} (margin {best_m:.3g}): the stage-2 input was not quantized as the "
                         f"{PATH_NAMES[selected]} path requires")
@@ -188,12 +189,12 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
     return notes
 
 
-def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> dict:
+def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict) -> dict:
     """The report's row for one case (see ``report.ROW_LEGEND`` for the fields)."""
     torch = torch_module()
     caps = layer_capabilities(impl.fused_moe)
     with_bias = "bias1" in caps
-    decision = select_activation_dtype(case["M"], arch=case["arch"], gate_mode=case["gate_mode"], env=case["env"])
+    decision = case.decision
     selected = cfg.reference_act_dtype or impl.fixed_path or decision.dtype
     mma_k = refs.mma_k_of(device.type)
     p, ref, ideal, bound = refs.reference(cache, case, selected, seed, mma_k, with_bias,
@@ -223,14 +224,12 @@ def check_layer_case(impl, case: dict, cfg, device, seed: int, cache: dict) -> d
     if impl.fixed_path and impl.fixed_path != decision.dtype:
         notes.append(f"judged on its one path {PATH_NAMES[impl.fixed_path]}; the selector would choose "
                      f"{PATH_NAMES[decision.dtype]} here ({decision.reason})")
-    bytes_eq = _stage1_bytes(result, p.hidden, reported or selected, case["scale_mode"])
+    bytes_eq = _stage1_bytes(result, p.hidden, reported or selected, case.scale_mode)
     ok = cmp["within_tolerance"] and not changed and not touched and not read_outside and (
         bytes_eq is None or bytes_eq[0] == bytes_eq[1])
     ok = ok and (reported is None or reported == selected)
-    s = case["shape"]
     return dict(
-        impl=impl.name, E=s["E"], H=s["H"], I=s["I"], topk=s["topk"], M=case["M"], arch=case["arch"], env=case["env"],
-        gate_mode=case["gate_mode"], scale_mode=case["scale_mode"], path=PATH_NAMES[selected], act_dtype=selected,
+        impl=impl.name, **case.columns(), path=PATH_NAMES[selected], act_dtype=selected,
         reported_act_dtype=reported, rule=decision.rule, reason=decision.reason,
         bytes_equal=None if bytes_eq is None else bytes_eq[0], bytes_total=None if bytes_eq is None else bytes_eq[1],
         **cmp, poison_sensitive=bool(changed), kernel_seconds=seconds, verdict="PASS" if ok else "FAIL",

@@ -68,18 +68,11 @@ def _matrix(config):
     return dataclasses.replace(_file_config(config) or QUICK, seed=_seed(config))
 
 
-def _case_id(c: dict) -> str:
-    s = c["shape"]
-    env = "-".join(f"{k}={v}" for k, v in c["env"].items())
-    return (f"E{s['E']}-H{s['H']}-I{s['I']}-k{s['topk']}-M{c['M']}-{c['arch']}-{c['gate_mode']}-{c['scale_mode']}"
-            + (f"-{env}" if env else ""))
-
-
 @dataclasses.dataclass(frozen=True)
 class MoECase:
     """One case of the matrix: its parameters, and ``assert_conforms(fused_moe)`` to check a callable."""
 
-    case: dict
+    case: object  # moe_oracle.cases.LayerCase: shape, M, arch, env, gate_mode, scale_mode
     cfg: object
     device: str
 
@@ -110,11 +103,11 @@ def _device(config) -> str:
 
 def pytest_generate_tests(metafunc):
     if "moe_case" in metafunc.fixturenames:
-        from moe_oracle.references import cases
+        from moe_oracle.cases import cases
 
         cfg = _matrix(metafunc.config)
         found = list(cases(cfg, list(cfg.archs or ("gfx942", "gfx950"))))
-        metafunc.parametrize("moe_case_params", found, ids=[_case_id(c) for c in found], indirect=True)
+        metafunc.parametrize("moe_case_params", found, ids=[c.name for c in found], indirect=True)
     if "mx_scale_mode" in metafunc.fixturenames:
         cfg = _file_config(metafunc.config)
         metafunc.parametrize("mx_scale_mode", cfg.scale_modes if cfg is not None else SCALE_MODES)

@@ -6,7 +6,6 @@ concurrently where asked, in as many workers as memory allows."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -15,24 +14,15 @@ import time
 
 import numpy as np
 
-from moe_ref import MoESpec, random_moe_problem, select_activation_dtype
+from moe_ref import MoESpec, random_moe_problem
 from moe_ref.bounded import moe_reference_bounded, reference_bytes
 from moe_ref.problems import random_routed_tokens
 
+from .cases import DeviceKey, LayerCase, LayerKey, ProblemKey, RefKey
 from .progress import Progress
 
-__all__ = ["cases", "layer", "problem", "on_device", "forget_on_device", "release", "reference", "prefetch", "mma_k_of",
+__all__ = ["layer", "problem", "on_device", "forget_on_device", "release", "reference", "prefetch", "mma_k_of",
            "reference_device", "ReferenceFailed", "worker_count", "memory_budget", "peak_memory"]
-
-
-def cases(cfg, archs, gate_modes=None):
-    """The product of the matrix; the extra scale modes run on fp4x2 cases of the first arch and env."""
-    for shape, M, arch, env, gate_mode in itertools.product(cfg.shapes, cfg.M, archs, cfg.envs,
-                                                            gate_modes or cfg.gate_modes):
-        dtype = select_activation_dtype(M, arch=arch, gate_mode=gate_mode, env=env).dtype
-        every_mode = dtype == "fp4x2" and arch == archs[0] and env == cfg.envs[0]
-        for mode in (cfg.scale_modes if every_mode else cfg.scale_modes[:1]):
-            yield dict(shape=shape, M=M, arch=arch, env=env, gate_mode=gate_mode, scale_mode=mode)
 
 
 def mma_k_of(device: str):
@@ -52,7 +42,7 @@ def reference_device(device):
 def layer(cache: dict, shape: dict, seed: int, with_bias: bool = True):
     """The shape's random layer (weights and biases), drawn once and frozen (read-only: the references
     use it in place, neither copied nor hashed; ``moe_ref.weights``)."""
-    key = ("layer", seed, tuple(shape.items()), with_bias)
+    key = LayerKey(seed, tuple(shape.items()), with_bias)
     if key not in cache:
         p = random_moe_problem(np.random.default_rng([seed, *shape.values()]), M=1, with_bias=with_bias, **shape)
         for arr in (p.w1, p.w1_scale, p.w2, p.w2_scale, p.bias1, p.bias2):
@@ -62,13 +52,13 @@ def layer(cache: dict, shape: dict, seed: int, with_bias: bool = True):
     return cache[key]
 
 
-def problem(cache: dict, case: dict, seed: int, with_bias: bool = True):
+def problem(cache: dict, case: LayerCase, seed: int, with_bias: bool = True):
     """The case's random problem: tokens and routing drawn per M, the layer per shape (one layer across
     the M sweep)."""
-    pkey = ("problem", seed, case["M"], tuple(case["shape"].items()), with_bias)
+    pkey = ProblemKey(seed, case.M, case.shape_key, with_bias)
     if pkey not in cache:
-        shape = case["shape"]
-        hidden, tw, ids = random_routed_tokens(np.random.default_rng([seed, case["M"], *shape.values()]), M=case["M"],
+        shape = case.shape
+        hidden, tw, ids = random_routed_tokens(np.random.default_rng([seed, case.M, *shape.values()]), M=case.M,
                                                E=shape["E"], H=shape["H"], topk=shape["topk"], outlier_rows=OUTLIER_ROWS,
                                                zero_weight_rows=ZERO_WEIGHT_ROWS)
         cache[pkey] = dataclasses.replace(layer(cache, shape, seed, with_bias), hidden=hidden, topk_weights=tw,
@@ -83,7 +73,7 @@ def on_device(cache: dict, p, device):
     """``p.to_torch(device)`` with the layer's tensors uploaded once per layer and device (a real
     model's layer is gigabytes; every case of its M sweep runs on it); :func:`forget_on_device` drops
     them (an implementation that wrote to its weights)."""
-    key = ("on-device", id(p.w1), str(device))
+    key = DeviceKey(id(p.w1), str(device))
     if key not in cache or cache[key][0] is not p.w1:
         empty = {f: getattr(p, f)[:0] for f in ("hidden", "topk_weights", "topk_ids")}
         cache[key] = (p.w1, dataclasses.replace(p, **empty).to_torch(device))
@@ -92,34 +82,24 @@ def on_device(cache: dict, p, device):
 
 
 def forget_on_device(cache: dict, p, device) -> None:
-    cache.pop(("on-device", id(p.w1), str(device)), None)
+    cache.pop(DeviceKey(id(p.w1), str(device)), None)
 
 
-def release(cache: dict, case: dict, keep_layer: bool) -> None:
+def release(cache: dict, case: LayerCase, keep_layer: bool) -> None:
     """Drop what only a finished (shape, M) group used: its problem and references, and unless
     ``keep_layer`` its layer (host and device copies). The cases come group by group, so a real
     model's run holds one layer and one M's references at a time."""
-    shape = tuple(case["shape"].items())
     for key in list(cache):
-        kind = key[0]
-        if (kind in ("ref", "problem") and key[2] == case["M"] and key[3] == shape) or (
-                not keep_layer and kind == "layer" and key[2] == shape):
+        if (isinstance(key, (RefKey, ProblemKey)) and (key.shape, key.M) == case.group) or (
+                not keep_layer and isinstance(key, LayerKey) and key.shape == case.shape_key):
             del cache[key]
-    live = {id(v.w1) for k, v in cache.items() if k[0] == "layer"}
-    for key in [k for k in cache if k[0] == "on-device" and k[1] not in live]:
+    live = {id(v.w1) for k, v in cache.items() if isinstance(k, LayerKey)}
+    for key in [k for k in cache if isinstance(k, DeviceKey) and k.w1_id not in live]:
         del cache[key]
 
 
-def case_spec(case: dict) -> MoESpec:
-    """The call a case makes: its gate layout and scale mode, the rest fused_moe's defaults."""
-    return MoESpec(gate_mode=case["gate_mode"], scale_mode=case["scale_mode"])
-
-
-def _compute(p, case: dict, act_dtype: str, mma_k, variant: tuple = (), device=None):
-    """(emulated reference, float64 ideal, elementwise bound) of a case's problem on one path;
-    ``variant``: (name, value) pairs of the reference's convention options (intermediate_dtype,
-    routing_weight_dtype, slot_dtype, or another scale_mode than the case's), the contract where absent."""
-    spec = case_spec(case).replace(**dict(variant))
+def _compute(p, act_dtype: str, spec: MoESpec, mma_k, device=None):
+    """(emulated reference, float64 ideal, elementwise bound) of a problem on one path."""
     r = moe_reference_bounded(*p.args(), act_dtype=act_dtype, mma_k=mma_k, device=device, spec=spec, **p.biases())
     return r.out, r.ideal, r.bound
 
@@ -131,12 +111,13 @@ class ReferenceFailed:
     error: str
 
 
-def _key(case, act_dtype, seed, mma_k, with_bias, variant):
-    return ("ref", seed, case["M"], tuple(case["shape"].items()), case["gate_mode"], act_dtype, case["scale_mode"],
-            mma_k, with_bias, tuple(variant))
+def _key(case: LayerCase, act_dtype, seed, mma_k, with_bias, variant=()) -> RefKey:
+    """``variant``: (name, value) pairs of the reference's convention options (intermediate_dtype,
+    routing_weight_dtype, slot_dtype, or another scale_mode than the case's), the contract where absent."""
+    return RefKey(seed, case.M, case.shape_key, act_dtype, case.spec.replace(**dict(variant)), mma_k, with_bias)
 
 
-def reference(cache: dict, case: dict, act_dtype: str, seed: int, mma_k, with_bias: bool = True, variant: tuple = (),
+def reference(cache: dict, case: LayerCase, act_dtype: str, seed: int, mma_k, with_bias: bool = True, variant: tuple = (),
               device=None):
     """(problem, reference, ideal, bound) of a case on path ``act_dtype`` (and a convention ``variant``);
     cached, since other archs and envs select the same path on the same data. ``device``: where the
@@ -147,7 +128,7 @@ def reference(cache: dict, case: dict, act_dtype: str, seed: int, mma_k, with_bi
     if key not in cache:
         p = problem(cache, case, seed, with_bias)
         t0 = time.perf_counter()
-        cache[key] = (p, *_compute(p, case, act_dtype, mma_k, variant, device))
+        cache[key] = (p, *_compute(p, act_dtype, key.spec, mma_k, device))
         if device is not None:  # a line per reference: at a real model's shapes they take seconds each
             label = _label((case, act_dtype)) + (f" {dict(variant)}" if variant else "")
             print(f"reference {label}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
@@ -159,13 +140,13 @@ _SHARED: dict = {}  # the parent's problems, inherited by forked workers (copy-o
 
 def _job(job):  # in a forked worker, or here
     case, act_dtype, seed, mma_k, with_bias, device = job
-    return _compute(problem(_SHARED, case, seed, with_bias), case, act_dtype, mma_k, device=device)
+    return _compute(problem(_SHARED, case, seed, with_bias), act_dtype, case.spec, mma_k, device=device)
 
 
 def _label(job) -> str:
     case, act_dtype, *_ = job
-    s = case["shape"]
-    return f"E={s['E']} H={s['H']} I={s['I']} top-{s['topk']} M={case['M']} {act_dtype} {case['gate_mode']}"
+    s = case.shape
+    return f"E={s['E']} H={s['H']} I={s['I']} top-{s['topk']} M={case.M} {act_dtype} {case.gate_mode}"
 
 
 def available_bytes() -> int:
@@ -201,7 +182,7 @@ def memory_budget(max_gib: float | None = None) -> int:
 
 def worker_count(jobs: list[tuple], requested: int, budget: int) -> tuple[int, int]:
     """(workers, bytes per worker): as many as asked whose references fit in ``budget`` bytes (at least 1)."""
-    per = max(reference_bytes(j[0]["M"], **j[0]["shape"], device=j[5] is not None) for j in jobs)
+    per = max(reference_bytes(j[0].M, **j[0].shape, device=j[5] is not None) for j in jobs)
     return max(1, min(requested, len(jobs), int(budget // per))), per
 
 
@@ -217,7 +198,7 @@ def prefetch(jobs: list[tuple], cache: dict, workers: int, max_memory_gib: float
     become error rows; the others still run)."""
     todo = {}
     for job in jobs:
-        todo.setdefault(_key(*job[:5], ()), job)
+        todo.setdefault(_key(*job[:5]), job)
     todo = {k: j for k, j in todo.items() if k not in cache}
     if not todo or any(j[5] is not None for j in todo.values()) or workers <= 1 or len(todo) <= 1:
         return

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .env import ENV_VARS, read_env
+from .paths import ACTIVATION_PATHS
 
 __all__ = [
     "ACTIVATIONS", "GATE_MODES", "WEIGHT_DTYPES", "QUANT_TYPES", "ACT_DTYPES", "Override", "Rule",
@@ -25,7 +26,7 @@ ACTIVATIONS = ("swiglu", "silu", "gelu")
 GATE_MODES = ("separated", "interleave")
 WEIGHT_DTYPES = ("fp4x2", "fp8", "bf16")
 QUANT_TYPES = ("per_1x32", "per_tensor", "per_token", "per_1x128", "no")
-ACT_DTYPES = ("bf16", "fp4x2", "fp8")
+ACT_DTYPES = tuple(ACTIVATION_PATHS)  # the selector's answers: the activation paths' dtypes (moe_ref.paths)
 
 
 @dataclass(frozen=True)

@@ -74,35 +74,83 @@ def _sup_gate_silu_by_hand(lo: float, hi: float, alpha: float) -> float:
     return max(f(g) for g in points)
 
 
-def _bound_by_hand(p, trace, limit=7.0):
-    """The docstring's steps 1-5 for an a16w4 run with topk 1, one element at a time."""
+def _flip_by_hand(h_row, b_row, act_dtype, mode):
+    """Step 3 for one row, element by element: D = 0 where neither the element's quantization nor its
+    block's scale can move under the perturbation, else two steps of the grid at the larger scale plus 2 b."""
+    h_row, b_row = np.float32(h_row), np.asarray(b_row, np.float64)
+    if act_dtype == "fp32":
+        return list(b_row)
+    if act_dtype == "bf16":
+        out = []
+        for h, b in zip(h_row.astype(np.float64), b_row):
+            lo, hi = em.round_to_bf16(np.float32([h - b, h + b]))
+            out.append(0.0 if lo == hi else 2 * float(bf16_ulp(np.float64([abs(h) + b]))[0]))
+        return out
+    fmt = {"fp4x2": "e2m1", "fp8": "e4m3fn"}[act_dtype]
+    f = em.get_format(fmt)
+
+    def q(row):
+        codes, scale = em.quantize_mx(np.float32(row)[None], fmt, scale_mode=mode)
+        return em.dequantize_mx(codes, scale, fmt)[0]
+
+    q0, q_lo, q_hi = q(h_row), q(h_row.astype(np.float64) - b_row), q(h_row.astype(np.float64) + b_row)
+    out = []
+    for blk in range(h_row.size // 32):
+        sl = slice(32 * blk, 32 * blk + 32)
+        amax, b_blk = float(np.abs(h_row[sl]).max()), float(b_row[sl].max())
+        s_lo = em.mx_scale_e8m0(np.float32([max(amax - b_blk, 0.0)]), fmt, mode)[0]
+        s_hi = em.mx_scale_e8m0(np.float32([amax + b_blk]), fmt, mode)[0]
+        scale = float(em.decode(np.uint8([s_hi]), "e8m0")[0])
+        for j in range(32 * blk, 32 * blk + 32):
+            robust = q_lo[j] == q0[j] == q_hi[j] and s_lo == s_hi
+            binade = max(math.floor(math.log2(max(abs(float(h_row[j])) / scale, 2.0**-30))), f.emin)
+            out.append(0.0 if robust else 2 * scale * 2.0**(binade - f.man_bits) + 2 * b_row[j])
+    return out
+
+
+def _bound_by_hand(p, trace, act_dtype="bf16", spec=None, mma_k=None):
+    """The docstring's steps 1-5, one element at a time, for any path and options."""
+    spec = spec or MoESpec()
     w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
-    I, H = w.I, w.H
+    I, H = w.I, w.H  # noqa: E741
+    limit, alpha = spec.limit, spec.alpha
 
     def acc(a, ws, k):  # min(worst, probable) for one dot product of |a| and |w|
+        n, unit = (k, u) if mma_k is None else (math.ceil(k / mma_k) + int(math.log2(mma_k)), 2 * u)
         prods = [abs(float(x) * float(y)) for x, y in zip(a, ws)]
-        return min(k * u / (1 - k * u) * sum(prods), 7.0 * math.sqrt(k) * u * math.sqrt(sum(q * q for q in prods)))
+        return min(n * unit / (1 - n * unit) * sum(prods),
+                   7.0 * math.sqrt(n) * unit * math.sqrt(sum(q * q for q in prods)))
 
+    gate_col = (lambda j: j) if spec.gate_mode == "separated" else (lambda j: 2 * j)
+    up_col = (lambda j: I + j) if spec.gate_mode == "separated" else (lambda j: 2 * j + 1)
     bound = np.zeros(trace.out_f32.shape)
     for row, (t, k) in enumerate(trace.pairs):
         e = int(p.topk_ids[t, k])
+        weight = float(p.topk_weights[t, k])
         w1, w2 = w.dequant_w1(e), w.dequant_w2(e)
         g = trace.stage1[row].astype(np.float64)
         b_g = [acc(trace.a_q[t], w1[j], H) + 2.0**-24 * abs(g[j]) for j in range(2 * I)]
-        d = []
+        b_h = []
         for j in range(I):
-            up = min(max(g[I + j], -limit), limit)
-            h = float(trace.act[row, j])
-            s_up = _sup_gate_silu_by_hand(min(g[j] - b_g[j], limit), min(g[j] + b_g[j], limit), 1.702)
-            b_h = 1.1 * b_g[j] * (abs(up + 1) + b_g[I + j]) + s_up * b_g[I + j] + 2.0**-20 * abs(h)
-            lo, hi = (em.round_to_bf16(np.float32([h - b_h, h + b_h])))
-            d.append(0.0 if lo == hi else 2 * float(bf16_ulp(np.float64([abs(h) + b_h]))[0]))
-        weight = float(p.topk_weights[t, k])
+            gate, up, bg, bu = g[gate_col(j)], g[up_col(j)], b_g[gate_col(j)], b_g[up_col(j)]
+            h = abs(float(trace.act[row, j]))
+            if spec.activation == "swiglu":
+                s_up = _sup_gate_silu_by_hand(min(gate - bg, limit), min(gate + bg, limit), alpha)
+                b = 1.1 * bg * (abs(min(max(up, -limit), limit) + 1) + bu) + s_up * bu + 2.0**-20 * h
+            else:
+                b = 1.1 * bg * (abs(up) + bu) + (abs(gate) + bg) * bu + 2.0**-20 * h
+            b_h.append(b * weight + 2.0**-24 * h if spec.doweight_stage1 else b)
+        d = _flip_by_hand(trace.act[row], b_h, spec.intermediate(act_dtype), spec.scale_mode)
         for n in range(H):
-            y = abs(float(trace.stage2[row, n]))
-            b_y = sum(abs(float(w2[n, j])) * d[j] for j in range(I)) + acc(trace.act_q[row], w2[n], I) + 2.0**-24 * y
-            bound[t, n] += b_y * weight + 2.0**-24 * y
-    return bound + 1 * 2.0**-24 * (np.abs(trace.out_f32.astype(np.float64)) + bound)
+            y = float(trace.stage2[row, n])
+            b_y = sum(abs(float(w2[n, j])) * d[j] for j in range(I)) + acc(trace.act_q[row], w2[n], I) + 2.0**-24 * abs(y)
+            if not spec.doweight_stage1:
+                b_y = b_y * weight + 2.0**-24 * abs(y)
+            if spec.slot_dtype == "bf16":
+                b_y = float(bf16_output_bound(np.float32([y]), np.array([b_y]))[0])
+            bound[t, n] += b_y
+    topk = p.topk_ids.shape[1]
+    return bound + topk * 2.0**-24 * (np.abs(trace.out_f32.astype(np.float64)) + bound)
 
 
 def test_kernel_tolerance_equals_the_formula_by_hand(rng):
@@ -115,6 +163,29 @@ def test_kernel_tolerance_equals_the_formula_by_hand(rng):
     assert (want > 0).all()
     np.testing.assert_array_equal(kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype="bf16"),
                                   bf16_output_bound(trace.out_f32, want))
+
+
+OPTIONS = [  # (path, spec options, mma_k): every option the bound reads, each changing it
+    ("fp4x2", {}, None), ("fp8", dict(scale_mode="even"), 16), ("fp4x2", dict(gate_mode="interleave"), None),
+    ("bf16", dict(doweight_stage1=True, alpha=0.05, limit=3.0), None), ("bf16", dict(activation="silu"), 16),
+    ("fp4x2", dict(intermediate_dtype="fp32", slot_dtype="bf16"), None), ("fp8", dict(scale_mode="round_down"), 32),
+]
+
+
+@pytest.mark.parametrize("act_dtype,options,mma_k", OPTIONS, ids=lambda x: str(x))
+def test_kernel_tolerance_equals_the_formula_by_hand_for_every_option(act_dtype, options, mma_k, rng):
+    """Each option's term of the bound, re-derived element by element (top-2, so the slot sum's term
+    counts), on data with ties and clamped gates (outlier rows)."""
+    p = random_moe_problem(rng, M=3, E=2, H=32, I=64, topk=2, outlier_rows=0.5)
+    spec = MoESpec(**options)
+    _, trace = moe_reference(*p.args(), act_dtype=act_dtype, spec=spec, return_trace=True)
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    got = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=act_dtype, spec=spec, mma_k=mma_k,
+                           bf16_output=False)
+    want = _bound_by_hand(p, trace, act_dtype, spec, mma_k)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)
+    default = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype=act_dtype, bf16_output=False)
+    assert not np.array_equal(got, default) or (act_dtype, options, mma_k) == OPTIONS[0]  # the options are read
 
 
 @pytest.mark.parametrize("alpha", [1.702, 0.5, 0.05, 0.0, -0.3, -1.702])

@@ -53,13 +53,10 @@ def test_shards_partition_the_cases_by_shape_and_m():
     every = engine.layer_cases(ours(), cfg, ["gfx950"])
     shares = [engine.layer_cases(ours(), cfg, ["gfx950"], (k, 3)) for k in range(3)]
     assert sorted(i for s in shares for i, _ in s) == [i for i, _ in every]
-    for s in shares:  # whole groups: a (shape, M) never split over two devices
-        groups = {(tuple(c["shape"].items()), c["M"]) for _, c in s}
-        assert all((tuple(c["shape"].items()), c["M"]) in groups for _, c in s)
-    owner = {}
+    owner = {}  # whole groups: a (shape, M) never split over two devices
     for k, s in enumerate(shares):
         for _, c in s:
-            assert owner.setdefault((tuple(c["shape"].items()), c["M"]), k) == k
+            assert owner.setdefault(c.group, k) == k
 
 
 def _write(tmp_path, data):

@@ -68,8 +68,9 @@ def test_a_mismatching_reference_fails_the_run(tmp_path, capsys):
 def test_an_output_just_past_the_bound_fails_and_just_inside_passes(factor, verdict, rng):
     """The verdict is the bound: one element moved by 0.99 / 1.01 times its bound passes / fails."""
     from moe_oracle import references as refs
+    from moe_oracle.cases import LayerCase
 
-    case = dict(shape=TINY["shapes"][0], M=300, arch="gfx950", env={}, gate_mode="separated", scale_mode="round_up")
+    case = LayerCase(shape=TINY["shapes"][0], M=300, arch="gfx950", env={}, gate_mode="separated", scale_mode="round_up")
     _, ref, ideal, bound = refs.reference({}, case, "fp4x2", 3, None)
     out = ref.astype(np.float64).copy()
     live = np.flatnonzero(bound > 0)  # elements whose bf16 output may move at all (elsewhere it must be exact)
@@ -185,10 +186,10 @@ def test_a_worker_that_dies_fails_its_own_cases_only(monkeypatch, tmp_path, caps
 
     compute = refs._compute
 
-    def dies_at_300(p, case, *a, **k):
-        if case["M"] == 300:
+    def dies_at_300(p, *a, **k):
+        if p.hidden.shape[0] == 300:
             os._exit(9)
-        return compute(p, case, *a, **k)
+        return compute(p, *a, **k)
 
     monkeypatch.setattr(refs, "_compute", dies_at_300)
     cfg = {**TINY, "M": [1, 300], "envs": [{}], "scale_modes": ["round_up"]}
@@ -241,19 +242,21 @@ def test_a_finished_group_is_released():
     """What only a finished (shape, M) group used goes: its problem and references, and its layer when
     the next group is another shape; the next group's entries stay."""
     from moe_oracle import references as refs
+    from moe_oracle.cases import DeviceKey, LayerCase, LayerKey, ProblemKey, RefKey
 
     shape_a, shape_b = {"E": 4, "H": 64, "I": 32, "topk": 2}, {"E": 4, "H": 96, "I": 32, "topk": 2}
-    case = lambda shape, M: dict(shape=shape, M=M, arch="gfx950", env={}, gate_mode="separated",  # noqa: E731
-                                 scale_mode="round_up")
+    case = lambda shape, M: LayerCase(shape=shape, M=M, arch="gfx950", env={}, gate_mode="separated",  # noqa: E731
+                                      scale_mode="round_up")
     cache = {}
     for c in (case(shape_a, 1), case(shape_a, 8), case(shape_b, 1)):
         refs.reference(cache, c, "bf16", 3, None)
     p = refs.problem(cache, case(shape_a, 8), 3)
     refs.on_device(cache, p, "cpu")
     refs.release(cache, case(shape_a, 1), keep_layer=True)
-    assert {k[0] for k in cache} == {"layer", "problem", "ref", "on-device"}
-    assert not [k for k in cache if k[0] in ("ref", "problem") and k[2] == 1 and k[3] == tuple(shape_a.items())]
+    assert {type(k) for k in cache} == {LayerKey, ProblemKey, RefKey, DeviceKey}
+    assert not [k for k in cache if isinstance(k, (RefKey, ProblemKey)) and (k.shape, k.M) == case(shape_a, 1).group]
+    assert [k.M for k in cache if isinstance(k, RefKey)] == [8, 1]
     refs.release(cache, case(shape_a, 8), keep_layer=False)
-    assert [k[2] for k in cache if k[0] == "layer"] == [tuple(shape_b.items())]
-    assert not [k for k in cache if k[0] == "on-device"]  # shape_a's upload went with its layer
-    assert [k[3] for k in cache if k[0] == "ref"] == [tuple(shape_b.items())]
+    assert [k.shape for k in cache if isinstance(k, LayerKey)] == [tuple(shape_b.items())]
+    assert not [k for k in cache if isinstance(k, DeviceKey)]  # shape_a's upload went with its layer
+    assert [k.shape for k in cache if isinstance(k, RefKey)] == [tuple(shape_b.items())]
