@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import sys
 
+from moe_ref import SWIGLU_ALPHA, SWIGLU_LIMIT
+
 from ..implementation import Implementation, LayerResult, Quantizer
 from ._loader import PeerUnavailable, locate
 
@@ -111,7 +113,7 @@ def prepare_layer(w1, w1_scale, w2, w2_scale, *, gate_mode="separated", bias1=No
     pc2 = mo.PrecisionConfig(weight_scale=w2s, flex_ctx=mo.FlexCtx(rhs_data=numerics.InFlexData()))
     b1 = _interleaved(bias1, gate_mode)
 
-    def run(hidden, topk_weights, topk_ids, *, alpha=1.702, limit=7.0):
+    def run(hidden, topk_weights, topk_ids, *, alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT):
         M, topk = topk_ids.shape
         routing_data, gather, scatter = _routing(m, topk_ids, topk_weights.float(), E)
         act = mo.FusedActivation(mo.FnSpecs("swiglu", m["swiglu"].swiglu_fn, ("alpha", "limit")), (alpha, limit), 2)
@@ -160,7 +162,7 @@ def implementation() -> Implementation:
         return mxfp.downcast_to_mxfp(x, torch.float8_e4m3fn, axis=1, DEQUANT_SCALE_ROUNDING_MODE=_mode(scale_mode))
 
     def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode="separated", bias1=None,
-                  bias2=None, alpha=1.702, limit=7.0):
+                  bias2=None, alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT):
         layer = prepare_layer(w1, w1_scale, w2, w2_scale, gate_mode=gate_mode, bias1=bias1, bias2=bias2)
         return LayerResult(layer(hidden, topk_weights, topk_ids, alpha=alpha, limit=limit), act_dtype="bf16")
 

@@ -14,7 +14,15 @@ import pytest
 import emulation as em
 from moe_ref import MoESpec, MoEWeights, kernel_tolerance, moe_reference, random_moe_problem
 from moe_ref.activation import gated_activation
-from moe_ref.tolerance import U_ACC, _accumulation_bound, _flip_step, activation_bound, bf16_output_bound, bf16_ulp
+from moe_ref.tolerance import (
+    U_ACC,
+    _accumulation_bound,
+    _flip_step,
+    _sup_gate_silu,
+    activation_bound,
+    bf16_output_bound,
+    bf16_ulp,
+)
 
 u = U_ACC
 
@@ -24,6 +32,7 @@ u = U_ACC
     (64, None, 7 * 8 * u * 8),  # probable: lambda sqrt(n) u sqrt(sum (a w)^2) (< worst 64 u 64)
     (64, 16, 7 * math.sqrt(8) * 2 * u * 8),  # tensor cores: 64/16 + log2 16 = 8 roundings of 2u
     (4, 2, 3 * 2 * u / (1 - 3 * 2 * u) * 4),  # 4/2 + 1 = 3 roundings of 2u, worst case smaller
+    (5, 2, 4 * 2 * u / (1 - 4 * 2 * u) * 5),  # ceil(5/2) + 1 = 4 roundings (a partial MMA step is one)
 ])
 def test_accumulation_bound_by_hand(k, mma_k, expected):
     class Ones:  # the products of a weight matrix of ones, in every form
@@ -47,6 +56,26 @@ def test_flip_step_by_hand():
     np.testing.assert_array_equal(d, want)
     hb = np.float32([[1 + 2.0**-8, 1.0]])
     np.testing.assert_array_equal(_flip_step(hb, np.full(hb.shape, b), "bf16", "round_up"), [[2 * 2.0**-7, 0.0]])
+
+
+def test_bf16_ulp_by_hand():
+    """One bf16 ulp of |x| (2^(e - 7) in x's binade), the smallest normal's below it (zero and subnormals)."""
+    x = np.array([1.0, -1.5, 2.0**100, 0.0, 2.0**-130, -(2.0**-126)])
+    np.testing.assert_array_equal(bf16_ulp(x), [2.0**-7, 2.0**-7, 2.0**93, 2.0**-133, 2.0**-133, 2.0**-133])
+
+
+def test_the_bound_at_fp32_overflow_is_inf_and_silent():
+    """Where ref + bound leaves fp32's range the bound is +inf (never NaN), and no warning is raised."""
+    import warnings
+
+    big = np.float32(3.3e38)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = bf16_output_bound(np.float32([big, -big, np.inf]), np.array([1e38, 1e38, 1.0]))
+        gate = np.array([-1000.0, -3.0])  # exp(-alpha g) overflows at the first: g s(alpha g) is 0 there
+        s_up = _sup_gate_silu(gate, gate + 1, 1.702)
+    assert np.all(got == np.inf)
+    assert s_up[0] == 0.0 and s_up[1] == pytest.approx(2 / (1 + math.exp(1.702 * 2)), rel=1e-12)  # the upper end
 
 
 @pytest.mark.parametrize("ref, bound, expected", [
@@ -214,8 +243,6 @@ def test_activation_bound_holds_for_every_alpha(alpha, rng):
 
 @pytest.mark.parametrize("alpha", [1.702, 0.05, -1.0])
 def test_sup_gate_silu_is_the_sup(alpha, rng):
-    from moe_ref.tolerance import _sup_gate_silu
-
     lo = rng.uniform(-60, 7, 200)
     hi = np.minimum(lo + rng.uniform(0, 20, 200), 7.0)
     got = _sup_gate_silu(lo, hi, alpha)
@@ -233,3 +260,18 @@ def test_an_activation_the_reference_cannot_compute_is_refused_by_name(rng):
         moe_reference(*p.args(), act_dtype="bf16", activation="gelu")
     with pytest.raises(ValueError, match="gate_mode='both'"):
         moe_reference(*p.args(), act_dtype="bf16", gate_mode="both")
+
+
+@pytest.mark.parametrize("mma_k", [None, 16])
+def test_kernel_tolerance_by_hand_where_the_probable_term_rules(mma_k, rng):
+    """K = 512: the probabilistic bound (lambda sqrt(n) u sqrt(sum (a w)^2)) is the smaller, and it is the one used."""
+    p = random_moe_problem(rng, M=2, E=2, H=512, I=32, topk=1)
+    _, trace = moe_reference(*p.args(), act_dtype="fp4x2", return_trace=True)
+    w = MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale)
+    got = kernel_tolerance(trace, w, p.topk_weights, p.topk_ids, act_dtype="fp4x2", mma_k=mma_k, bf16_output=False)
+    np.testing.assert_allclose(got, _bound_by_hand(p, trace, "fp4x2", mma_k=mma_k), rtol=1e-9, atol=0)
+    a = np.abs(trace.a_q[:1].astype(np.float64))
+    w1 = np.abs(w.dequant_w1(int(p.topk_ids[0, 0])))
+    worst = 512 * u * (a @ w1.T)
+    probable = 7 * math.sqrt(512) * u * np.sqrt((a * a) @ (w1 * w1).T)
+    assert (probable < worst).mean() > 0.9

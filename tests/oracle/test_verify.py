@@ -222,8 +222,9 @@ def test_rows_are_on_disk_while_the_run_goes(tmp_path):
 
 def test_worker_count_follows_the_memory():
     from moe_oracle import references as refs
+    from moe_oracle.cases import LayerCase
 
-    case = dict(shape={"E": 256, "H": 7168, "I": 2048, "topk": 8}, M=4096)
+    case = LayerCase({"E": 256, "H": 7168, "I": 2048, "topk": 8}, 4096, "gfx950", {}, "separated", "round_up")
     jobs = [(case, "bf16", 0, 16, True, "cuda")] * 8
     n, per = refs.worker_count(jobs, 8, 8 * 2**30)
     assert 1 <= n < 8 and n * per <= 8 * 2**30
