@@ -35,7 +35,7 @@ if [[ $what == peers || $what == all ]]; then
     --device cuda --json "$out/ecosystem.json" > "$out/ecosystem.md" 2> "$out/ecosystem.err"; echo "ecosystem: exit $?"
   tail -5 "$out/ecosystem.err"
   # real shapes with partial tiles and guard bands (config): gpt-oss (K % 128 = 64), DeepSeek-V3, E = 60
-  for impl in aiter-triton triton-kernels; do
+  for impl in ${PEER_IMPLS:-aiter-triton triton-kernels}; do
     timeout "${PEER_S:-200}" python -m moe_oracle --impl $impl --config benchmarks/peers_gpu.json --out "/tmp/peers/$impl" \
       > "$out/$impl.log" 2>&1; echo "$impl: exit $?"; tail -40 "$out/$impl.log"
     cp "/tmp/peers/$impl/report.md" "$out/$impl.report.md" 2>/dev/null  # the device returns 8 files at most

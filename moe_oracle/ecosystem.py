@@ -50,18 +50,19 @@ LIBRARIES = ("ours", "torchao", "amd-quark", "sglang", "vllm", "triton-kernels-t
              "flashinfer")
 
 
-def _libraries() -> list[Implementation]:
-    """The registry's libraries of the table; one that does not load is its one line."""
+def _library(name: str) -> Implementation:
+    """A library of the table by its registry name (or any ``--impl`` spec); one that does not load is its one line."""
     from .adapters.mx_peers import PeerUnavailable, library_unavailable
-    from .implementations import REGISTRY
+    from .implementations import resolve
 
-    libs = []
-    for name in LIBRARIES:
-        try:
-            libs.append(REGISTRY[name]())
-        except PeerUnavailable as exc:  # aiter-triton raises it; the mx peers return a one-line library
-            libs.append(library_unavailable(name, str(exc)))
-    return libs
+    try:
+        return resolve(name)
+    except PeerUnavailable as exc:  # aiter-triton raises it; the mx peers return a one-line library
+        return library_unavailable(name, str(exc))
+
+
+def _libraries() -> list[Implementation]:
+    return [_library(name) for name in LIBRARIES]
 
 
 def entries(libraries: list[Implementation] | None = None) -> list[Entry]:
@@ -100,18 +101,21 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:160]}"
 
 
-def measure(seed: int = 0, M: int = 32, K: int = 256, libraries=None, device: str = "cpu") -> dict:
-    """Run every entry on ``device``: its check (the convention), its values on the shared input, the
-    per-mode agreement; dequantizers through the (code, byte) sweep. JSON-ready."""
+def _input(seed: int, M: int, K: int) -> np.ndarray:
+    """The table's one input, bf16-exact: every library sees the same values."""
     import torch
 
     x = quantizer_input(np.random.default_rng(seed), M, K, "e2m1")
-    x = torch.from_numpy(x).bfloat16().float().numpy()  # bf16-exact: every library sees the same input
-    reference = {f"emulation[{m.value}, ties {t}]": em.dequantize_mx(*em.quantize_mx(x, "e2m1", scale_mode=m, ties=t),
-                                                                      "e2m1")
-                 for m in em.ScaleMode for t in em.TIE_MODES}
+    return torch.from_numpy(x).bfloat16().float().numpy()
+
+
+def measure_entries(found: list[Entry], x: np.ndarray, seed: int, device: str, on_start=None) -> dict:
+    """Each entry's row (quantizers), dequantizer row, values (by name) or one "not run" line;
+    ``on_start(i)`` is told the index of each entry before it runs."""
     rows, dequant, outputs, failed = [], [], {}, []
-    for e in entries(libraries):
+    for i, e in enumerate(found):
+        if on_start is not None:
+            on_start(i)
         base = dict(library=e.library, version=e.version, function=e.function, kind=e.kind, note=e.note,
                     mode=e.mode if e.asked else f"({e.mode})" if e.mode else None)
         try:
@@ -128,16 +132,40 @@ def measure(seed: int = 0, M: int = 32, K: int = 256, libraries=None, device: st
         per_mode = {}
         ties = check.best.rsplit("ties ", 1)[-1] if "ties " in check.best else "even"
         for m in em.ScaleMode:
-            want = value_bits(reference[f"emulation[{m.value}, ties {ties}]"])
+            want = value_bits(em.dequantize_mx(*em.quantize_mx(x, "e2m1", scale_mode=m, ties=ties), "e2m1"))
             per_mode[m.value] = int((value_bits(values) == want).sum())
         outputs[f"{e.library} {e.function}" + (f" [{e.mode}]" if e.asked else "")] = values
         rows.append({**base, "form": "bytes" if e.kind == "quantize_mxfp4" else "values", "best": check.best,
                      "best_differing": check.best_differing, "policies": check.policies, "per_mode": per_mode,
                      "total": int(values.size), "notes": list(check.notes)})
-    kinds = _kinds_with_ties(x)
-    classes = _classes({**{k: v for k, v in reference.items() if "ties zero" not in k}, **outputs}, M, kinds)
-    return {"seed": seed, "shape": [M, K], "device": _device_name(device), "quantizers": rows, "dequantizers": dequant, "not_run": failed,
-            "classes": classes, "versions": sorted({r["version"] for r in rows + dequant + failed})}
+    return dict(quantizers=rows, dequantizers=dequant, outputs=outputs, not_run=failed)
+
+
+def measure(seed: int = 0, M: int = 32, K: int = 256, libraries=None, device: str = "cpu",
+            isolate: bool = False) -> dict:
+    """Run every entry on ``device``: its check (the convention), its values on the shared input, the
+    per-mode agreement; dequantizers through the (code, byte) sweep. JSON-ready. ``isolate``: each
+    library in a process of its own (``libraries``: names), so that native code that kills its process
+    (a segfault, an abort) costs one line, the function it was running, and not the table."""
+    x = _input(seed, M, K)
+    reference = {f"emulation[{m.value}, ties {t}]": em.dequantize_mx(*em.quantize_mx(x, "e2m1", scale_mode=m, ties=t),
+                                                                      "e2m1")
+                 for m in em.ScaleMode for t in em.TIE_MODES}
+    if isolate:
+        from .isolated import measure_in_processes
+
+        parts = [measure_in_processes(name, seed, M, K, device) for name in (libraries or LIBRARIES)]
+    else:
+        parts = [measure_entries(entries(libraries), x, seed, device)]
+    rows, dequant, failed, outputs = [], [], [], {}
+    for part in parts:
+        rows += part["quantizers"]
+        dequant += part["dequantizers"]
+        failed += part["not_run"]
+        outputs.update(part["outputs"])
+    classes = _classes({**{k: v for k, v in reference.items() if "ties zero" not in k}, **outputs}, M, _kinds_with_ties(x))
+    return {"seed": seed, "shape": [M, K], "device": _device_name(device), "quantizers": rows, "dequantizers": dequant,
+            "not_run": failed, "classes": classes, "versions": sorted({r["version"] for r in rows + dequant + failed})}
 
 
 def _device_name(device: str) -> str:
@@ -243,6 +271,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the measurements here")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
+    ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                    help="each library in a process of its own, so that a crash costs one line (default: on a GPU)")
     args = ap.parse_args(argv)
     if args.seed < 0:
         ap.error("--seed: expected a non-negative integer")
@@ -252,7 +282,8 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         ap.error(str(exc))
-    result = measure(seed=args.seed, device=device)
+    isolate = device != "cpu" if args.isolate is None else args.isolate
+    result = measure(seed=args.seed, device=device, isolate=isolate)
     table = markdown(result)
     print(table)
     if args.json:

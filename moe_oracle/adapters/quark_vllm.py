@@ -186,6 +186,11 @@ def delegations(root: Path) -> dict[str, str]:
 
 
 def vllm() -> Implementation:
+    try:  # Quark first, as a serving process has it: its import probes vLLM, which must not find the stand-ins
+        _quark_modules()
+        quark_error = None
+    except PeerUnavailable as exc:
+        quark_error = exc
     try:
         utils, root = _vllm_module()
     except PeerUnavailable as exc:
@@ -208,13 +213,12 @@ def vllm() -> Implementation:
 
     entries = [Quantizer("mxfp4_quantize", "quantize_mxfp4", quantize, (), "round_up",
                          note="off XPU and off ROCm-with-AITER: its own Triton downcast_to_mxfp")]
-    try:
-        _quark_modules()
+    if quark_error is None:
         entries += [Quantizer("_quant_dequant_mxfp4", "quantize_dequantize_mxfp4", quant_dequant, (), "even",
                               note=said("_quant_dequant_mxfp4")),
                     Quantizer("_dequant_mxfp4", "dequantize_mxfp4", dequant, (), note=said("_dequant_mxfp4"))]
-    except PeerUnavailable as exc:
-        entries += [unavailable(n, k, f"{said(n)}; amd-quark does not load: {exc}")
+    else:
+        entries += [unavailable(n, k, f"{said(n)}; amd-quark does not load: {quark_error}")
                     for n, k in (("_quant_dequant_mxfp4", "quantize_dequantize_mxfp4"),
                                  ("_dequant_mxfp4", "dequantize_mxfp4"))]
     return Implementation("vllm", version=version_of("vllm"), note=f"{_VLLM_FILE} (vLLM's imports given stand-ins)",

@@ -72,3 +72,20 @@ def test_device_is_named_and_cuda_without_a_gpu_is_a_usage_error(measured, capsy
     with pytest.raises(SystemExit) as exit_:
         ecosystem.main(["--device", "cuda"])
     assert exit_.value.code == 2 and "--device cuda" in capsys.readouterr().err
+
+
+def test_a_library_that_kills_its_process_costs_one_line(monkeypatch):
+    """Isolated, a function that segfaults is a "not run" line naming the signal; the library's other
+    functions still run (in a fresh process) and are measured as usual; a library whose import kills
+    its process is one line too."""
+    spec = "tests.oracle.crashing_peer:impl"
+    result = ecosystem.measure(seed=0, libraries=[spec], isolate=True)
+    assert [r["mode"] for r in result["quantizers"]] == ["round_up", "ceil"]
+    assert [(r["function"], r["mode"]) for r in result["not_run"]] == [("quantize_mxfp4", "even")]
+    assert result["not_run"][0]["reason"].startswith("calling it killed by SIGSEGV")
+    assert all(r["best"] == f"{r['mode']}, ties even" and r["per_mode"][r["mode"]] == r["total"]
+               for r in result["quantizers"])
+    monkeypatch.setenv("KILL_ON_IMPORT", "1")
+    dead = ecosystem.measure(seed=0, libraries=[spec], isolate=True)
+    assert not dead["quantizers"] and [r["function"] for r in dead["not_run"]] == ["(import)"]
+    assert dead["not_run"][0]["reason"].startswith("loading it killed by SIGABRT")
