@@ -46,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--devices", default=None,
                     help="GPUs the MoE cases are spread over: 'all' or a number (one process each, one report; "
                          "default 1; on a CPU-only run a number means that many CPU processes)")
-    ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # K/N: a --devices child's share of the cases
-    ap.add_argument("--rows-file", default=None, help=argparse.SUPPRESS)  # where a --devices child writes its rows
     ap.add_argument("--version", action="version", version=f"moe-oracle {__version__}")
     ap.add_argument("-q", "--quiet", action="store_true", help="no tables, no progress: errors and the last line only")
     ap.add_argument("--json", action="store_true", help="the report as JSON on stdout (the text goes to stderr)")
@@ -164,7 +162,6 @@ def main(argv=None) -> int:
     gpus = visible_gpus() if device == "cuda" else []
     try:
         n_devices = resolve_devices(args.devices, gpus)
-        shard = _shard(args.shard)
     except ValueError as exc:
         return _usage(str(exc))
     try:
@@ -177,7 +174,7 @@ def main(argv=None) -> int:
         import secrets
 
         cfg = dataclasses.replace(cfg, seed=secrets.randbits(32))
-    return _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus, shard)
+    return _run(args, impl_spec, impl, cfg, parts, device, archs, archs_why, n_devices, gpus)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +192,7 @@ class _Checked:
                 + [s["verdict"] for s in self.stages] + ["PASS" if s["agree"] else "FAIL" for s in self.selector])
 
 
-def _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus, shard) -> int:
+def _run(args, impl_spec, impl, cfg, parts, device, archs, archs_why, n_devices, gpus) -> int:
     stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
 
     def say(text: str = "", detail: bool = True) -> None:
@@ -204,7 +201,7 @@ def _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus
 
     say(f"implementation: {impl.name} ({', '.join(impl.provides())})" + (f"; {impl.note}" if impl.note else ""))
     say(f"seed: {cfg.seed} (rerun with --seed {cfg.seed}); archs: {archs_why}; device: {device}")
-    checked = _check(args, argv, impl, cfg, parts, device, archs, n_devices, gpus, shard, say)
+    checked = _check(args, impl_spec, impl, cfg, parts, device, archs, n_devices, gpus, say)
     _print_results(checked, args.quiet, say)
     verdicts = checked.verdicts
     if not verdicts:
@@ -217,7 +214,7 @@ def _run(args, argv, impl, cfg, parts, device, archs, archs_why, n_devices, gpus
     return 1 if n_fail else 0
 
 
-def _check(args, argv, impl, cfg, parts, device, archs, n_devices, gpus, shard, say) -> _Checked:
+def _check(args, impl_spec, impl, cfg, parts, device, archs, n_devices, gpus, say) -> _Checked:
     """Run the planned parts: the quantizers, the stages, the MoE cases (here, or sharded over devices), the selector."""
     from . import engine
 
@@ -231,18 +228,20 @@ def _check(args, argv, impl, cfg, parts, device, archs, n_devices, gpus, shard, 
 
             layer_archs = [detect_arch()]
             say(f"note: {impl.name}'s fused_moe takes no arch: run at the device's arch ({layer_archs[0]}) only")
-        if n_devices > 1 and shard is None:
+        workers = args.workers if args.workers is not None else 1
+        if n_devices > 1:
             from .sharded import run_on_devices
 
             say(f"MoE cases over {n_devices} devices ({', '.join(gpus[:n_devices]) or 'CPU processes'})")
-            rows = run_on_devices(argv, impl, cfg, layer_archs, n_devices, gpus[:n_devices],
-                                  Path(args.out) / "devices" if args.out else None)
+            rows = run_on_devices(impl_spec, impl, cfg, layer_archs, n_devices, gpus[:n_devices], device=device,
+                                  workers=workers, max_memory_gib=args.max_memory_gb,
+                                  log_dir=Path(args.out) / "devices" if args.out else None)
         else:
-            keep = _PartialRows(Path(args.rows_file) if args.rows_file else Path(args.out) / _PartialRows.NAME
-                                if args.out else None)
-            rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs,
-                                     workers=args.workers if args.workers is not None else 1, on_row=keep,
-                                     max_memory_gib=args.max_memory_gb, shard=shard, progress=not args.quiet)
+            from .sharded import RowsFile
+
+            keep = RowsFile(Path(args.out) / RowsFile.NAME if args.out else None)
+            rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep,
+                                     max_memory_gib=args.max_memory_gb, progress=not args.quiet)
     if "dispatch" in parts:
         selector = engine.run_selector(impl, cfg, archs)
     return _Checked(quant, stages, rows, selector)
@@ -289,6 +288,7 @@ def _write_outputs(args, checked: _Checked, impl, cfg, device, archs, archs_why,
 
     from .references import peak_memory
     from .report import write
+    from .sharded import RowsFile
 
     quant, stages, rows, selector = checked.quant, checked.stages, checked.rows, checked.selector
     main_gib, worker_gib = peak_memory()
@@ -300,7 +300,7 @@ def _write_outputs(args, checked: _Checked, impl, cfg, device, archs, archs_why,
                 torch=torch.__version__, version=__version__)
     if args.out:
         files = write(Path(args.out), rows, quant, selector, meta, stages, say=say)
-        (Path(args.out) / _PartialRows.NAME).unlink(missing_ok=True)
+        (Path(args.out) / RowsFile.NAME).unlink(missing_ok=True)
         say("wrote " + ", ".join(str(f) for f in files))
     elif not args.json and not args.junit_xml:
         say("(nothing written: pass --out DIR to keep report.json, report.md and the plot)")
@@ -314,35 +314,6 @@ def _write_outputs(args, checked: _Checked, impl, cfg, device, archs, archs_why,
 
         n_fail = checked.verdicts.count("FAIL")
         print(json_report(meta, rows, quant, stages, selector, len(checked.verdicts) - n_fail, n_fail))
-
-
-def _shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
-        raise ValueError(f"--shard: expected K/N with 0 <= K < N, got {text!r}")
-    return int(k), int(n)
-
-
-class _PartialRows:
-    """Each case's row appended to a JSON-lines file as it is made (DIR/cases.partial.jsonl with --out):
-    a run that dies keeps what it checked; the complete report replaces it."""
-
-    NAME = "cases.partial.jsonl"
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
-
-    def __call__(self, row: dict) -> None:
-        if self.path is not None:
-            import json
-
-            with self.path.open("a") as f:
-                f.write(json.dumps(row, default=str) + "\n")
 
 
 def cli() -> None:

@@ -13,7 +13,6 @@ import moe_kernels  # noqa: F401  (interpreter on before triton on a CPU machine
 from moe_oracle import cli, config, engine
 from moe_oracle.devices import gpu_for_worker, resolve_devices, visible_gpus
 from moe_oracle.implementations import ours
-from moe_oracle.sharded import child_argv
 
 SMALL = {"shapes": [{"E": 4, "H": 64, "I": 32, "topk": 2}, {"E": 4, "H": 96, "I": 64, "topk": 2}], "M": [1, 300],
          "archs": ["gfx950"], "envs": [{}], "gate_modes": ["separated"], "scale_modes": ["round_up"], "seed": 5}
@@ -43,9 +42,25 @@ def test_no_gpu_under_the_interpreter(monkeypatch):
     assert visible_gpus() == []
 
 
-def test_children_get_the_parents_options_less_those_it_sets():
-    argv = ["--config", "c.json", "--devices", "2", "--out", "o", "--only=all", "--seed", "3", "--impl", "x:y"]
-    assert child_argv(argv) == ["--config", "c.json", "--impl", "x:y"]
+def test_a_child_runs_its_share_from_a_job_file(tmp_path):
+    """A --devices child gets a job (the implementation's spec, the whole config, its share), not the
+    parent's argv: its rows are the parent's own for that share."""
+    import dataclasses
+
+    from moe_oracle import sharded
+
+    cfg = config.VerifyConfig.from_mapping(SMALL)
+    assert config.VerifyConfig.from_mapping(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # the job's config
+    job = dict(impl="ours", config=dataclasses.asdict(cfg), archs=["gfx950"], device="cpu", shard=[1, 2],
+               rows_file=str(tmp_path / "rows.jsonl"), workers=1, max_memory_gib=None)
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    assert sharded.main([str(tmp_path / "job.json")]) == 0
+    got = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    want = engine.run_layers(ours(), cfg, device="cpu", archs=["gfx950"], shard=(1, 2), progress=False)
+    drop = ("kernel_seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in got] == \
+        json.loads(json.dumps([{k: v for k, v in r.items() if k not in drop} for r in want], default=str))
+    assert {r["M"] for r in got} == {300}  # share 1 of 2: the second (shape, M) group of each shape
 
 
 def test_shards_partition_the_cases_by_shape_and_m():
