@@ -195,7 +195,7 @@ def test_kernel_tolerance_equals_the_formula_by_hand(rng):
 
 
 OPTIONS = [  # (path, spec options, mma_k): every option the bound reads, each changing it
-    ("fp4x2", {}, None), ("fp8", dict(scale_mode="even"), 16), ("fp4x2", dict(gate_mode="interleave"), None),
+    ("fp4x2", {}, None), ("fp8", dict(scale_mode="even"), 16), ("bf16", dict(gate_mode="interleave"), None),
     ("bf16", dict(doweight_stage1=True, alpha=0.05, limit=3.0), None), ("bf16", dict(activation="silu"), 16),
     ("fp4x2", dict(intermediate_dtype="fp32", slot_dtype="bf16"), None), ("fp8", dict(scale_mode="round_down"), 32),
 ]

@@ -91,10 +91,19 @@ def _env(seed: int, tree: Path) -> dict:
             "MOE_MUTMUT_TREE": str(tree)}
 
 
+class MutmutFailed(RuntimeError):
+    """mutmut stopped before testing the mutants (its clean test run failed, its stats did not collect)."""
+
+
 def _mutmut(tree: Path, seed: int, names=(), timeout: float | None = None) -> None:
+    """One ``mutmut run``; its results stay in the tree. A run that did not test the mutants is an error
+    naming why: a module whose clean tests fail must not report the previous run's verdicts as its own."""
     cmd = [sys.executable, "-m", "mutmut", "run", *names]
-    subprocess.run(cmd, cwd=tree, env=_env(seed, tree), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=timeout, check=False)
+    proc = subprocess.run(cmd, cwd=tree, env=_env(seed, tree), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]  # its spinner's \r frames are lines here
+        raise MutmutFailed(f"mutmut run in {tree} exited {proc.returncode}:\n" + "\n".join(lines[-25:]))
 
 
 def _meta(tree: Path, module: str) -> dict:
@@ -248,11 +257,16 @@ def main(argv=None) -> int:
     work, out = Path(args.work).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"seed: {seed} (rerun with --seed {seed})", flush=True)
-    rows, open_ = [], {}
+    rows, open_, failed = [], {}, []
     for module in args.modules or list(SELECTIONS):
         if args.fresh:
             shutil.rmtree(work / module.replace("/", "__").removesuffix(".py") / "mutants", ignore_errors=True)
-        row, survivors = run_module(module, work, seed, recheck_seeds, args.timeout)
+        try:
+            row, survivors = run_module(module, work, seed, recheck_seeds, args.timeout)
+        except MutmutFailed as exc:  # nothing of this module is reported (nor recorded)
+            print(f"{module}: not run: {exc}", file=sys.stderr, flush=True)
+            failed.append(module)
+            continue
         rows.append(row)
         open_.update(survivors)
         print(f"{module}: {row['killed']}/{row['mutants']} killed, {row['equivalent']} equivalent, {row['flaky']} "
@@ -266,7 +280,9 @@ def main(argv=None) -> int:
         record(rows, ROOT / "README.md")
     for name, info in open_.items():
         print(f"--- {name}: {info['status']}\n{info['diff']}")
-    return 0 if all(r["kill_rate"] >= TARGET and not r["untriaged"] for r in rows) else 1
+    if failed:
+        print(f"not run (mutmut stopped before testing their mutants): {', '.join(failed)}", file=sys.stderr)
+    return 0 if not failed and all(r["kill_rate"] >= TARGET and not r["untriaged"] for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.mutants import auto
 
 DIFF = """--- moe_ref/selector.py
@@ -57,3 +59,19 @@ def test_every_module_of_the_oracle_side_has_a_selection_that_exists():
     for module, selection in auto.SELECTIONS.items():
         assert (auto.ROOT / module).is_file(), module
         assert all((auto.ROOT / path).exists() for path in selection), module
+
+
+def test_a_mutmut_run_that_tested_nothing_is_an_error(monkeypatch, tmp_path):
+    """mutmut exits 1 when the module's clean tests fail: the tool must not report the previous
+    run's verdicts as this run's (it raises, naming mutmut's own words)."""
+    import subprocess
+
+    from tests.mutants import auto
+
+    def failing_run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, stdout="\u280b Running clean tests\rFAILED tests/x.py::t\n"
+                                                          "Failed to run clean test\n")
+
+    monkeypatch.setattr(auto.subprocess, "run", failing_run)
+    with pytest.raises(auto.MutmutFailed, match="exited 1:\n.*\nFAILED tests/x.py::t\nFailed to run clean test$"):
+        auto._mutmut(tmp_path, 11)
