@@ -22,7 +22,9 @@ import emulation as em
 from .exact import exact_round_f32
 from .weights import _BYTE_HIGH, _BYTE_LOW, MoEWeights
 
-__all__ = ["HostProducts", "DeviceProducts", "products_for"]
+__all__ = ["HostProducts", "DeviceProducts", "products_for", "FORMS"]
+
+FORMS = ("value", "abs", "square")  # F(w): the weight, |w|, w^2
 
 class HostProducts:
     """NumPy float64 products with the weights of the expert last asked for."""
@@ -32,6 +34,8 @@ class HostProducts:
         self._expert, self._forms = None, {}
 
     def _matrix(self, e: int, which: str, form: str):
+        if form not in FORMS:
+            raise ValueError(f"form={form!r} is not valid; expected one of {list(FORMS)}")
         if self._expert != e:
             self._expert, self._forms = e, {}
         if (which, form) not in self._forms:
@@ -40,7 +44,7 @@ class HostProducts:
 
     def _make(self, e: int, which: str, form: str):
         w = self.weights.dequant(which, e).astype(np.float64)
-        return w if form == "value" else np.abs(w) if form == "abs" else w * w
+        return w if form == "value" else np.abs(w) if form == "abs" else w * w  # FORMS
 
     def matmul(self, x: np.ndarray, e: int, which: str, form: str = "value") -> np.ndarray:
         """[n, N] float64: ``x @ F(w_e).T`` with F per ``form`` ("value", "abs", "square")."""

@@ -180,7 +180,7 @@ def kernel_tolerance(trace: MoETrace, weights: MoEWeights, topk_weights, topk_id
                            trace.stage2[rows], tw[tokens[rows], slots[rows]], act_dtype=act_dtype, spec=spec,
                            mma_k=mma_k)
         add_rows(bound, tokens[rows], b_y)
-    return finish_bound(bound, trace.out_f32, ids.shape[1] if ids.ndim == 2 else 1, bf16_output)
+    return finish_bound(bound, trace.out_f32, ids.shape[1], bf16_output)
 
 
 def bf16_output_bound(ref_f32: np.ndarray, bound: np.ndarray) -> np.ndarray:

@@ -161,3 +161,14 @@ def test_reference_bytes_grow_with_the_pairs_not_the_layer():
     small = reference_bytes(64, 256, 7168, 2048, 8, device=True)
     assert reference_bytes(64, 256, 7168, 2048, 8, device=False) > small  # the host holds one expert's matrices
     assert reference_bytes(4096, 256, 7168, 2048, 8, device=True) < 4 * 2**30  # DeepSeek-V3, M=4096: < 4 GiB
+
+
+def test_an_unknown_product_form_is_refused(rng):
+    """The products know three forms of the weight (value, |w|, w^2); any other name is an error, not w^2."""
+    from moe_ref.products import FORMS, HostProducts
+
+    p = random_moe_problem(rng, M=2, E=2, H=32, I=32, topk=1)
+    host = HostProducts(MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale))
+    assert FORMS == ("value", "abs", "square")
+    with pytest.raises(ValueError, match=r"form='squared' is not valid; expected one of \['value', 'abs', 'square'\]"):
+        host.matmul(np.ones((1, 32)), 0, "w1", "squared")

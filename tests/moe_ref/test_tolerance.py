@@ -58,6 +58,44 @@ def test_flip_step_by_hand():
     np.testing.assert_array_equal(_flip_step(hb, np.full(hb.shape, b), "bf16", "round_up"), [[2 * 2.0**-7, 0.0]])
 
 
+@pytest.mark.parametrize("activation", ["swiglu", "silu"])
+def test_activation_bound_by_hand(activation):
+    """Step 2 on one element with perturbations too large to hide any term: SwiGLU clamps up at limit
+    and takes S_up at the gate's ends; SiLU-gated is 1.1 b_gate (|up| + b_up) + (|gate| + b_gate) b_up."""
+    gate, up, b_gate, b_up = np.array([1.0]), np.array([9.0]), np.array([0.5]), np.array([0.25])
+    got = activation_bound(gate, up, b_gate, b_up, MoESpec(activation=activation))[0]
+    if activation == "swiglu":
+        s_up = max(g / (1 + math.exp(-1.702 * g)) for g in (0.5, 1.5))  # g* = -0.75 lies outside [0.5, 1.5]
+        want = 1.1 * 0.5 * (abs(7.0 + 1) + 0.25) + s_up * 0.25
+    else:
+        want = 1.1 * 0.5 * (9.0 + 0.25) + (1.0 + 0.5) * 0.25
+    assert got == pytest.approx(want, rel=1e-15)
+
+
+def test_flip_step_scale_robustness_by_hand():
+    """The block's scale decides too (fp4x2, ROUND_UP: scale = ceil_pow2(amax / 6)): a block whose amax
+    lies within its b of 6 may take scale 2^0 or 2^1, so every element may move (D = 2 steps at 2^1
+    plus 2 b); a block of amax 0.5 far from a boundary keeps its scale (grid values: D = 0), whatever
+    a neighbouring block's b; zeros raise no warning."""
+    import warnings
+
+    b = np.zeros((1, 96))
+    h = np.zeros((1, 96), np.float32)
+    h[0, :3] = [6.0 * (1 - 2.0**-10), 1.0, 0.0]
+    b[0, :32] = 2.0**-7  # amax +- b straddles 6
+    h[0, 32:34] = [0.5, 0.25]
+    b[0, 32:64] = 2.0**-20
+    h[0, 64], b[0, 64] = 3.0, 0.4  # a large b in the third block: not the second block's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = _flip_step(h, b, "fp4x2", "round_up")
+    step = lambda v, scale: scale * 2.0 ** (max(math.floor(math.log2(max(v / scale, 2.0**-30))), 0) - 1)  # noqa: E731
+    np.testing.assert_array_equal(d[0, :3], [2 * step(6.0 * (1 - 2.0**-10), 2.0) + 2 * 2.0**-7,
+                                             2 * step(1.0, 2.0) + 2 * 2.0**-7, 2 * step(0.0, 2.0) + 2 * 2.0**-7])
+    assert np.all(d[0, 3:32] > 0)
+    np.testing.assert_array_equal(d[0, 32:64], 0.0)
+
+
 def test_bf16_ulp_by_hand():
     """One bf16 ulp of |x| (2^(e - 7) in x's binade), the smallest normal's below it (zero and subnormals)."""
     x = np.array([1.0, -1.5, 2.0**100, 0.0, 2.0**-130, -(2.0**-126)])
@@ -198,6 +236,7 @@ OPTIONS = [  # (path, spec options, mma_k): every option the bound reads, each c
     ("fp4x2", {}, None), ("fp8", dict(scale_mode="even"), 16), ("bf16", dict(gate_mode="interleave"), None),
     ("bf16", dict(doweight_stage1=True, alpha=0.05, limit=3.0), None), ("bf16", dict(activation="silu"), 16),
     ("fp4x2", dict(intermediate_dtype="fp32", slot_dtype="bf16"), None), ("fp8", dict(scale_mode="round_down"), 32),
+    ("bf16", dict(doweight_stage1=True, intermediate_dtype="fp32"), None),  # b_h reaches the bound unflipped
 ]
 
 
