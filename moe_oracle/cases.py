@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from moe_ref import Decision, MoESpec, select_activation_dtype
 
+from .rows import CaseColumns
+
 __all__ = ["LayerCase", "cases", "LayerKey", "ProblemKey", "RefKey", "DeviceKey"]
 
 
@@ -50,10 +52,10 @@ class LayerCase:
         return (f"E{s['E']}-H{s['H']}-I{s['I']}-k{s['topk']}-M{self.M}-{self.arch}-{self.gate_mode}-{self.scale_mode}"
                 + (f"-{env}" if env else ""))
 
-    def columns(self) -> dict:
+    def columns(self) -> CaseColumns:
         """The case's columns of a report row."""
         s = self.shape
-        return dict(E=s["E"], H=s["H"], I=s["I"], topk=s["topk"], M=self.M, arch=self.arch, env=self.env,
+        return CaseColumns(E=s["E"], H=s["H"], I=s["I"], topk=s["topk"], M=self.M, arch=self.arch, env=self.env,
                     gate_mode=self.gate_mode, scale_mode=self.scale_mode)
 
 

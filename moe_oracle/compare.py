@@ -6,6 +6,8 @@ import numpy as np
 
 from moe_ref.tolerance import bf16_ulp
 
+from .rows import Comparison
+
 __all__ = ["compare_output", "margin_of"]
 
 
@@ -19,14 +21,14 @@ def margin_of(err: np.ndarray, bound: np.ndarray) -> float:
     return float(ratio.max())
 
 
-def compare_output(out: np.ndarray, ref: np.ndarray, ideal: np.ndarray, bound: np.ndarray) -> dict:
+def compare_output(out: np.ndarray, ref: np.ndarray, ideal: np.ndarray, bound: np.ndarray) -> Comparison:
     """Errors of ``out`` (float64) against the emulated reference and the ideal, the bound and margin."""
     diff_ref, diff_ideal = np.abs(out - ref), np.abs(out - ideal)
     scale = max(float(np.abs(ideal).max()), 1e-30) if ideal.size else 1.0
     margin = margin_of(diff_ref, bound)
     worst = int(np.argmax(np.where(np.isnan(diff_ref), np.inf, diff_ref / np.maximum(bound, 1e-300)))) if out.size else 0
     mx = lambda a: float(np.nanmax(a)) if a.size and not np.all(np.isnan(a)) else 0.0  # noqa: E731
-    return dict(
+    return Comparison(
         max_err_ref=mx(diff_ref), rel_err_ref=mx(diff_ref) / scale,
         max_err_ideal=mx(diff_ideal), rel_err_ideal=mx(diff_ideal) / scale,
         quant_cost_rel=mx(np.abs(ref - ideal)) / scale,  # what the path's quantization alone costs

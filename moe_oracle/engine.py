@@ -16,6 +16,7 @@ from .implementation import Implementation, call_with
 from .layer import check_layer_case, layer_capabilities
 from .progress import Progress
 from .quantizers import check_quantizer
+from .rows import ErrorRow
 
 __all__ = ["layer_cases", "error_row", "run_layers", "run_quantizers", "run_stages", "run_selector", "layer_archs"]
 
@@ -79,9 +80,9 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
     return rows
 
 
-def error_row(impl: Implementation, case: LayerCase, error: str, trace: str = "") -> dict:
+def error_row(impl: Implementation, case: LayerCase, error: str, trace: str = "") -> ErrorRow:
     """The row of a case that could not be checked: a FAIL naming why."""
-    return dict(impl=impl.name, **case.columns(), verdict="FAIL", error=error, traceback=trace)
+    return ErrorRow(impl=impl.name, **case.columns(), verdict="FAIL", error=error, traceback=trace)
 
 
 def run_quantizers(impl: Implementation, cfg, *, device) -> list[dict]:

@@ -20,6 +20,7 @@ from .compare import compare_output
 from .contract import layer_output
 from .guard import guard_band_check
 from .implementation import LayerResult, call_with
+from .rows import LayerRow
 
 __all__ = ["PATH_NAMES", "layer_capabilities", "check_layer_case"]
 
@@ -189,8 +190,8 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
     return notes
 
 
-def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict) -> dict:
-    """The report's row for one case (see ``report.ROW_LEGEND`` for the fields)."""
+def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict) -> LayerRow:
+    """The report's row for one case (``moe_oracle.rows.LayerRow`` says what each field holds)."""
     torch = torch_module()
     caps = layer_capabilities(impl.fused_moe)
     with_bias = "bias1" in caps
@@ -228,7 +229,7 @@ def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict)
     ok = cmp["within_tolerance"] and not changed and not touched and not read_outside and (
         bytes_eq is None or bytes_eq[0] == bytes_eq[1])
     ok = ok and (reported is None or reported == selected)
-    return dict(
+    return LayerRow(
         impl=impl.name, **case.columns(), path=PATH_NAMES[selected], act_dtype=selected,
         reported_act_dtype=reported, rule=decision.rule, reason=decision.reason,
         bytes_equal=None if bytes_eq is None else bytes_eq[0], bytes_total=None if bytes_eq is None else bytes_eq[1],

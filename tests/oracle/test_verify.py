@@ -15,14 +15,11 @@ from moe_oracle import cli, config, engine
 from moe_oracle.compare import compare_output, margin_of
 from moe_oracle.implementations import ours
 from moe_oracle.progress import Progress
+from moe_oracle.rows import LayerRow
 
 TINY = {"shapes": [{"E": 4, "H": 64, "I": 32, "topk": 2}], "M": [1, 300], "archs": ["gfx950"], "envs": [{}],
         "gate_modes": ["separated"], "scale_modes": ["round_up", "even"], "seed": 3}
-ROW_KEYS = {"impl", "E", "H", "I", "topk", "M", "arch", "env", "gate_mode", "scale_mode", "path", "act_dtype",
-            "reported_act_dtype", "rule", "reason", "bytes_equal", "bytes_total", "max_err_ref", "rel_err_ref",
-            "max_err_ideal", "rel_err_ideal", "quant_cost_rel", "bound_max", "bound_at_worst", "err_at_worst", "at_rounding_step", "margin",
-            "within_tolerance", "nan_out", "inf_out", "n_outside", "max_err_ulps", "poison_sensitive", "kernel_seconds",
-            "verdict", "diagnosis"}
+ROW_KEYS = LayerRow.__required_keys__  # the one definition of a row (moe_oracle.rows)
 
 
 def _write(tmp_path, data, name="cfg.json"):
