@@ -208,9 +208,9 @@ def test_a_worker_that_dies_fails_its_own_cases_only(monkeypatch, tmp_path, caps
 
 
 def test_rows_are_on_disk_while_the_run_goes(tmp_path):
-    from moe_oracle.cli import _PartialRows
+    from moe_oracle.sharded import RowsFile
 
-    keep = _PartialRows(tmp_path / "out" / _PartialRows.NAME)
+    keep = RowsFile(tmp_path / "out" / RowsFile.NAME)
     keep({"M": 1, "verdict": "PASS"})
     keep({"M": 2, "verdict": "FAIL", "error": "x"})
     lines = (tmp_path / "out" / "cases.partial.jsonl").read_text().splitlines()
