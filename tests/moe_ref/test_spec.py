@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -98,3 +99,13 @@ def test_a_spec_and_its_keywords_mean_the_same_call(options, act_dtype, rng):
     bounded = moe_reference_bounded(*p.args(), act_dtype=act_dtype, spec=spec)
     np.testing.assert_array_equal(bounded.out, by_spec)
     np.testing.assert_array_equal(bounded.bound, bound_spec)
+
+
+def test_the_readme_names_every_field():
+    """The README's paragraph on a call's options names each field of the record, and no other."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    para = text[text.index("A call's options ("):].split("\n\n")[0]
+    listed = para[para.index("(") + 1:para.index(") are one frozen record")]
+    assert set(re.findall(r"`([a-z0-9_]+)`", listed)) == set(FIELDS)
