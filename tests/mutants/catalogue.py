@@ -85,9 +85,10 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- scale computation ------------------------------------------------------------------
     _m("scale exponent off by one", _NUM, ("        unbiased = up - 127\n", "        unbiased = up - 126\n"),
        report="quantizers"),
-    _m("CEIL instead of ROUND_UP", _NUM, ("{em.ScaleMode.ROUND_UP: 0,", "{em.ScaleMode.ROUND_UP: 2,"),
-       report="quantizers"),
-    _m("ROUND_DOWN where ROUND_UP is asked", _NUM, ("{em.ScaleMode.ROUND_UP: 0,", "{em.ScaleMode.ROUND_UP: 1,"),
+    _m("CEIL instead of ROUND_UP", _NUM, ("MODE_ROUND_UP, MODE_ROUND_DOWN, MODE_CEIL = (",
+                                          "MODE_CEIL, MODE_ROUND_DOWN, MODE_ROUND_UP = ("), report="quantizers"),
+    _m("ROUND_DOWN where ROUND_UP is asked", _NUM, ("MODE_ROUND_UP, MODE_ROUND_DOWN, MODE_CEIL = (",
+                                                    "MODE_ROUND_DOWN, MODE_ROUND_UP, MODE_CEIL = ("),
        report="quantizers"),
     _m("EVEN rounds at the wrong bit", _NUM, ("((amax_bits + (1 << (22 - MAN_BITS))) >> 23)",
                                               "((amax_bits + (1 << (23 - MAN_BITS))) >> 23)"), report="quantizers"),
