@@ -85,3 +85,53 @@ def test_the_align_takes_the_mask_rule_of_every_entry_point(mask, error):
     """moe_align_block_size refuses what the reference and the kernels refuse (0 / 1 or bool only)."""
     with pytest.raises(error, match="expert_mask"):
         moe_align_block_size(np.zeros((2, 1), np.int32), 16, 4, expert_mask=np.array(mask))
+
+
+def _softmax_topk_fp32_by_hand(x: np.ndarray, topk: int):
+    """The router in fp32, step by step: shift by each row's max, exp, divide by the row's fp32 sum."""
+    x = x.astype(np.float32)
+    w, ids = [], []
+    for row in x:
+        p = np.exp(row - row.max())
+        p = p / np.float32(p.sum(dtype=np.float32))
+        order = sorted(range(row.size), key=lambda e: (-p[e], e))[:topk]  # ties: lower expert first
+        sel = p[order]
+        w.append(sel / np.float32(sel.sum(dtype=np.float32)))
+        ids.append(order)
+    return np.array(w, np.float32), np.array(ids, np.int32)
+
+
+def test_softmax_topk_is_fp32_step_by_step_whatever_the_input_dtype(rng):
+    """float64 logits are rounded to fp32 first; each row is shifted by its own max (rows 1000 apart
+    neither overflow nor underflow); 64 tied experts keep the lower ids first (a stable order)."""
+    x = np.concatenate([rng.normal(0, 3, (3, 64)), rng.normal(1000, 3, (2, 64)), np.zeros((1, 64))])
+    w, ids = softmax_topk(x, 8)
+    want_w, want_ids = _softmax_topk_fp32_by_hand(x, 8)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(w, want_w)
+    assert w.dtype == np.float32 and ids.dtype == np.int32 and ids[-1].tolist() == list(range(8))
+
+
+def test_routing_refusals_name_the_argument():
+    with pytest.raises(ValueError, match=r"^logits: expected shape \[M, E\], got \(4,\)$"):
+        softmax_topk(np.zeros(4), 1)
+    with pytest.raises(TypeError, match=r"^logits"):
+        softmax_topk("logits", 1)
+    with pytest.raises(TypeError, match=r"^topk_ids"):
+        moe_align_block_size("ids", 4, 8)
+    with pytest.raises(TypeError, match=r"^expert_mask"):
+        moe_align_block_size(np.array([[0]]), 4, 8, expert_mask="all")
+    with pytest.raises(ValueError, match=r"^topk_ids: expert ids must lie in \[0, 7\]$"):
+        moe_align_block_size(np.array([[0, 8]]), 4, 8)  # id == E: one past the last expert
+    with pytest.raises(ValueError, match=r"^block_size=0 is not valid; expected >= 1$"):
+        moe_align_block_size(np.array([[0]]), 0, 8)
+    with pytest.raises(ValueError, match=r"^expert_mask: expected shape \[8\], got \(4,\)$"):
+        moe_align_block_size(np.array([[0]]), 4, 8, expert_mask=np.ones(4, np.int32))
+
+
+def test_align_outputs_are_int32_and_torch_in_torch_out():
+    s, e, n = moe_align_block_size(np.array([[3, 0], [3, 1]]), 4, 8)
+    assert s.dtype == np.int32 and e.dtype == np.int32 and n == 12
+    s, e, _ = moe_align_block_size(torch.tensor([[3, 0], [3, 1]]), 4, 8)
+    assert isinstance(s, torch.Tensor) and isinstance(e, torch.Tensor)
+    assert s.dtype == torch.int32 and e.dtype == torch.int32
