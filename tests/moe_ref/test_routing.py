@@ -104,23 +104,32 @@ def _softmax_topk_fp32_by_hand(x: np.ndarray, topk: int):
 def test_softmax_topk_is_fp32_step_by_step_whatever_the_input_dtype(rng):
     """float64 logits are rounded to fp32 first; each row is shifted by its own max (rows 1000 apart
     neither overflow nor underflow); 64 tied experts keep the lower ids first (a stable order)."""
-    x = np.concatenate([rng.normal(0, 3, (3, 64)), rng.normal(1000, 3, (2, 64)), np.zeros((1, 64))])
-    w, ids = softmax_topk(x, 8)
-    want_w, want_ids = _softmax_topk_fp32_by_hand(x, 8)
+    x = np.concatenate([rng.normal(0, 3, (3, 64)), rng.normal(1000, 3, (2, 64)), rng.integers(0, 3, (4, 64)),
+                        np.zeros((1, 64))])  # three values over 64 experts: ties a quicksort reorders
+    w, ids = softmax_topk(x, 32)
+    want_w, want_ids = _softmax_topk_fp32_by_hand(x, 32)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(w, want_w)
-    assert w.dtype == np.float32 and ids.dtype == np.int32 and ids[-1].tolist() == list(range(8))
+    assert w.dtype == np.float32 and ids.dtype == np.int32 and ids[-1].tolist() == list(range(32))
 
 
 def test_routing_refusals_name_the_argument():
     with pytest.raises(ValueError, match=r"^logits: expected shape \[M, E\], got \(4,\)$"):
         softmax_topk(np.zeros(4), 1)
-    with pytest.raises(TypeError, match=r"^logits"):
+    with pytest.raises(TypeError, match=r"^logits: expected a real \(float or integer\) array, got dtype <U6$"):
         softmax_topk("logits", 1)
-    with pytest.raises(TypeError, match=r"^topk_ids"):
+    with pytest.raises(TypeError, match=r"^logits: expected a real \(float or integer\) array, got dtype complex128$"):
+        softmax_topk(np.zeros((2, 4), complex), 1)
+    with pytest.raises(TypeError, match=r"^logits: expected a numeric array or tensor, got dict$"):
+        softmax_topk({"a": 1}, 1)
+    with pytest.raises(TypeError, match=r"^topk_ids: expected an integer array, got dtype <U3$"):
         moe_align_block_size("ids", 4, 8)
-    with pytest.raises(TypeError, match=r"^expert_mask"):
-        moe_align_block_size(np.array([[0]]), 4, 8, expert_mask="all")
+    with pytest.raises(TypeError, match=r"^topk_ids: expected an integer array, got dtype bool$"):
+        moe_align_block_size(np.array([[True]]), 4, 8)
+    with pytest.raises(TypeError, match=r"^topk_ids: expected a numeric array or tensor, got dict$"):
+        moe_align_block_size({"a": 1}, 4, 8)
+    with pytest.raises(TypeError, match=r"^expert_mask: expected a numeric array or tensor, got dict$"):
+        moe_align_block_size(np.array([[0]]), 4, 8, expert_mask={"a": 1})
     with pytest.raises(ValueError, match=r"^topk_ids: expert ids must lie in \[0, 7\]$"):
         moe_align_block_size(np.array([[0, 8]]), 4, 8)  # id == E: one past the last expert
     with pytest.raises(ValueError, match=r"^block_size=0 is not valid; expected >= 1$"):
