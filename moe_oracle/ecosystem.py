@@ -45,6 +45,11 @@ class Entry:
     asked: bool = False  # the mode is passed to it (else it is the mode the function claims, its one mode)
     note: str = ""
 
+    def columns(self) -> dict:
+        """The columns every row of it starts with (a claimed mode in parentheses)."""
+        return dict(library=self.library, version=self.version, function=self.function, kind=self.kind,
+                    note=self.note, mode=self.mode if self.asked else f"({self.mode})" if self.mode else None)
+
 
 LIBRARIES = ("ours", "torchao", "amd-quark", "sglang", "vllm", "triton-kernels-torch", "aiter-triton", "aiter-torch",
              "flashinfer")
@@ -109,15 +114,21 @@ def _input(seed: int, M: int, K: int) -> np.ndarray:
     return torch.from_numpy(x).bfloat16().float().numpy()
 
 
+def _emulation_values(x: np.ndarray) -> dict[str, np.ndarray]:
+    """The emulation's values of ``x`` in every scale mode and tie rule (the anchors of the table)."""
+    return {f"emulation[{m.value}, ties {t}]": em.dequantize_mx(*em.quantize_mx(x, "e2m1", scale_mode=m, ties=t), "e2m1")
+            for m in em.ScaleMode for t in em.TIE_MODES}
+
+
 def measure_entries(found: list[Entry], x: np.ndarray, seed: int, device: str, on_start=None) -> dict:
     """Each entry's row (quantizers), dequantizer row, values (by name) or one "not run" line;
     ``on_start(i)`` is told the index of each entry before it runs."""
     rows, dequant, outputs, failed = [], [], {}, []
+    reference = _emulation_values(x)
     for i, e in enumerate(found):
         if on_start is not None:
             on_start(i)
-        base = dict(library=e.library, version=e.version, function=e.function, kind=e.kind, note=e.note,
-                    mode=e.mode if e.asked else f"({e.mode})" if e.mode else None)
+        base = e.columns()
         try:
             check = check_quantizer(e.fn, e.kind, scale_mode=e.mode or "round_up", input_dtype=e.input_dtype, seed=seed,
                                     x=x, device=device)
@@ -132,7 +143,7 @@ def measure_entries(found: list[Entry], x: np.ndarray, seed: int, device: str, o
         per_mode = {}
         ties = check.best.rsplit("ties ", 1)[-1] if "ties " in check.best else "even"
         for m in em.ScaleMode:
-            want = value_bits(em.dequantize_mx(*em.quantize_mx(x, "e2m1", scale_mode=m, ties=ties), "e2m1"))
+            want = value_bits(reference[f"emulation[{m.value}, ties {ties}]"])
             per_mode[m.value] = int((value_bits(values) == want).sum())
         outputs[f"{e.library} {e.function}" + (f" [{e.mode}]" if e.asked else "")] = values
         rows.append({**base, "form": "bytes" if e.kind == "quantize_mxfp4" else "values", "best": check.best,
@@ -148,9 +159,7 @@ def measure(seed: int = 0, M: int = 32, K: int = 256, libraries=None, device: st
     library in a process of its own (``libraries``: names), so that native code that kills its process
     (a segfault, an abort) costs one line, the function it was running, and not the table."""
     x = _input(seed, M, K)
-    reference = {f"emulation[{m.value}, ties {t}]": em.dequantize_mx(*em.quantize_mx(x, "e2m1", scale_mode=m, ties=t),
-                                                                      "e2m1")
-                 for m in em.ScaleMode for t in em.TIE_MODES}
+    reference = _emulation_values(x)
     if isolate:
         from .isolated import measure_in_processes
 

@@ -59,8 +59,8 @@ def measure_in_processes(name: str, seed: int, M: int, K: int, device: str, time
                     reason=f"loading it {_how(proc.returncode)}" + (f": {tail}" if tail else ""))])
             entry = started[-1]
             skip.append(entry.pop("index"))
-            crashed.append(dict(library=name, **entry, reason=f"calling it {_how(proc.returncode)} (its process "
-                                                               "died; the library's other functions ran in a fresh one)"))
+            crashed.append(dict(entry, reason=f"calling it {_how(proc.returncode)} (its process died; the "
+                                              "library's other functions ran in a fresh one)"))
 
 
 def main(argv=None) -> int:
@@ -81,9 +81,7 @@ def main(argv=None) -> int:
     kept = [i for i in range(len(found)) if i not in skip]
 
     def started(k: int) -> None:
-        e = found[kept[k]]
-        line = dict(index=kept[k], version=e.version, function=e.function, kind=e.kind, note=e.note,
-                    mode=e.mode if e.asked else f"({e.mode})" if e.mode else None)
+        line = dict(index=kept[k], **found[kept[k]].columns())
         with args.progress.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
