@@ -56,7 +56,7 @@ class LayerCase:
         """The case's columns of a report row."""
         s = self.shape
         return CaseColumns(E=s["E"], H=s["H"], I=s["I"], topk=s["topk"], M=self.M, arch=self.arch, env=self.env,
-                    gate_mode=self.gate_mode, scale_mode=self.scale_mode)
+                           gate_mode=self.gate_mode, scale_mode=self.scale_mode)
 
 
 def cases(cfg, archs, gate_modes=None):

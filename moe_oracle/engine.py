@@ -13,7 +13,7 @@ from . import references as refs
 from .cases import LayerCase, cases
 from .contract import ContractError
 from .implementation import Implementation, call_with
-from .layer import check_layer_case, layer_capabilities
+from .layer import check_layer_case, judged_act_dtype, layer_capabilities
 from .progress import Progress
 from .quantizers import check_quantizer
 from .rows import ErrorRow
@@ -58,7 +58,7 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
     cache: dict = {}
     mma_k = refs.mma_k_of(device.type)
     at = refs.reference_device(device)
-    jobs = [(c, cfg.reference_act_dtype or impl.fixed_path or c.decision.dtype, cfg.seed, mma_k, "bias1" in caps, at)
+    jobs = [(c, judged_act_dtype(impl, c, cfg), cfg.seed, mma_k, "bias1" in caps, at)
             for c in case_list]
     refs.prefetch(jobs, cache, workers, max_memory_gib, progress=progress)
     bar = Progress(len(case_list), "cases", enabled=progress)

@@ -22,7 +22,7 @@ from .guard import guard_band_check
 from .implementation import LayerResult, call_with
 from .rows import LayerRow
 
-__all__ = ["PATH_NAMES", "layer_capabilities", "check_layer_case"]
+__all__ = ["PATH_NAMES", "layer_capabilities", "judged_act_dtype", "check_layer_case"]
 
 PATH_NAMES = {d: p.name for d, p in ACTIVATION_PATHS.items()}
 
@@ -190,13 +190,19 @@ def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selecte
     return notes
 
 
+def judged_act_dtype(impl, case: LayerCase, cfg) -> str:
+    """The path a case's output is judged on: the config's forced reference, else the implementation's one
+    path, else the selector's choice."""
+    return cfg.reference_act_dtype or impl.fixed_path or case.decision.dtype
+
+
 def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict) -> LayerRow:
     """The report's row for one case (``moe_oracle.rows.LayerRow`` says what each field holds)."""
     torch = torch_module()
     caps = layer_capabilities(impl.fused_moe)
     with_bias = "bias1" in caps
     decision = case.decision
-    selected = cfg.reference_act_dtype or impl.fixed_path or decision.dtype
+    selected = judged_act_dtype(impl, case, cfg)
     mma_k = refs.mma_k_of(device.type)
     p, ref, ideal, bound = refs.reference(cache, case, selected, seed, mma_k, with_bias,
                                           device=refs.reference_device(device))

@@ -76,9 +76,9 @@ def run_on_devices(impl_spec: str, impl, cfg, archs: list[str], n: int, gpus: li
 
 
 def main(argv=None) -> int:
-    """A child: the layer cases of its share, each row appended to its rows file (exit 0 when all ran)."""
+    """A child: the layer cases of its share, each row appended to its rows file (exit 0 when all ran).
+    Started with ``python -m`` in the parent's folder, it imports ``--impl module:attr`` as the CLI does."""
     job = json.loads(Path((sys.argv[1:] if argv is None else argv)[0]).read_text())
-    sys.path.insert(0, os.getcwd())  # the parent's --impl module:attr, as the CLI finds it
     from .config import VerifyConfig
     from .implementations import resolve
 
