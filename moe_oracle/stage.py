@@ -16,7 +16,7 @@ import numpy as np
 
 import emulation as em
 from moe_ref import MoEWeights, random_moe_problem
-from moe_ref.products import HostProducts
+from moe_ref.products import products_for
 from moe_ref.tolerance import _accumulation_bound, bf16_output_bound
 
 from .compare import margin_of
@@ -27,13 +27,14 @@ from .interpreter import bf16_explained_by_interpreter
 __all__ = ["check_stage"]
 
 
-def _reference(p, mul_routed_weight: bool, mma_k):
+def _reference(p, mul_routed_weight: bool, mma_k, device=None):
     M, topk = p.topk_ids.shape
     K, N = p.hidden.shape[1], p.w1.shape[1]
     ref = np.zeros((M, topk, N), np.float32)
     bound = np.zeros((M, topk, N))
     a = em.round_to_bf16(p.hidden)
-    products = HostProducts(MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale))
+    # on a GPU its float64 GEMMs (equal results: moe_ref.products); the host's took minutes at DeepSeek-V3's shape
+    products = products_for(MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale), device)
     for e in np.unique(p.topk_ids):
         t, k = np.nonzero(p.topk_ids == e)
         g = products.exact(a[t], e, "w1")
@@ -53,7 +54,8 @@ def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_wei
     import torch
 
     p = random_moe_problem(np.random.default_rng([seed, M, E, K, N, topk]), M=M, E=E, H=K, I=N // 2, topk=topk)
-    ref, bound, ref_f32, fp32_bound = _reference(p, mul_routed_weight, 16 if str(device) != "cpu" else None)
+    ref, bound, ref_f32, fp32_bound = _reference(p, mul_routed_weight, 16 if str(device) != "cpu" else None,
+                                                device)
     pt = p.to_torch(device)
     inputs = dict(zip(("hidden", "w", "w_scale", "topk_weights", "topk_ids"),
                       (pt.hidden, pt.w1, pt.w1_scale, pt.topk_weights, pt.topk_ids)))
