@@ -89,3 +89,77 @@ def test_a_library_that_kills_its_process_costs_one_line(monkeypatch):
     dead = ecosystem.measure(seed=0, libraries=[spec], isolate=True)
     assert not dead["quantizers"] and [r["function"] for r in dead["not_run"]] == ["(import)"]
     assert dead["not_run"][0]["reason"].startswith("loading it killed by SIGABRT")
+
+
+GPU_RUN = Path(__file__).parents[2] / "benchmarks" / "ecosystem_gpu.json"
+
+
+@pytest.fixture(scope="module")
+def gpu_run():
+    import json
+
+    return json.loads(GPU_RUN.read_text())
+
+
+def test_readme_gpu_block_is_the_stored_gpu_run(gpu_run):
+    """The GPU block is rendered from the stored run (no GPU here: the run is data, the rendering is checked)."""
+    assert not gpu_run["device"].startswith("CPU") and ecosystem.markers(gpu_run) == (ecosystem.GPU_BEGIN, ecosystem.GPU_END)
+    block = README.read_text().split(ecosystem.GPU_BEGIN, 1)[1].split(ecosystem.GPU_END, 1)[0].strip()
+    assert block == ecosystem.markdown(gpu_run), (
+        "README is stale: python -m moe_oracle.ecosystem --from-json benchmarks/ecosystem_gpu.json --readme README.md")
+
+
+def _row(run, library, function, mode=None):
+    rows = [r for r in run["quantizers"] + run["dequantizers"] if r["library"] == library and r["function"] == function
+            and (mode is None or r["mode"] == mode)]
+    assert len(rows) == 1, (library, function, mode, len(rows))
+    return rows[0]
+
+
+def _class_of(run, name):
+    return next(i for i, members in enumerate(run["classes"]["members"]) if name in members)
+
+
+def test_readme_gpu_claims_hold_in_the_stored_run(gpu_run):
+    """Each claim of the README's "On a GPU" list, read from the stored run."""
+    run = gpu_run
+    hip, triton_qdq = _row(run, "amd-quark", "qdq_mxfp4_hip"), _row(run, "amd-quark", "qdq_mxfp4_triton")
+    assert (hip["best"], triton_qdq["best"]) == ("even, ties even", "even, ties away")
+    a, b = _class_of(run, "amd-quark qdq_mxfp4_hip"), _class_of(run, "amd-quark qdq_mxfp4_triton")
+    assert run["classes"]["differing_blocks"][a][b][0] == 37 and run["classes"]["core_blocks"] == 78
+    assert _class_of(run, "vllm _quant_dequant_mxfp4") == a == _class_of(run, "vllm mxfp4_quantize")
+    util = _row(run, "aiter (utility)", "fp4_utils.dynamic_mxfp4_quant")
+    assert util["best"] == "even, ties away" and util["best_differing"]["ordinary"] + util["best_differing"]["ties"] == 44
+    assert util["policies"]["zero blocks"].startswith("scale byte(s) ['0x7f']")
+    not_run = {(r["library"], r["function"]): r["reason"] for r in run["not_run"]}
+    assert "waves_per_eu" in not_run[("aiter-triton", "dynamic_mxfp4_quant")]
+    for crashed in (("amd-quark", "dq_mxfp4_hip"), ("vllm", "_dequant_mxfp4")):
+        assert not_run[crashed].startswith("calling it killed by SIGSEGV")
+    assert "SM100" in not_run[("flashinfer", "mxfp4_quantize")] and "SM100" in not_run[
+        ("flashinfer", "mxfp4_quantize(batch_invariant=True)")]
+    for library in ("amd-quark", "aiter-triton"):
+        for mode in ("round_up", "round_down"):
+            row = [r for r in run["quantizers"] if r["library"] == library and r["function"].startswith("downcast_to_mxfp[fp4]")
+                   and r["mode"] == mode]
+            assert len(row) == 1 and row[0]["best_differing"]["subnormal"] == 0
+    for library in ("amd-quark", "triton_kernels"):
+        name = "upcast_from_mxfp[fp4] (Triton)" if library == "amd-quark" else "upcast_from_mxfp[fp4]"
+        assert _row(run, library, name)["follows"]
+    sglang = _row(run, "sglang", "MXFP4QuantizeUtil.dequantize")
+    assert float(sglang["policies"]["scale 0x00"].split()[0]) == 2.0**-127 - 2.0**-149
+    body = _row(run, "sglang", "MXFP4QuantizeUtil.quantize (its body)")
+    assert f"{100 * body['per_mode']['round_up'] / body['total']:.1f}" == "87.0"
+
+
+def test_from_json_renders_a_stored_run_and_refuses_what_is_not_one(tmp_path, capsys):
+    readme = tmp_path / "R.md"
+    readme.write_text(f"a\n{ecosystem.GPU_BEGIN}\nold\n{ecosystem.GPU_END}\nb\n")
+    assert ecosystem.main(["--from-json", str(GPU_RUN), "--readme", str(readme)]) == 0
+    assert readme.read_text().split(ecosystem.GPU_BEGIN)[1].split(ecosystem.GPU_END)[0].strip() == (
+        ecosystem.markdown(__import__("json").loads(GPU_RUN.read_text())))
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"seed": 0}')
+    with pytest.raises(SystemExit) as exit_:
+        ecosystem.main(["--from-json", str(bad)])
+    assert exit_.value.code == 2 and "not an ecosystem measurement" in capsys.readouterr().err
