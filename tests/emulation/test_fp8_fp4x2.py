@@ -67,10 +67,17 @@ def test_fp4x2_low_nibble_is_the_even_element(axis, rng):
     np.testing.assert_array_equal(em.unpack_fp4x2(packed, axis=axis), codes)
 
 
-def test_fp4x2_errors():
-    with pytest.raises(ValueError, match="odd"):
-        em.pack_fp4x2(np.zeros((3,), np.uint8))
-    with pytest.raises(ValueError, match=r"\[0, 15\]"):
-        em.pack_fp4x2(np.array([16, 0], np.uint8))
-    with pytest.raises(TypeError, match="packed"):
-        em.unpack_fp4x2(np.zeros(2, np.int32))
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: em.pack_fp4x2(np.zeros((3,), np.uint8)), ValueError,
+     "codes: length 3 along axis 0 is odd; fp4x2 needs pairs"),
+    (lambda: em.pack_fp4x2(np.array([16, 0], np.uint8)), ValueError, "codes: e2m1 codes must lie in [0, 15]"),
+    (lambda: em.pack_fp4x2(np.array([-1, 0], np.int8)), ValueError, "codes: e2m1 codes must lie in [0, 15]"),
+    (lambda: em.pack_fp4x2(np.zeros(2, np.float32)), TypeError,
+     "codes: expected an integer array of e2m1 codes, got dtype float32"),
+    (lambda: em.unpack_fp4x2(np.zeros(2, np.int32)), TypeError,
+     "packed: expected a uint8 array of fp4x2 bytes, got dtype int32"),
+])
+def test_fp4x2_refusals_name_the_argument_in_these_words(call, error, words):
+    with pytest.raises(error) as raised:
+        call()
+    assert str(raised.value) == words

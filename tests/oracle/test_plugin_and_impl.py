@@ -227,19 +227,24 @@ def _stage_bug(kind):
                 if mul_routed_weight != (kind == "weight ignored"):
                     g = g * topk_weights[t, k]
                 out[t, k] = g.to(torch.bfloat16)
+        if kind == "computed NaN":
+            out[0, 0, 0] = float("nan")  # written, whatever the buffer held
         return out
 
     return stage
 
 
 @pytest.mark.parametrize("kind, diagnosis", [("correct", ""), ("weight ignored", "mul_routed_weight=False"),
-                                             ("last token dropped", "never written")])
+                                             ("last token dropped", "never written"),
+                                             ("computed NaN", "1 of 512 outputs are NaN where the reference is finite "
+                                              "(NaN with a zero-filled buffer too: computed, not unwritten)")])
 def test_stage_bugs_are_diagnosed(kind, diagnosis, base_seed):
     from moe_oracle.stage import check_stage
 
     row = check_stage(_stage_bug(kind), M=4, E=4, K=64, N=64, topk=2, mul_routed_weight=True, seed=base_seed)
     assert (row["verdict"] == "PASS") == (kind == "correct"), row
     assert diagnosis in row["diagnosis"]
+    assert ("never written" in row["diagnosis"]) == (kind == "last token dropped"), row["diagnosis"]
 
 
 def test_a_missing_peer_is_one_line(tmp_path, capsys):
