@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--devices", default=None,
                     help="GPUs the MoE cases are spread over: 'all' or a number (one process each, one report; "
                          "default 1; on a CPU-only run a number means that many CPU processes)")
+    ap.add_argument("--memcheck", action="store_true",
+                    help="run again under CUDA's compute-sanitizer (memcheck): any access outside an allocation, "
+                         "named by kernel, fails the run (NVIDIA GPUs; MOE_ORACLE_COMPUTE_SANITIZER names the tool)")
     ap.add_argument("--version", action="version", version=f"moe-oracle {__version__}")
     ap.add_argument("-q", "--quiet", action="store_true", help="no tables, no progress: errors and the last line only")
     ap.add_argument("--json", action="store_true", help="the report as JSON on stdout (the text goes to stderr)")
@@ -156,6 +159,8 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         return _usage(str(exc))
+    if args.memcheck:
+        return _memcheck(args, argv, device)
     cfg = cfg or (QUICK if args.quick else DEFAULT_GPU if device == "cuda" else DEFAULT_CPU)
     from .devices import resolve_devices, visible_gpus
 
@@ -175,6 +180,25 @@ def main(argv=None) -> int:
 
         cfg = dataclasses.replace(cfg, seed=secrets.randbits(32))
     return _run(args, impl_spec, impl, cfg, parts, device, archs, archs_why, n_devices, gpus)
+
+
+def _memcheck(args, argv: list[str], device: str) -> int:
+    """``--memcheck``: the same command line again under compute-sanitizer (``memcheck.run``)."""
+    import torch
+
+    from .memcheck import SANITIZER_ENV, find_sanitizer, run
+
+    if device != "cuda" or getattr(torch.version, "hip", None):
+        return _usage("--memcheck: compute-sanitizer checks NVIDIA GPU kernels; this run is on "
+                      + ("ROCm" if device == "cuda" else "the CPU (the Triton interpreter)"))
+    if args.devices not in (None, "1"):
+        return _usage("--memcheck runs the cases in one process: drop --devices")
+    sanitizer = find_sanitizer()
+    if sanitizer is None:
+        return _usage(f"--memcheck: compute-sanitizer not found (looked at ${SANITIZER_ENV}, PATH, $CUDA_HOME/bin, "
+                      "/usr/local/cuda/bin)")
+    rest = [a for a in argv if not (a.startswith("--mem") and "--memcheck".startswith(a))]
+    return run(rest, sanitizer, out=args.out, junit=args.junit_xml, as_json=args.json)
 
 
 @dataclasses.dataclass(frozen=True)
