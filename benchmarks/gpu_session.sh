@@ -2,7 +2,7 @@
 # One device call for everything GPU: the gpu-marked tests, the conformance report on the GPU
 # default (gpt-oss-like) configuration, and the benchmarks. Outputs land in ${OUT:-out}/.
 # Usage (device tool): bash benchmarks/gpu_session.sh [quant|tests|verify|peers|memcheck|bench|all] (quant: the
-# quantizer tests only; memcheck: --memcheck on the planted kernel and on AITER at the gpt-oss shape); each stage alone
+# quantizer tests only; memcheck: --memcheck on the planted kernel and on each implementation at the gpt-oss shape); each stage alone
 # fits one 10-minute device call (tests ~8 min on an H100), "all" may not.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -44,16 +44,13 @@ fi
 if [[ $what == memcheck ]]; then
   command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer
   python -m pytest tests/oracle/test_memcheck.py -m gpu -q -p no:cacheprovider --tb=short 2>&1 | tail -15 || rc=1
-  # the planted read past the end, its log kept (tests/oracle/data/memcheck_planted.log is one such)
-  python -m moe_oracle verify --impl tests.oracle.planted_gpu:reads_past_end --only quantizers --seed 5 --memcheck \
-    --out "$out/planted" 2>&1 | tail -6
-  # AITER's stage at the gpt-oss shape (K % 128 = 64): tight, then under memcheck
-  export MOE_ORACLE_AITER_PATH="${MOE_ORACLE_AITER_PATH:-wheels/aiter}"
-  timeout "${PEER_S:-150}" python -m moe_oracle --impl aiter-triton --config benchmarks/peers_gpu_gptoss.json \
-    --only moe --out "$out/aiter" > "$out/aiter.log" 2>&1; echo "aiter-triton: exit $?"; tail -12 "$out/aiter.log"
-  timeout "${MEMCHECK_S:-300}" python -m moe_oracle --impl aiter-triton --config benchmarks/peers_gpu_gptoss.json \
-    --only moe --memcheck --out "$out/aiter_mc" > "$out/aiter_mc.log" 2>&1; echo "aiter-triton --memcheck: exit $?"
-  tail -12 "$out/aiter_mc.log"
+  # each implementation at the gpt-oss shape (K % 128 = 64) under memcheck
+  export MOE_ORACLE_AITER_PATH="${MOE_ORACLE_AITER_PATH:-wheels/aiter}" MOE_ORACLE_TRITON_KERNELS_PATH="${MOE_ORACLE_TRITON_KERNELS_PATH:-wheels/tk}"
+  for impl in ${MEMCHECK_IMPLS:-aiter-triton triton-kernels ours}; do
+    timeout "${MEMCHECK_S:-240}" python -m moe_oracle --impl $impl --config benchmarks/peers_gpu_gptoss.json \
+      --only moe --memcheck --out "$out/mc_$impl" > "$out/mc_$impl.log" 2>&1; echo "$impl --memcheck: exit $?"
+    grep -A8 "^memcheck" "$out/mc_$impl.log"; grep -E "passed|failed" "$out/mc_$impl.log" | tail -2
+  done
 fi
 if [[ $what == bench || $what == all ]]; then
   export MOE_ORACLE_TRITON_KERNELS_PATH="${MOE_ORACLE_TRITON_KERNELS_PATH:-wheels/tk}"  # the peer, where carried
