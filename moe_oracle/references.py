@@ -182,7 +182,7 @@ def memory_budget(max_gib: float | None = None) -> int:
 
 def worker_count(jobs: list[tuple], requested: int, budget: int) -> tuple[int, int]:
     """(workers, bytes per worker): as many as asked whose references fit in ``budget`` bytes (at least 1)."""
-    per = max(reference_bytes(j[0].M, **j[0].shape, device=j[5] is not None) for j in jobs)
+    per = max(reference_bytes(j[0].M, **j[0].shape, device=j[5] is not None, frozen_weights=True) for j in jobs)
     return max(1, min(requested, len(jobs), int(budget // per))), per
 
 

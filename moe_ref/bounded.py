@@ -21,6 +21,7 @@ import emulation as em
 from .products import products_for
 from .reference import add_rows, forward, prepare_call
 from .tolerance import expert_bound, finish_bound
+from .weights import DEQUANT_CACHE_BYTES
 
 __all__ = ["BoundedReference", "moe_reference_bounded", "reference_bytes"]
 
@@ -60,12 +61,21 @@ def moe_reference_bounded(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk
     return BoundedReference(out, ideal, bound)
 
 
-def reference_bytes(M: int, E: int, H: int, I: int, topk: int, *, device: bool) -> int:  # noqa: E741
-    """About the peak host bytes of one :func:`moe_reference_bounded` call beyond its inputs: the
-    [P, H] fp32 stage-2 rows, the [M, H] results, and on the host one expert's float64 weight matrices
-    in their three forms plus its pairs' intermediates."""
+def reference_bytes(M: int, E: int, H: int, I: int, topk: int, *, device: bool,  # noqa: E741
+                    frozen_weights: bool = False) -> int:
+    """An upper estimate of the peak host bytes of one :func:`moe_reference_bounded` call beyond its
+    inputs, its first on a layer (measured against tracemalloc: tests/moe_ref/test_bounded.py): the
+    [P, H] fp32 stage-2 rows and the [M, H] results; the layer's copy of its packed weights (unless
+    ``frozen_weights``: read-only arrays owning their memory, used in place) and its per-row bit ranges; on the host one expert's float64 weight matrices
+    in their three forms, its pairs' intermediates, and the dequantized experts the layer keeps for the
+    next reference (``DEQUANT_CACHE_BYTES``, one expert past it at most)."""
     P = M * topk
     rows = P * H * 4 + 5 * M * H * 8
+    layer_copy = 0 if frozen_weights else E * I * H * 51 // 32  # w1 I*H, w1_scale I*H/16, w2 I*H/2, w2_scale I*H/32 bytes per expert
+    bit_ranges = E * (2 * I + H) * 2 * 8  # (low, high) per row, int64 after the where
+    if device:
+        return rows + layer_copy + bit_ranges
     per_expert_pairs = min(P, max(1, -(-P // E)) * 4) * (2 * I + H) * 8 * 8  # skewed routing: 4x the mean
-    weights = 0 if device else 3 * (2 * I * H + H * I) * 8 + 2 * (2 * I * H + H * I) * 4
-    return rows + per_expert_pairs + weights
+    weights = 3 * (2 * I * H + H * I) * 8 + 2 * (2 * I * H + H * I) * 4
+    dequant_memo = min(E * 3 * I * H * 4, DEQUANT_CACHE_BYTES + 2 * I * H * 4)
+    return rows + layer_copy + bit_ranges + per_expert_pairs + weights + dequant_memo

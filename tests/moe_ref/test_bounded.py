@@ -158,9 +158,69 @@ def test_exact_gemm_takes_the_slow_path_where_float64_is_not_enough(rng):
 
 
 def test_reference_bytes_grow_with_the_pairs_not_the_layer():
-    small = reference_bytes(64, 256, 7168, 2048, 8, device=True)
-    assert reference_bytes(64, 256, 7168, 2048, 8, device=False) > small  # the host holds one expert's matrices
-    assert reference_bytes(4096, 256, 7168, 2048, 8, device=True) < 4 * 2**30  # DeepSeek-V3, M=4096: < 4 GiB
+    small = reference_bytes(64, 256, 7168, 2048, 8, device=True, frozen_weights=True)
+    assert reference_bytes(64, 256, 7168, 2048, 8, device=False, frozen_weights=True) > small  # one expert's matrices
+    # DeepSeek-V3, M=4096, the oracle's frozen layer: < 4 GiB on a device
+    assert reference_bytes(4096, 256, 7168, 2048, 8, device=True, frozen_weights=True) < 4 * 2**30
+    assert reference_bytes(64, 256, 7168, 2048, 8, device=True) > small  # unfrozen: the layer is copied
+
+
+@pytest.mark.parametrize("M, E, H, I, topk", [(64, 8, 256, 128, 2), (8, 32, 1024, 512, 4), (300, 128, 256, 256, 4),
+                                              (1, 8, 2048, 1024, 2), (2000, 2, 64, 64, 2), (1, 4, 64, 32, 1)])
+def test_reference_bytes_bound_the_measured_peak(M, E, H, I, topk):  # noqa: E741
+    """The worker budget's estimate is an upper bound of what a first reference on a layer allocates
+    (tracemalloc: NumPy's buffers; the layer's dequantized experts and its copy of the weights included),
+    and not a gross one (within 3x); with unfrozen inputs, which the layer copies, and frozen ones."""
+    import tracemalloc
+
+    from moe_ref import weights as weights_module
+
+    p = random_moe_problem(np.random.default_rng(M + E), M=M, E=E, H=H, I=I, topk=topk)
+    for act_dtype, frozen in (("bf16", False), ("fp4x2", False), ("fp4x2", True)):
+        for arr in (p.w1, p.w1_scale, p.w2, p.w2_scale):
+            arr.setflags(write=not frozen)
+        weights_module._WEIGHTS_CACHE.clear()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            moe_reference_bounded(*p.args(), act_dtype=act_dtype)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        estimate = reference_bytes(M, E, H, I, topk, device=False, frozen_weights=frozen)
+        assert peak <= estimate <= 3 * peak, (act_dtype, frozen, peak, estimate)
+
+
+def test_the_device_computes_both_passes(rng, monkeypatch):
+    """``device`` reaches the bound's pass and the ideal's: each gets the device's products (torch on the
+    CPU here, named "cpu:0"; None or "cpu" would be NumPy's)."""
+    import moe_ref.bounded as bounded
+
+    seen = []
+    real = bounded.forward
+
+    def spy(call, act_dtype, products=None, *rest, **kw):
+        seen.append((act_dtype, type(products).__name__))
+        return real(call, act_dtype, products, *rest, **kw)
+
+    monkeypatch.setattr(bounded, "forward", spy)
+    p = _problem(rng, M=6)
+    moe_reference_bounded(*p.args(), act_dtype="fp8", device="cpu:0")
+    assert seen == [("fp8", "DeviceProducts"), (None, "DeviceProducts")]
+    seen.clear()
+    moe_reference_bounded(*p.args(), act_dtype="fp8", device="cpu")
+    assert seen == [("fp8", "HostProducts"), (None, "HostProducts")]
+
+
+@pytest.mark.parametrize("act_dtype, words", [
+    (None, "act_dtype: expected an emulated path ('bf16', 'fp4x2', 'fp8'); the ideal comes with it"),
+    ("fp16", "act_dtype='fp16' is not valid; expected None or one of ['bf16', 'fp4x2', 'fp8']"),
+])
+def test_the_path_is_checked_first(rng, act_dtype, words):
+    p = _problem(rng, M=2)
+    with pytest.raises(ValueError) as info:
+        moe_reference_bounded(*p.args(), act_dtype=act_dtype)
+    assert str(info.value) == words
 
 
 def test_an_unknown_product_form_is_refused(rng):
