@@ -1,0 +1,179 @@
+"""``moe_ref.exact`` against exact rational arithmetic: every dot product of ``exact_matmul_f32`` and
+every sum of ``round_parts_f32`` / ``round_scaled_int_to_f32`` equals the fp32 nearest (ties to even,
+inf past fp32's range) to the exact value computed with ``fractions.Fraction``, on inputs built to
+reach each of its three tiers (rows that fit float64, rows split into parts, cells summed with
+integers), midpoints between fp32 neighbours, cancellation across 200 bits, and fp32's overflow edge."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from moe_ref.exact import (
+    accumulation_bits,
+    exact_matmul_f32,
+    exact_round_f32,
+    round_parts_f32,
+    round_scaled_int_to_f32,
+    row_bits,
+)
+
+
+def f32_nearest(q: Fraction) -> float:
+    """The fp32 nearest to the rational ``q``, ties to even; +-inf from 2^128 - 2^103 up (the oracle)."""
+    if q == 0:
+        return 0.0
+    sign, a = (-1.0 if q < 0 else 1.0), abs(q)
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    while Fraction(2) ** e > a:
+        e -= 1
+    while Fraction(2) ** (e + 1) <= a:
+        e += 1
+    ulp = Fraction(2) ** (max(e, -126) - 23)
+    n, rest = divmod(a, ulp)
+    if rest > ulp / 2 or (rest == ulp / 2 and n % 2 == 1):
+        n += 1
+    value = n * ulp
+    return sign * math.inf if value >= 2**128 else sign * float(value)
+
+
+def exact_dots(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    xs = [[Fraction(float(v)) for v in row] for row in x]
+    ws = [[Fraction(float(v)) for v in row] for row in w]
+    return np.array([[f32_nearest(sum(a * b for a, b in zip(r, c))) for c in ws] for r in xs], np.float32)
+
+
+def _assert_same(got, want):
+    np.testing.assert_array_equal(np.asarray(got, np.float32).view(np.uint32) & 0x7FFFFFFF,
+                                  np.asarray(want, np.float32).view(np.uint32) & 0x7FFFFFFF)
+    np.testing.assert_array_equal(np.sign(got), np.sign(want))
+
+
+def _wide(rng, shape, low, high, bits=24):
+    """fp32 values of random sign, ``bits`` significant bits, exponents spread over [low, high)."""
+    mant = rng.integers(1 << (bits - 1), 1 << bits, size=shape)
+    exps = rng.integers(low, high, size=shape)
+    return (np.ldexp(mant.astype(np.float64), exps - bits + 1) * rng.choice([-1, 1], size=shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("span", ["narrow", "split", "integers"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_tier_equals_exact_rational_arithmetic(span, seed, monkeypatch):
+    """narrow: tier 1 (the float64 product is exact); split: rows spanning ~200 bits, weights narrow
+    (tier 2: parts); integers: weights spanning 60 bits leave no room for parts (tier 3)."""
+    rng = np.random.default_rng(seed)
+    K = 24
+    x = _wide(rng, (6, K), -4, 4, bits=8) if span == "narrow" else _wide(rng, (6, K), -100, 100)
+    w = _wide(rng, (5, K), -30, 30) if span == "integers" else _wide(rng, (5, K), -2, 2, bits=8)
+    x[0, :] = 0.0  # a row of zeros
+    x[1, K // 2:] = 0.0
+    need = accumulation_bits(x, w)
+    assert (need > 53).any() == (span != "narrow")
+    import moe_ref.exact as exact
+
+    calls = {"parts": 0, "integers": 0}
+    for name, key in (("round_parts_f32", "parts"), ("round_scaled_int_to_f32", "integers")):
+        real = getattr(exact, name)
+        monkeypatch.setattr(exact, name, lambda *a, _real=real, _key=key: (calls.__setitem__(_key, calls[_key] + 1),
+                                                                           _real(*a))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = exact_matmul_f32(x, w)
+        again = exact_matmul_f32(x.astype(np.float64), w.astype(np.float64), w_bits=row_bits(w))
+    assert got.dtype == np.float32 and got.shape == (6, 5)
+    assert (calls["parts"] > 0, calls["integers"] > 0) == {"narrow": (False, False), "split": (True, False),
+                                                            "integers": (False, True)}[span], calls
+    _assert_same(got, exact_dots(x, w))
+    _assert_same(again, got)
+    # from a float64 product and float64 rows, without a matmul for parts: every wide cell by integers
+    product = x.astype(np.float64) @ w.astype(np.float64).T
+    _assert_same(exact_round_f32(x.astype(np.float64), product, row_bits(w), w.__getitem__), got)
+
+
+def _midpoint_rows():
+    """Rows whose exact dot with ones lands on fp32 midpoints after cancelling 2^100 (tier 2 or 3)."""
+    one, big, half_ulp = 1.0, 2.0**100, 2.0**-24
+    rows = [
+        [big, -big, one, half_ulp],                    # 1 + 2^-24: tie, to even 1.0
+        [big, -big, one + 2.0**-23, half_ulp],         # tie between odd 1+2^-23 and 1+2^-22: up
+        [big, -big, one, half_ulp, 2.0**-100],         # just past the midpoint: up
+        [big, -big, one, half_ulp, -(2.0**-100)],      # just below: down
+        [-big, big, -one, -half_ulp],                  # negative tie: to even -1.0
+        [big, -big],                                   # exact zero
+    ]
+    return np.array([r + [0.0] * (8 - len(r)) for r in rows], np.float32)
+
+
+def test_midpoints_after_cancellation_round_to_even():
+    x = _midpoint_rows()
+    w = np.ones((1, 8), np.float32)
+    got = exact_matmul_f32(x, w)[:, 0]
+    want = [1.0, 1.0 + 2.0**-22, 1.0 + 2.0**-23, 1.0, -1.0, 0.0]
+    np.testing.assert_array_equal(got, np.array(want, np.float32))
+    _assert_same(got[:, None], exact_dots(x, w))
+    wide_w = np.ones((1, 8), np.float32)
+    wide_w[0, 7] = 2.0**60  # weights spanning 61 bits: the cells go to integers (tier 3)
+    _assert_same(exact_matmul_f32(x, wide_w), exact_dots(x, wide_w))
+
+
+def test_round_parts_f32_on_expansions():
+    """Parts summing to midpoints, to the overflow edge and to zero; and random wide parts."""
+    F32_MAX = float(np.finfo(np.float32).max)
+    cases = [
+        ([2.0**60, -(2.0**60), 1.0, 2.0**-24], 1.0),
+        ([2.0**60, 1.0 + 2.0**-23, -(2.0**60), 2.0**-24], 1.0 + 2.0**-22),
+        ([1.0, 2.0**-24, 2.0**-80], 1.0 + 2.0**-23),
+        ([-1.0, -(2.0**-24), 2.0**-80], -1.0),
+        ([F32_MAX, 2.0**103], math.inf),                 # max + half its ulp: a tie, up to 2^128: inf
+        ([F32_MAX, 2.0**103, -(2.0**-900)], F32_MAX),     # just below the overflow edge
+        ([-F32_MAX, -(2.0**103)], -math.inf),
+        ([3.0, -3.0, 2.0**-1000, -(2.0**-1000)], 0.0),
+        ([2.0**-149, 2.0**-151], 2.0**-149),
+    ]
+    parts = [np.array([c[0][k] if k < len(c[0]) else 0.0 for c in cases]) for k in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = round_parts_f32(parts)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.array([c[1] for c in cases], np.float32))
+    rng = np.random.default_rng(7)
+    wide = [np.ldexp(rng.standard_normal(200), rng.integers(-60, 60, 200)) for _ in range(5)]
+    want = [f32_nearest(sum(Fraction(float(p[i])) for p in wide)) for i in range(200)]
+    _assert_same(round_parts_f32(wide), np.array(want, np.float32))
+
+
+@pytest.mark.parametrize("n, q", [(0, 5), (1, 0), (-1, 0), (3, -1), ((1 << 24) + 1, 0), ((1 << 24) + 3, 0),
+                                  (-((1 << 25) + 2), -3), (1, -149), (1, -150), (3, -151), (1, -160),
+                                  ((1 << 24) - 1, 104), (1 << 24, 104), (1, 1000), (-1, 2000), (7, 120),
+                                  (12345678901234567890123, -50)])
+def test_round_scaled_int_to_f32(n, q):
+    got = round_scaled_int_to_f32(n, q)
+    assert isinstance(got, np.float32)
+    want = np.float32(f32_nearest(Fraction(n) * Fraction(2) ** q))
+    assert got.view(np.uint32) & 0x7FFFFFFF == want.view(np.uint32) & 0x7FFFFFFF and np.sign(got) == np.sign(want)
+
+
+def test_exact_round_f32_keeps_the_product_where_it_must():
+    """No columns, no rows, non-finite inputs: the float64 product's own fp32, as documented."""
+    x = np.array([[1.0, np.inf]], np.float32)
+    w = np.ones((2, 2), np.float32)
+    product = x.astype(np.float64) @ w.T.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        got = exact_round_f32(x, product, row_bits(w), w.__getitem__)
+    np.testing.assert_array_equal(got, product.astype(np.float32))
+    no_bits = (np.zeros(3, np.int32), np.zeros(3, np.int32))
+    empty = exact_round_f32(np.zeros((2, 0), np.float32), np.zeros((2, 3)), no_bits, None)
+    assert empty.shape == (2, 3) and empty.dtype == np.float32 and not empty.any()
+
+
+def test_accumulation_bits_by_hand():
+    """Bits of the widest partial sum: high exponents + ceil(log2 K) - lowest bits; 0 for zero rows."""
+    x = np.array([[1.0, 2.0**-10, 0.0], [0.0, 0.0, 0.0], [2.0**20, 2.0**20, 2.0**20]], np.float32)
+    w = np.array([[1.0, 1.0, 1.0], [2.0**30, 1.0, 2.0**-5]], np.float32)
+    got = accumulation_bits(x, w)
+    # row 0: x bits [-10, 1), w row 0 [0, 1), row 1 [-5, 31); K=3: +2
+    np.testing.assert_array_equal(got, [[1 + 1 + 2 - (-10), 1 + 31 + 2 - (-10 - 5)], [0, 0], [21 + 1 + 2 - 20, 21 + 31 + 2 - 15]])
