@@ -11,10 +11,11 @@ import emulation as em
 from .nasty import random_fp32
 
 
-@pytest.mark.parametrize("reciprocal, expected", [(False, 0xFA), (True, 0xFB)])
+@pytest.mark.parametrize("reciprocal, expected", [(None, 0xFB), (False, 0xFA), (True, 0xFB)])
 def test_numerics_md_division_vs_reciprocal_tie(reciprocal, expected):
+    """The default (None here: not passed) is the reciprocal, the kernels' way."""
     x = np.array([[6.5, -4.875]], np.float32)
-    codes, scale = em.quantize_fp8_per_token(x, reciprocal=reciprocal)
+    codes, scale = em.quantize_fp8_per_token(x, **({} if reciprocal is None else {"reciprocal": reciprocal}))
     assert scale[0, 0] == np.float32(6.5) / np.float32(448)
     assert codes[0, 1] == expected and codes[0, 0] == 0x7E
 
