@@ -76,7 +76,7 @@ def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_wei
     nan_got, nan_zeroed = np.isnan(got), np.isnan(got_zeroed)
     unwritten = int((nan_got & ~nan_zeroed).sum()) if accepts(fn, "out") else 0
     computed_nan = int((nan_got & (nan_zeroed | (not accepts(fn, "out"))) & ~np.isnan(ref)).sum())
-    changed = int(((got != got_zeroed) & ~(nan_got & nan_zeroed)).sum())
+    changed = int(((got != got_zeroed) & ~nan_got).sum())  # NaN in the NaN-filled run: unwritten, or NaN in both
     notes = []
     if unwritten:
         notes.append(f"{unwritten} of {got.size} outputs never written (NaN from the poisoned buffer)")
