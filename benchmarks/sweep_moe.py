@@ -18,21 +18,20 @@ import functools
 import json
 
 from benchmarks._timing import time_graph_ms
-from benchmarks.bench_moe import GPU_SHAPE, ROUTES, _weights, routed_inputs
+from benchmarks.bench_moe import GPU_MS, GPU_SHAPE, ROUTES, _weights, routed_inputs, triton_kernels_peer
 from moe_kernels import _tuning
 
-KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages")
-# (block_m, n1, n2, k, warps, stages) per regime of pairs per expert: around the current tiles and the
-# peer's (triton_kernels picks 16x256x128 at decode, 32x256x128 at M=1024: N 256 = our n1 128 / n2 256)
+KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages", "w_left")
+# (block_m, n1, n2, k, warps, stages, w_left) per regime of pairs per expert: around the current tiles and the
+# peer's (triton_kernels picks 16x256x128 at decode, 32x256x128 at M=1024: N 256 = our n1 128 / n2 256);
+# w_left: the weights prepared and the MMA's left operand (moe_gemm.weight_mma), N then wgmma's M (>= 64)
 CANDIDATES = {
-    "decode": [(16, 128, 256, 128, 4, 3), (16, 128, 256, 128, 8, 3), (16, 64, 256, 128, 4, 3),
-               (16, 128, 128, 128, 4, 3), (16, 64, 128, 256, 4, 3), (16, 128, 256, 256, 8, 3),
-               (16, 32, 128, 128, 4, 3), (16, 64, 128, 128, 4, 4)],
-    "middle": [(32, 64, 128, 128, 4, 3), (32, 128, 256, 128, 4, 3), (32, 64, 256, 128, 4, 3),
-               (32, 128, 128, 128, 8, 3), (64, 128, 256, 64, 8, 3), (64, 64, 256, 64, 4, 3),
-               (64, 128, 128, 64, 8, 3), (64, 64, 128, 128, 4, 3)],
-    "prefill": [(128, 128, 256, 64, 8, 3), (128, 64, 256, 64, 8, 3), (128, 128, 128, 64, 8, 3),
-                (128, 64, 128, 64, 8, 4), (64, 64, 128, 64, 8, 3)],
+    "decode": [(16, 64, 128, 128, 4, 3, False), (16, 64, 128, 128, 4, 3, True), (16, 64, 256, 128, 4, 3, True),
+               (16, 128, 256, 128, 8, 3, True), (16, 64, 128, 128, 4, 4, True)],
+    "middle": [(64, 64, 128, 64, 4, 3, False), (64, 64, 128, 128, 4, 3, True), (32, 64, 128, 128, 4, 3, True),
+               (64, 128, 128, 128, 8, 3, True), (32, 128, 256, 128, 8, 3, True)],
+    "prefill": [(128, 64, 128, 64, 8, 3, False), (128, 64, 128, 128, 8, 3, True), (128, 64, 128, 128, 8, 4, True),
+                (64, 128, 128, 128, 8, 3, True), (64, 64, 128, 128, 4, 3, True)],
 }
 
 
@@ -45,20 +44,23 @@ def candidates(M: int, E: int, topk: int):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--M", type=int, nargs="*", default=[8, 64, 1024, 8192])
+    ap.add_argument("--M", type=int, nargs="*", default=list(GPU_MS))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     E, H, I, topk = (GPU_SHAPE[k] for k in ("E", "H", "I", "topk"))  # noqa: E741
     gen = torch.Generator(device="cuda").manual_seed(0)
     w1, s1, w2, s2 = _weights(E, H, I, "cuda", gen)
     saved = list(_tuning.CONFIGS["gpu"])
-    print(f"card: {torch.cuda.get_device_name()}; shape {GPU_SHAPE}")
+    peer, why = triton_kernels_peer(w1, s1, w2, s2)  # timed in the same run, for the ratios
+    print(f"card: {torch.cuda.get_device_name()}; shape {GPU_SHAPE}; triton_kernels: {'timed' if peer else why}")
     rows = []
     for M in args.M:
         hidden, weights, ids = routed_inputs(M, E, H, topk, "cuda", gen)
         fn = functools.partial(mk.fused_moe, hidden, w1, s1, w2, s2, weights, ids, **ROUTES["a16w4"])
         base_out, base_ms = fn(), time_graph_ms(fn)
-        print(f"M={M}: current {mk.dispatch.config_name(mk.dispatch._config(M, E, topk, H=H, I=I))} {base_ms:.3f} ms")
+        peer_ms = time_graph_ms(functools.partial(peer, hidden, weights, ids)) if peer else None
+        print(f"M={M}: current {mk.dispatch.config_name(mk.dispatch._config(M, E, topk, H=H, I=I))} {base_ms:.3f} ms"
+              + (f"; triton_kernels {peer_ms:.3f} ms" if peer_ms else ""))
         best = (base_ms, "current")
         for cand in candidates(M, E, topk):
             _tuning.CONFIGS["gpu"][:] = [dict(backend="cuda", max_pairs_per_expert=None, **cand)]
@@ -72,13 +74,15 @@ def main(argv=None):
                 continue
             finally:
                 _tuning.CONFIGS["gpu"][:] = saved
-            rows.append(dict(M=M, config=name, ms=ms, current_ms=base_ms, rel_diff=diff))
+            rows.append(dict(M=M, config=name, ms=ms, current_ms=base_ms, rel_diff=diff, triton_kernels_ms=peer_ms))
             best = min(best, (ms, name))
-            print(f"    {name}: {ms:.3f} ms ({base_ms / ms:.2f}x) diff {diff:.1e}", flush=True)
+            vs_peer = f", {ms / peer_ms:.2f} of triton_kernels" if peer_ms else ""
+            print(f"    {name}: {ms:.3f} ms ({base_ms / ms:.2f}x){vs_peer} diff {diff:.1e}", flush=True)
             if args.json:
                 with open(args.json, "w") as f:
                     json.dump(dict(card=torch.cuda.get_device_name(), rows=rows), f, indent=1)
-        print(f"M={M}: best {best[1]} {best[0]:.3f} ms ({base_ms / best[0]:.2f}x the current)", flush=True)
+        print(f"M={M}: best {best[1]} {best[0]:.3f} ms ({base_ms / best[0]:.2f}x the current"
+              + (f", {best[0] / peer_ms:.2f} of triton_kernels)" if peer_ms else ")"), flush=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from .moe_gemm import (
     _moe_stage2_kernel,
     _sum_slots_kernel,
 )
+from .prepared import prepared_for
 from .quant import quantize_mxfp4, quantize_mxfp8
 from .routing import align_pairs
 
@@ -68,6 +69,7 @@ class MoEPlan:
     block_k: int
     num_warps: int
     num_stages: int  # software-pipelining depth of the K loop
+    w_left: bool  # weights prepared (``moe_kernels.prepared``) and the MMA's left operand (``moe_gemm.weight_mma``)
 
     @property
     def act_dtype(self) -> str:
@@ -187,7 +189,7 @@ class _PendingIdCheck:
             _raise_if_ids_out_of_range(self.topk_ids, self.E)
 
 
-_CONFIG_KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages")
+_CONFIG_KEYS = ("block_m", "block_n1", "block_n2", "block_k", "num_warps", "num_stages", "w_left")
 
 
 def _backend() -> str:
@@ -204,8 +206,8 @@ def _ptx_decode(device: torch.device) -> bool:
 
 
 def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = None,
-            I: int | None = None, backend: str | None = None) -> tuple[int, int, int, int, int, int]:  # noqa: E741
-    """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps, num_stages) from ``configs.json``:
+            I: int | None = None, backend: str | None = None) -> tuple[int, int, int, int, int, int, bool]:  # noqa: E741
+    """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps, num_stages, w_left) from ``configs.json``:
     the first "gpu" entry whose bucket holds M * topk / E pairs per expert and whose optional H, I and
     backend match. Stage 1 holds two accumulators (gate and up), hence its narrower tile.
     """
@@ -221,9 +223,10 @@ def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = 
 
 
 def config_name(config) -> str:
-    """A tile configuration's short name (variant names, benchmark tables): bm16n32x32k128w4s3."""
-    block_m, block_n1, block_n2, block_k, warps, stages = config
-    return f"bm{block_m}n{block_n1}x{block_n2}k{block_k}w{warps}s{stages}"
+    """A tile configuration's short name (variant names, benchmark tables): bm16n32x32k128w4s3, and "L"
+    where the weights are the MMA's left operand."""
+    block_m, block_n1, block_n2, block_k, warps, stages, w_left = config
+    return f"bm{block_m}n{block_n1}x{block_n2}k{block_k}w{warps}s{stages}" + ("L" if w_left else "")
 
 
 def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bias1=None, bias2=None,
@@ -323,14 +326,16 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bia
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_q_arg, h_scale_arg = (h_q, h_scale) if store_codes else (h_vals, h_vals)  # STORE_CODES=False: never written
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
-                      num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT, W_PTX=_ptx_decode(dev))
+                      num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT, W_PTX=_ptx_decode(dev),
+                      W_LEFT=plan.w_left)
+        w1_k, w2_k = (prepared_for(w1), prepared_for(w2)) if plan.w_left else (w1, w2)  # made once per layer
         if n_blocks:
             a_in = _dequantize_rows(a_q, a_scale, path, H) if path.is_mx else a_q
             grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.program_block)
             _moe_stage1_kernel[grid1](
-                a_in, w1, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
+                a_in, w1_k, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
                 expert_ids, h_vals, h_q_arg, h_scale_arg, n_pairs, topk, H, I,
-                a_in.stride(0), w1.stride(0), w1.stride(1), w1_scale.stride(0),
+                a_in.stride(0), w1_k.stride(0), w1_k.stride(1), w1_scale.stride(0),
                 w1_scale.stride(1), h_vals.stride(0), h_q_arg.stride(0), h_scale_arg.stride(0),
                 OUT_KIND=path.kind, STORE_CODES=store_codes, INTERLEAVED=spec.gate_mode == "interleave",
                 ACT=GatedActivation(_ACT_IDS[spec.activation], spec.alpha, spec.limit), HAS_BIAS=bias1 is not None,
@@ -339,9 +344,9 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bia
             grid2 = (n_blocks * triton.cdiv(H, plan.block_n2),)
             h_in = h_vals.view(torch.bfloat16)
             _moe_stage2_kernel[grid2](
-                h_in, w2, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
+                h_in, w2_k, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
                 expert_ids, y, n_pairs, H, I,
-                h_in.stride(0), w2.stride(0), w2.stride(1), w2_scale.stride(0),
+                h_in.stride(0), w2_k.stride(0), w2_k.stride(1), w2_scale.stride(0),
                 w2_scale.stride(1), y.stride(0),
                 HAS_BIAS=bias2 is not None, WEIGHT_HERE=not spec.doweight_stage1, BLOCK_N=plan.block_n2, **common)
     out = torch.empty((M, H), dtype=torch.bfloat16, device=dev)

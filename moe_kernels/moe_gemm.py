@@ -53,6 +53,37 @@ def mma(a, b, acc, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def zeros_acc(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, W_LEFT: tl.constexpr):
+    """A GEMM accumulator: [BLOCK_M, BLOCK_N] fp32 zeros, transposed with W_LEFT (``weight_mma``)."""
+    if W_LEFT:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    return acc
+
+
+@triton.jit
+def weight_mma(a, w, acc, W_LEFT: tl.constexpr, INTERPRET: tl.constexpr):
+    """acc + a @ w^T for activations a [BLOCK_M, K] and decoded weights w [BLOCK_N, K]. W_LEFT: acc is
+    held transposed and the product is acc^T + w @ a^T, the weights the MMA's left operand, which
+    Hopper's wgmma reads from registers (the decoded tile never goes through shared memory; the
+    weights then come in ``moe_kernels.prepared``'s byte order). Same products, fp32 sums either way."""
+    if W_LEFT:
+        out = mma(w, tl.trans(a), acc, INTERPRET)
+    else:
+        out = mma(a, tl.trans(w), acc, INTERPRET)
+    return out
+
+
+@triton.jit
+def acc_rows_first(acc, W_LEFT: tl.constexpr):
+    """The accumulator as [BLOCK_M, BLOCK_N] (the epilogue's orientation)."""
+    if W_LEFT:
+        acc = tl.trans(acc)
+    return acc
+
+
+@triton.jit
 def load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
     """The e8m0 bytes of columns k0 .. k0 + BLOCK_K of rows ``rows``, int32 [R, BLOCK_K/32, 1] (0 masked)."""
     sb = k0 // 32 + tl.arange(0, BLOCK_K // 32)
@@ -68,6 +99,19 @@ def load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr)
     packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
                      other=0)
     return tl.reshape(packed, (rows.shape[0], BLOCK_K // 32, 16))
+
+
+@triton.jit
+def load_prepared_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
+    """``load_fp4x2_blocks`` for weights in the prepared layout (``moe_kernels.prepared``: in each 32-byte
+    group of a row, public byte q + 4j at 8q + j; rows of ceil(K/64) * 32 bytes, zero-padded): one
+    contiguous load, the permutation undone by a reshape and a transpose (BLOCK_K a multiple of 64)."""
+    R: tl.constexpr = rows.shape[0]
+    j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(ptr + rows[:, None] * stride + j[None, :],
+                     mask=row_mask[:, None] & (j < tl.cdiv(K, 64) * 32)[None, :], other=0)
+    groups = tl.trans(tl.reshape(packed, (R, BLOCK_K // 64, 4, 8)), (0, 1, 3, 2))  # [.., j, q]: public q + 4j
+    return tl.reshape(groups, (R, BLOCK_K // 32, 16))
 
 
 @triton.jit
@@ -106,13 +150,17 @@ def load_bf16_rows(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, BLOCK_K: tl.constexpr,
-                         W: tl.constexpr, PTX: tl.constexpr = False):
-    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix (format W) as an exact bf16
-    tile. The weight decode is what MoE GEMMs issue most instructions for: ``_decode.e2m1x2_to_bf16``
-    (PTX: NVIDIA's bf16x2 decode, ~3 instructions a weight; else the portable fp32 one, ~9)."""
+                         W: tl.constexpr, PTX: tl.constexpr = False, PREPARED: tl.constexpr = False):
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix (format W; PREPARED: its
+    bytes in ``moe_kernels.prepared``'s order) as an exact bf16 tile. The weight decode is what MoE GEMMs
+    issue most instructions for: ``_decode.e2m1x2_to_bf16`` (PTX: NVIDIA's bf16x2 decode, ~3
+    instructions a weight; else the portable fp32 one, ~9)."""
     R: tl.constexpr = rows.shape[0]
     byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
-    packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
+    if PREPARED:
+        packed = load_prepared_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
+    else:
+        packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
     lo, hi = e2m1x2_to_bf16(packed, byte, W, PTX)
     return tl.reshape(tl.join(lo, hi), (R, BLOCK_K)).to(tl.bfloat16, bitcast=True)
 
@@ -194,24 +242,28 @@ def _moe_stage1_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
                        OUT_KIND: tl.constexpr, STORE_CODES: tl.constexpr, INTERLEAVED: tl.constexpr,
                        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, DOWEIGHT: tl.constexpr, MODE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
-                       F: tl.constexpr, W: tl.constexpr, W_PTX: tl.constexpr):
+                       F: tl.constexpr, W: tl.constexpr, W_PTX: tl.constexpr, W_LEFT: tl.constexpr = False):
     """Formats as one constexpr each (``KernelFormat``): F the stage-2 input's (the quantizer), W the
-    weights'; ACT a ``GatedActivation``; INTERLEAVED: gate and up rows 2j, 2j + 1 (else j, I + j)."""
+    weights'; ACT a ``GatedActivation``; INTERLEAVED: gate and up rows 2j, 2j + 1 (else j, I + j);
+    W_LEFT: prepared weights, the MMA's left operand (``weight_mma``)."""
     e, pairs, valid, w_e, ws_e, col0, n, n_mask = program_block(sorted_ptr, expert_ptr, num_valid, I, w_ptr, ws_ptr,
                                                                 stride_we, stride_wse, BLOCK_M, BLOCK_N)
     if e >= 0:  # -1: a block past the last expert's
         tokens = tl.where(valid, pairs // topk, 0)
         gate_rows = n * (2 if INTERLEAVED else 1)
         up_rows = gate_rows + (1 if INTERLEAVED else I)
-        acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        acc_g = zeros_acc(BLOCK_M, BLOCK_N, W_LEFT)
+        acc_u = zeros_acc(BLOCK_M, BLOCK_N, W_LEFT)
         for k0 in range(0, H, BLOCK_K):
             a = load_bf16_rows(a_ptr, tokens, stride_a, k0, H, valid, BLOCK_K)
             w_g = load_mxfp4_rows_bf16(w_e, ws_e, gate_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K, W,
-                                       W_PTX)
-            w_u = load_mxfp4_rows_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K, W, W_PTX)
-            acc_g = mma(a, tl.trans(w_g), acc_g, INTERPRET)
-            acc_u = mma(a, tl.trans(w_u), acc_u, INTERPRET)
+                                       W_PTX, W_LEFT)
+            w_u = load_mxfp4_rows_bf16(w_e, ws_e, up_rows, stride_wr, stride_wsr, k0, H, n_mask, BLOCK_K, W, W_PTX,
+                                       W_LEFT)
+            acc_g = weight_mma(a, w_g, acc_g, W_LEFT, INTERPRET)
+            acc_u = weight_mma(a, w_u, acc_u, W_LEFT, INTERPRET)
+        acc_g = acc_rows_first(acc_g, W_LEFT)
+        acc_u = acc_rows_first(acc_u, W_LEFT)
         if HAS_BIAS:
             acc_g = acc_g + tl.load(bias_ptr + e * 2 * I + gate_rows, mask=n_mask, other=0.0)[None, :]
             acc_u = acc_u + tl.load(bias_ptr + e * 2 * I + up_rows, mask=n_mask, other=0.0)[None, :]
@@ -237,16 +289,17 @@ def _moe_stage2_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, tw_ptr, sorted_ptr, exper
                        stride_a, stride_we, stride_wr, stride_wse, stride_wsr, stride_y,
                        HAS_BIAS: tl.constexpr, WEIGHT_HERE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
-                       W: tl.constexpr, W_PTX: tl.constexpr):
+                       W: tl.constexpr, W_PTX: tl.constexpr, W_LEFT: tl.constexpr = False):
     e, pairs, valid, w_e, ws_e, _, n, n_mask = program_block(sorted_ptr, expert_ptr, num_valid, H, w_ptr, ws_ptr,
                                                              stride_we, stride_wse, BLOCK_M, BLOCK_N)
     if e >= 0:  # -1: a block past the last expert's
         rows = tl.where(valid, pairs, 0)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        acc = zeros_acc(BLOCK_M, BLOCK_N, W_LEFT)
         for k0 in range(0, I, BLOCK_K):
             a = load_bf16_rows(a_ptr, rows, stride_a, k0, I, valid, BLOCK_K)
-            w = load_mxfp4_rows_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k0, I, n_mask, BLOCK_K, W, W_PTX)
-            acc = mma(a, tl.trans(w), acc, INTERPRET)
+            w = load_mxfp4_rows_bf16(w_e, ws_e, n, stride_wr, stride_wsr, k0, I, n_mask, BLOCK_K, W, W_PTX, W_LEFT)
+            acc = weight_mma(a, w, acc, W_LEFT, INTERPRET)
+        acc = acc_rows_first(acc, W_LEFT)
         if HAS_BIAS:
             acc = acc + tl.load(bias_ptr + e * H + n, mask=n_mask, other=0.0)[None, :]
         if WEIGHT_HERE:

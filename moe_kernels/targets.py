@@ -47,6 +47,9 @@ BASELINE_PATH = Path(__file__).with_name("targets_baseline.json")
 MARGIN_REL, MARGIN_REGS = 0.10, 4
 
 _MMA_SYNC = r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32"
+# wgmma with its left operand in registers ({4 registers} where a shared-memory operand is a descriptor)
+_WGMMA_REG_A = r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16\s+\{[^}]*\},\s*\{%r\d+,\s*%r\d+,\s*%r\d+,\s*%r\d+\},\s*%rd\d+"
+_WGMMA_SMEM_A = r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16\s+\{[^}]*\},\s*%rd\d+,\s*%rd\d+"
 # Instruction families per (kernel class, target), derived from the compiler's output and kept as
 # data: ``require`` must all match the assembly, ``forbid`` must not (regular expressions).
 _FAMILIES = {
@@ -56,6 +59,12 @@ _FAMILIES = {
     ("mma_bm32", "sm90"): dict(require=[_MMA_SYNC], forbid=[r"wgmma"]),
     ("mma_bm64", "sm90"): dict(require=[r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16"], forbid=[]),
     ("mma_bm128", "sm90"): dict(require=[r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16"], forbid=[]),
+    # weights as the left operand (moe_gemm.weight_mma, prepared bytes), any BLOCK_M: wgmma reads the decoded
+    # tile from registers. In the K loop nothing but bytes is stored to shared memory (the scale bytes'
+    # layout change; the decoded tile never goes there), and the prepared weight bytes come back from the
+    # pipeline's shared buffer in wide loads, not one byte at a time (the public layout's order)
+    ("mma_left", "sm90"): dict(require=[_WGMMA_REG_A], forbid=[_WGMMA_SMEM_A, _MMA_SYNC],
+                               forbid_in_loop=[r"st\.shared(\.v\d)?\.[bfsu](16|32|64)\b", r"ld\.shared\.[bsu]8\b"]),
     ("mma_bm16", "gfx950"): dict(require=[r"v_mfma_f32_16x16x32_bf16"], forbid=[]),
     ("mma_bm32", "gfx950"): dict(require=[r"v_mfma_f32_32x32x16_bf16"], forbid=[]),
     ("mma_bm64", "gfx950"): dict(require=[r"v_mfma_f32_32x32x16_bf16"], forbid=[]),
@@ -140,10 +149,12 @@ def _moe_variants():
                 configs.setdefault(cfg, []).append(t)
     out = []
     for cfg, targets in sorted(configs.items()):
-        block_m, block_n1, block_n2, block_k, warps, stages = cfg
+        block_m, block_n1, block_n2, block_k, warps, stages, w_left = cfg
         name = dispatch.config_name(cfg)
+        kernel_class = "mma_left" if w_left else f"mma_bm{block_m}"
         ptx = all(TARGETS[t].backend == "cuda" for t in targets)  # as fused_moe picks the decode
-        common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, W=moe_gemm.WEIGHT_FORMAT, W_PTX=ptx)
+        common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, W=moe_gemm.WEIGHT_FORMAT, W_PTX=ptx,
+                      W_LEFT=w_left)
         spec = MoESpec()  # fused_moe's defaults
         for path in ACTIVATION_PATHS.values():
             sig1 = _MOE_SIG1
@@ -152,11 +163,11 @@ def _moe_variants():
                           ACT=moe_gemm.GatedActivation(dispatch._ACT_IDS[spec.activation], spec.alpha, spec.limit),
                           HAS_BIAS=True, DOWEIGHT=False, MODE=SCALE_MODE_IDS[spec.scale_mode],
                           BLOCK_N=block_n1, **common, F=dispatch.kernel_format(path))
-                out.append(Variant(f"moe_stage1/{path.name}/{gate_mode}/{name}", f"mma_bm{block_m}",
+                out.append(Variant(f"moe_stage1/{path.name}/{gate_mode}/{name}", kernel_class,
                                    moe_gemm._moe_stage1_kernel, tuple(sig1.items()), tuple(ce.items()), warps, stages,
                                    targets=tuple(targets), divisible16=_MOE_DIV16_1))
         ce = dict(HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
-        out.append(Variant(f"moe_stage2/{name}", f"mma_bm{block_m}", moe_gemm._moe_stage2_kernel,
+        out.append(Variant(f"moe_stage2/{name}", kernel_class, moe_gemm._moe_stage2_kernel,
                            tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages, targets=tuple(targets),
                            divisible16=_MOE_DIV16_2))
     for path in (p for p in ACTIVATION_PATHS.values() if p.is_mx):
@@ -246,12 +257,27 @@ def resources(name: str, target: str) -> dict:
     return dict(regs=regs, spills=spills, shared=int(k.metadata.shared), asm=asm)
 
 
+def _loop_bodies(ptx: str) -> list[str]:
+    """The PTX of each loop: from a block the compiler marks as a loop header to the branch back to it."""
+    bodies = []
+    for head in re.finditer(r"^(\$L__BB\d+_\d+):[^\n]*Loop Header", ptx, re.M):
+        back = re.search(r"bra(\.uni)?\s+" + re.escape(head.group(1)) + ";", ptx[head.end():])
+        if back:
+            bodies.append(ptx[head.end():head.end() + back.start()])
+    return bodies
+
+
 def check_variant(name: str, target: str, baseline: dict | None) -> list[str]:
     """Problems of one variant on one target (empty: all good)."""
     r = resources(name, target)
     exp = EXPECTED[VARIANTS[name].kernel_class, target]
     problems = [f"missing {p!r}" for p in exp["require"] if not re.search(p, r["asm"])]
     problems += [f"forbidden {p!r} present" for p in exp["forbid"] if re.search(p, r["asm"])]
+    loops = [body for body in _loop_bodies(r["asm"]) if "mma" in body]
+    if exp.get("forbid_in_loop") and not loops:
+        problems.append("no K loop with an MMA found in the assembly")
+    problems += [f"forbidden {p!r} in the K loop" for p in exp.get("forbid_in_loop", [])
+                 if any(re.search(p, body) for body in loops)]
     if r["spills"]:
         problems.append(f"{r['spills']} bytes of spills/scratch")
     base = (baseline or {}).get("entries", {}).get(f"{name}@{target}")

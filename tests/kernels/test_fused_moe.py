@@ -156,6 +156,18 @@ def test_bit_exact_at_every_tile_configuration_gpu(tile, path, rng, device, monk
                    dict(M=200, E=8, H=256, I=192, topk=2))
 
 
+@pytest.mark.parametrize("path", PATH_NAMES)
+@pytest.mark.parametrize("gate_mode", ["separated", "interleave"])
+def test_bit_exact_with_the_weights_as_the_left_operand(path, gate_mode, rng, device, monkeypatch):
+    """The left-operand GEMMs (``moe_gemm.weight_mma``: prepared weights, acc^T = W @ X^T; Hopper's tiles)
+    under the interpreter: the reference's bits, with H and I not multiples of 64 (the prepared rows'
+    zero padding) and several K tiles."""
+    from moe_kernels._tuning import CONFIGS
+
+    monkeypatch.setitem(CONFIGS, "interpreter", dict(CONFIGS["interpreter"], block_k=64, w_left=True))
+    _run_bit_exact(path, gate_mode, False, True, True, "round_up", rng, device, dict(M=24, E=4, H=160, I=96, topk=2))
+
+
 @functools.lru_cache(maxsize=4)
 def _problem_and_references(seed: int, shape: tuple, gate_mode: str):
     """One random problem and its emulated references on every path (shared by the paths' tests)."""

@@ -11,6 +11,7 @@ import triton.language as tl
 import emulation as em
 from moe_kernels._numerics import KernelFormat, encode_scaled
 from moe_kernels.moe_gemm import WEIGHT_FORMAT, load_mxfp4_rows_bf16, load_rows_f32_bits
+from moe_kernels.prepared import prepare_mxfp4
 
 from ..emulation.oracle import oracle_encode
 
@@ -61,14 +62,14 @@ def test_encoder_is_exact_at_every_scale(fmt, where, rng, device):
 
 @triton.jit
 def _weight_decode_kernel(w_ptr, s_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                          W: tl.constexpr, DECODE: tl.constexpr):
+                          W: tl.constexpr, DECODE: tl.constexpr, PREPARED: tl.constexpr = False, ROW_BYTES=None):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k0 = tl.program_id(1) * BLOCK_K
     if DECODE == "exact":  # the activations' decode (_decode.decode_scaled_bits), fp32 patterns
         w = (load_rows_f32_bits(w_ptr, s_ptr, rows, K // 2, K // 32, k0, K, rows < R, 1, BLOCK_K, W) >> 16).to(tl.int16)
     else:  # the GEMMs' weight decode: portable fp32 or PTX
-        w = load_mxfp4_rows_bf16(w_ptr, s_ptr, rows, K // 2, K // 32, k0, K, rows < R, BLOCK_K, W,
-                                 DECODE == "ptx").to(tl.int16, bitcast=True)
+        w = load_mxfp4_rows_bf16(w_ptr, s_ptr, rows, ROW_BYTES if PREPARED else K // 2, K // 32, k0, K, rows < R,
+                                 BLOCK_K, W, DECODE == "ptx", PREPARED).to(tl.int16, bitcast=True)
     cols = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], w, mask=(rows < R)[:, None])
 
@@ -76,16 +77,24 @@ def _weight_decode_kernel(w_ptr, s_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BL
 _DECODES = ["exact", "fp32"] + (["ptx"] if torch.version.hip is None else [])  # PTX: NVIDIA only
 
 
-@pytest.mark.parametrize("where, decode", [("interpreter", d) for d in ("exact", "fp32")]
-                         + [pytest.param("gpu", d, marks=pytest.mark.gpu, id=f"gpu-{d}") for d in _DECODES])
-@pytest.mark.parametrize("block_k", [32, 128])
-def test_weight_decode_is_exact_at_every_scale(block_k, where, decode, device):
+_WHERE_DECODE = [("interpreter", d) for d in ("exact", "fp32")] + [("gpu", d) for d in _DECODES]
+_TILES = [(32, False), (128, False), (64, True), (128, True)]  # prepared: BLOCK_K a multiple of 64
+
+
+@pytest.mark.parametrize("where, decode, block_k, prepared", [
+    pytest.param(where, decode, block_k, prepared, marks=[pytest.mark.gpu] if where == "gpu" else [],
+                 id=f"{where}-{decode}-k{block_k}" + ("-prepared" if prepared else ""))
+    for where, decode in _WHERE_DECODE for block_k, prepared in _TILES
+    if not (prepared and decode == "exact")])  # the activations' decode never reads prepared weights
+def test_weight_decode_is_exact_at_every_scale(block_k, prepared, where, decode, device):
     """The three MXFP4 decodes (``moe_kernels._decode``: the exact integer one of the activations, and
     the GEMMs' weight decodes, portable fp32 and, on NVIDIA, the bf16x2 PTX that fused_moe uses there):
     every fp4x2 byte at every scale byte (row r has scale byte r in all its blocks) gives the bf16 of
     ``emulation.dequantize_mxfp4``, bit for bit: 6 * 2^127 -> inf, byte 255 -> NaN, and subnormal
     results (scale bytes near 0) exact in the weight decodes; the exact decode gives +-0 below 2^-126
-    (its documented flush: no such activation value reaches an fp32 accumulator's ulp)."""
+    (its documented flush: no such activation value reaches an fp32 accumulator's ulp). ``prepared``: the
+    weights in ``moe_kernels.prepared``'s byte order, read by the left-operand GEMMs (``PREPARED=True``):
+    the same values at every byte and scale byte (decode(prepared) == decode(public))."""
     R, K = 256, 512  # each row: the 256 byte values, one block of 16 bytes after another
     packed = np.tile(np.arange(256, dtype=np.uint8), (R, 1))
     scale = np.repeat(np.arange(256, dtype=np.uint8)[:, None], K // 32, axis=1)
@@ -94,9 +103,11 @@ def test_weight_decode_is_exact_at_every_scale(block_k, where, decode, device):
     if decode == "exact":
         want = np.where(np.abs(want) < 2.0**-126, np.copysign(np.float32(0), want), want).astype(np.float32)
     out = torch.full((R, K), -1, dtype=torch.int16, device=device)  # poison
-    _weight_decode_kernel[(R // 16, K // block_k)](torch.from_numpy(packed).to(device), torch.from_numpy(scale).to(device),
+    w = prepare_mxfp4(torch.from_numpy(packed)) if prepared else torch.from_numpy(packed)
+    assert not prepared or not torch.equal(w, torch.from_numpy(packed))  # a real permutation
+    _weight_decode_kernel[(R // 16, K // block_k)](w.to(device), torch.from_numpy(scale).to(device),
                                                    out, R, K, BLOCK_R=16, BLOCK_K=block_k, W=WEIGHT_FORMAT,
-                                                   DECODE=decode)
+                                                   DECODE=decode, PREPARED=prepared, ROW_BYTES=w.shape[1])
     got = (out.cpu().numpy().astype(np.int32).view(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     keep = ~np.isnan(want)

@@ -78,3 +78,28 @@ def test_the_checks_catch_regressions(tmp_path):
         print("caught")
     """, tmp_path)
     assert "caught" in res.stdout, res.stderr[-3000:]
+
+
+def test_the_left_operand_check_tells_the_register_path_from_the_staged_one(tmp_path):
+    """The sm_90 GEMMs whose weights are the MMA's left operand (configs.json ``w_left``) must issue wgmma
+    with a register A operand and keep the decoded tile out of shared memory (``mma_left``). The same
+    expectations, held against the tiles that stage the weights through shared memory (the previous
+    kernels, still built for the other configs), must fail for exactly those reasons: the check can tell."""
+    res = _python("""
+        from moe_kernels import targets as t
+        left = [n for n, v in t.VARIANTS.items() if v.kernel_class == "mma_left"]
+        assert left and all(t.VARIANTS[n].targets == ("sm90",) for n in left), left
+        assert {n.split("/")[0] for n in left} == {"moe_stage1", "moe_stage2"}
+        assert t.check_variant(left[-1], "sm90", None) == []
+        staged = next(n for n, v in t.VARIANTS.items() if n.startswith("moe_stage2/bm64") and v.kernel_class == "mma_bm64")
+        t.VARIANTS[staged] = t.Variant(**{**t.VARIANTS[staged].__dict__, "kernel_class": "mma_left"})
+        problems = t.check_variant(staged, "sm90", None)
+        assert any(p.startswith("missing") and "%r" in p for p in problems), problems  # no register A operand
+        assert any("in the K loop" in p and "st" in p for p in problems), problems  # the decoded tile stored
+        small = next(n for n, v in t.VARIANTS.items() if n.startswith("moe_stage2/bm16") and v.kernel_class == "mma_bm16")
+        t.VARIANTS[small] = t.Variant(**{**t.VARIANTS[small].__dict__, "kernel_class": "mma_left"})
+        problems = t.check_variant(small, "sm90", None)
+        assert any(p.startswith("forbidden") and "mma" in p for p in problems), problems  # mma.sync, not wgmma
+        print("told apart")
+    """, tmp_path)
+    assert "told apart" in res.stdout, res.stdout[-2000:] + res.stderr[-3000:]

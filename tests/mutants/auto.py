@@ -46,8 +46,10 @@ SELECTIONS = {
     "moe_oracle/config.py": [f"tests/oracle/test_{t}.py" for t in ("config", "exit_status", "rows", "first_day")],
     "moe_oracle/report.py": [f"tests/oracle/test_{t}.py" for t in ("report", "first_day")],
     "moe_oracle/stage.py": [f"tests/oracle/test_{t}.py" for t in ("stage", "planted")],
-    "moe_oracle/quantizers.py": [f"tests/oracle/test_{t}.py" for t in ("quantizers", "exit_status")],
-    **{f"moe_oracle/{m}.py": ["tests/oracle", "tests/edge/test_refusals.py"] for m in ("layer", "engine", "cli")},
+    "moe_oracle/quantizers.py": [f"tests/oracle/test_{t}.py" for t in ("planted", "exit_status")],
+    "moe_oracle/layer.py": [f"tests/oracle/test_{t}.py" for t in ("planted", "rows", "exit_status", "first_day")],
+    "moe_oracle/engine.py": [f"tests/oracle/test_{t}.py" for t in ("rows", "devices", "exit_status", "first_day")],
+    "moe_oracle/cli.py": [f"tests/oracle/test_{t}.py" for t in ("exit_status", "first_day", "memcheck", "devices")],
 }
 EQUIVALENT = Path(__file__).with_name("equivalent.json")
 RECORD = Path(__file__).with_name("auto_results.json")  # the committed table: the last recorded run of each module

@@ -86,6 +86,10 @@ _ALL = [
     _B("bf16 accumulation", "gemm", "partial sums kept in bf16 instead of fp32"),
     _B("tensor-core bf16 accumulation", "gemm", "the MMA accumulator rounded to bf16 each step (GPU)"),
     _B("subnormal weight scale flushed", "gemm", "scale byte 0 (2^-127) decoded as 0 (GPU)"),
+    _B("prepared lanes off by one", "packing", "the prepared layout hands each lane its neighbour's bytes"),
+    _B("prepared permutation not undone", "packing", "the left-operand GEMM reads prepared bytes in public order"),
+    _B("prepared nibble pair swapped", "packing", "the prepared layout swaps the two values of a byte"),
+    _B("scale of the neighbouring block", "gemm", "each 32-value block decoded with its neighbour's scale"),
     # SwiGLU
     _B("gate and up swapped", "swiglu", "a layout mismatch between the weights and the kernel",
        "matches no path's reference"),

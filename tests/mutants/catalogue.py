@@ -67,8 +67,28 @@ def _m(bug_name, file, *edits, **kw) -> Mutant:
 
 _NUM, _QUANT, _TOK = "moe_kernels/_numerics.py", "moe_kernels/quant.py", "moe_kernels/_per_token.py"
 _GEMM, _DISP, _ROUTE = "moe_kernels/moe_gemm.py", "moe_kernels/dispatch.py", "moe_kernels/routing.py"
-_DEC = "moe_kernels/_decode.py"
+_DEC, _PREP = "moe_kernels/_decode.py", "moe_kernels/prepared.py"
+_PREPARED_TESTS = ("tests/kernels/test_prepared.py", "tests/kernels/test_numerics.py::test_weight_decode_is_exact_at_every_scale",
+                   "tests/kernels/test_fused_moe.py::test_bit_exact_with_the_weights_as_the_left_operand")
+_PREPARED_GPU = ("tests/kernels/test_numerics.py::test_weight_decode_is_exact_at_every_scale",
+                 "tests/kernels/test_fused_moe.py::test_bit_exact_at_every_tile_configuration_gpu",
+                 "tests/kernels/test_fused_moe.py::test_bit_exact_on_exact_inputs_gpu")
 _SEL, _ENV, _REF, _TOL = "moe_ref/selector.py", "moe_ref/env.py", "moe_ref/reference.py", "moe_ref/tolerance.py"
+
+# the left-operand GEMMs' prepared layout (moe_kernels.prepared): Hopper's tiles, and the interpreter when forced
+_LEFT_CPU = (
+    _m("prepared lanes off by one", _PREP, ("groups.transpose(-1, -2).contiguous().reshape(*lead, n, padded)  # [",
+                                            "groups.transpose(-1, -2).roll(1, -2).contiguous().reshape(*lead, n, padded)  # ["),
+       tests=_PREPARED_TESTS),
+    _m("prepared permutation not undone", _GEMM, ("groups = tl.trans(tl.reshape(packed, (R, BLOCK_K // 64, 4, 8)), (0, 1, 3, 2))",
+                                                  "groups = tl.reshape(packed, (R, BLOCK_K // 64, 8, 4))"),
+       tests=_PREPARED_TESTS),
+    _m("prepared nibble pair swapped", _PREP, ("    groups = w.reshape(", "    w = (w >> 4) | (w << 4)\n    groups = w.reshape("),
+       tests=_PREPARED_TESTS),
+    _m("scale of the neighbouring block", _GEMM, ("    sb = k0 // 32 + tl.arange(0, BLOCK_K // 32)\n",
+                                                  "    sb = k0 // 32 + (tl.arange(0, BLOCK_K // 32) ^ 1)\n"),
+       tests=_PREPARED_TESTS),
+)
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---- element rounding -------------------------------------------------------------------
@@ -203,6 +223,7 @@ MUTANTS: tuple[Mutant, ...] = (
        ("        refs.forget_on_device(cache, p, device)  # the next case gets its layer afresh\n", "")),
     _m("verdict 4x too lenient", "moe_oracle/compare.py", ("within_tolerance=bool(margin <= 1.0)",
                                                            "within_tolerance=bool(margin <= 4.0)")),
+    *_LEFT_CPU,
     # ---- GPU-only code (run with the GPU suite on a device) ---------------------------------
     _m("tensor-core bf16 accumulation", _GEMM, ("        out = tl.dot(a, b, acc)\n",
                                                 "        out = tl.dot(a, b, acc).to(tl.bfloat16).to(tl.float32)\n"),
@@ -217,6 +238,10 @@ MUTANTS: tuple[Mutant, ...] = (
     _m("host sync under graph capture", _DISP, ("if topk_ids.is_cuda and torch.cuda.is_current_stream_capturing():",
                                                 "if False:"),
        tests=("tests/kernels/test_fused_moe.py::test_cuda_graph_replay_equals_eager",), gpu=True),
+    # the left-operand tiles on the GPU: the prepared decode at every byte and scale byte, each tile bit-exact
+    *(_m(name, file, *next(m.edits for m in _LEFT_CPU if m.bug.name == name), tests=_PREPARED_GPU, gpu=True)
+      for name, file in (("prepared lanes off by one", _PREP), ("prepared permutation not undone", _GEMM),
+                         ("prepared nibble pair swapped", _PREP), ("scale of the neighbouring block", _GEMM))),
     _m("bad ids never reported", _DISP, ("    if pending is not None:\n        pending.finish()\n", ""),
        tests=("tests/kernels/test_fused_moe.py::test_out_of_range_ids_raise_on_the_gpu",), gpu=True),
 )
