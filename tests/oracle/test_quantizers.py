@@ -1,0 +1,155 @@
+"""``moe_oracle.quantizers`` pinned directly: its refusals, the shape check, the verdict and the exact
+diagnosis words of a pass and of each kind of failure, the policies it reports, and what it records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import emulation as em
+from moe_oracle.inputs import quantizer_input
+from moe_oracle.quantizers import MX_KINDS, QuantizerCheck, check_quantizer
+
+from .planted import _mxfp4, _mxfp8, _nibbles_swapped, _per_token, _post, _zero_block_scale_127
+
+
+def test_kinds_and_refusals():
+    assert MX_KINDS == {"quantize_mxfp4": "e2m1", "quantize_mxfp8": None, "quantize_dequantize_mxfp4": "e2m1"}
+    with pytest.raises(ValueError) as info:
+        check_quantizer(_mxfp4(), "quantize_mxfp6")
+    assert str(info.value) == ("kind='quantize_mxfp6' is not valid; expected one of ['quantize_mxfp4', 'quantize_mxfp8', "
+                               "'quantize_dequantize_mxfp4', 'quantize_fp8_per_token', 'quantize_fp8_per_tensor', "
+                               "'dequantize_mxfp4']")
+    with pytest.raises(ValueError) as info:
+        check_quantizer(_mxfp4(), "quantize_mxfp4", ties="up")
+    assert str(info.value) == f"ties='up' is not valid; expected one of {list(em.TIE_MODES)}"
+    with pytest.raises(ValueError, match="scale_mode='nearest' is not valid"):
+        check_quantizer(_mxfp4(), "quantize_mxfp4", scale_mode="nearest")
+
+
+def test_a_correct_quantizer_passes_in_these_words():
+    check = check_quantizer(_mxfp4(), "quantize_mxfp4", seed=7, M=32, K=256)
+    assert isinstance(check, QuantizerCheck) and check.passed and check.verdict == "PASS"
+    total = 32 * 128 + 32 * 8  # packed bytes and scale bytes
+    assert (check.bytes_equal, check.bytes_total, check.unit, check.seed) == (total, total, "bytes", 7)
+    assert check.expected == "round_up, ties even" and check.fmt == "e2m1" and check.input_dtype == "bfloat16"
+    assert check.follows == "round_up, ties even" and check.best == "round_up, ties even"
+    assert check.diagnosis() == f"bit-exact under round_up, ties even ({total} bytes)"
+    assert check.policies == {} and check.notes == ()
+    assert all(v == 0 for v in check.differing.values()) and all(v == 0 for v in check.best_differing.values())
+
+
+def test_the_expected_convention_follows_the_arguments():
+    check = check_quantizer(_mxfp4(ties="away"), "quantize_mxfp4", scale_mode="even", ties="away", seed=3)
+    assert check.passed and check.expected == "even, ties away"
+
+
+def test_a_tie_rule_bug_is_named_with_its_counts():
+    check = check_quantizer(_mxfp4(ties="away"), "quantize_mxfp4", seed=7)
+    assert not check.passed and check.verdict == "FAIL"
+    assert check.follows == "round_up, ties away" and check.best == "round_up, ties away"
+    assert check.differing["ties"] > 0 and check.differing["ordinary"] == 0
+    n_bad = check.bytes_total - check.bytes_equal
+    text = check.diagnosis()
+    assert text.startswith(f"{n_bad} of {check.bytes_total} bytes differ from round_up, ties even; "
+                           f"differing blocks by kind: ties: {check.differing['ties']}")
+    assert "; follows round_up, ties away bit for bit on ordinary and tie blocks" in text
+    assert "no scale mode" not in text
+
+
+def test_nibble_order_and_policies_are_read():
+    check = check_quantizer(_post(_mxfp4(), _nibbles_swapped), "quantize_mxfp4", seed=7)
+    assert check.follows.startswith("round_up, ties even, nibbles swapped (element 2i in the high nibble)")
+    zero = check_quantizer(_post(_mxfp4(), _zero_block_scale_127), "quantize_mxfp4", seed=7)
+    assert zero.policies["zero blocks"].startswith("scale byte(s) ['0x7f'], codes ")
+    assert zero.policies["zero blocks"].endswith("(contract: scale 0x00, codes +-0)")
+    assert "zero blocks: scale byte(s) ['0x7f']" in zero.diagnosis()
+    assert zero.differing["zero"] > 0 and zero.differing["ordinary"] == 0
+
+
+def test_nothing_reproduces_it():
+    def noise(x, scale_mode="round_up"):
+        q, s = em.quantize_mxfp4(x.float().numpy())
+        return torch.from_numpy(q ^ 0x11), torch.from_numpy(s)  # both nibbles' lowest bit flipped
+
+    check = check_quantizer(noise, "quantize_mxfp4", seed=7)
+    assert check.follows is None and check.closest.startswith("round_up, ties even (")
+    assert " ordinary/tie blocks differ" in check.closest
+    assert "no scale mode x tie rule reproduces it; closest " in check.diagnosis()
+
+
+def test_wrong_shapes_are_an_error():
+    """The right number of bytes (the contract's check) in the wrong shape: the check names both."""
+    def flat(x, scale_mode="round_up"):
+        q, s = em.quantize_mxfp4(x.float().numpy())
+        return torch.from_numpy(q.reshape(-1)), torch.from_numpy(s)
+
+    with pytest.raises(ValueError) as info:
+        check_quantizer(flat, "quantize_mxfp4", M=32, K=256, seed=1)
+    assert str(info.value) == ("quantize_mxfp4: returned codes [4096] and scales [32, 8]; expected [32, 128] and "
+                               "[32, 8]")
+
+    def transposed_scales(x, scale_mode="round_up", fmt="e4m3fn"):
+        q, s = em.quantize_mxfp8(x.float().numpy(), fmt=fmt)
+        return torch.from_numpy(q), torch.from_numpy(np.ascontiguousarray(s.T))
+
+    with pytest.raises(ValueError) as info:
+        check_quantizer(transposed_scales, "quantize_mxfp8", M=32, K=256, seed=1)
+    assert str(info.value) == ("quantize_mxfp8: returned codes [32, 256] and scales [8, 32]; expected [32, 256] and "
+                               "[32, 8]")
+
+
+def test_a_quantizer_without_a_scale_mode_is_noted():
+    def fixed(x):
+        return tuple(torch.from_numpy(a) for a in em.quantize_mxfp4(x.float().numpy()))
+
+    check = check_quantizer(fixed, "quantize_mxfp4", seed=2)
+    assert check.passed and check.notes == ("takes no scale_mode: its own fixed mode",)
+    assert check.diagnosis().endswith("; takes no scale_mode: its own fixed mode")
+    per_token = check_quantizer(_per_token(), "quantize_fp8_per_token", seed=2)
+    assert "takes no scale_mode" not in " ".join(per_token.notes)  # a per-token quantizer has no scale mode
+
+
+def test_given_data_is_used_and_the_input_dtype_applied():
+    x = quantizer_input(np.random.default_rng(0), 16, 64, "e2m1")
+    seen = []
+
+    def spy(x_t, scale_mode="round_up"):
+        seen.append(x_t)
+        return tuple(torch.from_numpy(a) for a in em.quantize_mxfp4(x_t.float().numpy()))
+
+    check = check_quantizer(spy, "quantize_mxfp4", x=x, input_dtype="float32", seed=4)
+    assert check.passed and check.input_dtype == "float32" and check.seed == 4
+    assert seen[0].dtype == torch.float32 and np.array_equal(seen[0].numpy(), x, equal_nan=True)
+    check_quantizer(spy, "quantize_mxfp4", x=x, seed=4)
+    assert seen[-1].dtype == torch.bfloat16 and seen[-1].shape == (16, 64)
+
+
+def test_mxfp8_and_its_format():
+    check = check_quantizer(_mxfp8(), "quantize_mxfp8", fmt="e4m3fnuz", seed=5)
+    assert check.passed and check.fmt == "e4m3fnuz" and check.kind == "quantize_mxfp8"
+    assert check_quantizer(_mxfp8(), "quantize_mxfp8", seed=5).fmt == "e4m3fn"  # the default element format
+
+
+def test_per_token_verdicts_and_words():
+    ok = check_quantizer(_per_token(), "quantize_fp8_per_token", seed=6, M=16, K=64)
+    assert ok.passed and ok.expected == "scale amax/max, x * (1/s), ties even" and ok.follows == "x * (1/s)"
+    assert (ok.bytes_equal, ok.bytes_total) == (16 * 64 + 16, 16 * 64 + 16)
+    div = check_quantizer(_per_token(reciprocal=False), "quantize_fp8_per_token", seed=6, M=16, K=64)
+    assert not div.passed and div.follows == "x / s" and div.closest.startswith("x / s (0 of ")
+    assert div.differing["ordinary"] > 0 and div.differing["zero"] == 0 and div.differing["nan_inf"] == 0
+
+
+def test_per_token_policies():
+    def zero_rows_scale_one(x, fmt="e4m3fn"):
+        q, s = em.quantize_fp8_per_token(x.float().numpy(), fmt=fmt, reciprocal=True)
+        zero = np.abs(x.float().numpy()).max(1) == 0
+        s = np.where(zero[:, None], np.float32(1), s)
+        return torch.from_numpy(q), torch.from_numpy(s.astype(np.float32))
+
+    x = quantizer_input(np.random.default_rng(1), 16, 64, "e4m3fn", per_row=True)
+    x[3] = 0.0
+    check = check_quantizer(zero_rows_scale_one, "quantize_fp8_per_token", x=x, seed=0)
+    assert check.differing["zero"] >= 1
+    assert check.policies["zero rows"] == "scale [1.0] (contract: 0.0, codes 0x00)"
