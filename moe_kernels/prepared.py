@@ -59,8 +59,13 @@ _PREPARED: list = []  # [(weakref to the public tensor, (version, data pointer, 
 
 def prepared_for(w: torch.Tensor) -> torch.Tensor:
     """``prepare_mxfp4(w)``, made on the first call for this tensor and reused while it is alive and
-    unchanged (same storage, no in-place write since: torch's version counter)."""
-    key = (w._version, w.data_ptr(), tuple(w.shape), tuple(w.stride()))
+    unchanged (same storage, no in-place write since: torch's version counter; an inference-mode tensor
+    has none and cannot be written outside inference mode, where weights are not written)."""
+    try:
+        version = w._version
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        version = None
+    key = (version, w.data_ptr(), tuple(w.shape), tuple(w.stride()))
     for i, (ref, version, prep) in enumerate(_PREPARED):
         if ref() is w and version == key:
             _PREPARED.insert(0, _PREPARED.pop(i))

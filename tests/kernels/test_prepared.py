@@ -86,3 +86,12 @@ def test_the_cache_is_bounded_and_holds_no_tensor_alive(monkeypatch):
     assert prepared._PREPARED[0][0]() is tensors[-3]
     del tensors, t
     assert all(ref() is None for ref, _, _ in prepared._PREPARED)  # weak references only
+
+
+def test_inference_mode_weights(monkeypatch):
+    """Serving engines load weights under torch.inference_mode: such tensors have no version counter."""
+    monkeypatch.setattr(prepared, "_PREPARED", [])
+    with torch.inference_mode():
+        w = torch.randint(0, 256, (2, 8, 48), dtype=torch.uint8)
+    first = prepared_for(w)
+    assert prepared_for(w) is first and torch.equal(unprepare_mxfp4(first, 48), w)
