@@ -37,6 +37,11 @@ def test_scale_bytes_keep_the_amax_shape():
     amax = np.full((2, 3), 6.0, np.float32)
     got = em.mx_scale_e8m0(amax, "e2m1")
     assert got.shape == (2, 3) and got.dtype == np.uint8 and np.all(got == 127)
+    for scalar in (np.float32(6.0), 6.0, np.array(6.0, np.float32)):  # 0-d in, 0-d out (not [1]), every mode
+        for mode in em.ScaleMode:
+            one = em.mx_scale_e8m0(scalar, "e2m1", mode)
+            assert one.shape == () and one == (128 if mode is em.ScaleMode.CEIL else 127), mode  # 6 = 1.5 * 2^2
+    assert em.mx_scale_e8m0(np.float32(np.inf), "e2m1").shape == ()
 
 
 @pytest.mark.parametrize("shape", [(2, 0), (0, 64), (3, 0, 32)])
@@ -129,3 +134,47 @@ def test_nasty_blocks_raise_no_floating_point_warnings(fmt):
                          np.array([[254]], np.uint8), fmt)
         em.recover_mx(np.concatenate([x.astype(np.float64).ravel(), _blocks([1e300, 1.0]), _blocks([np.nan])]),
                       fmt)
+
+
+def test_the_mxfp8_wrapper_passes_the_tie_rule_on():
+    block = np.zeros((1, 32), np.float32)
+    block[0, :2] = [448.0, 1.0625]  # ROUND_UP scale 2^0; 1.0625 lies between the e4m3 values 1 and 1.125
+    even, away = em.quantize_mxfp8(block)[0], em.quantize_mxfp8(block, ties="away")[0]
+    assert em.decode(even[0, 1], "e4m3fn") == 1.0 and em.decode(away[0, 1], "e4m3fn") == 1.125
+
+
+@pytest.mark.parametrize("fmt", em.mx.MX_ELEMENT_FORMATS)
+def test_nasty_blocks_raise_no_floating_point_flag(fmt):
+    """The same nasty blocks with the flags NumPy warns about raising (``np.errstate``: overflow, invalid,
+    divide; underflow is silent by default): only the operations the code itself guards may meet them."""
+    x = np.zeros((8, 32), np.float32)
+    x[0, 3], x[1, 5], x[2, :] = np.nan, -np.inf, 3.0e38
+    x[3, :] = 1e-45
+    x[4, 0] = 1.0
+    x[5, :] = np.inf
+    x[6, :] = np.nan
+    x[7, :2] = [3.4e38, 1e-45]
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        for mode in em.ScaleMode:
+            codes, scale = em.quantize_mx(x, fmt, scale_mode=mode)
+            em.dequantize_mx(codes, scale, fmt)
+        top = np.full((1, 32), 0x7 if fmt == "e2m1" else 0x7E, np.uint8)
+        em.dequantize_mx(top, np.array([[254]], np.uint8), fmt)
+        em.dequantize_mx(top, np.array([[255]], np.uint8), fmt)
+        em.recover_mx(np.concatenate([x.astype(np.float64).ravel(), _blocks([1e300, 1.0]), _blocks([np.nan]),
+                                      _blocks([np.inf]), _blocks([3.4e38, 1e-45]), _blocks([-1e-320, 0.0]),
+                                      _blocks([1e300, np.nan])]), fmt)  # NaN beside a huge number: not live
+
+
+@pytest.mark.parametrize("fmt", em.mx.MX_ELEMENT_FORMATS)
+def test_recovery_reads_float32_values_exactly(fmt):
+    """Values given as float32 are read at full precision: a value that only rounds to a grid point in
+    float32 (2^-149 scaled down by 2 underflows to 0 there) does not make a block recoverable."""
+    tiny = np.float32(2.0**-149)
+    for big in (4.0, 448.0, 1.0):
+        values = _blocks([big, tiny]).astype(np.float32)
+        as_f64 = em.recover_mx(values.astype(np.float64), fmt)
+        got = em.recover_mx(values, fmt)
+        for a, b in zip(got, as_f64):
+            np.testing.assert_array_equal(a, b)
+    assert em.recover_mx(_blocks([4.0, tiny]).astype(np.float32), "e2m1")[2].tolist() == [0]  # not an MX decode
