@@ -128,3 +128,15 @@ def test_negative_errors_are_magnitudes():
     cmp = compare_output(np.array([1.5, -1.0]), ref, ref, np.array([1.0, 2.0]))
     assert cmp["max_err_ref"] == 1.0 and cmp["margin"] == 0.5 and cmp["err_at_worst"] == 0.5
     assert cmp["max_err_ideal"] == 1.0 and cmp["quant_cost_rel"] == 0.0
+
+
+def test_an_infinite_error_and_a_nan_rank_alike_first_come():
+    """An infinite output and a NaN both rank infinite: the first of them is the worst element."""
+    ref = np.zeros(2)
+    cmp = compare_output(np.array([np.inf, np.nan]), ref, ref, np.array([1.0, 2.0]))
+    assert cmp["bound_at_worst"] == 1.0 and cmp["err_at_worst"] == np.inf
+    later = compare_output(np.array([np.nan, np.inf]), ref, ref, np.array([1.0, 2.0]))
+    assert later["bound_at_worst"] == 1.0 and np.isnan(later["err_at_worst"])
+    # an error where the bound is 0 ranks below a NaN (its ratio is floored at 1e-300, finite)
+    zero = compare_output(np.array([1.0, np.nan]), ref, ref, np.array([0.0, 1.0]))
+    assert zero["bound_at_worst"] == 1.0 and np.isnan(zero["err_at_worst"]) and zero["margin"] == np.inf
