@@ -36,7 +36,7 @@ from .moe_gemm import (
     _moe_stage2_kernel,
     _sum_slots_kernel,
 )
-from .prepared import prepared_for
+from .prepared import prepare_mxfp4, prepared_for
 from .quant import quantize_mxfp4, quantize_mxfp8
 from .routing import align_pairs
 
@@ -267,6 +267,15 @@ def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, path: ActivationPath,
     return out
 
 
+def _prepared(w: torch.Tensor) -> torch.Tensor:
+    """The weights in the left-operand GEMMs' byte order: cached per tensor for eager calls (made once per
+    layer); made inside a CUDA graph being captured, so that a replay permutes the weights it finds then
+    (a cached copy baked into the graph would not see weights written after the capture)."""
+    if w.is_cuda and torch.cuda.is_current_stream_capturing():
+        return prepare_mxfp4(w)
+    return prepared_for(w)
+
+
 def _alloc(shape, dtype, device, poison):
     t = torch.empty(shape, dtype=dtype, device=device)
     if poison:
@@ -328,7 +337,7 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bia
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
                       num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT, W_PTX=_ptx_decode(dev),
                       W_LEFT=plan.w_left)
-        w1_k, w2_k = (prepared_for(w1), prepared_for(w2)) if plan.w_left else (w1, w2)  # made once per layer
+        w1_k, w2_k = (_prepared(w1), _prepared(w2)) if plan.w_left else (w1, w2)
         if n_blocks:
             a_in = _dequantize_rows(a_q, a_scale, path, H) if path.is_mx else a_q
             grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.program_block)

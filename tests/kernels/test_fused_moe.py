@@ -397,10 +397,16 @@ def test_stage2_input_is_the_value_of_the_stage1_codes_gpu(path, rng, device):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("w_left", [False, True], ids=["staged", "left-operand"])
 @pytest.mark.parametrize("path", PATH_NAMES)
-def test_cuda_graph_replay_equals_eager(path, rng, device):
+def test_cuda_graph_replay_equals_eager(path, w_left, rng, device, monkeypatch):
     """fused_moe captured in a CUDA graph (no host sync inside; the id check is a device assert) and
-    replayed on new inputs copied into the captured buffers: the eager call's bits."""
+    replayed on new inputs copied into the captured buffers: the eager call's bits. The left-operand
+    tiles (forced) too: their prepared weights are made inside the graph, so new weights are seen."""
+    from moe_kernels._tuning import CONFIGS
+
+    if w_left:
+        monkeypatch.setitem(CONFIGS, "gpu", [e for e in CONFIGS["gpu"] if e.get("w_left")])
     shape = dict(M=64, E=8, H=256, I=128, topk=2)
     route = {**ROUTES[path, "interleave"], "gate_mode": "interleave"}
     static = random_moe_problem(rng, **shape).to_torch(device)

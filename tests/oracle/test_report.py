@@ -187,3 +187,97 @@ def test_the_plot_draws_every_group_and_the_cap(tmp_path, monkeypatch):
     lines.clear()
     report.write(tmp_path, [PASS], [], [], META, say=lambda s: pytest.fail(s))
     assert lines == [1.0, 1e-6]  # no cap line without a margin at the cap
+
+
+def test_error_rows_anywhere_do_not_end_the_tables():
+    table = report.format_table([ERROR, PASS]).splitlines()
+    assert table[2].endswith("ERROR it raised") and table[3].startswith("4/64/32/2        3 gfx950")
+    md = report._markdown([ERROR, PASS], [], [], META)
+    assert "| FAIL | it raised |\n| 4/64/32/2 | 3 |" in md
+
+
+def test_quant_cost_is_the_max_not_the_last():
+    rows = [{**PASS, "quant_cost_rel": 0.009}, {**PASS, "quant_cost_rel": 0.001}, {**STEP, "quant_cost_rel": 0.2},
+            {**STEP, "quant_cost_rel": 0.1}]
+    assert report.quant_cost_by_path(rows) == {"a16w4": 0.009, "a4w4": 0.2}
+
+
+def test_report_files_in_a_new_nested_folder_with_any_meta(tmp_path):
+    out = tmp_path / "a" / "b" / "report"
+    meta = {**META, "config": tmp_path / "cfg.json"}  # a Path: written as its text
+    report.write(out, [PASS], [], [], meta, say=lambda s: None)
+    assert json.loads((out / "report.json").read_text())["meta"]["config"] == str(tmp_path / "cfg.json")
+
+
+class _Recorder:
+    """Every drawing call the plot makes, with its arguments (the chart's specification)."""
+
+    def __init__(self, monkeypatch):
+        import matplotlib.axes
+        import matplotlib.figure
+        import matplotlib.pyplot as plt
+
+        self.calls = []
+        for name in ("scatter", "axhline", "text", "set_xscale", "set_yscale", "set_xlabel", "set_ylabel", "set_title",
+                     "legend"):
+            self._wrap(monkeypatch, matplotlib.axes.Axes, name)
+        self._wrap(monkeypatch, matplotlib.figure.Figure, "savefig")
+        self._wrap(monkeypatch, matplotlib.figure.Figure, "tight_layout")
+        real_subplots, real_close = plt.subplots, plt.close
+        monkeypatch.setattr(plt, "subplots", lambda *a, **kw: self.calls.append(("subplots", a, kw)) or
+                            real_subplots(*a, **kw))
+        monkeypatch.setattr(plt, "close", lambda fig=None: self.calls.append(("close", (type(fig).__name__,), {}))
+                            or real_close(fig))
+
+    def _wrap(self, monkeypatch, cls, name):
+        real = getattr(cls, name)
+
+        def spy(obj, *a, **kw):
+            self.calls.append((name, tuple(str(x) if name == "savefig" else x for x in a), kw))
+            return real(obj, *a, **kw)
+
+        monkeypatch.setattr(cls, name, spy)
+
+
+def test_the_plot_specification(tmp_path, monkeypatch):
+    rec = _Recorder(monkeypatch)
+    rows = [{**PASS, "M": 1}, {**PASS, "M": 64, "margin": 0.0}, STEP, {**FAIL, "margin": report.CAP},
+            {**ERROR, "M": 5}]  # an error row with M > 0 is left out, not read
+    report.write(tmp_path, rows, [], [], META, say=lambda s: pytest.fail(s))
+    png = str(tmp_path / "margin_vs_M.png")
+    scatter_kw = dict(facecolors="none")
+    want = [
+        ("subplots", (), {"figsize": (8, 4.5)}),
+        ("scatter", ([1 * 0.94, 64 * 0.94], [0.5, 1e-6]),
+         {"marker": "o", **scatter_kw, "edgecolors": "C0", "label": "a16w4 @ gfx950"}),
+        ("scatter", ([300.0], [1.0]), {"marker": "s", **scatter_kw, "edgecolors": "C1", "label": "a4w4 @ gfx950"}),
+        ("scatter", ([1024 * 1.06], [report.CAP]), {"marker": "D", **scatter_kw, "edgecolors": "C2",
+                                                    "label": "a8w4 @ gfx950"}),
+        ("axhline", (report.CAP,), {"color": "grey", "lw": 0.5, "ls": ":"}),  # a margin at the cap draws its line
+        ("text", (1, report.CAP / 2, f">= {report.CAP:g} (or error where the bound is 0)"), {"fontsize": 7,
+                                                                                             "color": "grey"}),
+        ("axhline", (1.0,), {"color": "red", "lw": 1}),
+        ("text", (1, 1.15, "bound (fails above)"), {"fontsize": 7, "color": "red"}),
+        ("axhline", (1e-6,), {"color": "grey", "lw": 0.5, "ls": ":"}),
+        ("text", (1, 1e-6 * 1.3, "exact (error 0)"), {"fontsize": 7, "color": "grey"}),
+        ("set_xscale", ("log",), {}), ("set_yscale", ("log",), {}),
+        ("set_xlabel", ("M (tokens; groups drawn side by side)",), {}),
+        ("set_ylabel", ("margin = max(error / bound)",), {}),
+        ("set_title", ("mine: error against the derived bound, per case (4 cases)",), {}),
+        ("legend", (), {"fontsize": 7, "ncol": 2}),
+        ("tight_layout", (), {}),
+        ("savefig", (png,), {"dpi": 120}),
+        ("close", ("Figure",), {}),
+    ]
+    got = [(n, tuple(list(x) if isinstance(x, list) else x for x in a), kw) for n, a, kw in rec.calls]
+    assert got == want
+
+
+def test_markers_and_colours_cycle_past_ten_groups(tmp_path, monkeypatch):
+    rec = _Recorder(monkeypatch)
+    archs = [f"sm{80 + i}" for i in range(12)]
+    rows = [{**PASS, "arch": a} for a in archs]
+    report.write(tmp_path, rows, [], [], META, say=lambda s: pytest.fail(s))
+    drawn = [kw for n, _, kw in rec.calls if n == "scatter"]
+    assert [kw["marker"] for kw in drawn] == list("osD^v<>ph*") + ["o", "s"]
+    assert [kw["edgecolors"] for kw in drawn] == [f"C{i % 10}" for i in range(12)]
