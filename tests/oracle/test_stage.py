@@ -55,6 +55,10 @@ def test_the_mma_step_is_asked_for_off_the_cpu_only(monkeypatch):
     monkeypatch.setattr(stage, "_reference", lambda p, mul, mma_k, device=None: seen.append(mma_k) or real(p, mul, mma_k, device))
     check_stage(_stage(), **SHAPE, mul_routed_weight=True, seed=1, guard_bands=False)
     assert seen == [None]
+    seen.clear()
+    shape = (SHAPE["M"], SHAPE["topk"], SHAPE["N"])
+    check_stage(_returning(np.zeros(shape)), **SHAPE, mul_routed_weight=True, seed=1, guard_bands=False)
+    assert seen == [None, None]  # the other convention's reference too
 
 
 def _row(fn, mul=True, **kw):
@@ -214,3 +218,164 @@ def test_the_max_error_of_an_all_nan_output():
 
     row = _row(nan_everywhere, guard_bands=False)
     assert np.isnan(row["max_err"]) and row["verdict"] == "FAIL" and row["margin"] == np.inf
+
+
+def test_the_same_seed_draws_the_same_problem():
+    correct = _stage()
+
+    def doubled(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+        return correct(hidden, w, w_scale, topk_weights, topk_ids, mul_routed_weight=mul_routed_weight) * 2
+
+    one, two = _row(doubled, guard_bands=False), _row(doubled, guard_bands=False)
+    assert one == two and one["max_err"] > 0
+    assert check_stage(doubled, **SHAPE, mul_routed_weight=True, seed=6, guard_bands=False)["max_err"] != one["max_err"]
+
+
+def test_the_device_reaches_the_references_and_the_buffers(monkeypatch):
+    """Off the CPU (a meta device stands in: no data needed), both references are asked with the MMA's
+    16-product step and the device, and the output buffers are made there."""
+    seen, buffers = [], []
+    real = stage._reference
+    monkeypatch.setattr(stage, "_reference", lambda p, mul, mma_k, device=None: seen.append((mul, mma_k, str(device)))
+                        or real(p, mul, None, None))
+    shape = (SHAPE["M"], SHAPE["topk"], SHAPE["N"])
+
+    def zeros(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+        buffers.append((out.device.type, out.dtype, tuple(out.shape)))
+        return torch.zeros(shape, dtype=torch.bfloat16)  # wrong: the other convention's reference is tried too
+
+    row = check_stage(zeros, **SHAPE, mul_routed_weight=True, seed=2, device="meta", guard_bands=False)
+    assert row["verdict"] == "FAIL"
+    assert seen == [(True, 16, "meta"), (False, 16, "meta")]
+    assert buffers == [("meta", torch.bfloat16, shape)] * 2
+
+
+def _controlled(monkeypatch, *, main_bound=1.0, alt=None, alt_bound=1.0):
+    """check_stage against a reference of zeros (bf16 and fp32 bound ``main_bound``) and, for the other
+    weight convention, values ``alt`` with bound ``alt_bound``."""
+    shape = (SHAPE["M"], SHAPE["topk"], SHAPE["N"])
+    asked = []
+
+    def fake(p, mul, mma_k, device=None):
+        asked.append(mul)
+        if len(asked) == 1:
+            z = np.zeros(shape)
+            return z, np.full(shape, main_bound), z.astype(np.float32), np.full(shape, main_bound)
+        a = np.zeros(shape) if alt is None else alt
+        return a, np.full(shape, alt_bound), a.astype(np.float32), np.full(shape, alt_bound)
+
+    monkeypatch.setattr(stage, "_reference", fake)
+    return shape, asked
+
+
+def _returning(values):
+    def fn(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+        return torch.from_numpy(np.asarray(values, np.float32)).to(torch.bfloat16)
+    return fn
+
+
+def test_the_verdict_at_margin_one_and_just_above(monkeypatch):
+    shape, asked = _controlled(monkeypatch)
+    at = np.zeros(shape)
+    at[0, 0, 0] = 1.0  # err == bound: margin exactly 1
+    row = _row(_returning(at), guard_bands=False)
+    assert row["verdict"] == "PASS" and row["margin"] == 1.0 and row["diagnosis"] == "within the bound (margin 1)"
+    assert asked == [True]  # no convention search at margin 1
+    past = np.zeros(shape)
+    past[0, 0, 0] = 1.5
+    asked.clear()
+    row = _row(_returning(past), guard_bands=False)
+    assert row["verdict"] == "FAIL" and row["margin"] == 1.5 and row["diagnosis"] == "outside the bound (margin 1.5)"
+    assert asked == [True, False]
+
+
+@pytest.mark.parametrize("alt_err, named", [(1.0, True), (1.5, False)])
+def test_the_other_convention_is_named_up_to_margin_one(monkeypatch, alt_err, named):
+    shape = (SHAPE["M"], SHAPE["topk"], SHAPE["N"])
+    got = np.full(shape, 4.0)
+    _controlled(monkeypatch, alt=got - alt_err, alt_bound=1.0)
+    row = _row(_returning(got), guard_bands=False)
+    note = "matches the reference with mul_routed_weight=False"
+    assert row["verdict"] == "FAIL" and (note in row["diagnosis"].split("; ")) == named
+
+
+def test_the_interpreter_is_asked_about_the_outputs_outside_only(monkeypatch):
+    shape, _ = _controlled(monkeypatch)
+    got = np.zeros(shape)
+    got[0, 0, 0], got[0, 0, 1], got[1, 1, 2] = 1.0, 2.0, 0.5  # at the bound, outside, inside
+    masks = []
+    monkeypatch.setattr(stage, "bf16_explained_by_interpreter", lambda r, b, g, outside: masks.append(outside) or None)
+    _row(_returning(got), guard_bands=False)
+    want = np.zeros(shape, bool)
+    want[0, 0, 1] = True
+    assert len(masks) == 1 and np.array_equal(masks[0], want)
+
+
+def test_the_exact_notes_and_their_separator(monkeypatch):
+    shape, _ = _controlled(monkeypatch)
+
+    def nan_row(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+        res = torch.zeros(shape, dtype=torch.bfloat16)
+        res[0, 0] = float("nan")
+        if out is not None:
+            out.copy_(res)
+            return out
+        return res
+
+    total, n = int(np.prod(shape)), SHAPE["N"]
+    row = _row(nan_row, guard_bands=False)
+    assert row["diagnosis"] == (f"outside the bound (margin inf); {n} of {total} outputs are NaN where the reference is "
+                                "finite (NaN with a zero-filled buffer too: computed, not unwritten)")
+
+    def nan_row_no_out(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight):
+        return nan_row(hidden, w, w_scale, topk_weights, topk_ids, mul_routed_weight=mul_routed_weight)
+
+    row = _row(nan_row_no_out, guard_bands=False)
+    assert row["diagnosis"] == f"outside the bound (margin inf); {n} of {total} outputs are NaN where the reference is finite"
+
+
+def test_no_out_buffer_means_nothing_is_unwritten():
+    """Without an ``out`` parameter nothing can be left unwritten: a NaN in one call and not the next is a
+    computed NaN, not an unwritten output."""
+    correct = _stage()
+    calls = []
+
+    def flaky(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight):
+        res = correct(hidden, w, w_scale, topk_weights, topk_ids, mul_routed_weight=mul_routed_weight)
+        calls.append(1)
+        if len(calls) == 1:
+            res[0, 0, 0] = float("nan")
+        return res
+
+    row = _row(flaky, guard_bands=False)
+    total = SHAPE["M"] * SHAPE["topk"] * SHAPE["N"]
+    assert row["diagnosis"].split("; ")[1:] == [f"1 of {total} outputs are NaN where the reference is finite"]
+
+
+def test_an_all_nan_output_raises_no_warning():
+    import warnings
+
+    def nan_everywhere(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+        return torch.full((SHAPE["M"], SHAPE["topk"], SHAPE["N"]), float("nan"), dtype=torch.bfloat16)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        row = _row(nan_everywhere, guard_bands=False)
+    assert np.isnan(row["max_err"])
+
+
+@pytest.mark.parametrize("mma_k", [None, 16])
+def test_the_bound_follows_the_mma_step(mma_k):
+    p = _problem(3)
+    _, _, _, fp32_bound = stage._reference(p, False, mma_k)
+    a = em.round_to_bf16(p.hidden)
+    w = em.dequantize_mxfp4(p.w1, p.w1_scale).astype(np.float64)
+    products = products_for(MoEWeights.from_arrays(p.w1, p.w1_scale, p.w2, p.w2_scale))
+    t, k = 0, 0
+    e = int(p.topk_ids[t, k])
+    g = (w[e] @ a[t].astype(np.float64)).astype(np.float32)
+    want = _accumulation_bound(products, np.abs(a[t:t + 1]).astype(np.float64), e, "w1", SHAPE["K"], mma_k)[0]
+    np.testing.assert_allclose(fp32_bound[t, k], want + 2.0**-24 * np.abs(g), rtol=1e-12, atol=0)
+    other = _accumulation_bound(products, np.abs(a[t:t + 1]).astype(np.float64), e, "w1", SHAPE["K"],
+                                16 if mma_k is None else None)[0]
+    assert not np.allclose(want, other)  # the step matters here
