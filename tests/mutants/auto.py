@@ -73,6 +73,9 @@ def prepare(module: str, work: Path) -> Path:
     tree = work / module.replace("/", "__").removesuffix(".py")
     files = tree_files(ROOT)
     copy_tree(ROOT, files, tree)
+    if (tree / "mutants").is_dir():  # mutmut refreshes its copy's Python sources only: data files and tests too
+        copy_tree(ROOT, [f for f in files if not (f.endswith(".py") and f.split("/")[0] in PACKAGES)],
+                  tree / "mutants")
     (tree / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     others = sorted({f.split("/")[0] for f in files} - set(PACKAGES) - {"tests", "pyproject.toml"} | {"sitecustomize.py"})
     pyproject = tree / "pyproject.toml"
