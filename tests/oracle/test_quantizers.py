@@ -153,3 +153,89 @@ def test_per_token_policies():
     check = check_quantizer(zero_rows_scale_one, "quantize_fp8_per_token", x=x, seed=0)
     assert check.differing["zero"] >= 1
     assert check.policies["zero rows"] == "scale [1.0] (contract: 0.0, codes 0x00)"
+
+
+def test_the_name_it_is_reported_under():
+    import functools
+
+    from moe_oracle.quantizers import _name
+
+    def plain(x):
+        return x
+
+    class Quantizer:
+        def __call__(self, x):
+            return x
+
+    named = Quantizer()
+    named.__name__ = "given"
+    assert _name(plain) == "test_the_name_it_is_reported_under.<locals>.plain"  # the qualified name first
+    assert _name(named) == "given"  # then the plain name
+    assert _name(Quantizer()) == "Quantizer" and _name(functools.partial(plain)) == "partial"  # then its type
+
+
+def test_what_the_call_hands_over_and_returns():
+    from moe_oracle.quantizers import _call
+
+    x = quantizer_input(np.random.default_rng(0), 4, 64, "e4m3fn", per_row=True)
+    seen = []
+
+    def per_token(x_t, fmt="e4m3fn"):
+        seen.append((x_t.device.type, x_t.dtype, fmt))
+        q, s = em.quantize_fp8_per_token(x_t.float().numpy(), fmt=fmt)
+        return torch.from_numpy(q), torch.from_numpy(s.astype(np.float64)).float()
+
+    q, s = _call(per_token, x, "bfloat16", "cpu", "quantize_fp8_per_token", fmt="e4m3fnuz")
+    assert seen == [("cpu", torch.bfloat16, "e4m3fnuz")]
+    assert q.dtype == np.uint8 and s.dtype == np.float32 and s.shape == (4, 1)
+    packed, scales = _call(_mxfp4(), x, "float32", "cpu", "quantize_mxfp4", scale_mode="even")
+    assert scales.dtype == np.uint8 and packed.shape == (4, 32)  # e8m0 bytes stay bytes
+    want = em.quantize_fp8_per_token(x, fmt="e4m3fn")
+    devices = []
+
+    def where(x_t, fmt="e4m3fn"):  # a meta device stands in for a GPU: the input goes where it is asked
+        devices.append(x_t.device.type)
+        return torch.from_numpy(want[0]), torch.from_numpy(want[1])
+
+    _call(where, x, "bfloat16", "meta", "quantize_fp8_per_token", fmt="e4m3fn")
+    assert devices == ["meta"]
+
+
+@pytest.mark.parametrize("fmt", ["e4m3fn", "e4m3fnuz"])
+def test_per_token_in_each_format(fmt):
+    ok = check_quantizer(_per_token(), "quantize_fp8_per_token", fmt=fmt, seed=6, M=16, K=64)
+    assert ok.passed and ok.fmt == fmt and ok.kind == "quantize_fp8_per_token" and ok.input_dtype == "bfloat16"
+    assert ok.notes == () and ok.policies == {}
+    assert ok.diagnosis() == f"bit-exact under scale amax/max, x * (1/s), ties even ({16 * 64 + 16} bytes)"
+
+
+def test_per_token_counts_and_nan_rows():
+    x = quantizer_input(np.random.default_rng(1), 16, 64, "e4m3fn", per_row=True)
+    x[2, 5] = np.nan
+    x[3] = 0.0
+
+    def nan_rows_scale_zero(x_t, fmt="e4m3fn"):
+        q, s = em.quantize_fp8_per_token(x_t.float().numpy(), fmt=fmt, reciprocal=True)
+        s = np.where(np.isfinite(x_t.float().numpy()).all(1)[:, None], s, np.float32(0))
+        return torch.from_numpy(q), torch.from_numpy(s.astype(np.float32))
+
+    check = check_quantizer(nan_rows_scale_zero, "quantize_fp8_per_token", x=x, seed=0)
+    finite_rows = int(np.isfinite(x).all(1).sum())
+    assert check.differing == {"ordinary": 0, "zero": 0, "nan_inf": 16 - finite_rows}
+    assert check.policies == {"NaN/Inf rows": "scale ['0.0'] (contract: NaN, codes NaN)"}
+    assert check.follows == "x * (1/s)" and check.closest == f"x * (1/s) (0 of {finite_rows - 1} rows differ)"
+    assert check.bytes_total - check.bytes_equal == 16 - finite_rows  # only the NaN rows' scales differ
+    div = check_quantizer(_per_token(reciprocal=False), "quantize_fp8_per_token", x=x, seed=0)
+    assert div.follows == "x / s" and div.differing["ordinary"] > 0 and div.differing["nan_inf"] == 0
+    assert div.closest == f"x / s (0 of {finite_rows - 1} rows differ)"
+    assert div.notes == ()  # nothing for the interpreter to explain: this is a real rounding difference
+
+
+def test_per_tensor_record():
+    from .planted import _per_tensor
+
+    check = check_quantizer(_per_tensor(), "quantize_fp8_per_tensor", seed=3, M=8, K=64)
+    assert check.passed and check.kind == "quantize_fp8_per_tensor" and check.fmt == "e4m3fn"
+    assert (check.bytes_equal, check.bytes_total) == (8 * 64 + 1, 8 * 64 + 1) and check.seed == 3
+    bad = check_quantizer(_per_tensor(reciprocal=False), "quantize_fp8_per_tensor", fmt="e4m3fnuz", seed=3, M=8, K=64)
+    assert not bad.passed and bad.follows == "x / s" and bad.fmt == "e4m3fnuz"
