@@ -92,26 +92,21 @@ def load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K: tl
 
 
 @triton.jit
-def load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
+def load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr, PREPARED: tl.constexpr = False):
     """fp4x2 bytes of columns k0 .. k0 + BLOCK_K of rows ``rows`` (one contiguous load of BLOCK_K/2 bytes
-    a row), uint8 [R, BLOCK_K/32, 16]: byte j holds element 2j in its low nibble, 2j + 1 in its high."""
-    j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
-                     other=0)
-    return tl.reshape(packed, (rows.shape[0], BLOCK_K // 32, 16))
-
-
-@triton.jit
-def load_prepared_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
-    """``load_fp4x2_blocks`` for weights in the prepared layout (``moe_kernels.prepared``: in each 32-byte
-    group of a row, public byte q + 4j at 8q + j; rows of ceil(K/64) * 32 bytes, zero-padded): one
-    contiguous load, the permutation undone by a reshape and a transpose (BLOCK_K a multiple of 64)."""
+    a row), uint8 [R, BLOCK_K/32, 16]: byte j holds element 2j in its low nibble, 2j + 1 in its high.
+    PREPARED: the rows are in ``moe_kernels.prepared``'s order (in each 32-byte group, public byte q + 4j
+    at 8q + j; ceil(K/64) * 32 bytes, zero-padded), undone by a reshape and a transpose (BLOCK_K a
+    multiple of 64)."""
     R: tl.constexpr = rows.shape[0]
     j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(ptr + rows[:, None] * stride + j[None, :],
-                     mask=row_mask[:, None] & (j < tl.cdiv(K, 64) * 32)[None, :], other=0)
-    groups = tl.trans(tl.reshape(packed, (R, BLOCK_K // 64, 4, 8)), (0, 1, 3, 2))  # [.., j, q]: public q + 4j
-    return tl.reshape(groups, (R, BLOCK_K // 32, 16))
+    row_bytes = tl.cdiv(K, 64) * 32 if PREPARED else K // 2
+    packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < row_bytes)[None, :],
+                     other=0)
+    if PREPARED:
+        groups = tl.trans(tl.reshape(packed, (R, BLOCK_K // 64, 4, 8)), (0, 1, 3, 2))  # [.., j, q]: public q + 4j
+        packed = tl.reshape(groups, (R, BLOCK_K // 2))
+    return tl.reshape(packed, (R, BLOCK_K // 32, 16))
 
 
 @triton.jit
@@ -157,10 +152,7 @@ def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_
     instructions a weight; else the portable fp32 one, ~9)."""
     R: tl.constexpr = rows.shape[0]
     byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
-    if PREPARED:
-        packed = load_prepared_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
-    else:
-        packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
+    packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K, PREPARED)
     lo, hi = e2m1x2_to_bf16(packed, byte, W, PTX)
     return tl.reshape(tl.join(lo, hi), (R, BLOCK_K)).to(tl.bfloat16, bitcast=True)
 

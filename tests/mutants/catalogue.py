@@ -10,6 +10,7 @@ edit still applies exactly once and compiles.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .bugs import BUGS, Bug
@@ -239,9 +240,7 @@ MUTANTS: tuple[Mutant, ...] = (
                                                 "if False:"),
        tests=("tests/kernels/test_fused_moe.py::test_cuda_graph_replay_equals_eager",), gpu=True),
     # the left-operand tiles on the GPU: the prepared decode at every byte and scale byte, each tile bit-exact
-    *(_m(name, file, *next(m.edits for m in _LEFT_CPU if m.bug.name == name), tests=_PREPARED_GPU, gpu=True)
-      for name, file in (("prepared lanes off by one", _PREP), ("prepared permutation not undone", _GEMM),
-                         ("prepared nibble pair swapped", _PREP), ("scale of the neighbouring block", _GEMM))),
+    *(dataclasses.replace(m, tests=_PREPARED_GPU, gpu=True) for m in _LEFT_CPU),
     _m("bad ids never reported", _DISP, ("    if pending is not None:\n        pending.finish()\n", ""),
        tests=("tests/kernels/test_fused_moe.py::test_out_of_range_ids_raise_on_the_gpu",), gpu=True),
 )
