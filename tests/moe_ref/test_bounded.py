@@ -165,6 +165,40 @@ def test_reference_bytes_grow_with_the_pairs_not_the_layer():
     assert reference_bytes(64, 256, 7168, 2048, 8, device=True) > small  # unfrozen: the layer is copied
 
 
+@pytest.mark.parametrize("M, E, H, I, topk", [(7, 3, 64, 96, 2), (5, 64, 256, 128, 2), (25, 8, 64, 96, 2), (300, 4, 1024, 512, 8),
+                                              (64, 256, 7168, 2048, 8)])
+def test_reference_bytes_are_the_buffers_they_name(M, E, H, I, topk):  # noqa: E741
+    """The estimate, term by term, as the sizes of the buffers its docstring names (an int of bytes):
+    the [P, H] fp32 stage-2 rows and five [M, H] float64 results; the layer's packed weights (not when
+    frozen); (low, high) int64 bit ranges per weight row of every expert; on the host, 8 float64
+    intermediates [pairs, 2I + H] of the busiest expert (4x the mean, at most P), one expert's matrices
+    as three float64 and two fp32 copies, and the dequantized experts kept (capped at the cache plus one
+    expert's w1). The shapes cross each clamp: the busiest expert at P, at 4 pairs (P < E), at 4x a
+    rounded-up mean (P not a multiple of E) and an exact one; a small layer
+    whose dequantized experts all fit the cache and DeepSeek-V3's, which does not."""
+    from moe_ref.weights import DEQUANT_CACHE_BYTES
+
+    def nbytes(shape, dtype):
+        return np.empty(0, dtype).itemsize * int(np.prod(shape))
+
+    P = M * topk
+    rows = nbytes((P, H), np.float32) + 5 * nbytes((M, H), np.float64)
+    layer = sum(nbytes(shape, np.uint8) for shape in ((E, 2 * I, H // 2), (E, 2 * I, H // 32),
+                                                      (E, H, I // 2), (E, H, I // 32)))
+    bit_ranges = nbytes((E, 2 * I + H, 2), np.int64)
+    busiest = min(P, 4 * max(1, -(-P // E)))
+    pairs = 8 * nbytes((busiest, 2 * I + H), np.float64)
+    matrices = sum(k * nbytes(shape, dtype) for shape in ((2 * I, H), (H, I)) for k, dtype in ((3, np.float64),
+                                                                                               (2, np.float32)))
+    dequant = min(E * nbytes((3 * I, H), np.float32), DEQUANT_CACHE_BYTES + nbytes((2 * I, H), np.float32))
+    device = rows + bit_ranges
+    for frozen in (True, False):
+        got = reference_bytes(M, E, H, I, topk, device=True, frozen_weights=frozen)
+        assert type(got) is int and got == device + (0 if frozen else layer)
+        got = reference_bytes(M, E, H, I, topk, device=False, frozen_weights=frozen)
+        assert type(got) is int and got == device + (0 if frozen else layer) + pairs + matrices + dequant
+
+
 @pytest.mark.parametrize("M, E, H, I, topk", [(64, 8, 256, 128, 2), (8, 32, 1024, 512, 4), (300, 128, 256, 256, 4),
                                               (1, 8, 2048, 1024, 2), (2000, 2, 64, 64, 2), (1, 4, 64, 32, 1)])
 def test_reference_bytes_bound_the_measured_peak(M, E, H, I, topk):  # noqa: E741
