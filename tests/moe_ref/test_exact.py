@@ -177,3 +177,87 @@ def test_accumulation_bits_by_hand():
     got = accumulation_bits(x, w)
     # row 0: x bits [-10, 1), w row 0 [0, 1), row 1 [-5, 31); K=3: +2
     np.testing.assert_array_equal(got, [[1 + 1 + 2 - (-10), 1 + 31 + 2 - (-10 - 5)], [0, 0], [21 + 1 + 2 - 20, 21 + 31 + 2 - 15]])
+
+
+@pytest.mark.parametrize("span", ["narrow", "split", "integers"])
+def test_any_float_input_is_taken_as_its_fp32(span):
+    """The functions take array-likes of any float dtype as their fp32 values (the cast is part of the
+    contract, not the caller's): float64 inputs that are not fp32 values, in each tier, give exactly
+    what their fp32 casts give; bit ranges likewise."""
+    rng = np.random.default_rng(7)
+    lows = {"narrow": (-4, 4), "split": (-60, 60), "integers": (-140, 120)}[span]
+    x32, w32 = _wide(rng, (3, 16), *lows), _wide(rng, (4, 16), -8, 8)
+    # 0.3 ulp off: not fp32 values (the cast rounds them back), yet far enough to move a float64 dot's rounding
+    x64 = x32 + 0.3 * np.spacing(x32).astype(np.float64)
+    w64 = w32 + 0.3 * np.spacing(w32).astype(np.float64)
+    assert not np.array_equal(x64, x32) and np.array_equal(x64.astype(np.float32), x32)
+    want = exact_dots(x32, w32)
+    _assert_same(exact_matmul_f32(x64, w64), want)
+    _assert_same(exact_matmul_f32(x64.tolist(), w64.tolist()), want)
+    for a64, a32 in ((x64, x32), (w64, w32)):
+        for got, expected in zip(row_bits(a64), row_bits(a32)):
+            np.testing.assert_array_equal(got, expected)
+            assert got.dtype.kind == "i"  # bit positions are integers (and the zero-row sentinel an int32 max)
+    np.testing.assert_array_equal(accumulation_bits(x64, w64), accumulation_bits(x32, w32))
+    # a tie: x's fp32 dot is 1 + 2^-24 exactly (to even: 1); 0.4 ulp more in x, uncast, would round it up
+    tie_x, tie_w = np.array([[1.0 + 0.4 * 2.0**-23, 1.0]]), np.array([[1.0, 2.0**-24]])
+    assert exact_matmul_f32(tie_x, tie_w)[0, 0] == 1.0 == exact_matmul_f32(tie_x.tolist(), tie_w.tolist())[0, 0]
+    assert exact_matmul_f32(tie_w, tie_x)[0, 0] == 1.0  # the same on the weights' side
+    product = x32.astype(np.float64) @ w32.astype(np.float64).T
+    _assert_same(exact_round_f32(x64, product, row_bits(w32), w32.__getitem__, True,
+                                 lambda a: np.asarray(a, np.float64) @ w32.astype(np.float64).T), want)
+
+
+def test_non_finite_and_overflowing_products_raise_no_warning():
+    """inf * 0 (NaN), an fp32 overflow of a finite exact sum and an inf input pass through without a
+    NumPy RuntimeWarning reaching the caller (non-finite values are reported as such, not warned about)."""
+    x = np.array([[np.inf, 1.0], [3e38, 3e38], [1.0, 2.0]], np.float32)
+    w = np.array([[0.0, 1.0], [3e38, 1.0]], np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        product = x.astype(np.float64) @ w.astype(np.float64).T
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = exact_matmul_f32(x, w)
+        rounded = exact_round_f32(x, product, row_bits(w), w.__getitem__, False)
+    assert np.isnan(got[0, 0]) and np.isinf(got[0, 1]) and got[1, 0] == np.float32(3e38) and np.isinf(got[1, 1])
+    assert got[2, 0] == 2.0
+    np.testing.assert_array_equal(np.isnan(rounded), np.isnan(got))
+
+
+def test_tier_boundaries_by_hand():
+    """Rows at the edges of the tiers, each against exact arithmetic: [2^53, 1, -2^53] . [1, 1, 1] is 1,
+    while float64 in order gives 0 (2^53 + 1 rounds to 2^53): the row's 54 bits exceed the room of 53
+    - 1 - ceil(log2 3) = 50, whatever the tiers' margins; a zero weight row (no bits: its sentinel
+    must not enter the room) and a zero x row; tier 3 without a ``matmul`` (integers only)."""
+    x = np.array([[2.0**53, 1.0, -(2.0**53)], [0.0, 0.0, 0.0], [1.0, 2.0**-30, 3.0]], np.float32)
+    w = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, -1.0]], np.float32)
+    want = exact_dots(x, w)
+    assert want[0, 0] == 1.0 and (x.astype(np.float64) @ w.astype(np.float64).T)[0, 0] == 0.0
+    _assert_same(exact_matmul_f32(x, w), want)
+    product = x.astype(np.float64) @ w.astype(np.float64).T
+    _assert_same(exact_round_f32(x, product, row_bits(w), w.__getitem__), want)  # no matmul: tier 3 for row 0
+    bits = accumulation_bits(x, w)
+    assert (bits[:, 1] == 0).all() and (bits[1] == 0).all()  # zero rows need no bits
+    assert bits[0, 0] == 54 + 1 + 2 and bits[2, 2] == 2 + 1 + 2 + 30  # h_x + h_w + ceil(log2 3) - l_x - l_w
+    assert accumulation_bits(np.array([[3.0]], np.float32), np.array([[1.0]], np.float32))[0, 0] == 3  # K=1: + 0
+
+
+def test_bits_in_the_lowest_normal_binade_and_overflow_without_warnings():
+    """Values in [2^-126, 2^-125) carry their implicit bit (1.5 * 2^-126: bits 2^-127 .. 2^-126, so
+    (lowest, highest + 1) = (-127, -125)); a subnormal has none (2^-149: (-149, -148)). An integer sum
+    past fp32's range rounds to inf without a NumPy warning."""
+    x = np.array([[1.5 * 2.0**-126], [2.0**-149], [1.0 + 2.0**-23]], np.float32)
+    low, high = row_bits(x)
+    np.testing.assert_array_equal(low, [-127, -149, -23])
+    np.testing.assert_array_equal(high, [-125, -148, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert round_scaled_int_to_f32(1, 200) == np.inf and round_scaled_int_to_f32(-3, 127) == -np.inf
+
+
+def test_round_parts_f32_of_one_part_is_its_rounding():
+    """One part (no expansion to grow): its own fp32 rounding, ties to even, overflow to inf."""
+    part = np.array([1.5, 2.0**-149, 1.0 + 2.0**-24, 1.0 + 3 * 2.0**-24, 2.0**129, -(2.0**-151)])
+    got = round_parts_f32([part])
+    np.testing.assert_array_equal(got, np.array([1.5, 2.0**-149, 1.0, 1.0 + 2.0**-22, np.inf, -0.0], np.float32))
+    assert got.dtype == np.float32
