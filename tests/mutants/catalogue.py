@@ -33,7 +33,7 @@ TESTS_BY_FILE = {
     "moe_kernels/_numerics.py": _QUANT_TESTS + ("tests/kernels/test_fused_moe.py",),
     "moe_kernels/quant.py": _QUANT_TESTS,
     "moe_kernels/_per_token.py": _QUANT_TESTS,
-    "moe_kernels/_decode.py": ("tests/kernels/test_numerics.py",) + _MOE_TESTS,
+    "moe_kernels/_decode.py": ("tests/kernels/test_numerics.py", "tests/kernels/test_decode_ptx.py") + _MOE_TESTS,
     "moe_kernels/": _MOE_TESTS,
     "moe_oracle/": ("tests/oracle",),
 }
