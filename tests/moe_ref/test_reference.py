@@ -243,7 +243,11 @@ def test_torch_in_torch_out(rng):
      (dict(topk_ids=np.full((6, 2), 4)), r"topk_ids: expert ids must lie in \[0, 3\]"),
      (dict(topk_weights=np.zeros((6, 3), np.float32)), "topk_weights"), (dict(hidden=np.zeros((6, 32), np.float32)), "hidden"),
      (dict(act_dtype="int8"), "act_dtype='int8'"), (dict(bias1=np.zeros((4, 8), np.float32)), "bias1"),
-     (dict(expert_mask=np.ones(3)), "expert_mask"), (dict(scale_mode="up"), "scale_mode")],
+     (dict(expert_mask=np.ones(3)), "expert_mask"), (dict(scale_mode="up"), "scale_mode"),
+     # non-numeric inputs: the message starts with the argument's own name
+     (dict(topk_weights=[[None, 1.0]] * 6), "^topk_weights: expected a numeric"),
+     (dict(topk_ids=[[None, None]] * 6), "^topk_ids: expected a numeric"),
+     (dict(bias1=[[None] * 128] * 4), "^bias1: expected a numeric"), (dict(bias2=[[object()] * 64] * 4), "^bias2: expected a numeric")],
 )
 def test_bad_input_names_the_argument(change, match, rng):
     p = random_moe_problem(rng, **SMALL)
@@ -330,3 +334,23 @@ def test_round_parts_equals_the_exact_rational_sum(rng):
     want = np.array([_exact_sum_f32(c) for c in cases], np.float32)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
     assert np.isinf(got[-7]) and got[-6] == np.finfo(np.float32).max and got[-3] == 0
+
+
+def test_add_rows_adds_every_row_repeated_indices_included():
+    """``add_rows``: out[index[i]] += values[i] for each i, so a token routed twice to one expert gets both
+    rows (the fast path only where indices are unique); an empty index changes nothing."""
+    from moe_ref.reference import add_rows
+
+    out = np.arange(12, dtype=np.float64).reshape(4, 3)
+    values = np.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0], [100.0, 200.0, 300.0]])
+    want = out.copy()
+    for i, row in enumerate([2, 0, 2]):
+        want[row] += values[i]
+    add_rows(out, np.array([2, 0, 2]), values)
+    np.testing.assert_array_equal(out, want)
+    add_rows(out, np.array([3, 1]), values[:2])
+    want[3] += values[0]
+    want[1] += values[1]
+    np.testing.assert_array_equal(out, want)
+    add_rows(out, np.array([], dtype=np.int64), np.zeros((0, 3)))
+    np.testing.assert_array_equal(out, want)
