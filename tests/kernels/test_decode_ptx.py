@@ -44,6 +44,10 @@ def test_scale_pairs_are_the_e8m0_values_but_255():
 
 
 def test_ptx_decode_is_exact_at_every_byte_position_and_scale():
+    _check_decode(ASM)
+
+
+def _check_decode(asm: str) -> None:
     """65,536 (byte, scale byte) pairs in each of the register's 4 byte positions: each position runs
     through all 256 bytes (bijections of v) with its own scale byte (bijections of s), so a placement,
     a sign or a shift that confuses two positions, or a scale operand taken from the wrong byte, gives
@@ -54,7 +58,7 @@ def test_ptx_decode_is_exact_at_every_byte_position_and_scale():
     word = bytes_[0] | bytes_[1] << 8 | bytes_[2] << 16 | bytes_[3] << 24
     pairs_in = [_kernel_scale_pair(sc) for sc in scales]
     unbias = [run_ptx(UNBIAS_ASM, [p], n_outputs=1)[0] for p in pairs_in]
-    pairs = run_ptx(ASM, [word, *pairs_in, *unbias], n_outputs=4)
+    pairs = run_ptx(asm, [word, *pairs_in, *unbias], n_outputs=4)
     for pos in range(4):
         for half, want in zip((0, 16), _want(bytes_[pos], scales[pos])):
             got = (((pairs[pos] >> half) & 0xFFFF) << 16).astype(np.uint32).view(np.float32)
@@ -71,14 +75,9 @@ def test_ptx_decode_is_exact_at_every_byte_position_and_scale():
                                   ("fma.rn.bf16x2 $1, w, $6, z;", "fma.rn.bf16x2 $1, w, $5, z;")])
 def test_a_wrong_instruction_is_seen(edit):
     """The check can fail: a lost sign, a misplaced nibble, a neighbour's scale."""
-    global ASM
     assert edit[0] in ASM
-    saved, ASM = ASM, ASM.replace(*edit)
-    try:
-        with pytest.raises(AssertionError):
-            test_ptx_decode_is_exact_at_every_byte_position_and_scale()
-    finally:
-        ASM = saved
+    with pytest.raises(AssertionError):
+        _check_decode(ASM.replace(*edit))
 
 
 def test_simulator_refuses_what_it_does_not_know():
