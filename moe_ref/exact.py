@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["exact_matmul_f32", "exact_round_f32", "round_parts_f32", "split_rows", "round_scaled_int_to_f32",
+__all__ = ["exact_matmul_f32", "exact_round_f32", "round_parts_f32", "settle_f32", "split_rows", "round_scaled_int_to_f32",
            "accumulation_bits", "row_bits"]
 
 
@@ -189,18 +189,27 @@ _F32_OVERFLOW = 2.0**128 - 2.0**103  # the midpoint between fp32's largest value
 
 
 def round_parts_f32(parts: list[np.ndarray]) -> np.ndarray:
-    """fp32 (ties to even; inf past fp32's range) of the exact sum of float64 arrays ``parts``.
+    """fp32 (ties to even; inf past fp32's range) of the exact sum of float64 arrays ``parts``; an exact
+    zero sum is +0 (an fp32 accumulator that starts at +0).
 
-    The parts become one nonoverlapping expansion (exact); a first guess r = fp32 of its float64 sum
-    is then moved while the exact sum lies beyond the midpoint to r's neighbour (midpoints of fp32
-    values are float64 values: the test ``sign(sum - midpoint)`` is exact), and a sum exactly on a
-    midpoint goes to the even neighbour."""
+    The parts become one nonoverlapping expansion (exact); a first guess, the fp32 of its float64 sum,
+    is then settled by :func:`settle_f32`."""
     expansion = [parts[0]]
     for part in parts[1:]:
         expansion = _grow(expansion, part)
     with np.errstate(over="ignore", invalid="ignore"):
-        r = sum(expansion[1:], expansion[0]).astype(np.float32)
-        for _ in range(64):  # the guess is within a few float64 ulps: one step settles it
+        guess = sum(expansion[1:], expansion[0]).astype(np.float32)
+    return np.where(_sign(expansion) == 0, np.float32(0), settle_f32(expansion, guess))
+
+
+def settle_f32(expansion: list[np.ndarray], r: np.ndarray) -> np.ndarray:
+    """The fp32 nearest (ties to even; inf past fp32's range) to the exact sum of a nonoverlapping
+    ``expansion``, from fp32 guesses ``r`` a few ulps off: r moves to its neighbour while the sum lies
+    beyond their midpoint (midpoints of fp32 values are float64 values: the test ``sign(sum - midpoint)``
+    is exact), and from a sum exactly on the midpoint r moves only when it is odd."""
+    r = np.asarray(r, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(64):  # guesses from round_parts_f32 are within one ulp: one pass settles them
             moved = np.zeros(r.shape, bool)
             for toward in (np.float32(np.inf), np.float32(-np.inf)):
                 other = np.nextafter(r, toward)
@@ -213,7 +222,5 @@ def round_parts_f32(parts: list[np.ndarray]) -> np.ndarray:
                 step &= (beyond > 0) | ((beyond == 0) & odd)
                 r, moved = np.where(step, other, r), moved | step
             if not moved.any():
-                break
-        else:
-            raise AssertionError("round_parts_f32 did not settle")  # unreachable: each step nears the sum
-    return np.where(_sign(expansion) == 0, np.float32(0), r)
+                return r
+    raise AssertionError("settle_f32 did not settle")  # unreachable: each step nears the sum

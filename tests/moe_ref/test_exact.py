@@ -261,3 +261,83 @@ def test_round_parts_f32_of_one_part_is_its_rounding():
     got = round_parts_f32([part])
     np.testing.assert_array_equal(got, np.array([1.5, 2.0**-149, 1.0, 1.0 + 2.0**-22, np.inf, -0.0], np.float32))
     assert got.dtype == np.float32
+
+
+def test_round_parts_f32_exact_zero_is_plus_zero():
+    """An exact zero sum is +0 whatever the parts' zeros (an accumulator that starts at +0), and a sum
+    that rounds to zero keeps its sign."""
+    got = round_parts_f32([np.array([-0.0, -0.0, 3.0, -(2.0**-151)]), np.array([-0.0, 0.0, -3.0, 0.0])])
+    np.testing.assert_array_equal(np.signbit(got), [False, False, False, True])
+    np.testing.assert_array_equal(got, np.zeros(4, np.float32))
+    assert not np.signbit(round_parts_f32([np.array([-0.0])]))[0]
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("exact_sum, guess, want", [
+    ([1.0, 2.0**-24], 1.0 + 2.0**-23, 1.0),                        # a tie, guess on the odd side: to even
+    ([-1.0, -(2.0**-24)], -(1.0 + 2.0**-23), -1.0),
+    ([1.0, 3 * 2.0**-24], 1.0 + 2.0**-23, 1.0 + 2.0**-22),           # a tie, odd guess below it: up to even
+    ([1.0, 2.0**-24], 1.0, 1.0),                                   # an even guess on a tie stays
+    ([1.0, 2.0**-24, 2.0**-80], 1.0, 1.0 + 2.0**-23),              # just past the tie: the odd neighbour
+    ([1.0], 1.0 + 2.0**-21, 1.0),                                  # 4 ulps above: several passes
+    ([1.0], 1.0 - 2.0**-22, 1.0),                                  # 8 ulps below (the binade below)
+    ([_F32_MAX, 2.0**103], _F32_MAX, math.inf),                    # the overflow edge is a tie: up to inf
+    ([-_F32_MAX, -(2.0**103)], -_F32_MAX, -math.inf),
+    ([_F32_MAX, 2.0**102], math.inf, _F32_MAX),                    # below the edge: inf moves back
+    ([2.0**200], math.inf, math.inf),                              # far past the edge: inf stays
+    ([-(2.0**200)], -math.inf, -math.inf),
+    ([2.0**200], _F32_MAX, math.inf),
+    ([2.0**-150], 2.0**-149, 0.0),                                 # half the least subnormal: to even (0)
+    ([2.0**-150, 2.0**-160], 0.0, 2.0**-149),
+])
+def test_settle_f32_from_a_wrong_guess(exact_sum, guess, want):
+    """``settle_f32`` moves a guess a few ulps off (or on the wrong side of a tie, or of the overflow
+    edge) to the nearest fp32 of the exact sum, ties to even."""
+    from moe_ref.exact import _grow, settle_f32
+
+    expansion = [np.array([exact_sum[0]])]
+    for part in exact_sum[1:]:
+        expansion = _grow(expansion, np.array([part]))
+    assert f32_nearest(sum(Fraction(v) for v in exact_sum)) == want  # the case is what it says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = settle_f32(expansion, np.array([guess], np.float32))
+    assert got.dtype == np.float32
+    _assert_same(got, np.array([want], np.float32))
+
+
+def test_settle_f32_refuses_a_guess_too_far():
+    """A guess that does not settle in 64 passes is an error, never a wrong value."""
+    from moe_ref.exact import settle_f32
+
+    with pytest.raises(AssertionError, match="settle_f32 did not settle"):
+        settle_f32([np.array([1.0])], np.array([2.0], np.float32))
+
+
+@pytest.mark.parametrize("room", [1, 7, 24])
+def test_split_rows_parts_hold_their_bits(room):
+    """Part j of ``split_rows`` holds the bits of its row from 2^(low + j room) to 2^(low + (j + 1) room)
+    (the last the rest), and the parts sum to the row exactly."""
+    from moe_ref.exact import split_rows
+
+    rng = np.random.default_rng(room)
+    x = _wide(rng, (6, 9), -40, 40)
+    x[1] = np.float32(2.0**-149) * np.arange(9)  # subnormals
+    x[2, :] = 0
+    x[2, 3] = -(2.0**5 + 2.0**-10)
+    low, high = row_bits(x)
+    low = np.where(low > high, 0, low)  # the zero row's empty range
+    n = max(1, -(-int((high - low).max()) // room))
+    parts = split_rows(x, low, room, n)
+    assert len(parts) == n
+    for r in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            assert sum(Fraction(float(p[r, c])) for p in parts) == Fraction(float(x[r, c]))
+            for j, p in enumerate(parts):
+                v = Fraction(float(p[r, c]))
+                unit = Fraction(2) ** (int(low[r]) + j * room)
+                assert (v / unit).denominator == 1, (r, c, j)  # no bit below its range
+                if j < n - 1:
+                    assert abs(v) < unit * 2**room, (r, c, j)  # none above it
