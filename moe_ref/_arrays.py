@@ -28,6 +28,15 @@ def to_numpy(x, *, arg: str) -> np.ndarray:
     return arr
 
 
+def real_array(x, *, arg: str) -> np.ndarray:
+    """:func:`to_numpy` of a real (float or integer) array; any other dtype (str, bool, complex, ...) is
+    a TypeError naming ``arg``."""
+    arr = to_numpy(x, arg=arg)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{arg}: expected a real (float or integer) array, got dtype {arr.dtype}")
+    return arr
+
+
 def like(result: np.ndarray, torch_out: bool, torch_dtype: str | None = None):
     """Return ``result`` as a torch tensor (optionally cast, e.g. "bfloat16") when inputs were torch."""
     if not torch_out:

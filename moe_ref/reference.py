@@ -37,7 +37,7 @@ import numpy as np
 import emulation as em
 from emulation.validate import check_mask_values
 
-from ._arrays import is_torch, like, to_numpy
+from ._arrays import is_torch, like, real_array, to_numpy
 from .activation import gated_activation
 from .exact import row_bits
 from .paths import ACTIVATION_PATHS, activation_path
@@ -86,7 +86,7 @@ class MoECall:
 
 
 def _validate_routing(topk_weights, topk_ids, M, E):
-    w = to_numpy(topk_weights, arg="topk_weights")
+    w = real_array(topk_weights, arg="topk_weights")
     ids = to_numpy(topk_ids, arg="topk_ids")
     if ids.dtype.kind not in "iu":
         raise TypeError(f"topk_ids: expected an integer array, got dtype {ids.dtype}")
@@ -102,7 +102,7 @@ def _validate_routing(topk_weights, topk_ids, M, E):
 def _bias(b, shape, name):
     if b is None:
         return None
-    b = to_numpy(b, arg=name)
+    b = real_array(b, arg=name)
     if b.shape != shape:
         raise ValueError(f"{name}: expected shape {list(shape)}, got {list(b.shape)}")
     return b
@@ -114,7 +114,7 @@ def prepare_call(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, 
     (or ``spec``) are the call's :class:`MoESpec`."""
     spec = MoESpec.from_options(spec, **options)
     weights = MoEWeights.from_arrays(w1, w1_scale, w2, w2_scale)
-    x = to_numpy(hidden, arg="hidden")
+    x = real_array(hidden, arg="hidden")
     if x.ndim != 2 or x.shape[1] != weights.H:
         raise ValueError(f"hidden: expected shape [M, H={weights.H}], got {list(x.shape)}")
     if act_dtype is not None and act_dtype not in ACTIVATION_PATHS:

@@ -6,7 +6,7 @@ import numpy as np
 
 from emulation.validate import check_mask_values
 
-from ._arrays import is_torch, like, to_numpy
+from ._arrays import is_torch, like, real_array, to_numpy
 
 __all__ = ["softmax_topk", "moe_align_block_size"]
 
@@ -18,10 +18,7 @@ def softmax_topk(logits, topk: int, *, renormalize: bool = True):
     weights of each token are divided by their sum (fp32).
     """
     torch_out = is_torch(logits)
-    x = to_numpy(logits, arg="logits")
-    if x.dtype.kind not in "iuf":
-        raise TypeError(f"logits: expected a real (float or integer) array, got dtype {x.dtype}")
-    x = x.astype(np.float32)
+    x = real_array(logits, arg="logits").astype(np.float32)
     if x.ndim != 2:
         raise ValueError(f"logits: expected shape [M, E], got {x.shape}")
     if not 1 <= topk <= x.shape[1]:

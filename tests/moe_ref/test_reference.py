@@ -247,7 +247,13 @@ def test_torch_in_torch_out(rng):
      # non-numeric inputs: the message starts with the argument's own name
      (dict(topk_weights=[[None, 1.0]] * 6), "^topk_weights: expected a numeric"),
      (dict(topk_ids=[[None, None]] * 6), "^topk_ids: expected a numeric"),
-     (dict(bias1=[[None] * 128] * 4), "^bias1: expected a numeric"), (dict(bias2=[[object()] * 64] * 4), "^bias2: expected a numeric")],
+     (dict(bias1=[[None] * 128] * 4), "^bias1: expected a numeric"), (dict(bias2=[[object()] * 64] * 4), "^bias2: expected a numeric"),
+     # strings, booleans, complex numbers: refused under the argument's name before NumPy converts them
+     (dict(topk_weights=np.full((6, 2), "0.5")), r"^topk_weights: expected a real \(float or integer\) array, got dtype <U3"),
+     (dict(topk_weights=np.ones((6, 2), bool)), "^topk_weights: expected a real .* got dtype bool"),
+     (dict(bias1=np.full((4, 128), "1")), "^bias1: expected a real .* got dtype <U1"),
+     (dict(bias2=np.zeros((4, 64), np.complex64)), "^bias2: expected a real .* got dtype complex64"),
+     (dict(hidden=np.full((6, 64), "x")), "^hidden: expected a real .* got dtype <U1")],
 )
 def test_bad_input_names_the_argument(change, match, rng):
     p = random_moe_problem(rng, **SMALL)
