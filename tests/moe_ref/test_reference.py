@@ -242,7 +242,10 @@ def test_torch_in_torch_out(rng):
     [(dict(w1=np.zeros((4, 64, 31), np.uint8)), "w1"), (dict(w2_scale=np.zeros((4, 64, 2), np.uint8)), "w2_scale"),
      (dict(topk_ids=np.full((6, 2), 4)), r"topk_ids: expert ids must lie in \[0, 3\]"),
      (dict(topk_weights=np.zeros((6, 3), np.float32)), "topk_weights"), (dict(hidden=np.zeros((6, 32), np.float32)), "hidden"),
-     (dict(act_dtype="int8"), "act_dtype='int8'"), (dict(bias1=np.zeros((4, 8), np.float32)), "bias1"),
+     (dict(act_dtype="int8"), "^act_dtype='int8' is not valid; expected None or one of"),
+     (dict(topk_ids=np.zeros((6, 2), np.float32)), "^topk_ids: expected an integer array, got dtype float32"),
+     (dict(topk_ids=np.zeros(6, np.int64)), r"^topk_ids: expected shape \[M=6, topk\], got \[6\]"),
+     (dict(expert_mask=[None] * 4), "^expert_mask: expected a numeric"), (dict(bias1=np.zeros((4, 8), np.float32)), "bias1"),
      (dict(expert_mask=np.ones(3)), "expert_mask"), (dict(scale_mode="up"), "scale_mode"),
      # non-numeric inputs: the message starts with the argument's own name
      (dict(topk_weights=[[None, 1.0]] * 6), "^topk_weights: expected a numeric"),

@@ -5,6 +5,8 @@ so that a reference ignoring it cannot pass."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -164,3 +166,36 @@ def test_forward_keeps_the_stages_it_is_asked_for(act_dtype, rng):
     else:
         assert len(lean) == 1
         np.testing.assert_array_equal(lean[0], stages[3])
+
+
+def test_float64_inputs_are_taken_as_their_fp32(rng):
+    """float64 hidden and routing weights are rounded to fp32 first (hidden then to bf16: the double
+    rounding torch's float64 -> bfloat16 conversion does too, measured: 1 + 2^-8 + 2^-30 -> 1.0)."""
+    p = _problem(rng)
+    hidden64 = p.hidden.astype(np.float64)
+    hidden64[3, :4] = [1 + 2.0**-8 + 2.0**-30, -(1 + 2.0**-8 + 2.0**-30), 3 * 2.0**-9 + 2.0**-40, 1e-3]
+    weights64 = p.topk_weights.astype(np.float64)
+    weights64[:, 0] = 1 + 2.0**-8 + 2.0**-30  # the fp32 is a bf16 tie (to 1); the float64 is above it
+    as32 = (hidden64.astype(np.float32), *p.args()[1:5], weights64.astype(np.float32), p.topk_ids)
+    for act_dtype in PATHS:
+        for options in ({}, {"routing_weight_dtype": "bf16"}):
+            got = moe_reference(hidden64, *p.args()[1:5], weights64, p.topk_ids, act_dtype=act_dtype, **options)
+            want = moe_reference(*as32, act_dtype=act_dtype, **options)
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    call = prepare_call(hidden64, *p.args()[1:5], weights64, p.topk_ids.astype(np.int32), act_dtype="bf16")
+    assert call.topk_weights.dtype == np.float32 and call.topk_ids.dtype == np.int64
+
+
+def test_an_overflowing_slot_sum_is_inf_quietly(rng):
+    """Two slots of 2^127 each sum past fp32's range: +inf (bf16 inf), and no RuntimeWarning leaks."""
+    p = random_moe_problem(rng, M=4, E=2, H=32, I=32, topk=2)
+    p.topk_ids[:] = [0, 1]
+    p.topk_weights[:] = 1.0
+    w2 = np.zeros_like(p.w2)  # stage 2 gives 0: each slot is its bias, 2^127
+    bias2 = np.full((2, 32), 2.0**127, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, trace = moe_reference(p.hidden, p.w1, p.w1_scale, w2, p.w2_scale, p.topk_weights, p.topk_ids,
+                                   act_dtype="bf16", bias2=bias2, return_trace=True)
+    assert np.all(trace.stage2 == np.float32(2.0**127))
+    assert np.all(np.isposinf(trace.out_f32)) and np.all(np.isposinf(out))
