@@ -21,6 +21,7 @@ every untriaged survivor's diff. Exit 0 only if every module kills >= 95% and no
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -135,6 +136,16 @@ def _function_hash(tree: Path, module: str) -> dict[str, str]:
     return {name: hashes.get(name.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0], "") for name in results(tree, module)}
 
 
+def tests_digest(tree: Path, module: str) -> str:
+    """A hash of the module's test selection (and the tests' conftest) in its copy."""
+    digest = hashlib.sha256()
+    for entry in [*SELECTIONS[module], "tests/conftest.py"]:
+        path = tree / entry
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []:
+            digest.update(str(f.relative_to(tree)).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def diffs(tree: Path, names: list[str]) -> dict[str, str]:
     """Each mutant's diff against the module, from mutmut's own record."""
     if not names:
@@ -169,15 +180,22 @@ def triage(status: dict[str, str], diff_of: dict[str, str], equivalent: dict[str
 
 def recheck(tree: Path, module: str, status: dict[str, str], seeds: list[int]) -> dict[str, str]:
     """Re-run every kill under each further seed: a kill that does not reproduce is "flaky". The verdicts
-    are kept in the module's copy (``rechecked.json``) until the mutated function changes."""
+    are kept in the module's copy (``rechecked.json``) until the mutated function changes; a "flaky" one
+    also until the module's tests change (a new test may kill it with every seed)."""
     record = tree / "rechecked.json"
     done = json.loads(record.read_text()) if record.exists() else {}
-    hashes = _function_hash(tree, module)
+    hashes, tests = _function_hash(tree, module), tests_digest(tree, module)
+
+    def holds(name):
+        verdict = done.get(name)
+        return bool(verdict) and verdict["hash"] == hashes.get(name) and (
+            verdict["status"] != "flaky" or verdict.get("tests") == tests)
+
     out = dict(status)
-    for name, verdict in done.items():
-        if name in out and out[name] == KILLED and verdict["hash"] == hashes.get(name):
-            out[name] = verdict["status"]
-    killed = [n for n, s in status.items() if s == KILLED and done.get(n, {}).get("hash") != hashes.get(n)]
+    for name in out:
+        if out[name] == KILLED and holds(name):
+            out[name] = done[name]["status"]
+    killed = [n for n, s in status.items() if s == KILLED and not holds(n)]
     fresh = list(killed)
     for seed in seeds:
         if not killed:
@@ -188,7 +206,7 @@ def recheck(tree: Path, module: str, status: dict[str, str], seeds: list[int]) -
             if again.get(name) != KILLED:
                 out[name] = "flaky"
         killed = [n for n in killed if out[n] == KILLED]
-    done.update({n: {"status": out[n], "hash": hashes.get(n, "")} for n in fresh})
+    done.update({n: {"status": out[n], "hash": hashes.get(n, ""), "tests": tests} for n in fresh})
     record.write_text(json.dumps(done, indent=0))
     return out
 

@@ -75,3 +75,28 @@ def test_a_mutmut_run_that_tested_nothing_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setattr(auto.subprocess, "run", failing_run)
     with pytest.raises(auto.MutmutFailed, match="exited 1:\n.*\nFAILED tests/x.py::t\nFailed to run clean test$"):
         auto._mutmut(tmp_path, 11)
+
+
+def test_a_flaky_verdict_is_rechecked_when_the_tests_change(monkeypatch, tmp_path):
+    """Kill verdicts are kept per mutated function; a "flaky" one is re-run once the module's tests
+    change (a new test may kill it under every seed), a solid one is not."""
+    module = "moe_ref/env.py"
+    test_file = tmp_path / "tests" / "moe_ref" / "test_env.py"
+    test_file.parent.mkdir(parents=True)
+    test_file.write_text("def test_one(): pass\n")
+    names = ["moe_ref.env.x_f__mutmut_1", "moe_ref.env.x_f__mutmut_2"]
+    monkeypatch.setattr(auto, "_function_hash", lambda tree, mod: {n: "h" for n in names})
+    monkeypatch.setattr(auto, "results", lambda tree, mod: {n: auto.KILLED for n in names})
+    runs = []
+    monkeypatch.setattr(auto, "_mutmut", lambda tree, seed, which=(), timeout=None: runs.append(list(which)))
+    (tmp_path / "rechecked.json").write_text(json.dumps({
+        names[0]: {"status": "flaky", "hash": "h", "tests": auto.tests_digest(tmp_path, module)},
+        names[1]: {"status": "killed", "hash": "h", "tests": auto.tests_digest(tmp_path, module)}}))
+    status = {n: auto.KILLED for n in names}
+    assert auto.recheck(tmp_path, module, status, [1, 2, 3]) == {names[0]: "flaky", names[1]: "killed"}
+    assert runs == []  # the tests did not change: both verdicts hold
+    test_file.write_text("def test_one(): pass\n\n\ndef test_two(): pass\n")
+    assert auto.recheck(tmp_path, module, status, [1, 2, 3]) == {names[0]: "killed", names[1]: "killed"}
+    assert runs == [[names[0]]] * 3  # only the flaky one, under each seed; now it kills with all three
+    saved = json.loads((tmp_path / "rechecked.json").read_text())
+    assert saved[names[0]] == {"status": "killed", "hash": "h", "tests": auto.tests_digest(tmp_path, module)}
