@@ -197,7 +197,7 @@ def round_parts_f32(parts: list[np.ndarray]) -> np.ndarray:
     expansion = [parts[0]]
     for part in parts[1:]:
         expansion = _grow(expansion, part)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore"):  # a float64 sum past fp32's range: an inf guess, settled below
         guess = sum(expansion[1:], expansion[0]).astype(np.float32)
     return np.where(_sign(expansion) == 0, np.float32(0), settle_f32(expansion, guess))
 

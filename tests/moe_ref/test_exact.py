@@ -304,15 +304,17 @@ def test_settle_f32_from_a_wrong_guess(exact_sum, guess, want):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = settle_f32(expansion, np.array([guess], np.float32))
-    assert got.dtype == np.float32
+        from_f64 = settle_f32(expansion, np.array([guess]))  # a float64 guess is taken as its fp32
+    assert got.dtype == np.float32 and from_f64.dtype == np.float32
     _assert_same(got, np.array([want], np.float32))
+    _assert_same(from_f64, np.array([want], np.float32))
 
 
 def test_settle_f32_refuses_a_guess_too_far():
     """A guess that does not settle in 64 passes is an error, never a wrong value."""
     from moe_ref.exact import settle_f32
 
-    with pytest.raises(AssertionError, match="settle_f32 did not settle"):
+    with pytest.raises(AssertionError, match="^settle_f32 did not settle$"):
         settle_f32([np.array([1.0])], np.array([2.0], np.float32))
 
 
