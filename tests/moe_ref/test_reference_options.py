@@ -36,12 +36,15 @@ OPTIONS = [
 
 def _problem(rng):
     """Random problem with biases; hidden row 0's first block has amax 1.9921875 (bf16), whose MX scale
-    differs between round_up and round_down for fp4x2 and fp8 alike; row 2 is [1, 2^-24, 2^-60, 0, ...]
+    differs between round_up and round_down for fp4x2 and fp8 alike (row 0's second block and row 1's
+    first: between round_up and even); row 2 is [1, 2^-24, 2^-60, 0, ...]
     and every w1 row starts [1, 1, 1]: its stage-1 dots are 1 + 2^-24 + 2^-60, which rounds to 1 + 2^-23
     exactly and to 1 through float64 (on the bf16 path, which keeps the row's 61 bits)."""
     p = random_moe_problem(rng, **SHAPE, with_bias=True)
     p.hidden[0, :32] = np.clip(p.hidden[0, :32], -1.5, 1.5)
     p.hidden[0, 5] = -1.9921875
+    p.hidden[0, 32:], p.hidden[1, :32] = np.clip(p.hidden[0, 32:], -1.5, 1.5), np.clip(p.hidden[1, :32], -1.5, 1.5)
+    p.hidden[0, 40], p.hidden[1, 7] = 3.25, 1.875  # amaxes whose scale differs between round_up and even (fp4x2, fp8)
     p.hidden[2] = 0
     p.hidden[2, :3] = [1.0, 2.0**-24, 2.0**-60]
     one = 0x2  # e2m1 code of 1.0
