@@ -44,8 +44,8 @@ class VerifyConfig:
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise ValueError(f"{source}: seed must be an integer, got {value!r}")
             elif key == "tolerance_scale":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                    raise ValueError(f"{source}: tolerance_scale must be a number > 0, got {value!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                    raise ValueError(f"{source}: tolerance_scale must be a finite number > 0, got {value!r}")
             elif key == "reference_act_dtype":
                 if value is not None and value not in ACT_DTYPES:
                     raise ValueError(f"{source}: reference_act_dtype must be one of {list(ACT_DTYPES)}, got {value!r}")

@@ -9,7 +9,7 @@ import numpy as np
 
 import emulation as em
 
-__all__ = ["BLOCK_KINDS", "quantizer_input", "classify_blocks"]
+__all__ = ["BLOCK_KINDS", "quantizer_input", "classify_blocks", "division_tie_values"]
 
 BLOCK_KINDS = ("ordinary", "ties", "zero", "subnormal", "huge", "nan_inf")
 
@@ -56,12 +56,21 @@ def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: st
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.stack([np.concatenate([_block(rng, kind, fmt) for kind in row]) for row in kinds])
     if per_row and M > 8:  # rows where x / s and x * (1/s) round differently (bf16-exact values)
-        amax, ties = _division_ties(fmt)
         for r in range(3, 8):
-            k = int(rng.integers(-10, 10))
-            x[r] = rng.choice(ties, K) * np.where(rng.random(K) < 0.5, -1, 1) * 2.0**k
-            x[r, int(rng.integers(K))] = amax * 2.0**k
+            x[r] = division_tie_values(rng, (K,), fmt)
     return x.astype(np.float32)
+
+
+def division_tie_values(rng: np.random.Generator, shape: tuple[int, ...], fmt: str, zeros: bool = False) -> np.ndarray:
+    """float64 ``shape`` of one per-token/per-tensor scale 2^k (k drawn from [-10, 10)): random signs of the
+    values that round apart under x / s and x * (1/s) (:func:`_division_ties`; and +-0 with ``zeros``),
+    the amax at one random position. Every value is exactly bf16."""
+    amax, ties = _division_ties(fmt)
+    k = int(rng.integers(-10, 10))
+    pool = np.concatenate([ties, [0.0]]) if zeros else ties
+    x = rng.choice(pool, shape) * np.where(rng.random(shape) < 0.5, -1, 1) * 2.0**k
+    x[tuple(int(rng.integers(n)) for n in shape)] = amax * 2.0**k
+    return x
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from ._tensors import to_numpy, torch_module
 from .contract import quantizer_pair
 from .decodes import dequantizer_check, fake_quant_check
 from .implementation import call_with, takes_keyword
-from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, quantizer_input
+from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, division_tie_values, quantizer_input
 from .interpreter import explained_by_interpreter
 
 __all__ = ["QuantizerCheck", "check_quantizer", "MX_KINDS"]
@@ -208,17 +208,6 @@ def _per_tensor_check(fn, x, fmt, input_dtype, device):
     return dataclasses.replace(check, kind="quantize_fp8_per_tensor")
 
 
-def _per_tensor_input(rng, M, K, fmt):
-    """Finite data of one scale whose elements sit where x / s and x * (1/s) round apart (and +-0)."""
-    from .inputs import _division_ties
-
-    amax, ties = _division_ties(fmt)
-    k = int(rng.integers(-10, 10))
-    x = rng.choice(np.concatenate([ties, [0.0]]), (M, K)) * np.where(rng.random((M, K)) < 0.5, -1, 1) * 2.0**k
-    x[int(rng.integers(M)), int(rng.integers(K))] = amax * 2.0**k
-    return x.astype(np.float32)
-
-
 def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even", fmt: str | None = None,
                     input_dtype: str = "bfloat16", device="cpu", seed: int = 0, M: int = 32, K: int = 256,
                     x: np.ndarray | None = None) -> QuantizerCheck:
@@ -235,7 +224,7 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
         return dequantizer_check(fn, device, _name(fn))
     elem = MX_KINDS.get(kind) or fmt or "e4m3fn"
     if x is None and kind == "quantize_fp8_per_tensor":
-        x = _per_tensor_input(np.random.default_rng(seed), M, K, elem)
+        x = division_tie_values(np.random.default_rng(seed), (M, K), elem, zeros=True)  # one scale: x / s apart
     if x is None:
         x = quantizer_input(np.random.default_rng(seed), M, K, elem, per_row=kind == "quantize_fp8_per_token")
     torch = torch_module()

@@ -47,8 +47,8 @@ SELECTIONS = {
     "moe_oracle/config.py": [f"tests/oracle/test_{t}.py" for t in ("config", "exit_status", "rows", "first_day")],
     "moe_oracle/report.py": [f"tests/oracle/test_{t}.py" for t in ("report", "first_day")],
     "moe_oracle/stage.py": [f"tests/oracle/test_{t}.py" for t in ("stage", "planted")],
-    "moe_oracle/quantizers.py": [f"tests/oracle/test_{t}.py" for t in ("quantizers", "planted", "exit_status")],
-    "moe_oracle/layer.py": [f"tests/oracle/test_{t}.py" for t in ("planted", "rows", "exit_status", "first_day")],
+    "moe_oracle/quantizers.py": [f"tests/oracle/test_{t}.py" for t in ("quantizers", "quantizer_diagnosis", "planted", "exit_status")],
+    "moe_oracle/layer.py": [f"tests/oracle/test_{t}.py" for t in ("layer", "planted", "rows", "exit_status", "first_day")],
     "moe_oracle/engine.py": [f"tests/oracle/test_{t}.py" for t in ("rows", "devices", "exit_status", "first_day")],
     "moe_oracle/cli.py": [f"tests/oracle/test_{t}.py" for t in ("exit_status", "first_day", "memcheck", "devices")],
 }
