@@ -42,6 +42,13 @@ def zero_sign_note(got, want) -> tuple[str, ...]:
     return (f"sign of zero: {', '.join(parts)} (equal values; the byte form would differ)",) if parts else ()
 
 
+def _as_f32(values: np.ndarray, M: int, K: int) -> np.ndarray:
+    """[M, K] fp32 of a fake quantizer's or a dequantizer's values: fp64 beyond fp32's range reads as +-inf
+    (what an fp32 result would hold), without a NumPy overflow warning."""
+    with np.errstate(over="ignore"):
+        return values.reshape(M, K).astype(np.float32)
+
+
 def fake_quant_check(fn, x, scale_mode, ties, input_dtype, device, name):
     from .inputs import BLOCK_KINDS, classify_blocks
     from .quantizers import QuantizerCheck, _mx_candidates, convention, tie_kinds
@@ -49,8 +56,8 @@ def fake_quant_check(fn, x, scale_mode, ties, input_dtype, device, name):
     torch = torch_module()
     M, K = x.shape
     xt = torch.from_numpy(x).to(device=device, dtype=getattr(torch, input_dtype))
-    raw = to_numpy(float_values(name, call_with(fn, xt, scale_mode=scale_mode.value), M, K, "[M, K] values"))
-    raw = raw.reshape(M, K).astype(np.float32)
+    raw = _as_f32(to_numpy(float_values(name, call_with(fn, xt, scale_mode=scale_mode.value), M, K, "[M, K] values")),
+                  M, K)
     got = value_bits(raw).reshape(M, -1, 32)
     kinds = classify_blocks(x)
     want_c, want_s = em.quantize_mx(x, "e2m1", scale_mode=scale_mode, ties=ties)
@@ -113,7 +120,7 @@ def dequantizer_check(fn, device, name):
     M, K = 256, 32
     got = float_values(name, call_with(fn, torch.from_numpy(packed).to(device), torch.from_numpy(scale).to(device)),
                        M, K, "[M, K] values")
-    raw = to_numpy(got).reshape(M, K).astype(np.float32)
+    raw = _as_f32(to_numpy(got), M, K)
     got, want_raw = value_bits(raw), em.dequantize_mxfp4(packed, scale)
     want = value_bits(want_raw)
     swapped = value_bits(em.dequantize_mxfp4((packed >> 4) | ((packed & 0xF) << 4), scale))

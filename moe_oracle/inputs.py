@@ -46,7 +46,8 @@ def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: st
                     per_row: bool = False) -> np.ndarray:
     """fp32 [M, K]: each 32-block of one kind, every kind present; ``fmt`` picks the tie grid. With
     ``per_row`` (per-token quantizers: a NaN anywhere poisons its row) zero and NaN/Inf blocks are
-    confined to the first rows, so that most rows are ordinary."""
+    confined to the first rows, so that most rows are ordinary, and the last row is +-0 (where it is
+    none of those)."""
     kinds = np.array(BLOCK_KINDS)[rng.integers(len(BLOCK_KINDS), size=(M, K // 32))]
     if per_row:
         kinds[np.isin(kinds, ["zero", "nan_inf"])] = "ordinary"
@@ -58,6 +59,8 @@ def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: st
     if per_row and M > 8:  # rows where x / s and x * (1/s) round differently (bf16-exact values)
         for r in range(3, 8):
             x[r] = division_tie_values(rng, (K,), fmt)
+    if per_row and M - 1 > max((len(BLOCK_KINDS) - 1) // (K // 32), 7 if M > 8 else 2):
+        x[M - 1] = np.where(rng.random(K) < 0.5, -0.0, 0.0)  # a zero row (+-0): its scale is the contract's 0
     return x.astype(np.float32)
 
 

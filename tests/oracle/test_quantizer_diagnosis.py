@@ -273,3 +273,27 @@ def test_no_floating_point_flag_escapes(make, kind, fmt):
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         check = check_quantizer(fn, kind, fmt=fmt, seed=3)
     assert not check.passed
+
+
+def test_fp64_values_beyond_fp32_read_as_inf_without_a_warning():
+    def wide(codes_fp4x2, scale_e8m0):  # a float64 decode: 6 x 2^127 does not fit fp32
+        return torch.from_numpy(em.dequantize_mxfp4(codes_fp4x2.numpy(), scale_e8m0.numpy()).astype(np.float64) *
+                                np.where(np.repeat(scale_e8m0.numpy(), 32, axis=1) == 0xFE, 4.0, 1.0))
+
+    with np.errstate(over="raise"):
+        check = check_quantizer(wide, "dequantize_mxfp4")
+    assert not check.passed and check.differing["ordinary"] == 1 and "inf" in check.closest
+
+
+@pytest.mark.parametrize("kind, scale", [("quantize_mxfp8", np.uint8(0)), ("quantize_fp8_per_token", np.float32(0)),
+                                         ("quantize_fp8_per_token", np.float32(1e-45))])
+def test_no_flag_escapes_from_a_scale_that_is_nonsense(kind, scale):
+    """Scale byte 0 (2^127 x x overflows), per-token scale 0 (1/0, 0 x inf) or 1e-45 (1/s overflows)."""
+    def bogus(x_t, scale_mode="round_up", fmt="e4m3fn"):
+        x = x_t.float().numpy()
+        codes, s = em.quantize_mxfp8(x) if kind == "quantize_mxfp8" else em.quantize_fp8_per_token(x)
+        return _t(codes, np.full_like(s, scale))
+
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        check = check_quantizer(bogus, kind, seed=5)
+    assert not check.passed
