@@ -49,7 +49,7 @@ SELECTIONS = {
     "moe_oracle/stage.py": [f"tests/oracle/test_{t}.py" for t in ("stage", "planted")],
     "moe_oracle/quantizers.py": [f"tests/oracle/test_{t}.py" for t in ("quantizers", "quantizer_diagnosis", "planted", "exit_status")],
     "moe_oracle/layer.py": [f"tests/oracle/test_{t}.py" for t in ("layer", "planted", "rows", "exit_status", "first_day")],
-    "moe_oracle/engine.py": [f"tests/oracle/test_{t}.py" for t in ("rows", "devices", "exit_status", "first_day")],
+    "moe_oracle/engine.py": [f"tests/oracle/test_{t}.py" for t in ("engine", "rows", "devices", "exit_status", "first_day")],
     "moe_oracle/cli.py": [f"tests/oracle/test_{t}.py" for t in ("exit_status", "first_day", "memcheck", "devices")],
 }
 EQUIVALENT = Path(__file__).with_name("equivalent.json")

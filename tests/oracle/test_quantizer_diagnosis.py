@@ -39,11 +39,12 @@ def test_ties_between_candidates_go_to_the_expected_then_plain_ones():
 
 def test_the_words_of_a_convention_and_the_blocks_it_still_misses():
     kinds = np.array([["ordinary", "ties", "zero", "zero", "subnormal", "huge", "nan_inf", "ordinary"]])
-    ok = _ok(1, 1, 0, 0, 0, 1, 0, 1)
+    ok = _ok(1, 1, 0, 0, 0, 0, 0, 1)
     best, follows, closest, missed = convention([("c", ok)], kinds, "c")
-    assert best == "c" and follows == "c (except blocks: subnormal 1, zero 2, nan_inf 1)"
-    assert closest == "c (0 of 3 ordinary/tie blocks differ; also subnormal 1, zero 2, nan_inf 1)"
-    assert missed == {"ordinary": 0, "ties": 0, "zero": 2, "subnormal": 1, "huge": 0, "nan_inf": 1}
+    assert best == "c" and follows == "c (except blocks: subnormal 1, huge 1, zero 2, nan_inf 1)"
+    assert closest == "c (0 of 3 ordinary/tie blocks differ; also subnormal 1, huge 1, zero 2, nan_inf 1)"
+    assert missed == {"ordinary": 0, "ties": 0, "zero": 2, "subnormal": 1, "huge": 1, "nan_inf": 1}
+    assert convention([("c", _ok(1, 1, 1, 1, 1, 0, 1, 1))], kinds, "c")[1] == "c (except blocks: huge 1)"
     best, follows, closest, missed = convention([("c", _ok(0, 1, 1, 1, 1, 1, 1, 0))], kinds, "x")
     assert follows is None and closest == "c (2 of 3 ordinary/tie blocks differ)"
     assert missed == {k: 2 if k == "ordinary" else 0 for k in BLOCK_KINDS}
@@ -138,10 +139,12 @@ def test_what_the_interpreter_attribution_is_handed_for_mxfp8(monkeypatch):
     seen = []
     monkeypatch.setattr(quantizers, "explained_by_interpreter", lambda *a: seen.append(a) or "NOTE")
     x_in = quantizer_input(np.random.default_rng(2), 16, 128, "e4m3fn")
+    x_in[0, 96:128] = 1.0  # an ordinary block with no element on a midpoint (amax 1: every value on the grid)
     x = torch.from_numpy(x_in).bfloat16().float().numpy()
     codes, scale = em.quantize_mxfp8(x)
     kinds = tie_kinds(x, "e4m3fn", scale, quantizers.classify_blocks(x))
     core = np.isin(kinds, ["ordinary", "ties"])
+    assert kinds[0, 3] == "ordinary" and (kinds == "ties").any()
     rows, cols = np.nonzero(core)
     bad = codes.copy()
     bad[rows[0], cols[0] * 32 + 3] ^= 1  # a code of a core block
@@ -255,8 +258,16 @@ def test_per_tensor_data_of_one_scale():
     assert exponents == set(range(-10, 10))
     no_zeros = division_tie_values(np.random.default_rng(0), (300,), "e4m3fn")
     assert no_zeros.shape == (300,) and (no_zeros != 0).all()
-    check = check_quantizer(_per_tensor(), "quantize_fp8_per_tensor", seed=4, M=4, K=64)
-    assert check.passed
+    seen = []
+
+    def spy(x_t, fmt="e4m3fn"):
+        seen.append(x_t.float().numpy())
+        return _per_tensor()(x_t, fmt=fmt)
+
+    assert check_quantizer(spy, "quantize_fp8_per_tensor", seed=4, M=4, K=64).passed
+    check_quantizer(spy, "quantize_fp8_per_tensor", seed=4, M=4, K=64)
+    want = division_tie_values(np.random.default_rng(4), (4, 64), "e4m3fn", zeros=True).astype(np.float32)
+    assert np.array_equal(seen[0], want) and np.array_equal(seen[1], want) and (want == 0).any()
 
 
 @pytest.mark.parametrize("make, kind, fmt", [

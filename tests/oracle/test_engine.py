@@ -1,0 +1,206 @@
+"""``moe_oracle.engine`` pinned directly on small planted implementations: the archs a layer runs at,
+its cases and shards, every row the quantizer, stage and selector runs make (their matrix, seeds and
+fields) and the rows of a case that raises."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from moe_oracle import engine
+from moe_oracle.config import VerifyConfig
+from moe_oracle.contract import ContractError
+from moe_oracle.implementation import Implementation, Quantizer
+from moe_ref import select_activation_dtype
+from moe_ref.env import bound_points
+
+from .planted import LAYERS, _dequant, _fake, _mxfp4, _mxfp8, _per_tensor, _per_token, _stage
+
+SHAPE = {"E": 4, "H": 64, "I": 32, "topk": 2}
+CORRECT = LAYERS[0].fn
+
+
+def _cfg(**kw):
+    base = {"shapes": [SHAPE], "M": [8], "archs": ["gfx950"], "envs": [{}], "gate_modes": ["separated"],
+            "scale_modes": ["round_up"], "seed": 3}
+    return VerifyConfig.from_mapping({**base, **kw})
+
+
+def test_the_archs_a_layer_runs_at():
+    def no_arch(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids):
+        return hidden
+
+    assert engine.layer_archs(Implementation("a", fused_moe=CORRECT), ["gfx942", "gfx950"]) == ["gfx942", "gfx950"]
+    assert engine.layer_archs(Implementation("b", fused_moe=no_arch), ["gfx942"]) is None  # its own: the caller's
+    pinned = Implementation("c", fused_moe=no_arch, archs=("gfx950",))
+    assert engine.layer_archs(pinned, ["gfx942", "gfx950"]) == ["gfx950"]  # the asked ones it can run
+    assert engine.layer_archs(pinned, ["gfx942"]) == ["gfx950"]  # none of them: its own
+
+
+def test_a_layer_without_gate_mode_runs_its_declared_layout():
+    def no_gate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, arch="gfx950"):
+        return hidden
+
+    cfg = _cfg(gate_modes=["separated", "interleave"], M=[8, 300])
+    both = engine.layer_cases(Implementation("a", fused_moe=CORRECT), cfg, ["gfx950"])
+    assert [(i, c.gate_mode, c.M) for i, c in both] == [(0, "separated", 8), (1, "interleave", 8),
+                                                         (2, "separated", 300), (3, "interleave", 300)]
+    plain = engine.layer_cases(Implementation("b", fused_moe=no_gate), cfg, ["gfx950"])
+    assert [c.gate_mode for _, c in plain] == ["separated", "separated"]
+    declared = engine.layer_cases(Implementation("c", fused_moe=no_gate, declared={"gate_mode": "interleave"}), cfg,
+                                  ["gfx950"])
+    assert [c.gate_mode for _, c in declared] == ["interleave", "interleave"]
+
+
+def test_shards_take_whole_groups_in_turn():
+    cfg = _cfg(M=[1, 8, 300], gate_modes=["separated", "interleave"])
+    impl = Implementation("a", fused_moe=CORRECT)
+    every = engine.layer_cases(impl, cfg, ["gfx950"])
+    assert [[c.M for _, c in engine.layer_cases(impl, cfg, ["gfx950"], (k, 2))] for k in range(2)] == \
+        [[1, 1, 300, 300], [8, 8]]
+    assert engine.layer_cases(impl, cfg, ["gfx950"], (0, 1)) == every
+
+
+def _quantizer_impl(**kw):
+    return Implementation("q", quantize_mxfp4=_mxfp4(), quantize_mxfp8=_mxfp8(), quantize_fp8_per_token=_per_token(),
+                          quantize_fp8_per_tensor=_per_tensor(), quantize_dequantize_mxfp4=_fake(),
+                          dequantize_mxfp4=_dequant(), **kw)
+
+
+def test_quantizer_rows_over_their_matrix():
+    def fixed(x):  # no scale_mode: its one mode
+        return _mxfp4(mode="even")(x)
+
+    extra = Quantizer("fixed mxfp4", "quantize_mxfp4", fixed, scale_modes=(), fixed_mode="even", note="an adapter",
+                      input_dtypes=("float32",))
+    impl = _quantizer_impl(fp8_formats=("e4m3fn", "e4m3fnuz"), scale_modes=("round_up", "ceil"), extra_quantizers=(extra,))
+    rows = engine.run_quantizers(impl, _cfg(scale_modes=["round_up", "even", "ceil"]), device="cpu")
+    got = [(r["kind"], r["requested"], r["fmt"], r["input_dtype"]) for r in rows]
+    dtypes = ("bfloat16", "float32")
+    want = [("quantize_mxfp4", m, "e2m1", d) for m in ("round_up", "ceil") for d in dtypes]
+    want += [("quantize_mxfp8", m, f, d) for m in ("round_up", "ceil") for f in ("e4m3fn", "e4m3fnuz") for d in dtypes]
+    want += [(k, "-", f, d) for k in ("quantize_fp8_per_token", "quantize_fp8_per_tensor") for f in ("e4m3fn", "e4m3fnuz")
+             for d in dtypes]
+    want += [("quantize_dequantize_mxfp4", m, "e2m1", d) for m in ("round_up", "ceil") for d in dtypes]
+    want += [("dequantize_mxfp4", "-", "e2m1", "-"), ("fixed mxfp4", "even", "e2m1", "float32")]
+    assert got == want
+    for r in rows:
+        mode = None if r["requested"] == "-" else r["requested"]
+        assert r["seed"] == zlib.crc32(repr((3, r["kind"], mode, r["fmt"], r["input_dtype"])).encode())
+        assert r["impl"] == "q" and r["verdict"] == "PASS" and r["bytes_equal"] == r["bytes_total"] > 0, r
+        assert set(r) == {"impl", "kind", "fmt", "input_dtype", "requested", "seed", "bytes_equal", "bytes_total", "unit",
+                          "verdict", "follows", "closest", "differing", "policies", "diagnosis"}
+    assert rows[-1]["diagnosis"].endswith("; takes no scale_mode: its own fixed mode; an adapter")
+    assert rows[-2]["unit"] == "values" and rows[0]["unit"] == "bytes"
+    assert not rows[0]["diagnosis"].endswith("; ")  # no empty note joined
+
+
+def test_quantizer_rows_of_a_contract_error_and_of_a_raise():
+    def wrong(x, scale_mode="round_up"):
+        return [x]
+
+    def raises(x, fmt="e4m3fn"):
+        raise ValueError("boom")
+
+    impl = Implementation("q", quantize_mxfp4=wrong, quantize_fp8_per_token=raises)
+    rows = engine.run_quantizers(impl, _cfg(), device="cpu")
+    assert [r["kind"] for r in rows] == ["quantize_mxfp4"] * 2 + ["quantize_fp8_per_token"] * 2
+    first = rows[0]
+    assert (first["bytes_equal"], first["bytes_total"], first["verdict"]) == (0, 0, "FAIL")
+    assert first["diagnosis"] == ("test_quantizer_rows_of_a_contract_error_and_of_a_raise.<locals>.wrong returned a list "
+                                  "of 1; the contract says a pair (codes, scale)")
+    assert "follows" not in first
+    assert rows[2]["diagnosis"] == "raised ValueError: boom" and rows[2]["verdict"] == "FAIL"
+    assert (rows[2]["bytes_equal"], rows[2]["bytes_total"]) == (0, 0)
+
+
+def test_stage_rows():
+    assert engine.run_stages(Implementation("none"), _cfg(), device="cpu") == []
+    cfg = _cfg(M=[0, 300, 8], guard_bands=False)
+    rows = engine.run_stages(Implementation("s", moe_gemm_stage=_stage()), cfg, device="cpu")
+    assert [(r["M"], r["mul_routed_weight"]) for r in rows] == [(m, w) for m in (1, 8, 300) for w in (False, True)]
+    for r in rows:
+        assert (r["impl"], r["E"], r["K"], r["N"], r["topk"]) == ("s", 4, 64, 64, 2) and r["verdict"] == "PASS", r
+        key = (3, "stage", r["M"], r["mul_routed_weight"], tuple(SHAPE.items()))
+        assert r["seed"] == zlib.crc32(repr(key).encode())
+
+    def raises(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+        raise RuntimeError("no kernel")
+
+    bad = engine.run_stages(Implementation("s", moe_gemm_stage=raises), _cfg(), device="cpu")
+    assert len(bad) == 4 and all(r["verdict"] == "FAIL" and r["diagnosis"] == "raised RuntimeError: no kernel"
+                                 for r in bad)
+    assert all(r["margin"] != r["margin"] and r["max_err"] != r["max_err"] for r in bad)  # NaN: nothing measured
+
+
+def test_selector_rows_cover_every_bound():
+    assert engine.run_selector(Implementation("none"), _cfg(), ["gfx950"]) == []
+    calls = []
+
+    def theirs(M, *, arch, gate_mode, env):
+        calls.append((M, arch, gate_mode, env))
+        if M == 1:
+            raise KeyError("one")
+        dtype = select_activation_dtype(M, arch=arch, gate_mode=gate_mode, env=env).dtype
+        return "bf16" if M == 8192 else dtype
+
+    envs = [{}, {"AITER_MOE_FORCE_BF16_ACT": "1"}]
+    cfg = _cfg(M=[5, 300], envs=envs, gate_modes=["separated", "interleave"])
+    rows = engine.run_selector(Implementation("d", select_act_dtype=theirs), cfg, ["gfx942", "gfx950"])
+    Ms = sorted({0, 1, 5, 300, 8192} | set(bound_points()))
+    order = [(M, a, g, e) for M in Ms for a in ("gfx942", "gfx950") for g in ("separated", "interleave") for e in envs]
+    assert [(r["M"], r["arch"], r["gate_mode"], r["env"]) for r in rows] == order == calls
+    for r in rows:
+        ours = select_activation_dtype(r["M"], arch=r["arch"], gate_mode=r["gate_mode"], env=r["env"]).dtype
+        assert r["selector"] == ours
+        if r["M"] == 1:
+            assert r["impl"] == "raised KeyError: 'one'" and r["agree"] is False
+        else:
+            assert r["agree"] is (r["impl"] == ours)
+    assert any(not r["agree"] for r in rows if r["M"] == 8192) and all(r["agree"] for r in rows if r["M"] == 300)
+
+
+def test_a_case_that_raises_is_a_row_and_the_rest_still_run():
+    seen = []
+
+    def sometimes(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, **kw):
+        M = hidden.shape[0]
+        if M == 1:
+            raise ValueError("M=1 unsupported")
+        if M == 2:
+            return [hidden]  # not the contract's return
+        return CORRECT(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids)
+
+    rows = engine.run_layers(Implementation("l", fused_moe=sometimes), _cfg(M=[1, 2, 8], guard_bands=False),
+                             device="cpu", archs=["gfx950"], on_row=seen.append, progress=False)
+    assert seen == rows and [r["M"] for r in rows] == [1, 2, 8]
+    assert rows[0]["error"] == "raised ValueError: M=1 unsupported" and "Traceback" in rows[0]["traceback"]
+    assert "M=1 unsupported" in rows[0]["traceback"]
+    assert rows[1]["error"].endswith("returned a list of 1; the contract says a floating tensor [2, 64] (bf16), a "
+                                     "(out, ...) tuple or a LayerResult") and rows[1]["traceback"] == ""
+    assert rows[1]["error"].startswith("l's fused_moe returned")
+    assert all(r["verdict"] == "FAIL" for r in rows[:2]) and rows[2]["verdict"] == "PASS"
+
+
+def test_an_error_row_is_the_case_and_why():
+    case = next(iter(engine.layer_cases(Implementation("l", fused_moe=CORRECT), _cfg(), ["gfx950"])))[1]
+    row = engine.error_row(Implementation("l"), case, "it raised", "trace")
+    assert row == {"impl": "l", **case.columns(), "verdict": "FAIL", "error": "it raised", "traceback": "trace"}
+    assert engine.error_row(Implementation("l"), case, "x")["traceback"] == ""
+
+
+@pytest.mark.parametrize("error", [ContractError("bad return"), RuntimeError("bad")])
+def test_the_engine_keeps_its_cache_per_group(error, monkeypatch):
+    """A raising case does not stop the references' release for its group (the next group runs)."""
+    released = []
+    real = engine.refs.release
+    monkeypatch.setattr(engine.refs, "release", lambda cache, case, keep_layer: released.append((case.M, keep_layer))
+                        or real(cache, case, keep_layer=keep_layer))
+
+    def raising(hidden, *a, **kw):
+        raise error
+
+    engine.run_layers(Implementation("l", fused_moe=raising), _cfg(M=[1, 8], scale_modes=["round_up", "even"]),
+                      device="cpu", archs=["gfx950"], progress=False)
+    assert released == [(1, True), (8, False)]
