@@ -2,59 +2,18 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 import pytest
 import torch
 
 import emulation as em
-from moe_ref import gated_activation, moe_reference, quantize_activation, random_moe_problem
-from moe_ref.exact import accumulation_bits, exact_matmul_f32, round_scaled_int_to_f32
+from moe_ref import MoESpec, moe_reference, random_moe_problem
+from moe_ref.exact import accumulation_bits, exact_matmul_f32
+
+from .naive import fraction_dot_f32, fraction_matmul_f32, naive_pairs
 
 SMALL = dict(M=6, E=4, H=64, I=32, topk=2)
 PATHS = ["bf16", "fp4x2", "fp8"]
-
-
-def _exact_f32_dot(a, b) -> np.float32:
-    s = sum((Fraction(float(x)) * Fraction(float(y)) for x, y in zip(a, b)), Fraction(0))
-    if s == 0:
-        return np.float32(0)
-    num, den = s.numerator, s.denominator
-    q = -(den.bit_length() + 60)
-    n = (abs(num) << -q) // den  # truncated; exact enough: 60 guard bits, sticky below
-    if (abs(num) << -q) % den:
-        n |= 1
-    return round_scaled_int_to_f32(n if num > 0 else -n, q)
-
-
-def _naive_emulated(p, act_dtype, activation="swiglu", gate_mode="separated", doweight_stage1=False, mask=None):
-    """Per-token, per-slot loop with exact rational dot products: an independent reading of the contract."""
-    M, H = p.hidden.shape
-    out = np.zeros((M, H), np.float32)
-    for t in range(M):
-        a_q = quantize_activation(em.round_to_bf16(p.hidden[t:t + 1]), act_dtype)[0]
-        for k in range(p.topk_ids.shape[1]):
-            e = int(p.topk_ids[t, k])
-            if mask is not None and not mask[e]:
-                continue
-            w1 = em.dequantize_mxfp4(p.w1[e], p.w1_scale[e])
-            g = np.array([_exact_f32_dot(a_q, w1[j]) for j in range(w1.shape[0])], np.float32)
-            if p.bias1 is not None:
-                g = g + p.bias1[e]
-            h = gated_activation(g[None], activation=activation, gate_mode=gate_mode)
-            wt = np.float32(p.topk_weights[t, k])
-            if doweight_stage1:
-                h = h * wt
-            hq = quantize_activation(h, act_dtype)[0]
-            w2 = em.dequantize_mxfp4(p.w2[e], p.w2_scale[e])
-            y = np.array([_exact_f32_dot(hq, w2[j]) for j in range(H)], np.float32)
-            if p.bias2 is not None:
-                y = y + p.bias2[e]
-            if not doweight_stage1:
-                y = y * wt
-            out[t] = out[t] + y
-    return em.round_to_bf16(out)
 
 
 def test_exact_matmul_slow_path_is_correctly_rounded(rng):
@@ -62,7 +21,7 @@ def test_exact_matmul_slow_path_is_correctly_rounded(rng):
     x[0, 0], x[1, 5] = 1e-30, 3e20  # spans far beyond float64's 53 bits
     w = rng.standard_normal((5, 40)).astype(np.float32)
     got = exact_matmul_f32(x, w)
-    want = np.array([[_exact_f32_dot(x[i], w[j]) for j in range(5)] for i in range(3)], np.float32)
+    want = np.array([[fraction_dot_f32(x[i], w[j]) for j in range(5)] for i in range(3)], np.float32)
     np.testing.assert_array_equal(got, want)
 
 
@@ -96,8 +55,9 @@ def test_reference_equals_a_naive_loop(act_dtype, gate_mode, doweight_stage1, rn
     mask = np.array([1, 0, 1, 1])
     got = moe_reference(*p.args(), act_dtype=act_dtype, gate_mode=gate_mode, doweight_stage1=doweight_stage1,
                         expert_mask=mask, **p.biases())
-    want = _naive_emulated(p, act_dtype, gate_mode=gate_mode, doweight_stage1=doweight_stage1, mask=mask)
-    np.testing.assert_array_equal(got, want)
+    _, out_f32 = naive_pairs(p, act_dtype, MoESpec(gate_mode=gate_mode, doweight_stage1=doweight_stage1), mask=mask,
+                             matmul=fraction_matmul_f32)  # exact rationals: independent of moe_ref.exact
+    np.testing.assert_array_equal(got, em.round_to_bf16(out_f32))
 
 
 def _interleave_rows(w1, w1_scale, bias1):

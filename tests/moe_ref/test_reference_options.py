@@ -12,9 +12,9 @@ import pytest
 
 import emulation as em
 from moe_ref import MoESpec, gated_activation, moe_reference, random_moe_problem
-from moe_ref.exact import exact_matmul_f32
-from moe_ref.paths import activation_path
 from moe_ref.reference import forward, prepare_call
+
+from .naive import naive_pairs
 
 PATHS = ["bf16", "fp4x2", "fp8"]
 SHAPE = dict(M=16, E=4, H=64, I=64, topk=3)  # three slots: their sum has an order
@@ -54,40 +54,6 @@ def _problem(rng):
     return p
 
 
-def _quantize(values, dtype, scale_mode):
-    return values if dtype == "fp32" else activation_path(dtype).quantize_values(values, scale_mode)
-
-
-def _naive(p, act_dtype, spec: MoESpec):
-    """Per (token, slot) pair in token-major order: (stage1, act, act_q, stage2) rows and out_f32."""
-    M, H = p.hidden.shape
-    rows = {k: [] for k in ("stage1", "act", "act_q", "stage2")}
-    out = np.zeros((M, H), np.float32)
-    h_dtype = spec.intermediate_dtype or act_dtype
-    for t in range(M):
-        a_q = _quantize(em.round_to_bf16(p.hidden[t:t + 1].astype(np.float32)), act_dtype, spec.scale_mode)
-        for k in range(p.topk_ids.shape[1]):
-            e = int(p.topk_ids[t, k])
-            if not MASK[e]:
-                continue
-            wt = np.float32(p.topk_weights[t, k])
-            if spec.routing_weight_dtype == "bf16":
-                wt = em.round_to_bf16(np.float32([wt]))[0]
-            g = exact_matmul_f32(a_q, em.dequantize_mxfp4(p.w1[e], p.w1_scale[e])) + p.bias1[e]
-            h = gated_activation(g, activation=spec.activation, gate_mode=spec.gate_mode, alpha=spec.alpha,
-                                 limit=spec.limit)
-            if spec.doweight_stage1:
-                h = h * wt
-            hq = _quantize(h, h_dtype, spec.scale_mode)
-            y = exact_matmul_f32(hq, em.dequantize_mxfp4(p.w2[e], p.w2_scale[e])) + p.bias2[e]
-            if not spec.doweight_stage1:
-                y = y * wt
-            for name, value in zip(rows, (g, h, hq, y)):
-                rows[name].append(value[0])
-            out[t] = out[t] + (em.round_to_bf16(y[0]) if spec.slot_dtype == "bf16" else y[0])
-    return {k: np.array(v, np.float32) for k, v in rows.items()}, out
-
-
 @pytest.mark.parametrize("act_dtype", PATHS)
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 def test_emulated_paths_equal_the_contract_read_pair_by_pair(act_dtype, options, rng):
@@ -95,7 +61,7 @@ def test_emulated_paths_equal_the_contract_read_pair_by_pair(act_dtype, options,
     spec = MoESpec(**options)
     out, trace = moe_reference(*p.args(), act_dtype=act_dtype, expert_mask=MASK, return_trace=True, spec=spec,
                                **p.biases())
-    stages, out_f32 = _naive(p, act_dtype, spec)
+    stages, out_f32 = naive_pairs(p, act_dtype, spec, mask=MASK)
     live = [(t, k) for t in range(SHAPE["M"]) for k in range(SHAPE["topk"]) if MASK[p.topk_ids[t, k]]]
     np.testing.assert_array_equal(trace.pairs, np.array(live).reshape(-1, 2))
     for name, want in stages.items():
