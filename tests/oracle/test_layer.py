@@ -361,3 +361,31 @@ def test_guard_bands_run_once_more_and_a_read_outside_fails():
     row = _one(_planted("hidden row stride assumed"), M=8)
     assert row["verdict"] == "FAIL" and row["within_tolerance"] and not row["poison_sensitive"]
     assert any(n.startswith("reads outside its inputs") for n in row["diagnosis"])
+
+
+def test_the_allocator_is_filled_before_each_run(monkeypatch):
+    """Four times the layer's intermediates (fp32 stage-1 slots [M * topk, 2I + H] and the bf16 output
+    [M, H]), up to 256 MiB, on the layer's device, with the run's byte."""
+    from moe_oracle import layer
+
+    fills = []
+    monkeypatch.setattr(layer, "_fill_allocator", lambda device, nbytes, byte: fills.append((device, nbytes, byte)))
+    _one(_planted("correct layer"), M=8)
+    want = 4 * (8 * 2 * (2 * 32 + 64) * 4 + 8 * 64 * 2)
+    assert fills == [(torch.device("cpu"), want, 0xFF), (torch.device("cpu"), want, 0x00),
+                     (torch.device("cpu"), want, 0xFF)]  # NaN-filled, zeroed, guarded
+
+    class Case:
+        M, shape, gate_mode, scale_mode, arch, env = 70000, SHAPE, "separated", "round_up", "gfx950", {}
+
+    class Impl:
+        name = "zeros"
+
+        @staticmethod
+        def fused_moe(hidden, *args, **kw):
+            return torch.zeros(hidden.shape, dtype=torch.bfloat16)
+
+    inputs = {n: torch.zeros((70000, 64)) if n == "hidden" else torch.zeros(1) for n in layer.ARG_NAMES}
+    fills.clear()
+    out, result, seconds = layer._run(Impl, inputs, Case, set(), 0x5A, torch.device("cpu"))
+    assert fills == [(torch.device("cpu"), 1 << 28, 0x5A)] and out.shape == (70000, 64) and seconds >= 0
