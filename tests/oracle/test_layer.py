@@ -389,3 +389,57 @@ def test_the_allocator_is_filled_before_each_run(monkeypatch):
     fills.clear()
     out, result, seconds = layer._run(Impl, inputs, Case, set(), 0x5A, torch.device("cpu"))
     assert fills == [(torch.device("cpu"), 1 << 28, 0x5A)] and out.shape == (70000, 64) and seconds >= 0
+
+
+def test_every_reference_is_asked_for_the_devices_accumulation_and_place(monkeypatch):
+    """The case's reference and each diagnosis candidate's: the run device's accumulation model and the
+    place its products run (stand-ins here: 16 and "AT" for the CPU, so that a call made for another
+    device shows)."""
+    from moe_oracle import references
+
+    asked = []
+    real = references.reference
+    monkeypatch.setattr(references, "mma_k_of", lambda device_type: 16 if device_type == "cpu" else None)
+    monkeypatch.setattr(references, "reference_device", lambda device: "AT" if str(device) == "cpu" else None)
+
+    def spy(cache, case, act_dtype, seed, mma_k, with_bias=True, variant=(), device=None):
+        asked.append((act_dtype, variant, mma_k, device))
+        return real(cache, case, act_dtype, seed, mma_k, with_bias, variant=variant, device=None)
+
+    monkeypatch.setattr(references, "reference", spy)
+    row = _one(_planted("routing weights in bf16"), guard_bands=False)
+    assert row["diagnosis"][0].startswith("matches the a4w4 reference with routing weights rounded to bf16")
+    assert len(asked) == 2 + len(list(_candidates("fp4x2", "even")))  # the case's, the diagnosis's, each candidate
+    assert {(m, d) for _, _, m, d in asked} == {(16, "AT")}
+    assert [(a, v) for a, v, _, _ in asked[2:]] == list(_candidates("fp4x2", "even"))
+
+
+def test_a_gpu_run_is_synchronised_before_its_time_is_read(monkeypatch):
+    from moe_oracle import layer
+
+    synced = []
+    monkeypatch.setattr(layer, "_fill_allocator", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: synced.append(True))
+
+    class Device:
+        def __init__(self, kind):
+            self.type = kind
+
+    class Case:
+        M, shape, gate_mode, scale_mode, arch, env = 4, SHAPE, "separated", "round_up", "gfx950", {}
+
+    class Impl:
+        name = "zeros"
+
+        @staticmethod
+        def fused_moe(hidden, *args, **kw):
+            return torch.zeros(hidden.shape, dtype=torch.bfloat16)
+
+    inputs = {n: torch.zeros((4, 64)) for n in layer.ARG_NAMES}
+    import time
+
+    t0 = time.perf_counter()
+    _, _, seconds = layer._run(Impl, inputs, Case, set(), 0xFF, Device("cuda"))
+    assert synced == [True] and 0 <= seconds <= time.perf_counter() - t0
+    layer._run(Impl, inputs, Case, set(), 0xFF, Device("cpu"))
+    assert synced == [True]  # a CPU run has nothing to wait for
