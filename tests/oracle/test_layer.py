@@ -224,7 +224,7 @@ def test_a_miss_nothing_explains():
         rf"{NUMBER} bf16 ulps; closest: (the .*), margin {NUMBER}\)", row["diagnosis"][0])
     assert (margin, int(n_out), ulps) == (f"{row['margin']:.3g}", row["n_outside"], f"{row['max_err_ulps']:.3g}")
     assert row["n_outside"] > 0 and float(best) > 1.0
-    assert label in {_variant_label(a, v) for a, v in _candidates("fp4x2", "even")}
+    assert (label, best) == ("the a4w4 reference with scale mode round_up", "inf")  # all inf: the first candidate
 
 
 def test_memory_it_should_not_read_and_nan_outputs():
@@ -443,3 +443,72 @@ def test_a_gpu_run_is_synchronised_before_its_time_is_read(monkeypatch):
     assert synced == [True] and 0 <= seconds <= time.perf_counter() - t0
     layer._run(Impl, inputs, Case, set(), 0xFF, Device("cpu"))
     assert synced == [True]  # a CPU run has nothing to wait for
+
+
+class _Case:
+    scale_mode = "even"
+
+
+def _diagnose_with(monkeypatch, margins, cmp=None, out=None, reported=None, selected="fp4x2"):
+    """layer._diagnose with every candidate's margin given (``margins``: label -> margin, the rest 5.0)."""
+    from moe_oracle import layer, references
+
+    ref = np.zeros(4)
+    monkeypatch.setattr(references, "reference", lambda cache, case, act, seed, mma_k, with_bias, variant=(),
+                        device=None: (None, ref, ref, ref) if not variant and act == selected else
+                        (None, np.full(4, margins.get(_variant_label(act, variant), 5.0)), ref, ref))
+    monkeypatch.setattr(layer, "compare_output", lambda out, r, ideal, bound: {"margin": float(r[0])})
+    cmp = {"within_tolerance": False, "margin": 3.0, "n_outside": 2, "max_err_ulps": 5.0, "nan_out": 0, "inf_out": 0,
+           **(cmp or {})}
+    return layer._diagnose(None, _Case, None, torch.device("cpu"), 0, {}, True, np.zeros(4) if out is None else out,
+                           cmp, selected, reported)
+
+
+@pytest.mark.parametrize("label, words", [
+    ("the a16w4 path's reference", "it took a16w4 where the selector chose a4w4"),
+    ("the a4w4 reference with scale mode ceil", "it quantized with another scale mode than the even asked for"),
+    ("the a4w4 reference with its intermediate in bf16", "the stage-2 input was not quantized as the a4w4 path requires"),
+    ("the a4w4 reference with each slot rounded to bf16 before the top-k sum", "a convention of its own, not the contract's"),
+])
+def test_a_candidate_at_margin_one_matches_and_above_it_does_not(monkeypatch, label, words):
+    assert _diagnose_with(monkeypatch, {label: 1.0}) == [f"matches {label} (margin 1): {words}"]
+    assert _diagnose_with(monkeypatch, {label: 1.0000001}) == [
+        f"matches no path's reference (margin 3 on a4w4, 2 of 4 outputs outside the bound, up to 5 bf16 ulps; closest: "
+        f"{label}, margin 1)"]
+    assert _diagnose_with(monkeypatch, {label: 1.5})[0].startswith("matches no path's reference")
+
+
+def test_the_closest_candidate_is_the_first_of_equal_margins(monkeypatch):
+    both = {"the a8w4 path's reference": 0.5, "the a16w4 path's reference": 0.5}
+    assert _diagnose_with(monkeypatch, both)[0].startswith("matches the a16w4 path's reference (margin 0.5)")
+    assert _diagnose_with(monkeypatch, {})[0].endswith("closest: the a4w4 reference with scale mode round_up, margin 5)")
+
+
+def test_a_match_tries_no_candidate_and_notes_come_in_order(monkeypatch):
+    from moe_oracle import layer
+
+    out = np.array([np.nan, np.inf, 1.0, np.nan])
+    notes = _diagnose_with(monkeypatch, {}, cmp={"within_tolerance": True, "margin": 0.25, "nan_out": 2, "inf_out": 1},
+                           out=out, reported="bf16")
+    assert notes == ["matches the a4w4 reference (margin 0.25)", "it reports path a16w4; the selector chose a4w4",
+                     "2 NaN and 1 Inf outputs (3 where the reference is finite)"]
+    monkeypatch.setattr(layer, "compare_output", lambda *a: pytest.fail("a candidate was tried after a match"))
+    from moe_oracle import references
+
+    ref = np.zeros(4)
+    monkeypatch.setattr(references, "reference", lambda *a, **k: (None, ref, ref, ref))
+    assert layer._diagnose(None, _Case, None, torch.device("cpu"), 0, {}, True, np.zeros(4),
+                           {"within_tolerance": True, "margin": 0.0}, "fp4x2", "fp4x2") == [
+        "matches the a4w4 reference (margin 0)"]
+
+
+def test_a_layer_without_biases_is_diagnosed_against_references_without_them():
+    planted = _planted("routing weights in bf16")
+
+    def no_bias(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode, scale_mode, arch, env):
+        return planted(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, gate_mode=gate_mode,
+                       scale_mode=scale_mode, arch=arch, env=env)
+
+    row = _one(no_bias, guard_bands=False)
+    assert row["verdict"] == "FAIL"
+    assert row["diagnosis"][0].startswith("matches the a4w4 reference with routing weights rounded to bf16 (margin ")
