@@ -472,6 +472,8 @@ def _diagnose_with(monkeypatch, margins, cmp=None, out=None, reported=None, sele
 ])
 def test_a_candidate_at_margin_one_matches_and_above_it_does_not(monkeypatch, label, words):
     assert _diagnose_with(monkeypatch, {label: 1.0}) == [f"matches {label} (margin 1): {words}"]
+    assert _diagnose_with(monkeypatch, {label: 0.5}, reported="fp8") == [  # what it matches first
+        f"matches {label} (margin 0.5): {words}", "it reports path a8w4; the selector chose a4w4"]
     assert _diagnose_with(monkeypatch, {label: 1.0000001}) == [
         f"matches no path's reference (margin 3 on a4w4, 2 of 4 outputs outside the bound, up to 5 bf16 ulps; closest: "
         f"{label}, margin 1)"]
