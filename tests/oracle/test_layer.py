@@ -363,6 +363,21 @@ def test_guard_bands_run_once_more_and_a_read_outside_fails():
     assert any(n.startswith("reads outside its inputs") for n in row["diagnosis"])
 
 
+def _case(M):
+    """A stand-in case of ``M`` tokens for layer._run (the fields it reads)."""
+    return type("Case", (), dict(M=M, shape=SHAPE, gate_mode="separated", scale_mode="round_up", arch="gfx950", env={}))
+
+
+class _Zeros:
+    """A stand-in implementation: its fused_moe returns zeros of the output's shape."""
+
+    name = "zeros"
+
+    @staticmethod
+    def fused_moe(hidden, *args, **kw):
+        return torch.zeros(hidden.shape, dtype=torch.bfloat16)
+
+
 def test_the_allocator_is_filled_before_each_run(monkeypatch):
     """Four times the layer's intermediates (fp32 stage-1 slots [M * topk, 2I + H] and the bf16 output
     [M, H]), up to 256 MiB, on the layer's device, with the run's byte."""
@@ -375,19 +390,9 @@ def test_the_allocator_is_filled_before_each_run(monkeypatch):
     assert fills == [(torch.device("cpu"), want, 0xFF), (torch.device("cpu"), want, 0x00),
                      (torch.device("cpu"), want, 0xFF)]  # NaN-filled, zeroed, guarded
 
-    class Case:
-        M, shape, gate_mode, scale_mode, arch, env = 70000, SHAPE, "separated", "round_up", "gfx950", {}
-
-    class Impl:
-        name = "zeros"
-
-        @staticmethod
-        def fused_moe(hidden, *args, **kw):
-            return torch.zeros(hidden.shape, dtype=torch.bfloat16)
-
     inputs = {n: torch.zeros((70000, 64)) if n == "hidden" else torch.zeros(1) for n in layer.ARG_NAMES}
     fills.clear()
-    out, result, seconds = layer._run(Impl, inputs, Case, set(), 0x5A, torch.device("cpu"))
+    out, result, seconds = layer._run(_Zeros, inputs, _case(70000), set(), 0x5A, torch.device("cpu"))
     assert fills == [(torch.device("cpu"), 1 << 28, 0x5A)] and out.shape == (70000, 64) and seconds >= 0
 
 
@@ -425,23 +430,13 @@ def test_a_gpu_run_is_synchronised_before_its_time_is_read(monkeypatch):
         def __init__(self, kind):
             self.type = kind
 
-    class Case:
-        M, shape, gate_mode, scale_mode, arch, env = 4, SHAPE, "separated", "round_up", "gfx950", {}
-
-    class Impl:
-        name = "zeros"
-
-        @staticmethod
-        def fused_moe(hidden, *args, **kw):
-            return torch.zeros(hidden.shape, dtype=torch.bfloat16)
-
     inputs = {n: torch.zeros((4, 64)) for n in layer.ARG_NAMES}
     import time
 
     t0 = time.perf_counter()
-    _, _, seconds = layer._run(Impl, inputs, Case, set(), 0xFF, Device("cuda"))
+    _, _, seconds = layer._run(_Zeros, inputs, _case(4), set(), 0xFF, Device("cuda"))
     assert synced == [True] and 0 <= seconds <= time.perf_counter() - t0
-    layer._run(Impl, inputs, Case, set(), 0xFF, Device("cpu"))
+    layer._run(_Zeros, inputs, _case(4), set(), 0xFF, Device("cpu"))
     assert synced == [True]  # a CPU run has nothing to wait for
 
 
