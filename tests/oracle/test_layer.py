@@ -90,7 +90,8 @@ def test_capabilities_are_the_named_keywords():
 
     assert layer_capabilities(layer) == {"hidden", "w1", "rest", "bias1", "poison"}  # **kwargs names none
     assert layer_capabilities(lambda **kw: None) == set()
-    assert layer_capabilities(object()) == set()  # no signature to read: nothing named
+    assert layer_capabilities(object()) == set()  # not callable (TypeError): nothing named
+    assert layer_capabilities(getattr) == set()  # a builtin without a signature (ValueError): nothing named
 
 
 def test_the_path_a_case_is_judged_on():
