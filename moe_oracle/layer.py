@@ -151,7 +151,7 @@ def _variant_label(act: str, variant: tuple) -> str:
     return f"the {PATH_NAMES[act]} reference with " + " and ".join(_VARIANT_TEXT[k] for k in opts)
 
 
-def _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selected, reported) -> list[str]:
+def _diagnose(case, device, seed, cache, with_bias, out, cmp, selected, reported) -> list[str]:
     """Why the output does (not) match: another path's reference, an unquantized intermediate, NaN."""
     mma_k = refs.mma_k_of(device.type)
     notes = []
@@ -213,7 +213,7 @@ def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict)
     out, result, seconds = _run(impl, inputs, case, caps, 0xFF, device)
     cmp = compare_output(out, ref, ideal, bound)
     reported = result.act_dtype
-    notes = _diagnose(impl, case, cfg, device, seed, cache, with_bias, out, cmp, selected, reported)
+    notes = _diagnose(case, device, seed, cache, with_bias, out, cmp, selected, reported)
     out_zeroed, _, _ = _run(impl, inputs, case, caps, 0x00, device)
     changed = int((out_zeroed.view(np.uint64) != out.view(np.uint64)).sum())
     if changed:

@@ -456,8 +456,8 @@ def _diagnose_with(monkeypatch, margins, cmp=None, out=None, reported=None, sele
     monkeypatch.setattr(layer, "compare_output", lambda out, r, ideal, bound: {"margin": float(r[0])})
     cmp = {"within_tolerance": False, "margin": 3.0, "n_outside": 2, "max_err_ulps": 5.0, "nan_out": 0, "inf_out": 0,
            **(cmp or {})}
-    return layer._diagnose(None, _Case, None, torch.device("cpu"), 0, {}, True, np.zeros(4) if out is None else out,
-                           cmp, selected, reported)
+    return layer._diagnose(_Case, torch.device("cpu"), 0, {}, True, np.zeros(4) if out is None else out, cmp, selected,
+                           reported)
 
 
 @pytest.mark.parametrize("label, words", [
@@ -495,7 +495,7 @@ def test_a_match_tries_no_candidate_and_notes_come_in_order(monkeypatch):
 
     ref = np.zeros(4)
     monkeypatch.setattr(references, "reference", lambda *a, **k: (None, ref, ref, ref))
-    assert layer._diagnose(None, _Case, None, torch.device("cpu"), 0, {}, True, np.zeros(4),
+    assert layer._diagnose(_Case, torch.device("cpu"), 0, {}, True, np.zeros(4),
                            {"within_tolerance": True, "margin": 0.0}, "fp4x2", "fp4x2") == [
         "matches the a4w4 reference (margin 0)"]
 
