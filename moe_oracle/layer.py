@@ -223,8 +223,7 @@ def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict)
         if cfg.guard_bands else []
     notes += outside
     read_outside = any(n.startswith("reads outside") for n in outside)
-    touched = [n for n, a, b in zip(("hidden", "w1", "w1_scale", "w2", "w2_scale", "topk_weights", "topk_ids"),
-                                    before, pt.args()) if not torch.equal(a, b)]
+    touched = [n for n, a, b in zip(ARG_NAMES, before, pt.args()) if not torch.equal(a, b)]
     if touched:
         refs.forget_on_device(cache, p, device)  # the next case gets its layer afresh
         notes.append(f"it wrote to its inputs: {', '.join(touched)}")

@@ -262,6 +262,16 @@ def test_writes_to_its_inputs_are_named_in_order():
 
     assert _one(writes_two, M=8)["diagnosis"][-1] == "it wrote to its inputs: hidden, topk_weights"
 
+    def writes_the_rest(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, **kw):
+        out = correct(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, **kw)
+        w1[0, 0, 0] ^= 1
+        w2[0, 0, 0] ^= 1
+        w2_scale[0, 0, 0] ^= 1
+        topk_ids[0, 0] = (topk_ids[0, 0] + 1) % 4
+        return out
+
+    assert _one(writes_the_rest, M=8, guard_bands=False)["diagnosis"][-1] == "it wrote to its inputs: w1, w2, w2_scale, topk_ids"
+
 
 def _reporting(act_dtype=None, exposes=False, bad_byte=False):
     """The correct layer, returning a LayerResult that says ``act_dtype`` and exposes its stage-1 input."""
