@@ -272,6 +272,15 @@ def test_writes_to_its_inputs_are_named_in_order():
 
     assert _one(writes_the_rest, M=8, guard_bands=False)["diagnosis"][-1] == "it wrote to its inputs: w1, w2, w2_scale, topk_ids"
 
+    def toggles(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, **kw):  # a write that undoes itself
+        w1_scale.neg_()  # (e8m0 bytes: 256 - b, twice = b)
+        out = correct(hidden, w1, w1_scale.neg(), w2, w2_scale, topk_weights, topk_ids, **kw)
+        return out
+
+    row = _one(toggles, M=8)
+    assert row["diagnosis"] == [f"matches the a16w4 reference (margin {row['margin']:.3g})",
+                                "it wrote to its inputs: w1_scale"] and row["verdict"] == "FAIL"
+
 
 def _reporting(act_dtype=None, exposes=False, bad_byte=False):
     """The correct layer, returning a LayerResult that says ``act_dtype`` and exposes its stage-1 input."""
