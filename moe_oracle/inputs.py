@@ -59,7 +59,9 @@ def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: st
     if per_row and M > 8:  # rows where x / s and x * (1/s) round differently (bf16-exact values)
         for r in range(3, 8):
             x[r] = division_tie_values(rng, (K,), fmt)
-    if per_row and M - 1 > max((len(BLOCK_KINDS) - 1) // (K // 32), 7 if M > 8 else 2):
+    last_kinds_row = (len(BLOCK_KINDS) - 1) // (K // 32)  # the rows every kind was placed in
+    last_special_row = 7 if M > 8 else 2  # the NaN rows 1-2, the x / s tie rows 3-7
+    if per_row and M - 1 > max(last_kinds_row, last_special_row):
         x[M - 1] = np.where(rng.random(K) < 0.5, -0.0, 0.0)  # a zero row (+-0): its scale is the contract's 0
     return x.astype(np.float32)
 

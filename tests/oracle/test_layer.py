@@ -383,9 +383,9 @@ def test_guard_bands_run_once_more_and_a_read_outside_fails():
     assert any(n.startswith("reads outside its inputs") for n in row["diagnosis"])
 
 
-def _case(M):
-    """A stand-in case of ``M`` tokens for layer._run (the fields it reads)."""
-    return type("Case", (), dict(M=M, shape=SHAPE, gate_mode="separated", scale_mode="round_up", arch="gfx950", env={}))
+def _case(M, scale_mode="round_up"):
+    """A stand-in case of ``M`` tokens (the fields layer._run and layer._diagnose read)."""
+    return type("Case", (), dict(M=M, shape=SHAPE, gate_mode="separated", scale_mode=scale_mode, arch="gfx950", env={}))
 
 
 class _Zeros:
@@ -460,10 +460,6 @@ def test_a_gpu_run_is_synchronised_before_its_time_is_read(monkeypatch):
     assert synced == [True]  # a CPU run has nothing to wait for
 
 
-class _Case:
-    scale_mode = "even"
-
-
 def _diagnose_with(monkeypatch, margins, cmp=None, out=None, reported=None, selected="fp4x2"):
     """layer._diagnose with every candidate's margin given (``margins``: label -> margin, the rest 5.0)."""
     from moe_oracle import layer, references
@@ -475,7 +471,7 @@ def _diagnose_with(monkeypatch, margins, cmp=None, out=None, reported=None, sele
     monkeypatch.setattr(layer, "compare_output", lambda out, r, ideal, bound: {"margin": float(r[0])})
     cmp = {"within_tolerance": False, "margin": 3.0, "n_outside": 2, "max_err_ulps": 5.0, "nan_out": 0, "inf_out": 0,
            **(cmp or {})}
-    return layer._diagnose(_Case, torch.device("cpu"), 0, {}, True, np.zeros(4) if out is None else out, cmp, selected,
+    return layer._diagnose(_case(4, "even"), torch.device("cpu"), 0, {}, True, np.zeros(4) if out is None else out, cmp, selected,
                            reported)
 
 
@@ -514,7 +510,7 @@ def test_a_match_tries_no_candidate_and_notes_come_in_order(monkeypatch):
 
     ref = np.zeros(4)
     monkeypatch.setattr(references, "reference", lambda *a, **k: (None, ref, ref, ref))
-    assert layer._diagnose(_Case, torch.device("cpu"), 0, {}, True, np.zeros(4),
+    assert layer._diagnose(_case(4, "even"), torch.device("cpu"), 0, {}, True, np.zeros(4),
                            {"within_tolerance": True, "margin": 0.0}, "fp4x2", "fp4x2") == [
         "matches the a4w4 reference (margin 0)"]
 
