@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_ARCHS, DEFAULT_CPU, DEFAULT_GPU, QUICK, load_config
+from .config import DEFAULT_ARCHS, DEFAULT_CPU, DEFAULT_GPU, QUICK, VerifyConfig, load_config
 
 __all__ = ["main", "cli", "build_parser"]
 
@@ -25,25 +25,26 @@ _NEEDS = "moe-oracle verify needs torch (and triton for Triton implementations):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="moe-oracle verify", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="moe-oracle verify", description=__doc__.split("\n\n")[0].replace("``", ""),
                                  epilog="Exit status: 0 every case passes, 1 some case fails, 2 bad usage.")
-    ap.add_argument("--impl", default=None,
-                    help="implementation under test: ours (default), aiter-triton, triton-kernels, or module:attr")
-    ap.add_argument("--config", help="JSON or TOML file (keys: shapes, M, archs, envs, gate_modes, scale_modes, seed, "
-                                     "tolerance_scale, reference_act_dtype, impl)")
+    ap.add_argument("--impl", default=None, metavar="NAME|module:attr",
+                    help="implementation under test: ours (default), aiter-triton, triton-kernels, a module, "
+                         "or module:attr (a module in the current folder is found)")
+    ap.add_argument("--config", metavar="FILE", help=f"JSON or TOML file (keys: {', '.join(f.name for f in dataclasses.fields(VerifyConfig))})")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
-    ap.add_argument("--arch", action="append",
-                    help="arch profile(s) to run, repeatable (default: the config's, else gfx942, gfx950 and the detected one)")
-    ap.add_argument("--seed", type=int, default=None, help="base seed (default: fresh, printed)")
-    ap.add_argument("--out", default=None, help="directory for report.json, report.md and margin_vs_M.png "
+    ap.add_argument("--arch", action="append", metavar="NAME",
+                    help="arch profile(s) to run, repeatable; an unknown name is an error listing the known ones "
+                         "(default: the config's, else gfx942, gfx950 and the detected one)")
+    ap.add_argument("--seed", type=int, default=None, metavar="N", help="base seed (default: fresh, printed)")
+    ap.add_argument("--out", default=None, metavar="DIR", help="directory for report.json, report.md and margin_vs_M.png "
                                                 "(without it nothing is written)")
     ap.add_argument("--quick", action="store_true", help="a smaller matrix (CI smoke run)")
-    ap.add_argument("--workers", type=int, default=None,
+    ap.add_argument("--workers", type=int, default=None, metavar="N",
                     help="processes computing the references on the host (default 1; a GPU run computes them on "
                          "the GPU, one after the other)")
-    ap.add_argument("--max-memory-gb", type=float, default=None,
+    ap.add_argument("--max-memory-gb", type=float, default=None, metavar="GIB",
                     help="host memory the run may use: fewer reference workers where theirs would not fit (default 14)")
-    ap.add_argument("--devices", default=None,
+    ap.add_argument("--devices", default=None, metavar="all|N",
                     help="GPUs the MoE cases are spread over: 'all' or a number (one process each, one report; "
                          "default 1; on a CPU-only run a number means that many CPU processes)")
     ap.add_argument("--memcheck", action="store_true",
@@ -56,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--only", choices=["all", "quantizers", "moe", "dispatch"], default="all",
                     help="which checks to run; dispatch: AITER's dispatch and its tests' copies against the selector "
                          "(--impl aiter; MOE_ORACLE_AITER_PATH = a checkout or a wheel)")
-    ap.add_argument("--aiter-repo", default=None, help="with --only dispatch: an AITER git checkout whose history "
+    ap.add_argument("--aiter-repo", default=None, metavar="DIR", help="with --only dispatch: an AITER git checkout whose history "
                                                       "is walked (from --since to --until)")
-    ap.add_argument("--since", default=None, help="with --aiter-repo: the first commit to check")
-    ap.add_argument("--until", default=None, help="with --aiter-repo: the last commit to check (default HEAD)")
+    ap.add_argument("--since", default=None, metavar="COMMIT", help="with --aiter-repo: the first commit to check")
+    ap.add_argument("--until", default=None, metavar="COMMIT", help="with --aiter-repo: the last commit to check (default HEAD)")
     return ap
 
 
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
         import secrets
 
         cfg = dataclasses.replace(cfg, seed=secrets.randbits(32))
-    return _run(args, impl_spec, impl, cfg, parts, device, archs, archs_why, n_devices, gpus)
+    return _run(args, _Plan(impl_spec, impl, cfg, parts, device, archs, archs_why, n_devices, gpus))
 
 
 def _memcheck(args, argv: list[str], device: str) -> int:
@@ -202,6 +203,21 @@ def _memcheck(args, argv: list[str], device: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What one run will check, and where: resolved from the command line before any work."""
+
+    impl_spec: str  # as given (--impl or the config's): device processes resolve it again
+    impl: object  # the resolved Implementation
+    cfg: object  # the VerifyConfig, its seed set
+    parts: list  # of "quantizers", "stages", "moe", "dispatch"
+    device: str  # "cpu" or "cuda"
+    archs: list
+    archs_why: str  # where the archs came from (printed, and kept in the report)
+    n_devices: int
+    gpus: list  # the visible GPUs (empty on the CPU)
+
+
+@dataclasses.dataclass(frozen=True)
 class _Checked:
     """What one run checked: quantizer rows, stage rows, MoE case rows, selector agreements."""
 
@@ -216,21 +232,24 @@ class _Checked:
                 + [s["verdict"] for s in self.stages] + ["PASS" if s["agree"] else "FAIL" for s in self.selector])
 
 
-def _run(args, impl_spec, impl, cfg, parts, device, archs, archs_why, n_devices, gpus) -> int:
+def _run(args, plan: _Plan) -> int:
     stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
 
     def say(text: str = "", detail: bool = True) -> None:
-        if not (args.quiet and detail):
+        if not args.quiet:
             print(text, file=stream)
+        elif not detail:  # -q: no tables, so no blank lines between them
+            print(text.lstrip("\n"), file=stream)
 
+    impl, seed = plan.impl, plan.cfg.seed
     say(f"implementation: {impl.name} ({', '.join(impl.provides())})" + (f"; {impl.note}" if impl.note else ""))
-    say(f"seed: {cfg.seed} (rerun with --seed {cfg.seed}); archs: {archs_why}; device: {device}")
-    checked = _check(args, impl_spec, impl, cfg, parts, device, archs, n_devices, gpus, say)
+    say(f"seed: {seed} (rerun with --seed {seed}); archs: {plan.archs_why}; device: {plan.device}")
+    checked = _check(args, plan, say)
     _print_results(checked, args.quiet, say)
     verdicts = checked.verdicts
     if not verdicts:
-        return _usage(f"nothing was checked: the matrix gave {impl.name} no case for {', '.join(parts)}")
-    _write_outputs(args, checked, impl, cfg, device, archs, archs_why, say)
+        return _usage(f"nothing was checked: the matrix gave {impl.name} no case for {', '.join(plan.parts)}")
+    _write_outputs(args, checked, plan, say)
     n_fail, n_interp = verdicts.count("FAIL"), verdicts.count("INTERP")
     say(f"\n{len(verdicts) - n_fail - n_interp} passed, {n_fail} failed"
         + (f" ({n_interp} more differ only by the Triton interpreter's own casts: INTERP)" if n_interp else ""),
@@ -238,15 +257,17 @@ def _run(args, impl_spec, impl, cfg, parts, device, archs, archs_why, n_devices,
     return 1 if n_fail else 0
 
 
-def _check(args, impl_spec, impl, cfg, parts, device, archs, n_devices, gpus, say) -> _Checked:
+def _check(args, plan: _Plan, say) -> _Checked:
     """Run the planned parts: the quantizers, the stages, the MoE cases (here, or sharded over devices), the selector."""
     from . import engine
+
+    impl, cfg, parts, device, n_devices, gpus = plan.impl, plan.cfg, plan.parts, plan.device, plan.n_devices, plan.gpus
 
     quant = engine.run_quantizers(impl, cfg, device=device) if "quantizers" in parts else []
     stages = engine.run_stages(impl, cfg, device=device) if "stages" in parts else []
     rows, selector = [], []
     if "moe" in parts:
-        layer_archs = engine.layer_archs(impl, archs)
+        layer_archs = engine.layer_archs(impl, plan.archs)
         if layer_archs is None:
             from moe_ref import detect_arch
 
@@ -257,7 +278,7 @@ def _check(args, impl_spec, impl, cfg, parts, device, archs, n_devices, gpus, sa
             from .sharded import run_on_devices
 
             say(f"MoE cases over {n_devices} devices ({', '.join(gpus[:n_devices]) or 'CPU processes'})")
-            rows = run_on_devices(impl_spec, impl, cfg, layer_archs, n_devices, gpus[:n_devices], device=device,
+            rows = run_on_devices(plan.impl_spec, impl, cfg, layer_archs, n_devices, gpus[:n_devices], device=device,
                                   workers=workers, max_memory_gib=args.max_memory_gb,
                                   log_dir=Path(args.out) / "devices" if args.out else None)
         else:
@@ -267,7 +288,7 @@ def _check(args, impl_spec, impl, cfg, parts, device, archs, n_devices, gpus, sa
             rows = engine.run_layers(impl, cfg, device=device, archs=layer_archs, workers=workers, on_row=keep,
                                      max_memory_gib=args.max_memory_gb, progress=not args.quiet)
     if "dispatch" in parts:
-        selector = engine.run_selector(impl, cfg, archs)
+        selector = engine.run_selector(impl, cfg, plan.archs)
     return _Checked(quant, stages, rows, selector)
 
 
@@ -306,7 +327,7 @@ def _print_results(checked: _Checked, quiet: bool, say) -> None:
                 say(f"FAIL {part}: {name}: {message}", detail=False)
 
 
-def _write_outputs(args, checked: _Checked, impl, cfg, device, archs, archs_why, say) -> None:
+def _write_outputs(args, checked: _Checked, plan: _Plan, say) -> None:
     """The peak memory line, and what was asked for: --out's report, --junit-xml, --json."""
     import torch
 
@@ -315,12 +336,13 @@ def _write_outputs(args, checked: _Checked, impl, cfg, device, archs, archs_why,
     from .sharded import RowsFile
 
     quant, stages, rows, selector = checked.quant, checked.stages, checked.rows, checked.selector
+    impl, cfg, device = plan.impl, plan.cfg, plan.device
     main_gib, worker_gib = peak_memory()
     say(f"peak host memory: {main_gib:.1f} GiB (this process)"
         + (f", {worker_gib:.1f} GiB (the largest reference worker)" if worker_gib else ""))
     meta = dict(peak_host_gib=round(main_gib, 2), peak_worker_gib=round(worker_gib, 2), impl=impl.name,
                 device=torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
-                seed=cfg.seed, config=dataclasses.asdict(cfg), archs=archs, archs_why=archs_why,
+                seed=cfg.seed, config=dataclasses.asdict(cfg), archs=plan.archs, archs_why=plan.archs_why,
                 torch=torch.__version__, version=__version__)
     if args.out:
         files = write(Path(args.out), rows, quant, selector, meta, stages, say=say)

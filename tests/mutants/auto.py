@@ -50,7 +50,7 @@ SELECTIONS = {
     "moe_oracle/quantizers.py": [f"tests/oracle/test_{t}.py" for t in ("quantizers", "quantizer_diagnosis", "planted", "exit_status")],
     "moe_oracle/layer.py": [f"tests/oracle/test_{t}.py" for t in ("layer", "planted", "rows", "exit_status", "first_day")],
     "moe_oracle/engine.py": [f"tests/oracle/test_{t}.py" for t in ("engine", "rows", "devices", "exit_status", "first_day")],
-    "moe_oracle/cli.py": [f"tests/oracle/test_{t}.py" for t in ("exit_status", "first_day", "memcheck", "devices")],
+    "moe_oracle/cli.py": [f"tests/oracle/test_{t}.py" for t in ("cli", "exit_status", "memcheck", "first_day")],
 }
 EQUIVALENT = Path(__file__).with_name("equivalent.json")
 RECORD = Path(__file__).with_name("auto_results.json")  # the committed table: the last recorded run of each module
