@@ -198,7 +198,8 @@ def _memcheck(args, argv: list[str], device: str) -> int:
     if sanitizer is None:
         return _usage(f"--memcheck: compute-sanitizer not found (looked at ${SANITIZER_ENV}, PATH, $CUDA_HOME/bin, "
                       "/usr/local/cuda/bin)")
-    rest = [a for a in argv if not (a.startswith("--mem") and "--memcheck".startswith(a))]
+    # the flag as given: argparse takes any unique prefix ("--me" already is one; "--m" is ambiguous)
+    rest = [a for a in argv if not (len(a) > 3 and "--memcheck".startswith(a))]
     return run(rest, sanitizer, out=args.out, junit=args.junit_xml, as_json=args.json)
 
 
@@ -235,11 +236,11 @@ class _Checked:
 def _run(args, plan: _Plan) -> int:
     stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
 
-    def say(text: str = "", detail: bool = True) -> None:
+    def say(text: str, detail: bool = True) -> None:
         if not args.quiet:
             print(text, file=stream)
         elif not detail:  # -q: no tables, so no blank lines between them
-            print(text.lstrip("\n"), file=stream)
+            print(text.removeprefix("\n"), file=stream)
 
     impl, seed = plan.impl, plan.cfg.seed
     say(f"implementation: {impl.name} ({', '.join(impl.provides())})" + (f"; {impl.note}" if impl.note else ""))
@@ -362,9 +363,9 @@ def _write_outputs(args, checked: _Checked, plan: _Plan, say) -> None:
         print(json_report(meta, rows, quant, stages, selector, len(checked.verdicts) - n_fail, n_fail))
 
 
-def cli() -> None:
+def cli(argv: list[str] | None = None) -> None:
     """Console script: ``moe-oracle verify [options]`` (``moe-oracle --help``)."""
-    argv = sys.argv[1:]
+    argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(prog="moe-oracle", description="Prove that MXFP4 MoE kernels compute exactly what "
                                   "they should.", epilog="commands:\n  verify    the conformance report (moe-oracle "
                                   "verify --help)", formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -174,6 +174,7 @@ def test_devices_shard_the_layer_cases(spy, capsys, monkeypatch, tmp_path):
     assert args == ("x", spy.impl, dataclasses.replace(config.DEFAULT_GPU, seed=1), ["gfx950"], 2, ["3", "5"])
     assert kw == {"device": "cuda", "workers": 2, "max_memory_gib": None, "log_dir": out_dir / "devices"}
     assert "run_layers" not in spy.calls and "run_quantizers" not in spy.calls
+    assert _only_call(spy, "write")[0][4]["device"] == "Spy GPU"
     code, _, err = _run(capsys, "--impl", "x", "--devices", "3")
     assert code == 2 and err == ["moe-oracle verify: --devices 3: only 2 GPU(s) visible (3, 5)"]
 
@@ -211,13 +212,36 @@ def test_out_keeps_the_rows_as_they_come_and_writes_the_report(spy, capsys, tmp_
     assert out[-4:] == ["peak host memory: 1.2 GiB (this process)", "wrote R.json, R.md", "", "3 passed, 0 failed"]
 
 
-def test_peak_memory_names_the_largest_worker(spy, capsys, monkeypatch):
-    monkeypatch.setattr(references, "peak_memory", lambda: (1.0, 2.25))
-    _, out, _ = _run(capsys, "--impl", "x", "--seed", "1")
-    assert "peak host memory: 1.0 GiB (this process), 2.2 GiB (the largest reference worker)" in out
+def test_peak_memory_names_the_largest_worker(spy, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(references, "peak_memory", lambda: (1.23456, 2.34567))
+    _, out, _ = _run(capsys, "--impl", "x", "--seed", "1", "--out", str(tmp_path))
+    assert "peak host memory: 1.2 GiB (this process), 2.3 GiB (the largest reference worker)" in out
+    meta = _only_call(spy, "write")[0][4]
+    assert (meta["peak_host_gib"], meta["peak_worker_gib"]) == (1.23, 2.35)
+
+
+def test_an_implementation_without_a_note_gets_none(spy, capsys):
+    spy.impl = _impl(note="")
+    assert _run(capsys, "--impl", "x", "--seed", "1")[1][0] == ("implementation: spy (quantize_mxfp4, fused_moe, "
+                                                                "select_act_dtype)")
 
 
 FAILING_CHECKS = [("moe", "case a", "FAIL", "margin 2"), ("moe", "case b", "PASS", ""), ("quantizers", "q", "FAIL", "x")]
+
+
+def test_quiet_json_sends_the_last_line_and_the_failures_to_stderr(spy, capsys):
+    spy.quant = [{"verdict": "FAIL"}]
+    spy.checks = FAILING_CHECKS
+    code, out, err = _run(capsys, "--impl", "x", "--seed", "1", "-q", "--json")
+    assert code == 1 and out == ['{"the": "report"}']
+    assert err == ["FAIL moe: case a: margin 2", "FAIL quantizers: q: x", "2 passed, 1 failed"]
+
+
+@pytest.mark.parametrize("flag", ["--json", "--junit-xml"])
+def test_an_output_flag_alone_is_not_told_nothing_was_written(flag, spy, capsys, tmp_path):
+    argv = [flag] + ([str(tmp_path / "j.xml")] if flag == "--junit-xml" else [])
+    _, out, err = _run(capsys, "--impl", "x", "--seed", "1", *argv)
+    assert not any(line.startswith("(nothing written") for line in out + err)
 
 
 def test_junit_and_json(spy, capsys, tmp_path):
@@ -423,6 +447,14 @@ def test_memcheck_runs_the_same_line_under_the_sanitizer(sanitizer, capsys):
     assert sanitizer[1] == ((["--impl", "x"], "/opt/cs"), {"out": None, "junit": None, "as_json": False})
 
 
+@pytest.mark.parametrize("flag", ["--me", "--mem", "--memcheck"])
+def test_memcheck_leaves_no_spelling_of_itself_for_the_run_under_the_sanitizer(flag, sanitizer):
+    """argparse takes any unique prefix of --memcheck ("--me" on): the run under the sanitizer must not see
+    one again (it would start the sanitizer inside itself); values that are prefixes ("-") stay."""
+    assert cli.main(["--out", "-", flag, "--max-memory-gb", "3"]) == 7
+    assert sanitizer[0][0][0] == ["--out", "-", "--max-memory-gb", "3"]
+
+
 @pytest.mark.parametrize("case, message", [
     ("cpu", "--memcheck: compute-sanitizer checks NVIDIA GPU kernels; this run is on the CPU (the Triton interpreter)"),
     ("rocm", "--memcheck: compute-sanitizer checks NVIDIA GPU kernels; this run is on ROCm"),
@@ -447,7 +479,7 @@ def test_memcheck_refusals(case, message, sanitizer, capsys, monkeypatch):
 # --- the console script and the parser -----------------------------------------------------------------
 
 def _console(capsys, monkeypatch, *argv):
-    monkeypatch.setattr("sys.argv", ["moe-oracle", *argv])
+    monkeypatch.setattr("sys.argv", ["/somewhere/__main__.py", *argv])  # the program is named, not taken from here
     with pytest.raises(SystemExit) as stop:
         cli.cli()
     out = capsys.readouterr()
@@ -470,12 +502,22 @@ def test_the_console_script_prints_both_helps(argv, code, capsys, monkeypatch):
 
 
 def test_the_console_script_version_unknown_commands_and_verify(capsys, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 3)
     assert _console(capsys, monkeypatch, "--version")[:2] == (0, f"moe-oracle {cli.__version__}\n")
     code, out, err = _console(capsys, monkeypatch, "check", "--quick")
     assert code == 2 and out == "" and err.endswith("moe-oracle: error: unknown command 'check'; expected: verify\n")
-    seen = []
-    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 3)
+    assert seen == []
     assert _console(capsys, monkeypatch, "verify", "--quick", "verify")[0] == 3 and seen == [["--quick", "verify"]]
+    monkeypatch.setattr("sys.argv", ["moe-oracle", "verify", "--from-sys-argv"])
+    for argv, code in ((["verify", "--seed", "2"], 3), (["--version"], 0), (["-h"], 0), ([], 2)):
+        with pytest.raises(SystemExit) as stop:
+            cli.cli(argv)  # the arguments given, not the process's
+        assert stop.value.code == code
+    assert seen[-1] == ["--seed", "2"] and capsys.readouterr().out.startswith(f"moe-oracle {cli.__version__}\n")
+    with pytest.raises(SystemExit):
+        cli.cli()
+    assert seen[-1] == ["--from-sys-argv"]
 
 
 def test_the_parsers_defaults():
