@@ -65,7 +65,7 @@ def spy(monkeypatch):
     monkeypatch.setattr(report, "format_quantizers", lambda q: f"QUANT TABLE {len(q)}")
     monkeypatch.setattr(report, "format_stages", lambda st: f"STAGE TABLE {len(st)}")
     monkeypatch.setattr(report, "format_table", lambda rows: f"CASE TABLE {len(rows)}")
-    monkeypatch.setattr(report, "quant_cost_by_path", lambda rows: {"fp8": 0.25, "bf16": 0.5})
+    monkeypatch.setattr(report, "quant_cost_by_path", s.record("quant_cost_by_path", {"fp8": 0.25, "bf16": 0.5}))
     monkeypatch.setattr(report, "write", s.record("write", [Path("R.json"), Path("R.md")]))
     monkeypatch.setattr(outputs, "checks", s.record("checks", lambda: s.checks))
     monkeypatch.setattr(outputs, "write_junit", s.record("write_junit", None))
@@ -110,6 +110,7 @@ def test_a_default_cpu_run_asks_each_part_with_one_plan(spy, capsys):
                                           "max_memory_gib": None, "progress": True}
     assert _only_call(spy, "run_selector") == ((impl, cfg, ["gfx942", "gfx950", "sm90"]), {})
     assert "run_on_devices" not in spy.calls and "write" not in spy.calls
+    assert _only_call(spy, "quant_cost_by_path") == ((spy.rows,), {})
     assert out[2:] == ["", "Quantizers (bytes against the emulation; the diagnosis names the convention followed):",
                        "QUANT TABLE 1", "", "CASE TABLE 1", "", *report.LEGEND.splitlines(),
                        "quantization cost per path (reference vs ideal): bf16 0.5, fp8 0.25", "",
@@ -168,11 +169,11 @@ def test_devices_shard_the_layer_cases(spy, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr("torch.cuda.get_device_name", lambda *a: "Spy GPU")
     out_dir = tmp_path / "out"
     code, out, _ = _run(capsys, "--impl", "x", "--seed", "1", "--devices", "2", "--workers", "2", "--out", str(out_dir),
-                        "--only", "moe")
+                        "--only", "moe", "--max-memory-gb", "6")
     assert code == 0 and "MoE cases over 2 devices (3, 5)" in out
     args, kw = _only_call(spy, "run_on_devices")
     assert args == ("x", spy.impl, dataclasses.replace(config.DEFAULT_GPU, seed=1), ["gfx950"], 2, ["3", "5"])
-    assert kw == {"device": "cuda", "workers": 2, "max_memory_gib": None, "log_dir": out_dir / "devices"}
+    assert kw == {"device": "cuda", "workers": 2, "max_memory_gib": 6.0, "log_dir": out_dir / "devices"}
     assert "run_layers" not in spy.calls and "run_quantizers" not in spy.calls
     assert _only_call(spy, "write")[0][4]["device"] == "Spy GPU"
     code, _, err = _run(capsys, "--impl", "x", "--devices", "3")
@@ -286,6 +287,8 @@ def test_stages_and_the_selectors_disagreements_are_printed(spy, capsys):
                                          "env": {}, "selector": "fp4x2", "impl": "bf16"} for m in range(25)]
     code, out, _ = _run(capsys, "--impl", "x", "--seed", "1", "--only", "moe")
     assert code == 1
+    assert _only_call(spy, "run_stages") == ((spy.impl, dataclasses.replace(config.DEFAULT_CPU, seed=1)),
+                                             {"device": "cpu"})
     at = out.index("its dispatch vs the selector: 1 of 26 agree")
     assert out[2:5] == ["", "MoE GEMM stage (bf16 outputs against the exact reference within the derived bound):",
                         "STAGE TABLE 1"]
@@ -297,11 +300,13 @@ def test_error_rows_are_named_even_when_quiet(spy, capsys):
     spy.rows = [{"verdict": "FAIL", "error": f"boom {i}", "E": 4, "H": 64, "I": 32, "M": i, "gate_mode": "interleave",
                  "env": {"X": "1"}} for i in range(12)]
     spy.checks = FAILING_CHECKS
+    spy.impl = _impl(quantize_mxfp4=_fn, moe_gemm_stage=_fn, fused_moe=_fn, select_act_dtype=_fn)
     code, out, _ = _run(capsys, "--impl", "x", "--seed", "1", "-q")
     assert code == 1
+    assert _only_call(spy, "checks") == ((spy.rows, spy.quant, spy.stages, spy.selector), {})
     assert out == ["12 case(s) could not be checked (an error row each, a FAIL):",
                    *[f"    E=4 H=64 I=32 M={i} interleave env={{'X': '1'}}: boom {i}" for i in range(10)],
-                   "FAIL moe: case a: margin 2", "FAIL quantizers: q: x", "2 passed, 12 failed"]
+                   "FAIL moe: case a: margin 2", "FAIL quantizers: q: x", "3 passed, 12 failed"]
 
 
 def test_a_run_the_matrix_gives_nothing_is_a_usage_error(spy, capsys):
@@ -406,12 +411,13 @@ def test_without_torch_it_says_what_to_install(capsys, monkeypatch):
 
 @pytest.mark.parametrize("argv", [["--only", "dispatch"], ["--aiter-repo", "somewhere"],
                                   ["--only", "quantizers", "--aiter-repo", "r"]])
-def test_dispatch_runs_go_to_the_dispatch_command(argv, monkeypatch):
+def test_dispatch_runs_go_to_the_dispatch_command(argv, spy, monkeypatch):
     seen = []
     monkeypatch.setattr("moe_oracle.dispatch_cli.run", lambda args: seen.append(args) or 5)
     assert cli.main(argv) == 5 and len(seen) == 1
     assert seen[0].only == (argv[argv.index("--only") + 1] if "--only" in argv else "all")
     assert seen[0].aiter_repo == (argv[argv.index("--aiter-repo") + 1] if "--aiter-repo" in argv else None)
+    assert spy.calls == {}
 
 
 @pytest.mark.parametrize("path, cwd_added", [(["a", "b"], True), (["", "b"], False), (["CWD", "b"], False)])
