@@ -212,10 +212,10 @@ def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict)
     written: set[str] = set()
 
     def undo_writes():  # after each run: what it wrote to its inputs, put back (a write run twice may undo itself)
-        for name, given, now in zip(ARG_NAMES, before, pt.args()):
-            if not torch.equal(given, now):
+        for name, given, now in zip(ARG_NAMES, before, pt.args()):  # bit for bit: -0 over +0 is a write
+            if not torch.equal(given.view(torch.uint8), now.view(torch.uint8)):
                 written.add(name)
-                now.copy_(given)
+                now.copy_(given)  # in place: the layer's uploaded copy (refs.on_device) is the true one again
 
     inputs = _inputs(pt, caps)
     out, result, seconds = _run(impl, inputs, case, caps, 0xFF, device)
@@ -236,7 +236,6 @@ def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict)
     undo_writes()
     touched = [n for n in ARG_NAMES if n in written]
     if touched:
-        refs.forget_on_device(cache, p, device)  # the next case gets its layer afresh
         notes.append(f"it wrote to its inputs: {', '.join(touched)}")
     if impl.fixed_path and impl.fixed_path != decision.dtype:
         notes.append(f"judged on its one path {PATH_NAMES[impl.fixed_path]}; the selector would choose "

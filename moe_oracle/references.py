@@ -21,7 +21,7 @@ from moe_ref.problems import random_routed_tokens
 from .cases import DeviceKey, LayerCase, LayerKey, ProblemKey, RefKey
 from .progress import Progress
 
-__all__ = ["layer", "problem", "on_device", "forget_on_device", "release", "reference", "prefetch", "mma_k_of",
+__all__ = ["layer", "problem", "on_device", "release", "reference", "prefetch", "mma_k_of",
            "reference_device", "ReferenceFailed", "worker_count", "memory_budget", "peak_memory"]
 
 
@@ -71,18 +71,14 @@ _LAYER_FIELDS = ("w1", "w1_scale", "w2", "w2_scale", "bias1", "bias2")
 
 def on_device(cache: dict, p, device):
     """``p.to_torch(device)`` with the layer's tensors uploaded once per layer and device (a real
-    model's layer is gigabytes; every case of its M sweep runs on it); :func:`forget_on_device` drops
-    them (an implementation that wrote to its weights)."""
+    model's layer is gigabytes; every case of its M sweep runs on it). A case puts back whatever an
+    implementation wrote to them (``layer.check_layer_case``)."""
     key = DeviceKey(id(p.w1), str(device))
     if key not in cache or cache[key][0] is not p.w1:
         empty = {f: getattr(p, f)[:0] for f in ("hidden", "topk_weights", "topk_ids")}
         cache[key] = (p.w1, dataclasses.replace(p, **empty).to_torch(device))
     tokens = dataclasses.replace(p, **dict.fromkeys(_LAYER_FIELDS)).to_torch(device)
     return dataclasses.replace(tokens, **{f: getattr(cache[key][1], f) for f in _LAYER_FIELDS})
-
-
-def forget_on_device(cache: dict, p, device) -> None:
-    cache.pop(DeviceKey(id(p.w1), str(device)), None)
 
 
 def release(cache: dict, case: LayerCase, keep_layer: bool) -> None:

@@ -281,6 +281,16 @@ def test_writes_to_its_inputs_are_named_in_order():
     assert row["diagnosis"] == [f"matches the a16w4 reference (margin {row['margin']:.3g})",
                                 "it wrote to its inputs: w1_scale"] and row["verdict"] == "FAIL"
 
+    def signs_zeros(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, **kw):  # equal values, other bits
+        out = correct(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, **kw)
+        zero = topk_weights == 0  # the padded tokens' slots
+        assert bool(zero.any()) and not bool(torch.signbit(topk_weights[zero]).any())
+        topk_weights[zero] = -0.0
+        return out
+
+    row = _one(signs_zeros, M=32, guard_bands=False)
+    assert row["diagnosis"][-1] == "it wrote to its inputs: topk_weights" and row["verdict"] == "FAIL"
+
 
 def _reporting(act_dtype=None, exposes=False, bad_byte=False):
     """The correct layer, returning a LayerResult that says ``act_dtype`` and exposes its stage-1 input."""

@@ -41,9 +41,9 @@ def test_layer_bugs_are_diagnosed(planted, base_seed):
 
 
 def test_a_layer_that_writes_its_weights_does_not_corrupt_the_next_cases(base_seed):
-    """The layer's tensors are uploaded once per layer (``references.on_device``): one that an
-    implementation wrote to is dropped, so every later case still runs on the true weights (each
-    case: its output matches, and the write is named)."""
+    """The layer's tensors are uploaded once per layer (``references.on_device``): what an
+    implementation wrote to them is put back after each run, so every later case still runs on the
+    true weights (each case: its output matches, and the write is named)."""
     correct = LAYERS[0].fn
 
     def writes_w1(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, gate_mode="separated", bias1=None,
