@@ -55,7 +55,7 @@ def fake_quant_check(fn, x, scale_mode, ties, input_dtype, device, name):
 
     torch = torch_module()
     M, K = x.shape
-    xt = torch.from_numpy(x).to(device=device, dtype=getattr(torch, input_dtype))
+    xt = torch.from_numpy(x).to(device=device, dtype=getattr(torch, input_dtype), copy=True)  # never the data itself
     raw = _as_f32(to_numpy(float_values(name, call_with(fn, xt, scale_mode=scale_mode.value), M, K, "[M, K] values")),
                   M, K)
     got = value_bits(raw).reshape(M, -1, 32)

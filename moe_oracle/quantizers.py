@@ -8,6 +8,7 @@ Works with torch and NumPy alone: the quantizer is any callable of the contract
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 import numpy as np
@@ -46,20 +47,23 @@ class QuantizerCheck:
     unit: str = "bytes"  # what bytes_equal counts: "bytes", or "values" (fake quantizers, dequantizers)
     best: str = ""  # the candidate convention closest on ordinary and tie blocks (MX forms)
     best_differing: dict = dataclasses.field(default_factory=dict)  # block kind -> blocks `best` misses
+    wrote_input: bool = False  # it changed the tensor it was handed (bit for bit)
 
     @property
     def verdict(self) -> str:
-        return "PASS" if self.bytes_equal == self.bytes_total else "FAIL"
+        return "PASS" if self.bytes_equal == self.bytes_total and not self.wrote_input else "FAIL"
 
     @property
     def passed(self) -> bool:
         return self.verdict == "PASS"
 
     def diagnosis(self) -> str:
-        if self.verdict == "PASS":
-            return "; ".join([f"bit-exact under {self.expected} ({self.bytes_total} {self.unit})",
+        wrote = [WROTE_INPUT] if self.wrote_input else []
+        if self.bytes_equal == self.bytes_total:
+            return "; ".join([*wrote, f"bit-exact under {self.expected} ({self.bytes_total} {self.unit})",
                               *[f"{k}: {v}" for k, v in self.policies.items()], *self.notes])
-        parts = [f"{self.bytes_total - self.bytes_equal} of {self.bytes_total} {self.unit} differ from {self.expected}"]
+        parts = [*wrote, f"{self.bytes_total - self.bytes_equal} of {self.bytes_total} {self.unit} differ from "
+                         f"{self.expected}"]
         where = ", ".join(f"{k}: {n}" for k, n in self.differing.items() if n)
         if where:
             parts.append(f"differing blocks by kind: {where}")
@@ -71,7 +75,7 @@ class QuantizerCheck:
 
 def _call(fn, x_np, input_dtype, device, kind, **kw):
     torch = torch_module()
-    x = torch.from_numpy(x_np).to(device=device, dtype=getattr(torch, input_dtype))
+    x = torch.from_numpy(x_np).to(device=device, dtype=getattr(torch, input_dtype), copy=True)  # never the data itself
     q, s = quantizer_pair(_name(fn), kind, call_with(fn, x, **kw), *x_np.shape)
     s = to_numpy(s)
     return to_numpy(q), s if s.dtype == np.uint8 else s.astype(np.float32)
@@ -79,6 +83,26 @@ def _call(fn, x_np, input_dtype, device, kind, **kw):
 
 def _name(fn) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+WROTE_INPUT = "it wrote to its input: a quantizer must leave the activations it reads unchanged"
+
+
+def _watching_input(fn):
+    """``fn`` (its name and signature kept) noting in the returned list each call that changed the
+    tensor it was handed, bit for bit (on the CPU that tensor is the oracle's own data)."""
+    torch, wrote = torch_module(), []
+
+    @functools.wraps(fn)
+    def watched(x, *args, **kwargs):
+        given = x.clone()
+        out = fn(x, *args, **kwargs)
+        if not torch.equal(given.view(torch.uint8), x.view(torch.uint8)):
+            wrote.append(_name(fn))
+        return out
+
+    watched.__qualname__ = _name(fn)
+    return watched, wrote
 
 
 def _mx_candidates(x, fmt):
@@ -228,6 +252,7 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
         x = quantizer_input(np.random.default_rng(seed), M, K, elem, per_row=kind == "quantize_fp8_per_token")
     torch = torch_module()
     x = torch.from_numpy(np.asarray(x, np.float32)).to(getattr(torch, input_dtype)).float().numpy()  # as the kernel sees it
+    fn, wrote = _watching_input(fn)
     if kind == "quantize_fp8_per_token":
         result = _per_token_check(fn, x, elem, input_dtype, device)
     elif kind == "quantize_fp8_per_tensor":
@@ -238,4 +263,4 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
         result = _mx_check(kind, fn, x, elem, mode, ties, input_dtype, device, pack=kind == "quantize_mxfp4")
     if not takes_keyword(fn, "scale_mode") and kind in MX_KINDS:
         result = dataclasses.replace(result, notes=result.notes + ("takes no scale_mode: its own fixed mode",))
-    return dataclasses.replace(result, seed=seed)
+    return dataclasses.replace(result, seed=seed, wrote_input=bool(wrote))

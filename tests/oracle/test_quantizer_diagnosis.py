@@ -308,3 +308,47 @@ def test_no_flag_escapes_from_a_scale_that_is_nonsense(kind, scale):
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         check = check_quantizer(bogus, kind, seed=5)
     assert not check.passed
+
+
+_CORRECT = {"quantize_mxfp4": _mxfp4, "quantize_mxfp8": _mxfp8, "quantize_fp8_per_token": _per_token,
+            "quantize_fp8_per_tensor": _per_tensor, "quantize_dequantize_mxfp4": _fake}
+
+
+def _writing(correct, write):
+    """``correct``, then a write to the tensor it was handed (its signature kept: the oracle reads it)."""
+    import functools
+
+    @functools.wraps(correct)
+    def fn(x, *args, **kwargs):
+        out = correct(x, *args, **kwargs)
+        if write == "one element":
+            x[1, 3] = 1.5 if float(x[1, 3]) != 1.5 else 2.5
+        if write == "+0 to -0":  # equal values, other bits
+            zero = (x == 0) & ~torch.signbit(x)
+            assert bool(zero.any())
+            x[zero] = -0.0
+        return out
+    return fn
+
+
+@pytest.mark.parametrize("input_dtype", ["bfloat16", "float32"])  # float32 on the CPU: no conversion copy
+@pytest.mark.parametrize("write", [None, "one element", "+0 to -0"])
+@pytest.mark.parametrize("kind", _CORRECT)
+def test_a_quantizer_that_writes_to_its_input_fails(kind, write, input_dtype):
+    """The bytes it returns are still right (it was handed a copy: the oracle's data is unchanged), the
+    write alone fails it, named first."""
+    check = check_quantizer(_writing(_CORRECT[kind](), write), kind, input_dtype=input_dtype, seed=3)
+    assert check.bytes_equal == check.bytes_total and check.wrote_input == (write is not None)
+    if write is None:
+        assert check.verdict == "PASS" and quantizers.WROTE_INPUT not in check.diagnosis()
+    else:
+        assert check.verdict == "FAIL" and not check.passed
+        assert check.diagnosis().startswith(f"{quantizers.WROTE_INPUT}; bit-exact under ")
+
+
+def test_a_write_is_named_before_the_bytes_that_differ():
+    fn = _writing(_mxfp4(ties="away"), "one element")
+    check = check_quantizer(fn, "quantize_mxfp4", seed=3)
+    assert check.verdict == "FAIL" and check.bytes_equal < check.bytes_total
+    assert check.diagnosis().startswith(f"{quantizers.WROTE_INPUT}; {check.bytes_total - check.bytes_equal} of ")
+    assert check.follows == "round_up, ties away"  # judged on the data it was given, not on what it wrote
