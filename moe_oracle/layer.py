@@ -14,7 +14,7 @@ import emulation as em
 from moe_ref import ACTIVATION_PATHS, activation_path
 
 from . import references as refs
-from ._tensors import to_numpy, torch_module
+from ._tensors import Kept, to_numpy, torch_module
 from .cases import LayerCase
 from .compare import compare_output
 from .contract import layer_output
@@ -198,7 +198,6 @@ def judged_act_dtype(impl, case: LayerCase, cfg) -> str:
 
 def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict) -> LayerRow:
     """The report's row for one case (``moe_oracle.rows.LayerRow`` says what each field holds)."""
-    torch = torch_module()
     caps = layer_capabilities(impl.fused_moe)
     with_bias = "bias1" in caps
     decision = case.decision
@@ -208,23 +207,15 @@ def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict)
                                           device=refs.reference_device(device))
     bound = cfg.tolerance_scale * bound
     pt = refs.on_device(cache, p, device)
-    before = [t.clone() for t in pt.args()]
-    written: set[str] = set()
-
-    def undo_writes():  # after each run: what it wrote to its inputs, put back (a write run twice may undo itself)
-        for name, given, now in zip(ARG_NAMES, before, pt.args()):  # bit for bit: -0 over +0 is a write
-            if not torch.equal(given.view(torch.uint8), now.view(torch.uint8)):
-                written.add(name)
-                now.copy_(given)  # in place: the layer's uploaded copy (refs.on_device) is the true one again
-
+    kept = Kept(dict(zip(ARG_NAMES, pt.args())))  # put back after each run: the uploaded layer is the true one again
     inputs = _inputs(pt, caps)
     out, result, seconds = _run(impl, inputs, case, caps, 0xFF, device)
-    undo_writes()
+    kept.put_back()
     cmp = compare_output(out, ref, ideal, bound)
     reported = result.act_dtype
     notes = _diagnose(case, device, seed, cache, with_bias, out, cmp, selected, reported)
     out_zeroed, _, _ = _run(impl, inputs, case, caps, 0x00, device)
-    undo_writes()
+    kept.put_back()
     changed = int((out_zeroed.view(np.uint64) != out.view(np.uint64)).sum())
     if changed:
         notes.append(f"output changes with memory it should not read: {changed} of {out.size} elements differ "
@@ -233,8 +224,8 @@ def check_layer_case(impl, case: LayerCase, cfg, device, seed: int, cache: dict)
         if cfg.guard_bands else []
     notes += outside
     read_outside = any(n.startswith("reads outside") for n in outside)
-    undo_writes()
-    touched = [n for n in ARG_NAMES if n in written]
+    kept.put_back()
+    touched = kept.written
     if touched:
         notes.append(f"it wrote to its inputs: {', '.join(touched)}")
     if impl.fixed_path and impl.fixed_path != decision.dtype:

@@ -15,7 +15,7 @@ import numpy as np
 
 import emulation as em
 
-from ._tensors import to_numpy, torch_module
+from ._tensors import same_bits, to_numpy, torch_module
 from .contract import quantizer_pair
 from .decodes import dequantizer_check, fake_quant_check
 from .implementation import call_with, takes_keyword
@@ -91,13 +91,13 @@ WROTE_INPUT = "it wrote to its input: a quantizer must leave the activations it 
 def _watching_input(fn):
     """``fn`` (its name and signature kept) noting in the returned list each call that changed the
     tensor it was handed, bit for bit (on the CPU that tensor is the oracle's own data)."""
-    torch, wrote = torch_module(), []
+    wrote = []
 
     @functools.wraps(fn)
     def watched(x, *args, **kwargs):
         given = x.clone()
         out = fn(x, *args, **kwargs)
-        if not torch.equal(given.view(torch.uint8), x.view(torch.uint8)):
+        if not same_bits(given, x):
             wrote.append(_name(fn))
         return out
 

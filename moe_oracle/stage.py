@@ -19,6 +19,7 @@ from moe_ref import MoEWeights, random_moe_problem
 from moe_ref.products import products_for
 from moe_ref.tolerance import _accumulation_bound, bf16_output_bound
 
+from ._tensors import Kept
 from .compare import margin_of
 from .guard import guard_band_check
 from .implementation import accepts, call_with
@@ -67,7 +68,11 @@ def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_wei
         res = call_with(fn, *args.values(), **kw)
         return res.detach().float().cpu().numpy().astype(np.float64)
 
-    got, got_zeroed = run(inputs), run(inputs, 0.0)
+    kept = Kept(inputs)  # put back after each run: a write run twice may undo itself
+    got = run(inputs)
+    kept.put_back()
+    got_zeroed = run(inputs, 0.0)
+    kept.put_back()
     if got.shape != ref.shape:
         raise ValueError(f"moe_gemm_stage returned shape {list(got.shape)}, expected {list(ref.shape)}")
     err = np.abs(got - ref)
@@ -85,6 +90,8 @@ def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_wei
                      + (" (NaN with a zero-filled buffer too: computed, not unwritten)" if accepts(fn, "out") else ""))
     if changed:
         notes.append(f"{changed} outputs change with the buffer's prior contents")
+    if kept.written:
+        notes.append(f"it wrote to its inputs: {', '.join(kept.written)}")
     outside = guard_band_check(run, inputs, got) if guard_bands and got.shape == ref.shape else []
     notes += outside
     read_outside = any(n.startswith("reads outside") for n in outside)
@@ -95,9 +102,9 @@ def check_stage(fn, *, M: int, E: int, K: int, N: int, topk: int, mul_routed_wei
     why = None if unwritten else bf16_explained_by_interpreter(ref_f32, fp32_bound, got, ~(err <= bound))
     if why:
         notes.append(why)
-    ok = margin <= 1 and not unwritten and not changed and not read_outside
+    ok = margin <= 1 and not unwritten and not changed and not read_outside and not kept.written
     notes.insert(0, f"within the bound (margin {margin:.3g})" if margin <= 1 else f"outside the bound (margin {margin:.3g})")
-    verdict = "PASS" if ok else "INTERP" if why and not changed and not read_outside else "FAIL"
+    verdict = "PASS" if ok else "INTERP" if why and not changed and not read_outside and not kept.written else "FAIL"
     return dict(M=M, E=E, K=K, N=N, topk=topk, mul_routed_weight=mul_routed_weight, seed=seed,
                 max_err=float(np.nanmax(err)) if not np.all(np.isnan(err)) else float("nan"), margin=margin,
                 verdict=verdict, diagnosis="; ".join(notes))

@@ -212,6 +212,36 @@ def test_the_interpreter_verdict(monkeypatch):
     assert seen == [] and row["verdict"] == "FAIL"  # unwritten outputs are never the interpreter's
 
 
+@pytest.mark.parametrize("write", ["w_scale", "topk_weights and hidden", "toggles w", "+0 to -0"])
+def test_a_stage_that_writes_to_its_inputs_fails_named(write, monkeypatch):
+    """Within the bound, yet FAIL: it changed what it was handed (bit for bit; a write undone by the second
+    run still shows), named in the inputs' order; INTERP never covers it; its inputs are put back."""
+    correct = _stage()
+
+    def writes(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
+        if write == "toggles w":
+            w.bitwise_not_()  # twice: the bytes it started with
+            w = w.bitwise_not()
+        got = correct(hidden, w, w_scale, topk_weights, topk_ids, mul_routed_weight=mul_routed_weight)
+        if write == "w_scale":
+            w_scale[0, 0, 0] += 1
+        if write == "topk_weights and hidden":
+            topk_weights.mul_(2.0)
+            hidden[0, 0] = hidden[0, 0] + 1
+        if write == "+0 to -0":
+            hidden[0, :] = 0.0 if not bool(torch.signbit(hidden[0, 0])) else -0.0
+            hidden[0, :] = -hidden[0, :]
+        return got
+
+    named = {"w_scale": "w_scale", "topk_weights and hidden": "hidden, topk_weights", "toggles w": "w",
+             "+0 to -0": "hidden"}[write]
+    monkeypatch.setattr(stage, "bf16_explained_by_interpreter", lambda *a: "attributed to the interpreter")
+    row = _row(writes, guard_bands=False)
+    assert row["verdict"] == "FAIL" and row["margin"] <= 1
+    assert row["diagnosis"].split("; ")[:2] == [f"within the bound (margin {row['margin']:.3g})",
+                                               f"it wrote to its inputs: {named}"]
+
+
 def test_the_max_error_of_an_all_nan_output():
     def nan_everywhere(hidden, w, w_scale, topk_weights, topk_ids, *, mul_routed_weight, out=None):
         return torch.full((SHAPE["M"], SHAPE["topk"], SHAPE["N"]), float("nan"), dtype=torch.bfloat16)
