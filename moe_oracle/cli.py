@@ -27,24 +27,24 @@ _NEEDS = "moe-oracle verify needs torch (and triton for Triton implementations):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="moe-oracle verify", description=__doc__.split("\n\n")[0].replace("``", ""),
                                  epilog="Exit status: 0 every case passes, 1 some case fails, 2 bad usage.")
-    ap.add_argument("--impl", default=None, metavar="NAME|module:attr",
+    ap.add_argument("--impl", metavar="NAME|module:attr",
                     help="implementation under test: ours (default), aiter-triton, triton-kernels, a module, "
                          "or module:attr (a module in the current folder is found)")
     ap.add_argument("--config", metavar="FILE", help=f"JSON or TOML file (keys: {', '.join(f.name for f in dataclasses.fields(VerifyConfig))})")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when a GPU is visible")
+    ap.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when a GPU is visible")
     ap.add_argument("--arch", action="append", metavar="NAME",
                     help="arch profile(s) to run, repeatable; an unknown name is an error listing the known ones "
                          "(default: the config's, else gfx942, gfx950 and the detected one)")
-    ap.add_argument("--seed", type=int, default=None, metavar="N", help="base seed (default: fresh, printed)")
-    ap.add_argument("--out", default=None, metavar="DIR", help="directory for report.json, report.md and margin_vs_M.png "
+    ap.add_argument("--seed", type=int, metavar="N", help="base seed (default: fresh, printed)")
+    ap.add_argument("--out", metavar="DIR", help="directory for report.json, report.md and margin_vs_M.png "
                                                 "(without it nothing is written)")
     ap.add_argument("--quick", action="store_true", help="a smaller matrix (CI smoke run)")
-    ap.add_argument("--workers", type=int, default=None, metavar="N",
+    ap.add_argument("--workers", type=int, metavar="N",
                     help="processes computing the references on the host (default 1; a GPU run computes them on "
                          "the GPU, one after the other)")
-    ap.add_argument("--max-memory-gb", type=float, default=None, metavar="GIB",
+    ap.add_argument("--max-memory-gb", type=float, metavar="GIB",
                     help="host memory the run may use: fewer reference workers where theirs would not fit (default 14)")
-    ap.add_argument("--devices", default=None, metavar="all|N",
+    ap.add_argument("--devices", metavar="all|N",
                     help="GPUs the MoE cases are spread over: 'all' or a number (one process each, one report; "
                          "default 1; on a CPU-only run a number means that many CPU processes)")
     ap.add_argument("--memcheck", action="store_true",
@@ -53,14 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"moe-oracle {__version__}")
     ap.add_argument("-q", "--quiet", action="store_true", help="no tables, no progress: errors and the last line only")
     ap.add_argument("--json", action="store_true", help="the report as JSON on stdout (the text goes to stderr)")
-    ap.add_argument("--junit-xml", default=None, metavar="FILE", help="JUnit XML for CI systems: a testcase per check")
+    ap.add_argument("--junit-xml", metavar="FILE", help="JUnit XML for CI systems: a testcase per check")
     ap.add_argument("--only", choices=["all", "quantizers", "moe", "dispatch"], default="all",
                     help="which checks to run; dispatch: AITER's dispatch and its tests' copies against the selector "
                          "(--impl aiter; MOE_ORACLE_AITER_PATH = a checkout or a wheel)")
-    ap.add_argument("--aiter-repo", default=None, metavar="DIR", help="with --only dispatch: an AITER git checkout whose history "
+    ap.add_argument("--aiter-repo", metavar="DIR", help="with --only dispatch: an AITER git checkout whose history "
                                                       "is walked (from --since to --until)")
-    ap.add_argument("--since", default=None, metavar="COMMIT", help="with --aiter-repo: the first commit to check")
-    ap.add_argument("--until", default=None, metavar="COMMIT", help="with --aiter-repo: the last commit to check (default HEAD)")
+    ap.add_argument("--since", metavar="COMMIT", help="with --aiter-repo: the first commit to check")
+    ap.add_argument("--until", metavar="COMMIT", help="with --aiter-repo: the last commit to check (default HEAD)")
     return ap
 
 

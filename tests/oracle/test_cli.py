@@ -125,6 +125,21 @@ def test_a_drawn_seed_differs_between_runs(spy, capsys):
     assert len(seeds) > 1
 
 
+def test_a_seed_is_drawn_with_32_bits_only_when_none_is_given(spy, capsys, monkeypatch):
+    asked = []
+    monkeypatch.setattr("secrets.randbits", lambda k: asked.append(k) or 123456)
+    assert _run(capsys, "--impl", "x")[1][1].startswith("seed: 123456 (rerun with --seed 123456)")
+    assert asked == [32] and _only_call(spy, "run_quantizers")[0][1].seed == 123456
+    _run(capsys, "--impl", "x", "--seed", "0")
+    assert asked == [32]
+
+
+def test_without_impl_or_config_it_checks_ours(spy, capsys, monkeypatch):
+    assert _run(capsys, "--seed", "1")[0] == 0 and _only_call(spy, "resolve") == (("ours",), {})
+    monkeypatch.setattr("sys.argv", ["moe-oracle", "--impl", "from-argv", "--seed", "1"])
+    assert cli.main() == 0 and spy.calls["resolve"][1] == (("from-argv",), {})  # no argument: the process's
+
+
 @pytest.mark.parametrize("argv, base", [(["--quick"], config.QUICK), ([], config.DEFAULT_GPU)])
 def test_the_matrix_by_flag_and_device(argv, base, spy, capsys, monkeypatch):
     monkeypatch.setattr(devices, "resolve_device", spy.record("resolve_device", "cuda"))
@@ -335,6 +350,8 @@ def test_planned_parts(only, callables, parts):
     ({"quantize_mxfp4": _fn}, "moe", "spy provides quantize_mxfp4; --only moe checks fused_moe, GEMM stages and "
                                      "dispatch"),
     ({"fused_moe": _fn}, "quantizers", "spy provides fused_moe; --only quantizers checks quantizers"),
+    ({"quantize_mxfp4": _fn, "quantize_mxfp8": _fn}, "moe", "spy provides quantize_mxfp4, quantize_mxfp8; --only "
+                                                          "moe checks fused_moe, GEMM stages and dispatch"),
     ({"version": "1"}, "all", "spy provides none of the contract's callables; --only all checks quantizers, GEMM "
                               "stages, fused_moe and dispatch"),
 ])
