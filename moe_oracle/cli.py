@@ -189,7 +189,7 @@ def _memcheck(args, argv: list[str], device: str) -> int:
 
     from .memcheck import SANITIZER_ENV, find_sanitizer, run
 
-    if device != "cuda" or getattr(torch.version, "hip", None):
+    if device != "cuda" or torch.version.hip:
         return _usage("--memcheck: compute-sanitizer checks NVIDIA GPU kernels; this run is on "
                       + ("ROCm" if device == "cuda" else "the CPU (the Triton interpreter)"))
     if args.devices not in (None, "1"):
