@@ -236,10 +236,10 @@ class _Checked:
 def _run(args, plan: _Plan) -> int:
     stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
 
-    def say(text: str, detail: bool = True) -> None:
+    def say(text: str, quiet_too: bool = False) -> None:  # quiet_too: a line -q keeps (errors, failures, the last)
         if not args.quiet:
             print(text, file=stream)
-        elif not detail:  # -q: no tables, so no blank lines between them
+        elif quiet_too:  # -q: no tables, so no blank lines between them
             print(text.removeprefix("\n"), file=stream)
 
     impl, seed = plan.impl, plan.cfg.seed
@@ -254,7 +254,7 @@ def _run(args, plan: _Plan) -> int:
     n_fail, n_interp = verdicts.count("FAIL"), verdicts.count("INTERP")
     say(f"\n{len(verdicts) - n_fail - n_interp} passed, {n_fail} failed"
         + (f" ({n_interp} more differ only by the Triton interpreter's own casts: INTERP)" if n_interp else ""),
-        detail=False)
+        quiet_too=True)
     return 1 if n_fail else 0
 
 
@@ -316,16 +316,16 @@ def _print_results(checked: _Checked, quiet: bool, say) -> None:
             say(f"    M={s['M']} {s['arch']} {s['gate_mode']} env={s['env']}: selector {s['selector']}, it {s['impl']}")
     errors = [r for r in rows if r.get("error")]
     if errors:
-        say(f"\n{len(errors)} case(s) could not be checked (an error row each, a FAIL):", detail=False)
+        say(f"\n{len(errors)} case(s) could not be checked (an error row each, a FAIL):", quiet_too=True)
         for r in errors[:10]:
             say(f"    E={r['E']} H={r['H']} I={r['I']} M={r['M']} {r['gate_mode']} env={r['env']}: {r['error']}",
-                detail=False)
+                quiet_too=True)
     if quiet:  # the failing checks, one line each
         from .outputs import checks
 
         for part, name, verdict, message in checks(rows, quant, stages, selector):
             if verdict == "FAIL":
-                say(f"FAIL {part}: {name}: {message}", detail=False)
+                say(f"FAIL {part}: {name}: {message}", quiet_too=True)
 
 
 def _write_outputs(args, checked: _Checked, plan: _Plan, say) -> None:
