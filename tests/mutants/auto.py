@@ -52,6 +52,9 @@ SELECTIONS = {
     "moe_oracle/engine.py": [f"tests/oracle/test_{t}.py" for t in ("engine", "rows", "devices", "exit_status", "first_day")],
     "moe_oracle/cli.py": [f"tests/oracle/test_{t}.py" for t in ("cli", "exit_status", "memcheck", "first_day")],
 }
+# every run of a module's tests: mutmut's per mutant (it adds -x), and the clean run in fastest-first order
+PYTEST_ARGS = ["-p", "no:randomly", "-p", "no:cacheprovider", "-p", "mutants_fast_first", "-q",
+               "-m", "not gpu and not exhaustive"]
 EQUIVALENT = Path(__file__).with_name("equivalent.json")
 RECORD = Path(__file__).with_name("auto_results.json")  # the committed table: the last recorded run of each module
 BEGIN, END = "<!-- mutants-auto:begin (python -m tests.mutants.auto --record) -->", "<!-- mutants-auto:end -->"
@@ -65,7 +68,7 @@ def _config(module: str, selection: list[str], others: list[str]) -> str:
     return (f"\n[tool.mutmut]\nsource_paths = {json.dumps(PACKAGES)}\nonly_mutate = [{json.dumps(module)}]\n"
             f"also_copy = {json.dumps(others)}\n"
             f"pytest_add_cli_args_test_selection = [{quoted}]\n"
-            'pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-m", "not gpu and not exhaustive"]\n'
+            f"pytest_add_cli_args = {json.dumps(PYTEST_ARGS)}\n"
             'process_isolation = "forkserver"\n')
 
 
@@ -78,7 +81,9 @@ def prepare(module: str, work: Path) -> Path:
         copy_tree(ROOT, [f for f in files if not (f.endswith(".py") and f.split("/")[0] in PACKAGES)],
                   tree / "mutants")
     (tree / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    others = sorted({f.split("/")[0] for f in files} - set(PACKAGES) - {"tests", "pyproject.toml"} | {"sitecustomize.py"})
+    (tree / "mutants_fast_first.py").write_text(_FAST_FIRST)
+    others = sorted({f.split("/")[0] for f in files} - set(PACKAGES) - {"tests", "pyproject.toml"}
+                    | {"sitecustomize.py", "mutants_fast_first.py"})
     pyproject = tree / "pyproject.toml"
     pyproject.write_text((ROOT / "pyproject.toml").read_text() + _config(module, SELECTIONS[module], others))
     return tree
@@ -96,6 +101,36 @@ if os.environ.get("MUTANT_UNDER_TEST") and os.environ.get("MOE_MUTMUT_TREE"):
     finally:
         os.chdir(_cwd)
 """
+
+
+# mutmut runs a mutant's tests with -x in the order it lists them (a set's): fastest first instead, by the
+# durations its stats collection measured, so that a mutant dies at its cheapest failing test. A test that
+# needs another to run before it would then fail and kill mutants falsely: ``order_check`` runs the
+# selection unmutated in this order, and a module whose selection fails it is not reported.
+_FAST_FIRST = """import json
+
+
+def pytest_collection_modifyitems(session, config, items):
+    try:
+        with open("mutmut-stats.json") as f:
+            seconds = json.load(f)["duration_by_test"]
+    except (OSError, ValueError, KeyError):
+        return
+    items.sort(key=lambda item: seconds.get(item.nodeid, float("inf")))
+"""
+
+
+def order_check(tree: Path, module: str, seed: int, timeout: float | None = None) -> None:
+    """The module's selection, unmutated, in the fastest-first order its mutants' tests run in: MutmutFailed
+    if any test fails (its kills could be the order's, not the mutant's)."""
+    env = {k: v for k, v in _env(seed, tree).items() if k != "MUTANT_UNDER_TEST"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--rootdir=.", "-x", *PYTEST_ARGS, *SELECTIONS[module]],
+                          cwd=tree / "mutants", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, check=False)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        raise MutmutFailed(f"{module}: its tests fail unmutated in fastest-first order (exit {proc.returncode}): "
+                           "a test depends on another's having run\n" + "\n".join(lines[-15:]))
 
 
 def _env(seed: int, tree: Path) -> dict:
@@ -253,6 +288,7 @@ def run_module(module: str, work: Path, seed: int, recheck_seeds: list[int], tim
     _mutmut(tree, seed, timeout=timeout)
     if before:  # mutmut keeps a verdict until the function changes: the open ones meet the current tests again
         _mutmut(tree, seed, before, timeout=timeout)
+    order_check(tree, module, seed, timeout)
     status = results(tree, module)
     status = recheck(tree, module, status, recheck_seeds)
     open_names = [n for n, s in status.items() if s not in (KILLED,)]

@@ -100,3 +100,44 @@ def test_a_flaky_verdict_is_rechecked_when_the_tests_change(monkeypatch, tmp_pat
     assert runs == [[names[0]]] * 3  # only the flaky one, under each seed; now it kills with all three
     saved = json.loads((tmp_path / "rechecked.json").read_text())
     assert saved[names[0]] == {"status": "killed", "hash": "h", "tests": auto.tests_digest(tmp_path, module)}
+
+
+def _fast_first(tmp_path, seconds: dict | None):
+    """The plugin as prepare() writes it, with mutmut's measured durations (None: no stats yet)."""
+    mutants = tmp_path / "mutants"
+    mutants.mkdir()
+    (mutants / "mutants_fast_first.py").write_text(auto._FAST_FIRST)
+    if seconds is not None:
+        (mutants / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": seconds}))
+    return mutants
+
+
+@pytest.mark.parametrize("seconds, order", [
+    ({"t::c": 0.1, "t::a": 3.0, "t::b": 0.5}, ["t::c", "t::b", "t::a", "t::d"]),  # unmeasured last, as found
+    (None, ["t::a", "t::b", "t::d", "t::c"]),  # no stats yet: as collected
+])
+def test_tests_run_fastest_first_by_the_measured_durations(seconds, order, tmp_path, monkeypatch):
+    import types
+
+    monkeypatch.chdir(_fast_first(tmp_path, seconds))
+    namespace = {}
+    exec(auto._FAST_FIRST, namespace)
+    items = [types.SimpleNamespace(nodeid=n) for n in ("t::a", "t::b", "t::d", "t::c")]
+    namespace["pytest_collection_modifyitems"](None, None, items)
+    assert [i.nodeid for i in items] == order
+
+
+@pytest.mark.parametrize("second_first", [False, True])
+def test_a_selection_that_needs_its_order_is_refused(second_first, tmp_path, monkeypatch):
+    """A test that passes only after another ran would kill mutants in fastest-first order: the clean run
+    in that order must pass, else the module is not reported."""
+    mutants = _fast_first(tmp_path, {"test_pair.py::test_second": 0.01 if second_first else 9.0,
+                                     "test_pair.py::test_first": 1.0})
+    (mutants / "test_pair.py").write_text("STATE = []\n\n\ndef test_first():\n    STATE.append(1)\n\n\n"
+                                          "def test_second():\n    assert STATE == [1]\n")
+    monkeypatch.setitem(auto.SELECTIONS, "moe_ref/paths.py", ["test_pair.py"])
+    if second_first:
+        with pytest.raises(auto.MutmutFailed, match="fail unmutated in fastest-first order"):
+            auto.order_check(tmp_path, "moe_ref/paths.py", 11)
+    else:
+        auto.order_check(tmp_path, "moe_ref/paths.py", 11)
