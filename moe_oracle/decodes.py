@@ -18,7 +18,7 @@ import numpy as np
 
 import emulation as em
 
-from ._tensors import to_numpy, torch_module
+from ._tensors import Kept, to_numpy, torch_module
 from .contract import float_values
 from .implementation import call_with
 
@@ -118,8 +118,10 @@ def dequantizer_check(fn, device, name):
     torch = torch_module()
     packed, scale = dequantizer_input()
     M, K = 256, 32
-    got = float_values(name, call_with(fn, torch.from_numpy(packed).to(device), torch.from_numpy(scale).to(device)),
-                       M, K, "[M, K] values")
+    handed = {n: torch.from_numpy(a).to(device, copy=True) for n, a in (("codes", packed), ("scales", scale))}
+    kept = Kept(handed)  # never the data itself, and a write to either fails it
+    got = float_values(name, call_with(fn, *handed.values()), M, K, "[M, K] values")
+    kept.put_back()
     raw = _as_f32(to_numpy(got), M, K)
     got, want_raw = value_bits(raw), em.dequantize_mxfp4(packed, scale)
     want = value_bits(want_raw)
@@ -144,4 +146,4 @@ def dequantizer_check(fn, device, name):
     differing = {"ordinary": int((~ok_rows[ordinary]).sum()), "zero": int(not ok_rows[0]), "nan_inf": int(not ok_rows[255])}
     return QuantizerCheck("dequantize_mxfp4", "e2m1", "e8m0 x fp4x2", "e2m1 x 2^(byte-127), 0xFF NaN, low nibble first",
                           int((got == want).sum()), want.size, follows, closest, differing, policies,
-                          zero_sign_note(raw, want_raw), unit="values")
+                          zero_sign_note(raw, want_raw), unit="values", wrote_input=bool(kept.written))

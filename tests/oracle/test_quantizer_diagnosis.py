@@ -352,3 +352,21 @@ def test_a_write_is_named_before_the_bytes_that_differ():
     assert check.verdict == "FAIL" and check.bytes_equal < check.bytes_total
     assert check.diagnosis().startswith(f"{quantizers.WROTE_INPUT}; {check.bytes_total - check.bytes_equal} of ")
     assert check.follows == "round_up, ties away"  # judged on the data it was given, not on what it wrote
+
+
+@pytest.mark.parametrize("write", [None, "codes", "scales"])
+def test_a_dequantizer_that_writes_to_its_codes_or_scales_fails(write):
+    correct = _dequant()
+
+    def fn(codes_fp4x2, scale_e8m0):
+        out = correct(codes_fp4x2, scale_e8m0)
+        if write == "codes":
+            codes_fp4x2[3, 1] ^= 0x11
+        if write == "scales":
+            scale_e8m0[7, 0] = 0
+        return out
+
+    check = check_quantizer(fn, "dequantize_mxfp4")
+    assert check.bytes_equal == check.bytes_total and check.wrote_input == (write is not None)
+    assert check.verdict == ("PASS" if write is None else "FAIL")
+    assert check.diagnosis().startswith(f"{quantizers.WROTE_INPUT}; bit-exact" if write else "bit-exact")
