@@ -118,8 +118,8 @@ def dequantizer_check(fn, device, name):
     torch = torch_module()
     packed, scale = dequantizer_input()
     M, K = 256, 32
-    handed = {n: torch.from_numpy(a).to(device, copy=True) for n, a in (("codes", packed), ("scales", scale))}
-    kept = Kept(handed)  # never the data itself, and a write to either fails it
+    handed = {n: torch.from_numpy(a).to(device) for n, a in (("codes", packed), ("scales", scale))}
+    kept = Kept(handed)  # a write to either fails it, and is undone (on the CPU they are the oracle's own arrays)
     got = float_values(name, call_with(fn, *handed.values()), M, K, "[M, K] values")
     kept.put_back()
     raw = _as_f32(to_numpy(got), M, K)
