@@ -40,13 +40,16 @@ SELECTIONS = {
     **{f"emulation/{m}.py": ["tests/emulation", "tests/edge/test_policies.py", "tests/edge/test_refusals.py"]
        for m in ("formats", "convert", "fp8", "fp4x2", "mx", "validate")},
     **{f"moe_ref/{m}.py": ["tests/moe_ref", "tests/oracle/test_dispatch.py", *_DOCS]
-       for m in ("selector", "env", "paths", "activation", "routing", "tolerance", "bounded", "exact", "reference")},
+       for m in ("selector", "env", "spec", "paths", "activation", "routing", "tolerance", "bounded", "exact",
+                 "reference")},
     # the oracle's modules: the tests that call them (all of tests/oracle is ~10 min a run on 2 cores, and
     # mutmut runs a selection once to map tests to functions before the first mutant)
     "moe_oracle/compare.py": [f"tests/oracle/test_{t}.py" for t in ("compare", "exit_status", "rows", "first_day")],
     "moe_oracle/config.py": [f"tests/oracle/test_{t}.py" for t in ("config", "exit_status", "rows", "first_day")],
     "moe_oracle/report.py": [f"tests/oracle/test_{t}.py" for t in ("report", "first_day")],
     "moe_oracle/stage.py": [f"tests/oracle/test_{t}.py" for t in ("stage", "planted")],
+    # the input-write verdict (same bytes, put back) that layer, stage and the quantizer checks share
+    "moe_oracle/_tensors.py": [f"tests/oracle/test_{t}.py" for t in ("tensors", "stage", "planted")],
     "moe_oracle/quantizers.py": [f"tests/oracle/test_{t}.py" for t in ("quantizers", "quantizer_diagnosis", "planted", "exit_status")],
     "moe_oracle/layer.py": [f"tests/oracle/test_{t}.py" for t in ("layer", "planted", "rows", "exit_status", "first_day")],
     "moe_oracle/engine.py": [f"tests/oracle/test_{t}.py" for t in ("engine", "rows", "devices", "exit_status", "first_day")],
