@@ -9,7 +9,7 @@ import numpy as np
 
 import emulation as em
 
-__all__ = ["BLOCK_KINDS", "quantizer_input", "classify_blocks", "division_tie_values"]
+__all__ = ["BLOCK_KINDS", "quantizer_input", "given_input", "check_shape", "classify_blocks", "division_tie_values"]
 
 BLOCK_KINDS = ("ordinary", "ties", "zero", "subnormal", "huge", "nan_inf")
 
@@ -48,6 +48,7 @@ def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: st
     ``per_row`` (per-token quantizers: a NaN anywhere poisons its row) zero and NaN/Inf blocks are
     confined to the first rows, so that most rows are ordinary, and the last row is +-0 (where it is
     none of those)."""
+    check_shape(M, K)
     kinds = np.array(BLOCK_KINDS)[rng.integers(len(BLOCK_KINDS), size=(M, K // 32))]
     if per_row:
         kinds[np.isin(kinds, ["zero", "nan_inf"])] = "ordinary"
@@ -56,14 +57,50 @@ def quantizer_input(rng: np.random.Generator, M: int = 32, K: int = 256, fmt: st
     kinds.reshape(-1)[: len(BLOCK_KINDS)] = BLOCK_KINDS
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.stack([np.concatenate([_block(rng, kind, fmt) for kind in row]) for row in kinds])
-    if per_row and M > 8:  # rows where x / s and x * (1/s) round differently (bf16-exact values)
-        for r in range(3, 8):
-            x[r] = division_tie_values(rng, (K,), fmt)
     last_kinds_row = (len(BLOCK_KINDS) - 1) // (K // 32)  # the rows every kind was placed in
-    last_special_row = 7 if M > 8 else 2  # the NaN rows 1-2, the x / s tie rows 3-7
+    first_tie_row = max(3, last_kinds_row + 1)  # after the NaN rows 1-2 and every kind's row
+    ties = per_row and M > first_tie_row + 5
+    if ties:  # rows where x / s and x * (1/s) round differently (bf16-exact values)
+        for r in range(first_tie_row, first_tie_row + 5):
+            x[r] = division_tie_values(rng, (K,), fmt)
+    last_special_row = first_tie_row + 4 if ties else 2
     if per_row and M - 1 > max(last_kinds_row, last_special_row):
         x[M - 1] = np.where(rng.random(K) < 0.5, -0.0, 0.0)  # a zero row (+-0): its scale is the contract's 0
     return x.astype(np.float32)
+
+
+def check_shape(M, K, *, blocks: bool = True) -> None:
+    """``M`` and ``K`` positive integers; with ``blocks``, room for every block kind: K a multiple of 32 and
+    six blocks or more."""
+    for name, value in (("M", M), ("K", K)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name}={value!r}: expected an int")
+        if value < 1:
+            raise ValueError(f"{name}={value}: expected a positive integer")
+    if not blocks:
+        return
+    if K % 32:
+        raise ValueError(f"K={K}: expected a multiple of 32 (one scale per 32 values along K)")
+    if M * (K // 32) < len(BLOCK_KINDS):
+        raise ValueError(f"M={M}, K={K}: {M * (K // 32)} blocks of 32, fewer than the {len(BLOCK_KINDS)} kinds "
+                         f"every check draws ({', '.join(BLOCK_KINDS)}); expected M * K / 32 >= {len(BLOCK_KINDS)}")
+
+
+def given_input(x, *, blocks: bool) -> np.ndarray:
+    """A caller's ``x`` for a quantizer check: real values [M, K] (an array or a CPU/GPU tensor; K a multiple
+    of 32 where ``blocks``: MX quantizers) -> fp32 [M, K]; anything else a TypeError/ValueError naming x."""
+    if type(x).__module__.split(".")[0] == "torch":
+        x = x.detach().cpu()
+        x = x.float() if x.is_floating_point() else x
+        x = x.numpy()
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"x: expected real values [M, K] (float or integer), got {type(x).__name__} of dtype {arr.dtype}")
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(f"x: expected a non-empty [M, K] array, got shape {tuple(arr.shape)}")
+    if blocks and arr.shape[1] % 32:
+        raise ValueError(f"x: K={arr.shape[1]} is not a multiple of 32 (one scale per 32 values along K)")
+    return arr.astype(np.float32)
 
 
 def division_tie_values(rng: np.random.Generator, shape: tuple[int, ...], fmt: str, zeros: bool = False) -> np.ndarray:

@@ -19,7 +19,15 @@ from ._tensors import same_bits, to_numpy, torch_module
 from .contract import quantizer_pair
 from .decodes import dequantizer_check, fake_quant_check
 from .implementation import call_with, takes_keyword
-from .inputs import BLOCK_KINDS, _grid_midpoints, classify_blocks, division_tie_values, quantizer_input
+from .inputs import (
+    BLOCK_KINDS,
+    _grid_midpoints,
+    check_shape,
+    classify_blocks,
+    division_tie_values,
+    given_input,
+    quantizer_input,
+)
 from .interpreter import explained_by_interpreter
 
 __all__ = ["QuantizerCheck", "check_quantizer", "MX_KINDS"]
@@ -246,12 +254,15 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
     if kind == "dequantize_mxfp4":  # a fixed sweep of every (code, scale byte): no data, no seed
         return dequantizer_check(fn, device, _name(fn))
     elem = MX_KINDS.get(kind) or fmt or "e4m3fn"
+    if x is not None:
+        x = given_input(x, blocks=kind in MX_KINDS)
     if x is None and kind == "quantize_fp8_per_tensor":
+        check_shape(M, K, blocks=False)
         x = division_tie_values(np.random.default_rng(seed), (M, K), elem, zeros=True)  # one scale: x / s apart
     if x is None:
         x = quantizer_input(np.random.default_rng(seed), M, K, elem, per_row=kind == "quantize_fp8_per_token")
     torch = torch_module()
-    x = torch.from_numpy(np.asarray(x, np.float32)).to(getattr(torch, input_dtype)).float().numpy()  # as the kernel sees it
+    x = torch.from_numpy(x.astype(np.float32)).to(getattr(torch, input_dtype)).float().numpy()  # as the kernel sees it
     fn, wrote = _watching_input(fn)
     if kind == "quantize_fp8_per_token":
         result = _per_token_check(fn, x, elem, input_dtype, device)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import emulation as em
-from moe_oracle.inputs import quantizer_input
+from moe_oracle.inputs import BLOCK_KINDS, classify_blocks, quantizer_input
 from moe_oracle.quantizers import MX_KINDS, QuantizerCheck, check_quantizer
 
 from .planted import _mxfp4, _mxfp8, _nibbles_swapped, _per_token, _post, _zero_block_scale_127
@@ -98,6 +98,79 @@ def test_wrong_shapes_are_an_error():
         check_quantizer(transposed_scales, "quantize_mxfp8", M=32, K=256, seed=1)
     assert str(info.value) == ("quantize_mxfp8: returned codes [32, 256] and scales [8, 32]; expected [32, 256] and "
                                "[32, 8]")
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["blocks", "per_row"])
+@pytest.mark.parametrize("M, K", [(1, 192), (2, 96), (3, 64), (6, 32), (11, 32), (12, 32), (16, 32), (16, 64),
+                                  (9, 64), (32, 256)])
+def test_every_block_kind_is_drawn_at_every_shape(M, K, per_row):
+    """Small shapes too: every kind the classifier can name is present (a NaN block was overwritten by the
+    per-token tie rows at K = 32), per row the zero and NaN blocks stay in the first rows, the x / s tie
+    rows and the +-0 last row are there wherever the rows leave room, and nothing else changes the kinds."""
+    first_tie_row = max(3, 5 // (K // 32) + 1)
+    for seed in range(4):
+        x = quantizer_input(np.random.default_rng(seed), M, K, "e4m3fn", per_row=per_row)
+        kinds = classify_blocks(x)
+        assert x.shape == (M, K) and x.dtype == np.float32
+        assert set(kinds.ravel()) == set(BLOCK_KINDS) - {"ties"}  # a tie block reads as ordinary
+        if not per_row:
+            continue
+        poisoned = {r for r in range(M) if np.isin(kinds[r], ["zero", "nan_inf"]).any()}
+        room = M > first_tie_row + 5  # five tie rows and the zero row after them
+        zero_row = M - 1 > (first_tie_row + 4 if room else max(5 // (K // 32), 2))
+        assert poisoned <= set(range(first_tie_row)) | ({M - 1} if zero_row else set())
+        tie_rows = x[first_tie_row:first_tie_row + 5] if room else x[:0]
+        scale = np.abs(tie_rows).max(1, keepdims=True) / np.float32(448)
+        apart = em.encode(tie_rows / scale, "e4m3fn") != em.encode(tie_rows * (np.float32(1) / scale), "e4m3fn")
+        assert apart.any(1).all() and np.isin(kinds[first_tie_row:first_tie_row + 5 if room else 0], "ordinary").all()
+        assert (x[M - 1] == 0).all() == zero_row
+
+
+@pytest.mark.parametrize("M, K, error, words", [
+    (2, 64, ValueError, "M=2, K=64: 4 blocks of 32, fewer than the 6 kinds every check draws (ordinary, ties, zero, "
+                        "subnormal, huge, nan_inf); expected M * K / 32 >= 6"),
+    (16, 48, ValueError, "K=48: expected a multiple of 32 (one scale per 32 values along K)"),
+    (0, 64, ValueError, "M=0: expected a positive integer"),
+    (16, -32, ValueError, "K=-32: expected a positive integer"),
+    (16.0, 64, TypeError, "M=16.0: expected an int"),
+    (True, 64, TypeError, "M=True: expected an int"),
+    (16, "64", TypeError, "K='64': expected an int"),
+])
+@pytest.mark.parametrize("kind", ["quantize_mxfp4", "quantize_fp8_per_token"])
+def test_shapes_it_cannot_draw_are_refused_by_name(M, K, error, words, kind):
+    with pytest.raises(error) as info:
+        check_quantizer(_mxfp4(), kind, M=M, K=K)
+    assert str(info.value) == words
+    if error is TypeError or M == 0 or K == -32:  # per tensor: any positive M and K (one scale)
+        with pytest.raises(error, match=words.split(":")[0]):
+            check_quantizer(_mxfp4(), "quantize_fp8_per_tensor", M=M, K=K)
+
+
+@pytest.mark.parametrize("x, error, words", [
+    (np.zeros((16, 48), np.float32), ValueError, "x: K=48 is not a multiple of 32 (one scale per 32 values along K)"),
+    (np.zeros(64, np.float32), ValueError, "x: expected a non-empty [M, K] array, got shape (64,)"),
+    (np.zeros((2, 3, 32)), ValueError, "x: expected a non-empty [M, K] array, got shape (2, 3, 32)"),
+    (np.zeros((0, 32)), ValueError, "x: expected a non-empty [M, K] array, got shape (0, 32)"),
+    ("abc", TypeError, "x: expected real values [M, K] (float or integer), got str of dtype <U3"),
+    (np.zeros((4, 64), complex), TypeError, "x: expected real values [M, K] (float or integer), got ndarray of dtype "
+                                            "complex128"),
+    (np.zeros((4, 64), bool), TypeError, "x: expected real values [M, K] (float or integer), got ndarray of dtype bool"),
+])
+def test_given_data_it_cannot_check_is_refused_by_name(x, error, words):
+    with pytest.raises(error) as info:
+        check_quantizer(_mxfp4(), "quantize_mxfp4", x=x)
+    assert str(info.value) == words
+
+
+def test_given_data_as_a_tensor_or_integers():
+    """A tensor (bf16 here) or an integer array is the same data as its fp32 values; per token any K."""
+    x = quantizer_input(np.random.default_rng(5), 16, 64, "e2m1")
+    as_tensor = check_quantizer(_mxfp4(), "quantize_mxfp4", x=torch.from_numpy(x).bfloat16(), seed=1)
+    as_array = check_quantizer(_mxfp4(), "quantize_mxfp4", x=torch.from_numpy(x).bfloat16().float().numpy(), seed=1)
+    assert as_tensor.passed and as_tensor == as_array
+    integers = check_quantizer(_mxfp4(), "quantize_mxfp4", x=np.arange(-64, 64).reshape(2, 64), seed=1)
+    assert integers.passed and integers.bytes_total == 2 * 32 + 2 * 2
+    assert check_quantizer(_per_token(), "quantize_fp8_per_token", x=np.ones((3, 5), np.float32)).passed
 
 
 def test_a_quantizer_without_a_scale_mode_is_noted():
