@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import secrets
 
+from moe_ref.selector import normalize_arch
+
 from .config import QUICK, VerifyConfig
+from .devices import default_device
 from .implementation import Implementation, as_implementation
 from .quantizers import QuantizerCheck, check_quantizer
 
@@ -52,6 +55,34 @@ def _row_text(r: dict) -> str:
     return f"{where}: {why}" + (f" (margin {r['margin']:.3g})" if "margin" in r else "")
 
 
+def _device(device) -> str:
+    """``device``: "cpu", "cuda" or "cuda:N" (a string or a torch.device); a GPU one needs a visible GPU."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a device ({exc}); expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N' (a ROCm GPU is 'cuda' too)")
+    if parsed.type == "cuda" and default_device() != "cuda":
+        raise ValueError(f"device={device!r}: no GPU is visible (or TRITON_INTERPRET=1)")
+    return str(parsed)
+
+
+def _archs(archs) -> list[str] | None:
+    if archs is None:
+        return None
+    if isinstance(archs, str) or not isinstance(archs, (list, tuple)):
+        raise TypeError(f"archs={archs!r}: expected a list of arch names, e.g. ['gfx950']")
+    if not archs:
+        raise ValueError("archs=[]: expected at least one arch name (None: the config's, else the defaults)")
+    try:
+        return list(dict.fromkeys(normalize_arch(a) for a in archs))
+    except ValueError as exc:
+        raise ValueError(f"archs: {exc}") from None
+
+
 def check_moe(impl, config=None, *, device="cpu", archs=None, workers: int = 1, progress: bool = False) -> MoECheck:
     """Run a ``fused_moe``-shaped callable (or an :class:`Implementation`) over a case matrix (a
     VerifyConfig, a mapping of its keys, or None: the quick matrix, seed 0) -> :class:`MoECheck`, one
@@ -59,6 +90,11 @@ def check_moe(impl, config=None, *, device="cpu", archs=None, workers: int = 1, 
     a progress line on stderr."""
     from . import engine
 
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers={workers!r}: expected an int >= 1")
+    if workers < 1:
+        raise ValueError(f"workers={workers}: expected an int >= 1")
+    device, archs = _device(device), _archs(archs)
     impl = impl if isinstance(impl, Implementation) else as_implementation(impl)
     if impl.fused_moe is None:
         raise ValueError(f"impl: {impl.name} provides no fused_moe")
@@ -85,6 +121,9 @@ def assert_conforms(result) -> None:
         raise AssertionError("moe-oracle: nothing was checked (an empty result)")
     bad = []
     for r in items:
+        if not isinstance(r, (QuantizerCheck, dict)):
+            raise TypeError(f"result: expected a QuantizerCheck, a MoECheck, a row of one or a list of them; got "
+                            f"{type(r).__name__}")
         if isinstance(r, QuantizerCheck):
             if r.verdict != "PASS":
                 bad.append(f"{r.kind} [{r.fmt}, {r.input_dtype}, seed {r.seed}]: {r.diagnosis()}")

@@ -158,6 +158,47 @@ def test_check_moe_without_a_seed_draws_one_and_both_checks_share_one_result_typ
     assert capsys.readouterr().err == ""  # quiet unless progress=True
 
 
+@pytest.mark.parametrize("kw, error, says", [
+    ({"device": "gpu0"}, ValueError, "device='gpu0' is not a device (Invalid device string: 'gpu0'); expected 'cpu', "
+                                     "'cuda' or 'cuda:N'"),
+    ({"device": "meta"}, ValueError, "device='meta': expected 'cpu', 'cuda' or 'cuda:N' (a ROCm GPU is 'cuda' too)"),
+    ({"device": "cuda:1"}, ValueError, "device='cuda:1': no GPU is visible (or TRITON_INTERPRET=1)"),
+    ({"archs": ["gfx999"]}, ValueError, "archs: arch='gfx999' is not a known arch; expected one of "),
+    ({"archs": "gfx950"}, TypeError, "archs='gfx950': expected a list of arch names, e.g. ['gfx950']"),
+    ({"archs": []}, ValueError, "archs=[]: expected at least one arch name (None: the config's, else the defaults)"),
+    ({"workers": 0}, ValueError, "workers=0: expected an int >= 1"),
+    ({"workers": "2"}, TypeError, "workers='2': expected an int >= 1"),
+    ({"workers": True}, TypeError, "workers=True: expected an int >= 1"),
+])
+def test_check_moe_refuses_its_arguments_by_name_before_any_call(kw, error, says, monkeypatch):
+    """Each was a raw torch error, a str compare, or silently accepted (an unknown arch, a string of archs,
+    no workers) and the run went on at the device's arch."""
+    monkeypatch.setattr("moe_oracle.api.default_device", lambda: "cpu")  # as on a machine without a GPU
+    calls = []
+    with pytest.raises(error) as info:
+        moe_oracle.check_moe(lambda *a, **k: calls.append(a), TINY, **kw)
+    assert str(info.value).startswith(says) and calls == []
+
+
+def test_check_moe_takes_devices_and_arch_names_as_the_cli_does():
+    def moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, arch, env):
+        return mk.fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, arch=arch, env=env)
+
+    config = {k: v for k, v in TINY.items() if k != "archs"}
+    import torch
+
+    result = moe_oracle.check_moe(moe, config, device=torch.device("cpu"), archs=("GFX950:xnack-", "gfx950", "gfx942"))
+    assert [r["arch"] for r in result] == ["gfx950", "gfx942"] and result.passed
+
+
+@pytest.mark.parametrize("result", [None, "PASS", [1], [{"verdict": "PASS"}, "PASS"]])
+def test_assert_conforms_names_what_it_was_handed(result):
+    with pytest.raises(TypeError) as info:
+        moe_oracle.assert_conforms(result)
+    assert str(info.value).startswith("result: expected a QuantizerCheck, a MoECheck, a row of one or a list of "
+                                      "them; got ")
+
+
 # 5. return values against the contract -----------------------------------------------------------
 
 @pytest.mark.parametrize("name, says", [
