@@ -9,7 +9,7 @@ import secrets
 from moe_ref.selector import normalize_arch
 
 from .config import QUICK, VerifyConfig
-from .devices import default_device
+from .devices import default_device, parse_device
 from .implementation import Implementation, as_implementation
 from .quantizers import QuantizerCheck, check_quantizer
 
@@ -55,21 +55,6 @@ def _row_text(r: dict) -> str:
     return f"{where}: {why}" + (f" (margin {r['margin']:.3g})" if "margin" in r else "")
 
 
-def _device(device) -> str:
-    """``device``: "cpu", "cuda" or "cuda:N" (a string or a torch.device); a GPU one needs a visible GPU."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a device ({exc}); expected 'cpu', 'cuda' or 'cuda:N'") from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N' (a ROCm GPU is 'cuda' too)")
-    if parsed.type == "cuda" and default_device() != "cuda":
-        raise ValueError(f"device={device!r}: no GPU is visible (or TRITON_INTERPRET=1)")
-    return str(parsed)
-
-
 def _archs(archs) -> list[str] | None:
     if archs is None:
         return None
@@ -94,7 +79,9 @@ def check_moe(impl, config=None, *, device="cpu", archs=None, workers: int = 1, 
         raise TypeError(f"workers={workers!r}: expected an int >= 1")
     if workers < 1:
         raise ValueError(f"workers={workers}: expected an int >= 1")
-    device, archs = _device(device), _archs(archs)
+    device, archs = parse_device(device), _archs(archs)
+    if device != "cpu" and default_device() != "cuda":  # as --device: the kernels run on the CPU then
+        raise ValueError(f"device={device!r}: TRITON_INTERPRET=1 runs the kernels on the CPU")
     impl = impl if isinstance(impl, Implementation) else as_implementation(impl)
     if impl.fused_moe is None:
         raise ValueError(f"impl: {impl.name} provides no fused_moe")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["visible_gpus", "default_device", "resolve_device", "pin_env", "resolve_devices", "gpu_for_worker"]
+__all__ = ["visible_gpus", "default_device", "resolve_device", "parse_device", "pin_env", "resolve_devices", "gpu_for_worker"]
 
 
 def _runtime_var() -> str:
@@ -48,6 +48,22 @@ def resolve_device(asked: str | None) -> str:
     if asked == "cuda" and default_device() != "cuda":
         raise ValueError("--device cuda: no GPU is visible (or TRITON_INTERPRET=1)")
     return asked or default_device()
+
+
+def parse_device(device) -> str:
+    """The API's ``device``: "cpu", "cuda" or "cuda:N" (a string, an int N or a torch.device); a GPU one only
+    where torch sees a GPU. Anything else a ValueError naming it."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a device ({exc}); expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N' (a ROCm GPU is 'cuda' too)")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: torch sees no GPU")
+    return str(parsed)
 
 
 def pin_env(gpu: str) -> dict[str, str]:

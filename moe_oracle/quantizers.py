@@ -18,6 +18,7 @@ import emulation as em
 from ._tensors import same_bits, to_numpy, torch_module
 from .contract import quantizer_pair
 from .decodes import dequantizer_check, fake_quant_check
+from .devices import parse_device
 from .implementation import call_with, takes_keyword
 from .inputs import (
     BLOCK_KINDS,
@@ -239,6 +240,23 @@ def _per_tensor_check(fn, x, fmt, input_dtype, device):
     return dataclasses.replace(check, kind="quantize_fp8_per_tensor")
 
 
+INPUT_DTYPES = ("bfloat16", "float16", "float32")
+FP8_FORMATS = ("e4m3fn", "e4m3fnuz")  # the fp8 element formats of MX and of the per-token scales alike
+
+
+def _check_arguments(fn, kind, fmt, input_dtype, seed) -> None:
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable quantizer, got {type(fn).__name__}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input_dtype={input_dtype!r} is not valid; expected one of {list(INPUT_DTYPES)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r}: expected a non-negative integer")
+    fp4 = kind in MX_KINDS and MX_KINDS[kind] == "e2m1"
+    if fmt is not None and fmt not in (("e2m1",) if fp4 else FP8_FORMATS):
+        raise ValueError(f"fmt={fmt!r} is not valid for {kind}; expected " + (
+            "None or 'e2m1'" if fp4 else f"None (e4m3fn) or one of {list(FP8_FORMATS)}"))
+
+
 def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even", fmt: str | None = None,
                     input_dtype: str = "bfloat16", device="cpu", seed: int = 0, M: int = 32, K: int = 256,
                     x: np.ndarray | None = None) -> QuantizerCheck:
@@ -251,6 +269,8 @@ def check_quantizer(fn, kind: str, *, scale_mode="round_up", ties: str = "even",
     if ties not in TIES:
         raise ValueError(f"ties={ties!r} is not valid; expected one of {list(TIES)}")
     mode = em.ScaleMode.parse(scale_mode)
+    _check_arguments(fn, kind, fmt, input_dtype, seed)
+    device = parse_device(device)
     if kind == "dequantize_mxfp4":  # a fixed sweep of every (code, scale byte): no data, no seed
         return dequantizer_check(fn, device, _name(fn))
     elem = MX_KINDS.get(kind) or fmt or "e4m3fn"

@@ -162,7 +162,7 @@ def test_check_moe_without_a_seed_draws_one_and_both_checks_share_one_result_typ
     ({"device": "gpu0"}, ValueError, "device='gpu0' is not a device (Invalid device string: 'gpu0'); expected 'cpu', "
                                      "'cuda' or 'cuda:N'"),
     ({"device": "meta"}, ValueError, "device='meta': expected 'cpu', 'cuda' or 'cuda:N' (a ROCm GPU is 'cuda' too)"),
-    ({"device": "cuda:1"}, ValueError, "device='cuda:1': no GPU is visible (or TRITON_INTERPRET=1)"),
+    ({"device": "cuda:1"}, ValueError, "device='cuda:1': torch sees no GPU"),
     ({"archs": ["gfx999"]}, ValueError, "archs: arch='gfx999' is not a known arch; expected one of "),
     ({"archs": "gfx950"}, TypeError, "archs='gfx950': expected a list of arch names, e.g. ['gfx950']"),
     ({"archs": []}, ValueError, "archs=[]: expected at least one arch name (None: the config's, else the defaults)"),
@@ -173,11 +173,19 @@ def test_check_moe_without_a_seed_draws_one_and_both_checks_share_one_result_typ
 def test_check_moe_refuses_its_arguments_by_name_before_any_call(kw, error, says, monkeypatch):
     """Each was a raw torch error, a str compare, or silently accepted (an unknown arch, a string of archs,
     no workers) and the run went on at the device's arch."""
-    monkeypatch.setattr("moe_oracle.api.default_device", lambda: "cpu")  # as on a machine without a GPU
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # as on a machine without a GPU
     calls = []
     with pytest.raises(error) as info:
         moe_oracle.check_moe(lambda *a, **k: calls.append(a), TINY, **kw)
     assert str(info.value).startswith(says) and calls == []
+
+
+def test_check_moe_refuses_a_gpu_while_the_kernels_run_on_the_cpu(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # a GPU, but TRITON_INTERPRET=1 (as here)
+    monkeypatch.setattr("moe_oracle.api.default_device", lambda: "cpu")
+    with pytest.raises(ValueError) as info:
+        moe_oracle.check_moe(lambda *a, **k: None, TINY, device="cuda")
+    assert str(info.value) == "device='cuda': TRITON_INTERPRET=1 runs the kernels on the CPU"
 
 
 def test_check_moe_takes_devices_and_arch_names_as_the_cli_does():

@@ -206,12 +206,17 @@ def test_per_token_rows_that_no_convention_reproduces():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_quantizer_runs_on_the_device_asked_for(kind):
+def test_the_quantizer_runs_on_the_device_asked_for(kind, monkeypatch):
+    """The device as parsed (a meta device stands in for the GPU this machine may lack)."""
+    asked = []
+    monkeypatch.setattr("moe_oracle.quantizers.parse_device", lambda d: asked.append(d) or "meta")
+
     def where(*tensors, **kw):
         raise RuntimeError(f"ran on {tensors[0].device.type}")
 
     with pytest.raises(RuntimeError, match="^ran on meta$"):
-        check_quantizer(where, kind, device="meta", seed=1)
+        check_quantizer(where, kind, device="cuda:1", seed=1)
+    assert asked == ["cuda:1"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

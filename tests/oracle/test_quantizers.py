@@ -162,6 +162,45 @@ def test_given_data_it_cannot_check_is_refused_by_name(x, error, words):
     assert str(info.value) == words
 
 
+@pytest.mark.parametrize("kind", ["quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token", "dequantize_mxfp4"])
+@pytest.mark.parametrize("kw, error, says", [
+    ({"fn": None}, TypeError, "fn: expected a callable quantizer, got NoneType"),
+    ({"input_dtype": "float8"}, ValueError, "input_dtype='float8' is not valid; expected one of ['bfloat16', "
+                                            "'float16', 'float32']"),
+    ({"device": "gpu0"}, ValueError, "device='gpu0' is not a device (Invalid device string: 'gpu0'); expected 'cpu', "
+                                     "'cuda' or 'cuda:N'"),
+    ({"device": "cuda"}, ValueError, "device='cuda': torch sees no GPU"),
+    ({"seed": -1}, ValueError, "seed=-1: expected a non-negative integer"),
+    ({"seed": "a"}, ValueError, "seed='a': expected a non-negative integer"),
+    ({"seed": 1.5}, ValueError, "seed=1.5: expected a non-negative integer"),
+    ({"fmt": 3}, ValueError, "fmt=3 is not valid for "),
+])
+def test_arguments_it_cannot_use_are_refused_by_name(kind, kw, error, says, monkeypatch):
+    """Each was a raw error from torch or NumPy (or, for fmt, silently ignored) before any call."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    calls = []
+    kw = {"fn": lambda *a, **k: calls.append(a), **kw}
+    with pytest.raises(error) as info:
+        check_quantizer(kw.pop("fn"), kind, **kw)
+    assert str(info.value).startswith(says) and calls == []
+
+
+@pytest.mark.parametrize("kind, fmt, says", [
+    ("quantize_mxfp4", "e4m3fn", "fmt='e4m3fn' is not valid for quantize_mxfp4; expected None or 'e2m1'"),
+    ("quantize_dequantize_mxfp4", "e4m3fn", "fmt='e4m3fn' is not valid for quantize_dequantize_mxfp4; expected None or "
+                                          "'e2m1'"),
+    ("quantize_mxfp8", "e2m1", "fmt='e2m1' is not valid for quantize_mxfp8; expected None (e4m3fn) or one of "
+                               "['e4m3fn', 'e4m3fnuz']"),
+    ("quantize_fp8_per_token", "bf16", "fmt='bf16' is not valid for quantize_fp8_per_token; expected None (e4m3fn) "
+                                       "or one of ['e4m3fn', 'e4m3fnuz']"),
+])
+def test_a_format_the_kind_cannot_have_is_refused(kind, fmt, says):
+    with pytest.raises(ValueError) as info:
+        check_quantizer(_mxfp4(), kind, fmt=fmt)
+    assert str(info.value) == says
+    assert check_quantizer(_mxfp8(), "quantize_mxfp8", fmt="e4m3fnuz", seed=3).passed
+
+
 def test_given_data_as_a_tensor_or_integers():
     """A tensor (bf16 here) or an integer array is the same data as its fp32 values; per token any K."""
     x = quantizer_input(np.random.default_rng(5), 16, 64, "e2m1")
