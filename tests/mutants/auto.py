@@ -205,15 +205,46 @@ def load_equivalent() -> dict[str, dict]:
     return json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
 
 
-def triage(status: dict[str, str], diff_of: dict[str, str], equivalent: dict[str, dict]) -> dict[str, str]:
-    """Survivors (and uncovered mutants) that ``equivalent.json`` accounts for, with the same edit, become
-    "equivalent"; the rest stay as they are (untriaged)."""
-    out = dict(status)
-    for name, st in status.items():
+def _function(name: str) -> str:
+    return name.rsplit("__mutmut_", 1)[0]
+
+
+def renumbered(status: dict[str, str], diff_of: dict[str, str], equivalent: dict[str, dict]) -> dict[str, str]:
+    """Open mutant -> the ``equivalent.json`` entry that records its edit under another number (mutmut
+    numbers a function's mutants in order: an edit elsewhere in the function shifts them). Only where the
+    function and the edit pick out one entry and one open mutant."""
+    open_ = [n for n, st in status.items() if st in (SURVIVED, "no tests")]
+    edit_of = {n: changed_lines(diff_of.get(n, "")) for n in open_}
+    out = {}
+    for name in open_:
         entry = equivalent.get(name)
+        if entry and entry.get("edit") == edit_of[name]:
+            continue
+        key = (_function(name), edit_of[name])
+        entries = [k for k, e in equivalent.items() if (_function(k), e.get("edit")) == key]
+        mutants = [n for n in open_ if (_function(n), edit_of[n]) == key]
+        if len(entries) == 1 and len(mutants) == 1:
+            out[name] = entries[0]
+    return out
+
+
+def triage(status: dict[str, str], diff_of: dict[str, str], equivalent: dict[str, dict]) -> dict[str, str]:
+    """Survivors (and uncovered mutants) that ``equivalent.json`` accounts for, with the same edit (under
+    their number, or :func:`renumbered`), become "equivalent"; the rest stay as they are (untriaged)."""
+    out, moved = dict(status), renumbered(status, diff_of, equivalent)
+    for name, st in status.items():
+        entry = equivalent.get(moved.get(name, name))
         if st in (SURVIVED, "no tests") and entry and entry.get("edit") == changed_lines(diff_of.get(name, "")):
             out[name] = "equivalent"
     return out
+
+
+def renumber_entries(moved: dict[str, str]) -> None:
+    """Re-key ``equivalent.json``'s entries under the mutants' current names (on ``--record``)."""
+    entries = load_equivalent()
+    taken = {new: entries.pop(old) for new, old in moved.items() if old in entries}  # a name may move onto another's
+    entries.update(taken)
+    EQUIVALENT.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
 
 
 def recheck(tree: Path, module: str, status: dict[str, str], seeds: list[int]) -> dict[str, str]:
@@ -296,12 +327,13 @@ def run_module(module: str, work: Path, seed: int, recheck_seeds: list[int], tim
     status = recheck(tree, module, status, recheck_seeds)
     open_names = [n for n, s in status.items() if s not in (KILLED,)]
     diff_of = diffs(tree, open_names)
+    moved = renumbered(status, diff_of, load_equivalent())
     status = triage(status, diff_of, load_equivalent())
     row = {**summarize(module, status, time.monotonic() - start), "seed": seed,
            "date": time.strftime("%Y-%m-%d", time.gmtime())}
     survivors = {n: {"status": s, "diff": diff_of.get(n, "")} for n, s in status.items()
                  if s not in (KILLED, "equivalent")}
-    return row, survivors
+    return row, survivors, moved
 
 
 def main(argv=None) -> int:
@@ -325,18 +357,19 @@ def main(argv=None) -> int:
     work, out = Path(args.work).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"seed: {seed} (rerun with --seed {seed})", flush=True)
-    rows, open_, failed = [], {}, []
+    rows, open_, failed, moved = [], {}, [], {}
     for module in args.modules or list(SELECTIONS):
         if args.fresh:
             shutil.rmtree(work / module.replace("/", "__").removesuffix(".py") / "mutants", ignore_errors=True)
         try:
-            row, survivors = run_module(module, work, seed, recheck_seeds, args.timeout)
+            row, survivors, renamed = run_module(module, work, seed, recheck_seeds, args.timeout)
         except MutmutFailed as exc:  # nothing of this module is reported (nor recorded)
             print(f"{module}: not run: {exc}", file=sys.stderr, flush=True)
             failed.append(module)
             continue
         rows.append(row)
         open_.update(survivors)
+        moved.update(renamed)
         print(f"{module}: {row['killed']}/{row['mutants']} killed, {row['equivalent']} equivalent, {row['flaky']} "
               f"flaky, {row['untriaged']} untriaged ({row['seconds']:.0f} s)", flush=True)
     (out / "auto.md").write_text(markdown(rows))
@@ -344,8 +377,11 @@ def main(argv=None) -> int:
                                                "open": open_}, indent=1))
     print(f"kills re-run under seeds {', '.join(map(str, recheck_seeds))}; kill rate = killed / (mutants - "
           "equivalent): flaky kills and untriaged survivors count against it\n" + markdown(rows))
+    for new, old in moved.items():
+        print(f"equivalent.json: {old} is now {new} (same function, same edit)")
     if args.record:
         record(rows, ROOT / "README.md")
+        renumber_entries(moved)
     for name, info in open_.items():
         print(f"--- {name}: {info['status']}\n{info['diff']}")
     if failed:

@@ -35,6 +35,35 @@ def test_an_equivalent_entry_holds_only_for_the_same_edit():
                    "m.x__mutmut_4": "equivalent"}
 
 
+def test_an_entry_follows_its_mutant_when_the_numbers_shift():
+    """mutmut numbers a function's mutants in order: an edit elsewhere in it renumbers them. The entry
+    holds where the function and the edit pick out one entry and one open mutant, and is re-keyed."""
+    status = {"m.x__mutmut_7": "survived", "m.y__mutmut_7": "survived", "m.z__mutmut_1": "survived",
+              "m.z__mutmut_2": "survived", "m.w__mutmut_3": "killed"}
+    diffs = {name: DIFF for name in status}
+    entries = {"m.x__mutmut_5": {"edit": ["return a <= b"], "reason": "moved from 5 to 7"},
+               "m.v__mutmut_7": {"edit": ["return a <= b"], "reason": "another function's"},
+               "m.z__mutmut_9": {"edit": ["return a <= b"], "reason": "two open mutants make this edit"},
+               "m.w__mutmut_1": {"edit": ["return a <= b"], "reason": "a kill stays a kill"}}
+    assert auto.renumbered(status, diffs, entries) == {"m.x__mutmut_7": "m.x__mutmut_5"}
+    assert auto.triage(status, diffs, entries) == {**status, "m.x__mutmut_7": "equivalent"}
+    entries["m.x__mutmut_6"] = {"edit": ["return a <= b"], "reason": "two entries: which one is it?"}
+    assert auto.renumbered(status, diffs, entries) == {} and auto.triage(status, diffs, entries) == status
+
+
+def test_renumbered_entries_are_re_keyed(tmp_path, monkeypatch):
+    path = tmp_path / "equivalent.json"
+    path.write_text(json.dumps({"m.x__mutmut_5": {"edit": ["e"], "reason": "r"}, "m.y__mutmut_1": {"edit": ["f"],
+                                                                                                  "reason": "s"}}))
+    monkeypatch.setattr(auto, "EQUIVALENT", path)
+    auto.renumber_entries({"m.x__mutmut_7": "m.x__mutmut_5"})
+    assert json.loads(path.read_text()) == {"m.y__mutmut_1": {"edit": ["f"], "reason": "s"},
+                                            "m.x__mutmut_7": {"edit": ["e"], "reason": "r"}}
+    auto.renumber_entries({"m.y__mutmut_2": "m.x__mutmut_7", "m.x__mutmut_7": "m.y__mutmut_1"})  # onto a moved one
+    assert json.loads(path.read_text()) == {"m.y__mutmut_2": {"edit": ["e"], "reason": "r"},
+                                            "m.x__mutmut_7": {"edit": ["f"], "reason": "s"}}
+
+
 def test_flaky_and_untriaged_count_against_the_rate():
     status = {"a": "killed", "b": "killed", "c": "flaky", "d": "equivalent", "e": "survived", "f": "timeout"}
     row = auto.summarize("moe_ref/env.py", status, 1.0)
