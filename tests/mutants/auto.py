@@ -123,9 +123,27 @@ def pytest_collection_modifyitems(session, config, items):
 """
 
 
+def _order_key(tree: Path, module: str, seed: int) -> str:
+    """What the order check's verdict depends on: the sources and tests in the module's copy (as copied
+    from the project), the measured durations that set the order, and the seed."""
+    digest = hashlib.sha256(f"{module}\0{seed}\0".encode())
+    for f in sorted(tree.rglob("*.py")):
+        rel = f.relative_to(tree)
+        if rel.parts[0] in (*PACKAGES, "tests"):
+            digest.update(str(rel).encode() + b"\0" + f.read_bytes())
+    stats = tree / "mutants" / "mutmut-stats.json"
+    durations = json.loads(stats.read_text()).get("duration_by_test", {}) if stats.exists() else {}
+    digest.update(json.dumps(sorted(durations, key=lambda t: (durations[t], t))).encode())
+    return digest.hexdigest()
+
+
 def order_check(tree: Path, module: str, seed: int, timeout: float | None = None) -> None:
     """The module's selection, unmutated, in the fastest-first order its mutants' tests run in: MutmutFailed
-    if any test fails (its kills could be the order's, not the mutant's)."""
+    if any test fails (its kills could be the order's, not the mutant's). A pass is kept in the copy
+    (``order_checked``) until the sources, the tests, the order or the seed change: a resumed run skips it."""
+    passed, key = tree / "order_checked", _order_key(tree, module, seed)
+    if passed.exists() and passed.read_text() == key:
+        return
     env = {k: v for k, v in _env(seed, tree).items() if k != "MUTANT_UNDER_TEST"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "--rootdir=.", "-x", *PYTEST_ARGS, *SELECTIONS[module]],
                           cwd=tree / "mutants", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -134,6 +152,7 @@ def order_check(tree: Path, module: str, seed: int, timeout: float | None = None
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
         raise MutmutFailed(f"{module}: its tests fail unmutated in fastest-first order (exit {proc.returncode}): "
                            "a test depends on another's having run\n" + "\n".join(lines[-15:]))
+    passed.write_text(key)
 
 
 def _env(seed: int, tree: Path) -> dict:

@@ -168,5 +168,32 @@ def test_a_selection_that_needs_its_order_is_refused(second_first, tmp_path, mon
     if second_first:
         with pytest.raises(auto.MutmutFailed, match="fail unmutated in fastest-first order"):
             auto.order_check(tmp_path, "moe_ref/paths.py", 11)
+        assert not (tmp_path / "order_checked").exists()
     else:
         auto.order_check(tmp_path, "moe_ref/paths.py", 11)
+        assert (tmp_path / "order_checked").exists()
+
+
+def test_a_passed_order_check_is_kept_until_what_it_depends_on_changes(tmp_path, monkeypatch):
+    mutants = _fast_first(tmp_path, {"test_pair.py::test_second": 9.0, "test_pair.py::test_first": 1.0})
+    pair = mutants / "test_pair.py"
+    pair.write_text("STATE = []\n\n\ndef test_first():\n    STATE.append(1)\n\n\n"
+                    "def test_second():\n    assert STATE == [1]\n")
+    monkeypatch.setitem(auto.SELECTIONS, "moe_ref/paths.py", ["test_pair.py"])
+    (tmp_path / "tests").mkdir()
+    runs = []
+    real = auto.subprocess.run
+    monkeypatch.setattr(auto.subprocess, "run", lambda *a, **k: runs.append(a) or real(*a, **k))
+    auto.order_check(tmp_path, "moe_ref/paths.py", 11)
+    auto.order_check(tmp_path, "moe_ref/paths.py", 11)
+    assert len(runs) == 1  # kept
+    auto.order_check(tmp_path, "moe_ref/paths.py", 12)
+    assert len(runs) == 2  # another seed
+    (tmp_path / "tests" / "test_new.py").write_text("def test_x(): pass\n")
+    auto.order_check(tmp_path, "moe_ref/paths.py", 12)
+    assert len(runs) == 3  # the tests changed
+    (mutants / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": {"test_pair.py::test_second": 0.01,
+                                                                                "test_pair.py::test_first": 1.0}}))
+    with pytest.raises(auto.MutmutFailed):  # the order changed: run again, and it now fails
+        auto.order_check(tmp_path, "moe_ref/paths.py", 12)
+    assert len(runs) == 4
