@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from . import __version__
@@ -101,6 +102,23 @@ def _usage_problem(args) -> str | None:
         return "--quick and --config: the config is the matrix; give one of them"
     if args.impl is not None and not args.impl.strip():
         return "--impl '': empty; expected ours, aiter-triton, triton-kernels, a module or module:attr"
+    for flag, path, folder in (("--out", args.out, args.out),
+                               ("--junit-xml", args.junit_xml, args.junit_xml and Path(args.junit_xml).parent)):
+        why = folder and _cannot_write(Path(folder))
+        if why:
+            return f"{flag} {path}: cannot write in {folder} ({why})"
+    return None
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why a file cannot be written in ``folder`` (made if missing, as the run would), or None: found
+    before the run, not after it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
     return None
 
 

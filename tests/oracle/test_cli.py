@@ -387,10 +387,18 @@ def test_out_and_junit_paths_are_checked(spy, capsys, tmp_path):
     assert _run(capsys, "--out", str(a_file))[2] == [f"moe-oracle verify: --out {a_file}: exists and is not a folder"]
     assert _run(capsys, "--junit-xml", str(a_dir))[2] == [
         f"moe-oracle verify: --junit-xml {a_dir}: is a folder; expected a file path"]
-    assert spy.calls == {}
+    under_a_file = a_file / "sub"  # a folder that cannot be made: found before the run, not after it (exit 1)
+    assert _run(capsys, "--out", str(under_a_file))[2] == [
+        f"moe-oracle verify: --out {under_a_file}: cannot write in {under_a_file} (Not a directory)"]
+    assert _run(capsys, "--junit-xml", str(under_a_file / "j.xml"))[2] == [
+        f"moe-oracle verify: --junit-xml {under_a_file / 'j.xml'}: cannot write in {under_a_file} (Not a directory)"]
+    assert spy.calls == {} and sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"]
     for argv in (["--out", str(a_dir)], ["--out", str(tmp_path / "new")], ["--junit-xml", str(a_file)],
+                 ["--junit-xml", str(tmp_path / "made" / "j.xml")],
                  ["--workers", "1", "--max-memory-gb", "0.5", "--seed", "0"], ["--seed", str(2**63 - 1)]):
         assert _run(capsys, "--impl", "x", *argv)[0] == 0, argv
+    assert (tmp_path / "new").is_dir() and (tmp_path / "made").is_dir()  # made before the run, as the run would
+    assert list((tmp_path / "new").iterdir()) == []  # the probe file is gone
 
 
 @pytest.mark.parametrize("raised, message", [
