@@ -133,10 +133,14 @@ def as_implementation(obj, name: str | None = None) -> Implementation:
 
 
 def _import(spec: str, dotted: str):
+    """The module, or a ValueError naming ``spec``: it cannot be found, or its own code raised on import
+    (a SyntaxError names the file and the line)."""
     try:
         return importlib.import_module(dotted)
     except ImportError as exc:
         raise ValueError(f"impl={spec!r}: cannot import {dotted}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module: whatever it raises is reported, not a traceback
+        raise ValueError(f"impl={spec!r}: importing {dotted} raised {type(exc).__name__}: {exc}") from exc
 
 
 def _positional_capacity(fn) -> int:

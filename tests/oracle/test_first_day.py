@@ -100,6 +100,24 @@ def test_a_run_that_would_check_nothing_is_a_usage_error(kernel_repo, args, says
     assert r.returncode == 2 and says in r.stderr, (r.returncode, r.stderr)
 
 
+@pytest.mark.parametrize("source, says", [
+    ("def quantize_mxfp4(x:\n", "impl='broken': importing broken raised SyntaxError: '(' was never closed (broken.py, "
+                                "line 1)"),
+    ("raise ZeroDivisionError('at import')\n", "impl='broken': importing broken raised ZeroDivisionError: at import"),
+])
+def test_a_module_that_raises_on_import_is_named_not_a_traceback(tmp_path, monkeypatch, source, says):
+    """Its file and line, exit 2 (a SyntaxError was a raw traceback with exit 1, a failing check's code)."""
+    from moe_oracle.implementation import load_spec
+
+    (tmp_path / "broken.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError) as info:
+        load_spec("broken")
+    assert str(info.value) == says
+    r = _cli(["--impl", "broken", "--only", "quantizers"], tmp_path)
+    assert r.returncode == 2 and f"moe-oracle verify: {says}\n" in r.stderr and "Traceback" not in r.stderr
+
+
 # 2. install -----------------------------------------------------------------------------------
 
 def test_the_readme_installs_from_a_clone_with_every_extra():
