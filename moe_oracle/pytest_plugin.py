@@ -51,11 +51,21 @@ def _seed(config) -> int:
     """--moe-oracle-seed, else the config file's seed, else fresh (printed in the header)."""
     if not hasattr(config, "_moe_oracle_seed"):
         given = config.getoption("--moe-oracle-seed", None)
+        if given is not None and not 0 <= given < 2**63:
+            raise pytest.UsageError(f"--moe-oracle-seed must be an integer >= 0, got {given}")
         cfg = _file_config(config)
         if given is None and cfg is not None:
             given = cfg.seed
         config._moe_oracle_seed = given if given is not None else secrets.randbits(32)
     return config._moe_oracle_seed
+
+
+def pytest_configure(config):
+    """The plugin's options are checked before collection: a bad one is a usage error (exit 4), not an
+    error in every case."""
+    if config.getoption("--moe-oracle-device", None) is not None:
+        _device(config)
+    _seed(config)
 
 
 def pytest_report_header(config):
@@ -93,12 +103,16 @@ class MoECase:
 
 
 def _device(config) -> str:
-    given = config.getoption("--moe-oracle-device", None)
-    if given:
-        return given
-    import torch
+    """--moe-oracle-device (checked as the API checks ``device``: a usage error), else cuda where visible."""
+    from moe_oracle.devices import default_device, parse_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    given = config.getoption("--moe-oracle-device", None)
+    if given is None:
+        return default_device()
+    try:
+        return parse_device(given)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--moe-oracle-device: {exc}") from None
 
 
 def pytest_generate_tests(metafunc):

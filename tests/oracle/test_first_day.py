@@ -326,6 +326,10 @@ def test_plugin_ids_seed_scale_modes_errors_and_short_failures(tmp_path):
     assert "bad = []" not in failure and len(failure.splitlines()) < 30  # two failures, ~10 lines each
     bad = run("--moe-oracle-config", "missing.json")
     assert bad.returncode == 4 and "--moe-oracle-config: no file missing.json" in bad.stderr
+    for argv, says in ((["--moe-oracle-device", "gpu0"], "--moe-oracle-device: device='gpu0' is not a device"),
+                       (["--moe-oracle-seed", "-3"], "--moe-oracle-seed must be an integer >= 0, got -3")):
+        bad = run("--moe-oracle-config", "m.json", *argv)  # a usage error, not an error in every case
+        assert bad.returncode == 4 and f"ERROR: {says}" in bad.stderr, (bad.returncode, bad.stderr[-500:])
 
 
 # 9. the habits of Python tools ------------------------------------------------------------------
