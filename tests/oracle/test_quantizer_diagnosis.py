@@ -351,6 +351,17 @@ def test_a_quantizer_that_writes_to_its_input_fails(kind, write, input_dtype):
         assert check.diagnosis().startswith(f"{quantizers.WROTE_INPUT}; bit-exact under ")
 
 
+def test_the_copy_a_write_is_judged_against_is_made_on_the_host(monkeypatch):
+    """Not beside the input on its device: a read past the input's end would land in that copy, where
+    --memcheck cannot see it (its GPU test, test_memcheck, failed so on an H100). Here: no tensor is
+    cloned (a clone stays on the tensor's device) while the quantizer's input is watched."""
+    cloned = []
+    real_clone = torch.Tensor.clone
+    monkeypatch.setattr(torch.Tensor, "clone", lambda t, *a, **k: cloned.append(t.shape) or real_clone(t, *a, **k))
+    check = check_quantizer(_writing(_CORRECT["quantize_mxfp4"](), "one element"), "quantize_mxfp4", seed=3)
+    assert check.wrote_input and cloned == []
+
+
 def test_a_write_is_named_before_the_bytes_that_differ():
     fn = _writing(_mxfp4(ties="away"), "one element")
     check = check_quantizer(fn, "quantize_mxfp4", seed=3)
