@@ -334,6 +334,17 @@ def record(rows: list[dict], readme: Path) -> None:
     readme.write_text(f"{head}{BEGIN}\n{markdown(ordered)}{END}{rest.split(END, 1)[1]}")
 
 
+def cover_new_functions(tree: Path, module: str, seed: int, timeout: float | None = None) -> None:
+    """mutmut maps tests to functions once and then only for new tests: a function added since, covered by
+    tests it already knows, reads "no tests". Where any mutant does, the map is measured again and those
+    mutants run."""
+    uncovered = [n for n, st in results(tree, module).items() if st == "no tests"]
+    stats = tree / "mutants" / "mutmut-stats.json"
+    if uncovered and stats.exists():
+        stats.unlink()
+        _mutmut(tree, seed, uncovered, timeout=timeout)
+
+
 def run_module(module: str, work: Path, seed: int, recheck_seeds: list[int], timeout: float) -> tuple[dict, dict]:
     start = time.monotonic()
     tree = prepare(module, work)
@@ -341,6 +352,7 @@ def run_module(module: str, work: Path, seed: int, recheck_seeds: list[int], tim
     _mutmut(tree, seed, timeout=timeout)
     if before:  # mutmut keeps a verdict until the function changes: the open ones meet the current tests again
         _mutmut(tree, seed, before, timeout=timeout)
+    cover_new_functions(tree, module, seed, timeout)
     order_check(tree, module, seed, timeout)
     status = results(tree, module)
     status = recheck(tree, module, status, recheck_seeds)

@@ -64,6 +64,24 @@ def test_renumbered_entries_are_re_keyed(tmp_path, monkeypatch):
                                             "m.x__mutmut_7": {"edit": ["f"], "reason": "s"}}
 
 
+@pytest.mark.parametrize("statuses, stats, rerun", [
+    ({"m.f__mutmut_1": 1, "m.g__mutmut_1": 33}, True, ["m.g__mutmut_1"]),  # a function the map does not know
+    ({"m.f__mutmut_1": 1, "m.g__mutmut_1": 0}, True, None),  # every mutant covered: nothing measured again
+    ({"m.g__mutmut_1": 33}, False, None),  # no map yet: mutmut measured it this run, "no tests" is its verdict
+])
+def test_a_function_added_since_the_map_is_covered_again(statuses, stats, rerun, tmp_path, monkeypatch):
+    meta = tmp_path / "mutants" / "m.py.meta"
+    meta.parent.mkdir()
+    meta.write_text(json.dumps({"exit_code_by_key": statuses, "hash_by_function_name": {}}))
+    if stats:
+        (tmp_path / "mutants" / "mutmut-stats.json").write_text("{}")
+    runs = []
+    monkeypatch.setattr(auto, "_mutmut", lambda tree, seed, names=(), timeout=None: runs.append(list(names)))
+    auto.cover_new_functions(tmp_path, "m.py", 11)
+    assert runs == ([rerun] if rerun else [])
+    assert (tmp_path / "mutants" / "mutmut-stats.json").exists() == (stats and not rerun)  # removed: measured again
+
+
 def test_flaky_and_untriaged_count_against_the_rate():
     status = {"a": "killed", "b": "killed", "c": "flaky", "d": "equivalent", "e": "survived", "f": "timeout"}
     row = auto.summarize("moe_ref/env.py", status, 1.0)
