@@ -393,12 +393,30 @@ def test_out_and_junit_paths_are_checked(spy, capsys, tmp_path):
     assert _run(capsys, "--junit-xml", str(under_a_file / "j.xml"))[2] == [
         f"moe-oracle verify: --junit-xml {under_a_file / 'j.xml'}: cannot write in {under_a_file} (Not a directory)"]
     assert spy.calls == {} and sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"]
-    for argv in (["--out", str(a_dir)], ["--out", str(tmp_path / "new")], ["--junit-xml", str(a_file)],
+    for argv in (["--out", str(a_dir)], ["--out", str(tmp_path / "new" / "deeper")], ["--junit-xml", str(a_file)],
                  ["--junit-xml", str(tmp_path / "made" / "j.xml")],
                  ["--workers", "1", "--max-memory-gb", "0.5", "--seed", "0"], ["--seed", str(2**63 - 1)]):
         assert _run(capsys, "--impl", "x", *argv)[0] == 0, argv
-    assert (tmp_path / "new").is_dir() and (tmp_path / "made").is_dir()  # made before the run, as the run would
-    assert list((tmp_path / "new").iterdir()) == []  # the probe file is gone
+    assert (tmp_path / "new" / "deeper").is_dir() and (tmp_path / "made").is_dir()  # made first, as the run would
+    assert list((tmp_path / "new" / "deeper").iterdir()) == []  # the probe file is gone
+
+
+def test_a_folder_that_exists_but_takes_no_file_is_refused(spy, capsys, tmp_path, monkeypatch):
+    """The probe writes in the folder itself (as root no permission bit stops it: the refusal is simulated)."""
+    import tempfile
+
+    probed = []
+
+    def refusing(*args, dir=None, **kwargs):
+        probed.append(dir)
+        raise PermissionError(13, "Permission denied") if len(probed) == 1 else OSError("no strerror")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refusing)
+    assert _run(capsys, "--out", str(tmp_path))[2] == [
+        f"moe-oracle verify: --out {tmp_path}: cannot write in {tmp_path} (Permission denied)"]
+    assert _run(capsys, "--junit-xml", str(tmp_path / "j.xml"))[2] == [
+        f"moe-oracle verify: --junit-xml {tmp_path / 'j.xml'}: cannot write in {tmp_path} (OSError)"]
+    assert probed == [tmp_path, tmp_path] and spy.calls == {}
 
 
 @pytest.mark.parametrize("raised, message", [
