@@ -65,14 +65,13 @@ def test_renumbered_entries_are_re_keyed(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("statuses, stats, rerun", [
-    ({"m.f__mutmut_1": 1, "m.g__mutmut_1": 33}, True, ["m.g__mutmut_1"]),  # a function the map does not know
-    ({"m.f__mutmut_1": 1, "m.g__mutmut_1": 0}, True, None),  # every mutant covered: nothing measured again
-    ({"m.g__mutmut_1": 33}, False, None),  # no map yet: mutmut measured it this run, "no tests" is its verdict
+    ({"m.f__mutmut_1": "killed", "m.g__mutmut_1": "no tests"}, True, ["m.g__mutmut_1"]),  # a function it lacks
+    ({"m.f__mutmut_1": "killed", "m.g__mutmut_1": "survived"}, True, None),  # all covered: nothing measured again
+    ({"m.g__mutmut_1": "no tests"}, False, None),  # no map yet: mutmut measured it this run, it is the verdict
 ])
 def test_a_function_added_since_the_map_is_covered_again(statuses, stats, rerun, tmp_path, monkeypatch):
-    meta = tmp_path / "mutants" / "m.py.meta"
-    meta.parent.mkdir()
-    meta.write_text(json.dumps({"exit_code_by_key": statuses, "hash_by_function_name": {}}))
+    (tmp_path / "mutants").mkdir()
+    monkeypatch.setattr(auto, "results", lambda tree, module: statuses if (tree, module) == (tmp_path, "m.py") else {})
     if stats:
         (tmp_path / "mutants" / "mutmut-stats.json").write_text("{}")
     runs = []
