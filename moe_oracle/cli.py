@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_ARCHS, DEFAULT_CPU, DEFAULT_GPU, QUICK, VerifyConfig, load_config
+from .config import DEFAULT_ARCHS, DEFAULT_CPU, DEFAULT_GPU, QUICK, VerifyConfig, load_config, seed_problem
 
 __all__ = ["main", "cli", "build_parser"]
 
@@ -89,8 +89,9 @@ def _usage_problem(args) -> str | None:
     for name, value in (("--workers", args.workers), ("--max-memory-gb", args.max_memory_gb)):
         if value is not None and not value > 0:
             return f"{name} must be > 0, got {value}"
-    if args.seed is not None and not 0 <= args.seed < 2**63:
-        return f"--seed must be an integer >= 0, got {args.seed}"
+    problem = seed_problem("--seed", args.seed)
+    if problem:
+        return problem
     for flag, value in (("--out", args.out), ("--junit-xml", args.junit_xml)):
         if value is not None and not value.strip():
             return f"{flag}: empty path"

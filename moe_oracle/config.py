@@ -17,6 +17,13 @@ __all__ = ["VerifyConfig", "DEFAULT_CPU", "DEFAULT_GPU", "QUICK", "DEFAULT_ARCHS
 DEFAULT_ARCHS = ("gfx942", "gfx950")
 
 
+def seed_problem(flag: str, seed: int | None) -> str | None:
+    """A command line's seed (``--seed``, ``--moe-oracle-seed``): None when absent or in [0, 2^63)."""
+    if seed is not None and not 0 <= seed < 2**63:
+        return f"{flag} must be an integer >= 0, got {seed}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class VerifyConfig:
     # the second shape spans several K tiles of the usual sizes (64, 128) with a partial last one

@@ -51,8 +51,11 @@ def _seed(config) -> int:
     """--moe-oracle-seed, else the config file's seed, else fresh (printed in the header)."""
     if not hasattr(config, "_moe_oracle_seed"):
         given = config.getoption("--moe-oracle-seed", None)
-        if given is not None and not 0 <= given < 2**63:
-            raise pytest.UsageError(f"--moe-oracle-seed must be an integer >= 0, got {given}")
+        from moe_oracle.config import seed_problem
+
+        problem = seed_problem("--moe-oracle-seed", given)
+        if problem:
+            raise pytest.UsageError(problem)
         cfg = _file_config(config)
         if given is None and cfg is not None:
             given = cfg.seed
