@@ -7,6 +7,7 @@ from __future__ import annotations
 import zlib
 
 import pytest
+import torch
 
 from moe_oracle import engine
 from moe_oracle.config import VerifyConfig
@@ -204,3 +205,106 @@ def test_the_engine_keeps_its_cache_per_group(error, monkeypatch):
     engine.run_layers(Implementation("l", fused_moe=raising), _cfg(M=[1, 8], scale_modes=["round_up", "even"]),
                       device="cpu", archs=["gfx950"], progress=False)
     assert released == [(1, True), (8, False)]
+
+
+class _Spy:
+    """Records each call's arguments, then calls ``then`` (or returns ``result``)."""
+
+    def __init__(self, then=None, result=None):
+        self.calls, self.then, self.result = [], then, result
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.then(*args, **kwargs) if self.then is not None else self.result
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_the_layer_run_prefetches_exactly_the_references_its_cases_read(with_bias, monkeypatch, capsys):
+    """The jobs handed to the prefetch carry what the cases will look up (a job that differs from the
+    case's key computes every reference twice): the accumulation model and the products' device of the
+    run's device, whether the layer takes biases; workers, memory cap and progress passed through."""
+    def no_bias(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, arch="gfx950"):
+        return hidden
+
+    def biased(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, arch="gfx950", bias1=None, bias2=None):
+        return hidden
+
+    impl = Implementation("l", fused_moe=biased if with_bias else no_bias)
+    mma_k = _Spy(then=lambda device_type: ("mma_k", device_type))
+    at = _Spy(then=lambda device: ("products on", str(device)))
+    prefetch = _Spy()
+    checked = _Spy(then=lambda impl, case, cfg, device, seed, cache: {"M": case.M, "cache": cache})
+    monkeypatch.setattr(engine.refs, "mma_k_of", mma_k)
+    monkeypatch.setattr(engine.refs, "reference_device", at)
+    monkeypatch.setattr(engine.refs, "prefetch", prefetch)
+    monkeypatch.setattr(engine, "check_layer_case", checked)
+    cfg = _cfg(M=[1, 8])
+    rows = engine.run_layers(impl, cfg, device="cpu", archs=["gfx950"], max_memory_gib=3.5)
+    case_list = [c for _, c in engine.layer_cases(impl, cfg, ["gfx950"])]
+    assert mma_k.calls == [(("cpu",), {})] and at.calls == [((torch.device("cpu"),), {})]
+    jobs = [(c, engine.judged_act_dtype(impl, c, cfg), 3, ("mma_k", "cpu"), with_bias, ("products on", "cpu"))
+            for c in case_list]
+    (args, kwargs), = prefetch.calls
+    assert args[0] == jobs and args[2:] == (1, 3.5) and kwargs == {"progress": True}
+    assert [r["M"] for r in rows] == [1, 8] and all(r["cache"] is args[1] for r in rows)  # the prefetched cache
+    assert [(call[0][1], call[0][3], call[0][4]) for call in checked.calls] == \
+        [(c, torch.device("cpu"), 3) for c in case_list]
+    lines = capsys.readouterr().err.splitlines()  # progress: on by default, one line per case here
+    assert [line.split(",")[0] for line in lines] == ["1/2 cases", "2/2 cases"]
+    engine.run_layers(impl, cfg, device="cpu", archs=["gfx950"], workers=4, progress=False)
+    assert prefetch.calls[1][0][2:] == (4, None) and prefetch.calls[1][1] == {"progress": False}
+    assert capsys.readouterr().err == ""
+
+
+def test_each_quantizer_row_is_the_check_it_names(monkeypatch):
+    """Every row's columns are the arguments its check ran with (format, input dtype, mode, device, seed:
+    a row naming e4m3fnuz must not have checked the callable's default), and its findings are that check's."""
+    checks = _Spy(then=engine.check_quantizer)
+    monkeypatch.setattr(engine, "check_quantizer", checks)
+    impl = _quantizer_impl(fp8_formats=("e4m3fn", "e4m3fnuz"), scale_modes=("round_up", "ceil"))
+    rows = engine.run_quantizers(impl, _cfg(scale_modes=["round_up", "ceil"]), device="cpu")
+    assert len(checks.calls) == len(rows) == 25
+    for r, (args, kwargs) in zip(rows, checks.calls):
+        assert args[1] == r["kind"]
+        assert kwargs == {"scale_mode": "round_up" if r["requested"] == "-" else r["requested"],
+                          "fmt": None if r["fmt"] == "e2m1" else r["fmt"],
+                          "input_dtype": "bfloat16" if r["input_dtype"] == "-" else r["input_dtype"],
+                          "device": "cpu", "seed": r["seed"]}
+        again = engine.check_quantizer.then(args[0], r["kind"], **kwargs)  # the same check again: same findings
+        assert {k: r[k] for k in ("bytes_equal", "bytes_total", "unit", "verdict", "follows", "closest", "differing",
+                                  "policies")} == {k: getattr(again, k) for k in ("bytes_equal", "bytes_total", "unit",
+                                                                                    "verdict", "follows", "closest",
+                                                                                    "differing", "policies")}
+    assert {r["fmt"] for r in rows if r["kind"] == "quantize_mxfp8"} == {"e4m3fn", "e4m3fnuz"}
+
+
+def test_a_differing_quantizer_row_carries_the_diagnosis(monkeypatch):
+    """A quantizer that follows another convention: its row names it, the closest candidate, the block
+    kinds that differ and its policies (the fields a report prints)."""
+    impl = Implementation("q", quantize_mxfp4=_mxfp4(mode="even"))
+    row, = [r for r in engine.run_quantizers(impl, _cfg(), device="cpu") if r["input_dtype"] == "float32"]
+    c = engine.check_quantizer(impl.quantize_mxfp4, "quantize_mxfp4", input_dtype="float32", seed=row["seed"])
+    assert row["verdict"] == "FAIL" and row["follows"] == c.follows is not None and row["differing"] == c.differing
+    assert row["closest"] == c.closest and row["policies"] == c.policies and sum(c.differing.values()) > 0
+
+
+@pytest.mark.parametrize("guard_bands", [False, True])
+def test_each_stage_row_is_the_check_it_names(guard_bands, monkeypatch):
+    """The stage check runs with the row's problem, on the run's device, with the config's guard bands; a
+    stage that raises still gets a row naming the whole problem (nothing measured: NaN)."""
+    from moe_oracle import stage
+
+    checks = _Spy(result={"verdict": "PASS"})
+    monkeypatch.setattr(stage, "check_stage", checks)
+    fn = _stage()
+    rows = engine.run_stages(Implementation("s", moe_gemm_stage=fn), _cfg(M=[8], guard_bands=guard_bands), device="cpu")
+    problem = [dict(M=M, E=4, K=64, N=64, topk=2, mul_routed_weight=mul,
+                    seed=zlib.crc32(repr((3, "stage", M, mul, tuple(SHAPE.items()))).encode()))
+               for M in (1, 8) for mul in (False, True)]
+    assert checks.calls == [((fn,), {**p, "device": "cpu", "guard_bands": guard_bands}) for p in problem]
+    assert rows == [{"impl": "s", **p, "verdict": "PASS"} for p in problem]
+    monkeypatch.setattr(stage, "check_stage", _Spy(then=lambda fn, **kw: 1 / 0))
+    bad = engine.run_stages(Implementation("s", moe_gemm_stage=fn), _cfg(M=[8]), device="cpu")
+    assert [{k: v for k, v in r.items() if k not in ("margin", "max_err")} for r in bad] == \
+        [{"impl": "s", **p, "verdict": "FAIL", "diagnosis": "raised ZeroDivisionError: division by zero"} for p in problem]
+    assert all(r["margin"] != r["margin"] and r["max_err"] != r["max_err"] for r in bad)
