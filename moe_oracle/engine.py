@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import traceback
 import zlib
+from pathlib import Path
 
 from moe_ref import select_activation_dtype
 from moe_ref.env import bound_points
@@ -18,7 +19,8 @@ from .progress import Progress
 from .quantizers import check_quantizer
 from .rows import ErrorRow
 
-__all__ = ["layer_cases", "error_row", "run_layers", "run_quantizers", "run_stages", "run_selector", "layer_archs"]
+__all__ = ["layer_cases", "error_row", "run_layers", "run_quantizers", "run_stages", "run_selector", "layer_archs",
+           "raised_at"]
 
 
 def layer_archs(impl: Implementation, archs):
@@ -69,7 +71,7 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
         except ContractError as exc:
             rows.append(error_row(impl, case, str(exc)))
         except Exception as exc:  # noqa: BLE001 - a failing case is a row, never the end of the report
-            rows.append(error_row(impl, case, f"raised {type(exc).__name__}: {exc}", traceback.format_exc(limit=4)))
+            rows.append(error_row(impl, case, f"raised {type(exc).__name__}: {exc}", raised_at(exc)))
         if on_row is not None:
             on_row(rows[-1])
         following = case_list[i + 1] if i + 1 < len(case_list) else None
@@ -78,6 +80,18 @@ def run_layers(impl: Implementation, cfg, *, device, archs, workers: int = 1, on
         bar.step(f"{time.perf_counter() - t0:.0f}s")
     bar.close()
     return rows
+
+
+_OWN = Path(__file__).resolve().parent
+
+
+def raised_at(exc: BaseException, frames: int = 6) -> str:
+    """Where a case raised: the traceback from the implementation's call inward (the oracle's frames that
+    led to it dropped; all of them where the oracle itself raised), its innermost ``frames``, the error."""
+    stack = traceback.extract_tb(exc.__traceback__)
+    first = next((i for i, f in enumerate(stack) if not Path(f.filename).resolve().is_relative_to(_OWN)), 0)
+    return "Traceback (most recent call last):\n" + "".join(traceback.format_list(stack[first:][-frames:])) + \
+        "".join(traceback.format_exception_only(type(exc), exc))
 
 
 def error_row(impl: Implementation, case: LayerCase, error: str, trace: str = "") -> ErrorRow:

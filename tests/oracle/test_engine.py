@@ -4,6 +4,9 @@ fields) and the rows of a case that raises."""
 
 from __future__ import annotations
 
+import functools
+import re
+import time
 import zlib
 
 import pytest
@@ -207,6 +210,23 @@ def test_the_engine_keeps_its_cache_per_group(error, monkeypatch):
     assert released == [(1, True), (8, False)]
 
 
+def test_the_references_of_a_group_are_released_after_its_last_case(monkeypatch):
+    """Two cases a group (both gate layouts), two shapes: each group released once, after its last case,
+    the layer kept only while the next group shares it."""
+    released = []
+    monkeypatch.setattr(engine.refs, "release", lambda cache, case, keep_layer: released.append(
+        (case.shape["H"], case.M, case.gate_mode, keep_layer)))
+
+    def raising(hidden, *a, gate_mode="separated", **kw):
+        raise RuntimeError("no kernel")
+
+    other = {**SHAPE, "H": 128}
+    engine.run_layers(Implementation("l", fused_moe=raising), _cfg(shapes=[SHAPE, other], M=[1, 2],
+                      gate_modes=["separated", "interleave"]), device="cpu", archs=["gfx950"], progress=False)
+    assert released == [(64, 1, "interleave", True), (64, 2, "interleave", False), (128, 1, "interleave", True),
+                        (128, 2, "interleave", False)]
+
+
 class _Spy:
     """Records each call's arguments, then calls ``then`` (or returns ``result``)."""
 
@@ -239,6 +259,7 @@ def test_the_layer_run_prefetches_exactly_the_references_its_cases_read(with_bia
     monkeypatch.setattr(engine.refs, "prefetch", prefetch)
     monkeypatch.setattr(engine, "check_layer_case", checked)
     cfg = _cfg(M=[1, 8])
+    t0 = time.monotonic()
     rows = engine.run_layers(impl, cfg, device="cpu", archs=["gfx950"], max_memory_gib=3.5)
     case_list = [c for _, c in engine.layer_cases(impl, cfg, ["gfx950"])]
     assert mma_k.calls == [(("cpu",), {})] and at.calls == [((torch.device("cpu"),), {})]
@@ -249,8 +270,10 @@ def test_the_layer_run_prefetches_exactly_the_references_its_cases_read(with_bia
     assert [r["M"] for r in rows] == [1, 8] and all(r["cache"] is args[1] for r in rows)  # the prefetched cache
     assert [(call[0][1], call[0][3], call[0][4]) for call in checked.calls] == \
         [(c, torch.device("cpu"), 3) for c in case_list]
-    lines = capsys.readouterr().err.splitlines()  # progress: on by default, one line per case here
-    assert [line.split(",")[0] for line in lines] == ["1/2 cases", "2/2 cases"]
+    lines = capsys.readouterr().err.splitlines()  # progress: on by default, one line per case here: the time so far
+    assert [line.split(", ")[0] for line in lines] == ["1/2 cases", "2/2 cases"]
+    assert all(re.fullmatch(r"\d+s", line.split(", ")[1]) and int(line.split(", ")[1][:-1]) <= time.monotonic() - t0 + 1
+               for line in lines)
     engine.run_layers(impl, cfg, device="cpu", archs=["gfx950"], workers=4, progress=False)
     assert prefetch.calls[1][0][2:] == (4, None) and prefetch.calls[1][1] == {"progress": False}
     assert capsys.readouterr().err == ""
@@ -308,3 +331,38 @@ def test_each_stage_row_is_the_check_it_names(guard_bands, monkeypatch):
     assert [{k: v for k, v in r.items() if k not in ("margin", "max_err")} for r in bad] == \
         [{"impl": "s", **p, "verdict": "FAIL", "diagnosis": "raised ZeroDivisionError: division by zero"} for p in problem]
     assert all(r["margin"] != r["margin"] and r["max_err"] != r["max_err"] for r in bad)
+
+
+@pytest.mark.parametrize("depth", [0, 3, 12])
+def test_a_raising_case_shows_where_it_raised(depth):
+    """The row's traceback starts at the implementation's call (not the oracle's frames that led to it)
+    and ends where it raised: its innermost six frames, then the error."""
+    def down(n):  # two functions in turn: Python folds a frame repeated more than thrice
+        if n == 0:
+            raise ValueError("deep down")
+        (odd if n % 2 else down)(n - 1)
+
+    def odd(n):
+        down(n)
+
+    def fused(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, **kw):
+        down(depth)
+
+    row, = engine.run_layers(Implementation("l", fused_moe=fused), _cfg(M=[1], guard_bands=False), device="cpu",
+                             archs=["gfx950"], progress=False)
+    lines = row["traceback"].splitlines()
+    frames = [ln.split(", in ")[1] for ln in lines if ln.startswith("  File ")]
+    calls = ["down"] + [f for n in range(depth, 0, -1) for f in (["odd", "down"] if n % 2 else ["down"])]
+    assert frames == (["fused"] + calls)[-6:]
+    assert lines[0] == "Traceback (most recent call last):" and lines[-1] == "ValueError: deep down"
+    assert lines[-2].strip() == 'raise ValueError("deep down")' and __file__ in row["traceback"]
+
+
+def test_where_the_oracle_itself_raised(monkeypatch):
+    """No frame of theirs (the oracle raised): its own innermost frames."""
+    monkeypatch.setattr(engine, "check_layer_case", functools.partial(engine.layer_archs))  # 6 arguments for 2
+    row, = engine.run_layers(Implementation("l", fused_moe=CORRECT), _cfg(M=[1]), device="cpu", archs=["gfx950"],
+                             progress=False)
+    frames = [ln.split(", in ")[1] for ln in row["traceback"].splitlines() if ln.startswith("  File ")]
+    assert frames == ["run_layers"] and row["traceback"].endswith("TypeError: layer_archs() takes 2 positional "
+                                                                  "arguments but 6 were given\n")
