@@ -20,7 +20,7 @@ DEFAULT_ARCHS = ("gfx942", "gfx950")
 def seed_problem(flag: str, seed: int | None) -> str | None:
     """A command line's seed (``--seed``, ``--moe-oracle-seed``): None when absent or in [0, 2^63)."""
     if seed is not None and not 0 <= seed < 2**63:
-        return f"{flag} must be an integer >= 0, got {seed}"
+        return f"{flag} must be an integer in [0, 2**63), got {seed}"
     return None
 
 

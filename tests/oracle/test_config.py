@@ -169,3 +169,14 @@ def test_load_config_missing_file(tmp_path):
         load_config(missing, "--x")
     assert str(info.value) == f"--x: no file {missing}"
     assert config.__all__ == ["VerifyConfig", "DEFAULT_CPU", "DEFAULT_GPU", "QUICK", "DEFAULT_ARCHS", "load_config"]
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1, 127, 2**32, 2**63 - 1])
+def test_a_command_line_seed_in_range(seed):
+    assert config.seed_problem("--seed", seed) is None
+
+
+@pytest.mark.parametrize("seed", [-1, -(2**63), 2**63, 2**64])
+@pytest.mark.parametrize("flag", ["--seed", "--moe-oracle-seed"])
+def test_a_command_line_seed_out_of_range_is_named(flag, seed):
+    assert config.seed_problem(flag, seed) == f"{flag} must be an integer in [0, 2**63), got {seed}"

@@ -277,7 +277,7 @@ def test_error_and_bound_are_at_the_same_element_and_the_margin_is_explained(tmp
 
 @pytest.mark.parametrize("args, says", [
     (["--out", "afile"], "--out afile: exists and is not a folder"),
-    (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**63)"),
     (["--config", "typo.json", "--quick"], "--quick and --config: the config is the matrix"),
     (["--config", "typo.json"], "'AITER_MOE_FORCE_BF16_ACTS' is not a variable the selector reads (did you mean "
                                 "'AITER_MOE_FORCE_BF16_ACT'?)"),
@@ -327,7 +327,7 @@ def test_plugin_ids_seed_scale_modes_errors_and_short_failures(tmp_path):
     bad = run("--moe-oracle-config", "missing.json")
     assert bad.returncode == 4 and "--moe-oracle-config: no file missing.json" in bad.stderr
     for argv, says in ((["--moe-oracle-device", "gpu0"], "--moe-oracle-device: device='gpu0' is not a device"),
-                       (["--moe-oracle-seed", "-3"], "--moe-oracle-seed must be an integer >= 0, got -3")):
+                       (["--moe-oracle-seed", "-3"], "--moe-oracle-seed must be an integer in [0, 2**63), got -3")):
         bad = run("--moe-oracle-config", "m.json", *argv)  # a usage error, not an error in every case
         assert bad.returncode == 4 and f"ERROR: {says}" in bad.stderr, (bad.returncode, bad.stderr[-500:])
 
