@@ -11,7 +11,7 @@ import emulation as em
 from moe_oracle.inputs import BLOCK_KINDS, classify_blocks, quantizer_input
 from moe_oracle.quantizers import MX_KINDS, QuantizerCheck, check_quantizer
 
-from .planted import _mxfp4, _mxfp8, _nibbles_swapped, _per_token, _post, _zero_block_scale_127
+from .planted import _fake, _mxfp4, _mxfp8, _nibbles_swapped, _per_tensor, _per_token, _post, _zero_block_scale_127
 
 
 def test_kinds_and_refusals():
@@ -165,6 +165,7 @@ def test_given_data_it_cannot_check_is_refused_by_name(x, error, words):
 @pytest.mark.parametrize("kind", ["quantize_mxfp4", "quantize_mxfp8", "quantize_fp8_per_token", "dequantize_mxfp4"])
 @pytest.mark.parametrize("kw, error, says", [
     ({"fn": None}, TypeError, "fn: expected a callable quantizer, got NoneType"),
+    ({"fn": "quantize"}, TypeError, "fn: expected a callable quantizer, got str"),
     ({"input_dtype": "float8"}, ValueError, "input_dtype='float8' is not valid; expected one of ['bfloat16', "
                                             "'float16', 'float32']"),
     ({"device": "gpu0"}, ValueError, "device='gpu0' is not a device (Invalid device string: 'gpu0'); expected 'cpu', "
@@ -199,6 +200,19 @@ def test_a_format_the_kind_cannot_have_is_refused(kind, fmt, says):
         check_quantizer(_mxfp4(), kind, fmt=fmt)
     assert str(info.value) == says
     assert check_quantizer(_mxfp8(), "quantize_mxfp8", fmt="e4m3fnuz", seed=3).passed
+
+
+@pytest.mark.parametrize("kind", ["quantize_mxfp4", "quantize_dequantize_mxfp4"])
+def test_the_fp4_kinds_take_their_one_format_by_name(kind):
+    fn = _mxfp4() if kind == "quantize_mxfp4" else _fake()
+    assert check_quantizer(fn, kind, fmt="e2m1", seed=3).passed
+
+
+@pytest.mark.parametrize("M, K", [(1, 1), (3, 33), (2, 7)])
+def test_per_tensor_takes_any_shape(M, K):
+    """One scale for the tensor: no 32-blocks to fit (the MX kinds' rule does not apply)."""
+    check = check_quantizer(_per_tensor(), "quantize_fp8_per_tensor", M=M, K=K, seed=5)
+    assert check.passed and check.bytes_total == M * K + 1  # the codes and the one scale
 
 
 def test_given_data_as_a_tensor_or_integers():
