@@ -358,12 +358,15 @@ def test_a_raising_case_shows_where_it_raised(depth):
 
 
 def test_where_the_oracle_itself_raised():
-    """No frame of theirs (the oracle raised, called from the oracle): its own frames."""
+    """No frame of theirs (the oracle raised, called from the oracle): its own frames; an error of several
+    lines (a SyntaxError's source line) whole."""
     own = {}  # functions whose code lies in the oracle's files (a tool's wrappers around the real ones would not)
-    exec(compile("def outer():\n    inner()\ndef inner():\n    raise TypeError('own')\n", engine.__file__, "exec"), own)
+    source = "def outer():\n    inner()\ndef inner():\n    raise SyntaxError('bad', ('config.py', 1, 5, 'x = = 1'))\n"
+    exec(compile(source, engine.__file__, "exec"), own)
     try:
         own["outer"]()
-    except TypeError as exc:
+    except SyntaxError as exc:
         trace = engine.raised_at(exc.with_traceback(exc.__traceback__.tb_next))  # from outer inward: all the oracle's
-    frames = [ln.split(", in ")[1] for ln in trace.splitlines() if ln.startswith("  File ")]
-    assert frames == ["outer", "inner"] and trace.endswith("TypeError: own\n")
+    lines = trace.splitlines()
+    assert [ln.split(", in ")[1] for ln in lines if ln.startswith("  File ") and ", in " in ln] == ["outer", "inner"]
+    assert lines[-1] == "SyntaxError: bad" and '  File "config.py", line 1' in lines and "    x = = 1" in lines
