@@ -293,10 +293,8 @@ def test_each_quantizer_row_is_the_check_it_names(monkeypatch):
                           "input_dtype": "bfloat16" if r["input_dtype"] == "-" else r["input_dtype"],
                           "device": "cpu", "seed": r["seed"]}
         again = engine.check_quantizer.then(args[0], r["kind"], **kwargs)  # the same check again: same findings
-        assert {k: r[k] for k in ("bytes_equal", "bytes_total", "unit", "verdict", "follows", "closest", "differing",
-                                  "policies")} == {k: getattr(again, k) for k in ("bytes_equal", "bytes_total", "unit",
-                                                                                    "verdict", "follows", "closest",
-                                                                                    "differing", "policies")}
+        findings = ("bytes_equal", "bytes_total", "unit", "verdict", "follows", "closest", "differing", "policies")
+        assert {k: r[k] for k in findings} == {k: getattr(again, k) for k in findings}
     assert {r["fmt"] for r in rows if r["kind"] == "quantize_mxfp8"} == {"e4m3fn", "e4m3fnuz"}
 
 
@@ -332,6 +330,11 @@ def test_each_stage_row_is_the_check_it_names(guard_bands, monkeypatch):
     assert all(r["margin"] != r["margin"] and r["max_err"] != r["max_err"] for r in bad)
 
 
+def _frame_names(lines: list[str]) -> list[str]:
+    """The function of each frame of a formatted traceback (a SyntaxError's source location has none)."""
+    return [ln.split(", in ")[1] for ln in lines if ln.startswith("  File ") and ", in " in ln]
+
+
 @pytest.mark.parametrize("depth", [0, 3, 12])
 def test_a_raising_case_shows_where_it_raised(depth):
     """The row's traceback starts at the implementation's call (not the oracle's frames that led to it)
@@ -350,7 +353,7 @@ def test_a_raising_case_shows_where_it_raised(depth):
     row, = engine.run_layers(Implementation("l", fused_moe=fused), _cfg(M=[1], guard_bands=False), device="cpu",
                              archs=["gfx950"], progress=False)
     lines = row["traceback"].splitlines()
-    frames = [ln.split(", in ")[1] for ln in lines if ln.startswith("  File ")]
+    frames = _frame_names(lines)
     calls = ["down"] + [f for n in range(depth, 0, -1) for f in (["odd", "down"] if n % 2 else ["down"])]
     assert frames == (["fused"] + calls)[-6:]
     assert lines[0] == "Traceback (most recent call last):" and lines[-1] == "ValueError: deep down"
@@ -368,5 +371,5 @@ def test_where_the_oracle_itself_raised():
     except SyntaxError as exc:
         trace = engine.raised_at(exc.with_traceback(exc.__traceback__.tb_next))  # from outer inward: all the oracle's
     lines = trace.splitlines()
-    assert [ln.split(", in ")[1] for ln in lines if ln.startswith("  File ") and ", in " in ln] == ["outer", "inner"]
+    assert _frame_names(lines) == ["outer", "inner"]
     assert lines[-1] == "SyntaxError: bad" and '  File "config.py", line 1' in lines and "    x = = 1" in lines
