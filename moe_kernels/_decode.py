@@ -7,6 +7,9 @@
   code's bits placed in a float, two exact fp32 multiplications.
 - ``e2m1x2_to_bf16_ptx``: the same values from NVIDIA PTX (sm_80+), both nibbles of a byte at once
   as a bf16x2 pair, ~3 instructions a weight instead of ~9.
+- ``e2m1x8_words_to_bf16``: the prepared weights' decode (``moe_kernels.prepared``: eight codes of a
+  block in one word, bits placed for a rotation and a mask per bf16 pair), PTX (~2 instructions a
+  weight) or portable.
 
 Why the weight decodes are exact (``load_mxfp4_rows_bf16`` in ``moe_gemm`` picks one of the last two):
 the code's magnitude bits (e2m1: 3) are placed at the low exponent and high mantissa bits of a float,
@@ -26,8 +29,9 @@ import triton
 import triton.language as tl
 
 from ._numerics import KernelFormat
+from .prepared import PAIR_PARTS
 
-__all__ = ["decode_scaled_bits", "e2m1x2_to_bf16", "e2m1x2_to_bf16_fp32", "e2m1x2_to_bf16_ptx"]
+__all__ = ["decode_scaled_bits", "e2m1x2_to_bf16", "e2m1x2_to_bf16_fp32", "e2m1x2_to_bf16_ptx", "e2m1x8_words_to_bf16"]
 
 
 @triton.jit
@@ -86,18 +90,25 @@ def e2m1x2_to_bf16_fp32(packed, byte, F: tl.constexpr):
 
 @triton.jit
 def e2m1x2_to_bf16_ptx(packed, byte, F: tl.constexpr):
-    """The NVIDIA decode (sm_80+): bf16x2 2^(byte - 127) in both halves is byte << 7, or the subnormal
-    0x0040 for byte 0 (the max); byte 255 gives inf there, and its NaN comes from the first factor
-    instead of 2^(127 - BIAS). Four bytes an asm call (``_e2m1x2_asm``). F must be e2m1 (the asm is
-    built for it)."""
-    scale_pair = tl.maximum(byte * 0x00800080, 0x00400040)
-    unbias_pair = tl.inline_asm_elementwise(asm=_UNBIAS_ASM, constraints="=r,r", args=[scale_pair], dtype=tl.int32,
-                                            is_pure=True, pack=1)
+    """The NVIDIA decode (sm_80+): the block's factors (``_ptx_factor_pairs``), four bytes an asm call
+    (``_e2m1x2_asm``). F must be e2m1 (the asm is built for it)."""
+    scale_pair, unbias_pair = _ptx_factor_pairs(byte)
     pairs = tl.inline_asm_elementwise(asm=_E2M1X2_ASM, constraints=_E2M1X2_CONSTRAINTS,
                                       args=[packed, tl.broadcast_to(scale_pair, packed.shape),
                                             tl.broadcast_to(unbias_pair, packed.shape)],
                                       dtype=tl.int32, is_pure=True, pack=4)
     return pairs.to(tl.int16), (pairs >> 16).to(tl.int16)  # element 2j: the low half
+
+
+@triton.jit
+def _ptx_factor_pairs(byte):
+    """The PTX decodes' two bf16x2 factors of a block: 2^(byte - 127) in both halves (byte << 7, or the
+    subnormal 0x0040 for byte 0: the max; byte 255 gives inf there) and 2^(127 - BIAS), NaN for byte 255
+    (``_UNBIAS_ASM``)."""
+    scale_pair = tl.maximum(byte * 0x00800080, 0x00400040)
+    unbias_pair = tl.inline_asm_elementwise(asm=_UNBIAS_ASM, constraints="=r,r", args=[scale_pair], dtype=tl.int32,
+                                            is_pure=True, pack=1)
+    return scale_pair, unbias_pair
 
 
 def _e2m1x2_asm(f: KernelFormat) -> str:
@@ -139,3 +150,86 @@ def _unbias_asm(f: KernelFormat) -> str:
 _E2M1X2_ASM: tl.constexpr = tl.constexpr(_e2m1x2_asm(KernelFormat.of("e2m1")))
 _E2M1X2_CONSTRAINTS: tl.constexpr = tl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 9))  # 4 outputs; 1 + 4 + 4 inputs
 _UNBIAS_ASM: tl.constexpr = tl.constexpr(_unbias_asm(KernelFormat.of("e2m1")))
+
+
+@triton.jit
+def _rotr_and(words, ROT: tl.constexpr, MASK: tl.constexpr):
+    """rotr(words, ROT) & MASK on uint32."""
+    if ROT == 0:
+        out = words & MASK
+    else:
+        out = ((words >> ROT) | (words << (32 - ROT))) & MASK
+    return out
+
+
+@triton.jit
+def _scaled_pair_fp32(placed, scale):
+    """The portable multiplications of a placed bf16x2 pair (uint32): each half as an fp32, times
+    2^126 and the block's scale (fp32), rounded back to its top half (exact: module docstring)."""
+    unbias: tl.constexpr = 2.0**126
+    lo = ((placed << 16).to(tl.float32, bitcast=True) * unbias) * scale
+    hi = ((placed & 0xFFFF0000).to(tl.float32, bitcast=True) * unbias) * scale
+    return (lo.to(tl.uint32, bitcast=True) >> 16) | (hi.to(tl.uint32, bitcast=True) & 0xFFFF0000)
+
+
+@triton.jit
+def e2m1x8_words_to_bf16(words, byte, PTX: tl.constexpr):
+    """Prepared weight words (int32, ``moe_kernels.prepared``) and their blocks' e8m0 bytes (int32, same
+    shape) -> the four bf16x2 pairs of each word (int32; pair j = 2t + u holds k = 2q + 8u + 16t and the
+    next k in its high half). PTX: NVIDIA's bf16x2 multiplications (``_WORDS_ASM``), else fp32 ones;
+    PTX == 2 (``FOLDED_PTX``): one multiplication a pair, by 2^126 * 2^(byte - 127) = 2^(byte - 1), a
+    bf16 normal for bytes 0..128 only: the caller guarantees that every scale byte is <= 128."""
+    if PTX == 2:
+        folded_pair = (byte + 126) * 0x00800080  # bf16x2 2^(byte - 1): exponent field byte + 126
+        p0, p1, p2, p3 = tl.inline_asm_elementwise(asm=_WORDS_FOLDED_ASM, constraints="=r,=r,=r,=r,r,r",
+                                                   args=[words, folded_pair],
+                                                   dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True,
+                                                   pack=1)
+    elif PTX:
+        scale_pair, unbias_pair = _ptx_factor_pairs(byte)
+        p0, p1, p2, p3 = tl.inline_asm_elementwise(asm=_WORDS_ASM, constraints="=r,=r,=r,=r,r,r,r",
+                                                   args=[words, scale_pair, unbias_pair],
+                                                   dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True,
+                                                   pack=1)
+    else:
+        w = words.to(tl.uint32, bitcast=True)
+        scale = tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23)).to(tl.float32,
+                                                                                                   bitcast=True)
+        p0 = _scaled_pair_fp32(_rotr_and(w, PARTS[0][0][0], PARTS[0][0][1]), scale).to(tl.int32, bitcast=True)
+        p1 = _scaled_pair_fp32(_rotr_and(w, PARTS[1][0][0], PARTS[1][0][1]), scale).to(tl.int32, bitcast=True)
+        p2 = _scaled_pair_fp32(_rotr_and(w, PARTS[2][0][0], PARTS[2][0][1]), scale).to(tl.int32, bitcast=True)
+        p3 = _scaled_pair_fp32(_rotr_and(w, PARTS[3][0][0], PARTS[3][0][1]) | _rotr_and(w, PARTS[3][1][0],
+                                                                                       PARTS[3][1][1]),
+                               scale).to(tl.int32, bitcast=True)
+    return p0, p1, p2, p3
+
+
+def _words_asm(folded: bool = False) -> str:
+    """PTX for one prepared word ($4) -> its four bf16x2 pairs ($0-$3); $5: the block's bf16x2 scale
+    2^(byte - 127), $6: bf16x2 2^126 (NaN for byte 255). Per pair: each part's rotation (a funnel shift
+    of the word with itself) and mask, OR-ed, then two fma.rn.bf16x2 with -0 addends, as
+    ``_e2m1x2_asm``. ``folded``: one fma by $5 = 2^(byte - 1) (no $6)."""
+    body = []
+    for j, parts in enumerate(PAIR_PARTS):
+        for n, (rot, mask) in enumerate(parts):
+            src = "$4"
+            if rot:
+                body.append(f"shf.r.wrap.b32 r, $4, $4, {rot};")
+                src = "r"
+            body.append(f"and.b32 {'w' if n == 0 else 'v'}, {src}, {mask};")
+            if n:
+                body.append("or.b32 w, w, v;")
+        body += [f"fma.rn.bf16x2 ${j}, w, $5, z;"] if folded else ["fma.rn.bf16x2 w, w, $6, z;",
+                                                                    f"fma.rn.bf16x2 ${j}, w, $5, z;"]
+    lines = "\n        ".join(body)
+    return f"""{{
+        .reg .b32 r, v, w, z;
+        mov.b32 z, {0x80008000};
+        {lines}
+        }}"""
+
+
+PARTS: tl.constexpr = tl.constexpr(PAIR_PARTS)
+_WORDS_ASM: tl.constexpr = tl.constexpr(_words_asm())
+_WORDS_FOLDED_ASM: tl.constexpr = tl.constexpr(_words_asm(folded=True))
+FOLDED_PTX = 2  # the weight decode's PTX constexpr for prepared weights whose scale bytes are all <= 128

@@ -36,7 +36,8 @@ from .moe_gemm import (
     _moe_stage2_kernel,
     _sum_slots_kernel,
 )
-from .prepared import prepare_mxfp4, prepared_for
+from ._decode import FOLDED_PTX
+from .prepared import prepare_mxfp4, prepared_for, small_scales
 from .quant import quantize_mxfp4, quantize_mxfp8
 from .routing import align_pairs
 
@@ -267,6 +268,17 @@ def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, path: ActivationPath,
     return out
 
 
+def _weight_decode(dev: torch.device, w_left: bool, w1_scale: torch.Tensor, w2_scale: torch.Tensor) -> int:
+    """The GEMMs' W_PTX: 0 the portable decode, 1 the PTX one, ``FOLDED_PTX`` for prepared weights whose
+    scale bytes are all <= 128 (checked once per scale tensor, ``small_scales``; never under a CUDA graph
+    capture, whose replays may see other scales)."""
+    if not _ptx_decode(dev):
+        return 0
+    if w_left and not torch.cuda.is_current_stream_capturing() and small_scales(w1_scale) and small_scales(w2_scale):
+        return FOLDED_PTX
+    return 1
+
+
 def _prepared(w: torch.Tensor) -> torch.Tensor:
     """The weights in the left-operand GEMMs' byte order: cached per tensor for eager calls (made once per
     layer); made inside a CUDA graph being captured, so that a replay permutes the weights it finds then
@@ -335,8 +347,8 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bia
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_q_arg, h_scale_arg = (h_q, h_scale) if store_codes else (h_vals, h_vals)  # STORE_CODES=False: never written
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
-                      num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT, W_PTX=_ptx_decode(dev),
-                      W_LEFT=plan.w_left)
+                      num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT,
+                      W_PTX=_weight_decode(dev, plan.w_left, w1_scale, w2_scale), W_LEFT=plan.w_left)
         w1_k, w2_k = (_prepared(w1), _prepared(w2)) if plan.w_left else (w1, w2)
         if n_blocks:
             a_in = _dequantize_rows(a_q, a_scale, path, H) if path.is_mx else a_q

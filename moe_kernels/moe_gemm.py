@@ -24,7 +24,7 @@ import triton.language as tl
 
 from moe_ref.paths import ACTIVATION_PATHS
 
-from ._decode import decode_scaled_bits, e2m1x2_to_bf16
+from ._decode import decode_scaled_bits, e2m1x2_to_bf16, e2m1x8_words_to_bf16
 from ._numerics import KernelFormat, f32_to_bf16_bits, mx_quantize_pairs
 
 # the activation paths' kinds (moe_ref.paths): the kernels' KIND / OUT_KIND constexpr, named here for the branches
@@ -92,20 +92,13 @@ def load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K: tl
 
 
 @triton.jit
-def load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr, PREPARED: tl.constexpr = False):
+def load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
     """fp4x2 bytes of columns k0 .. k0 + BLOCK_K of rows ``rows`` (one contiguous load of BLOCK_K/2 bytes
-    a row), uint8 [R, BLOCK_K/32, 16]: byte j holds element 2j in its low nibble, 2j + 1 in its high.
-    PREPARED: the rows are in ``moe_kernels.prepared``'s order (in each 32-byte group, public byte q + 4j
-    at 8q + j; ceil(K/64) * 32 bytes, zero-padded), undone by a reshape and a transpose (BLOCK_K a
-    multiple of 64)."""
+    a row), uint8 [R, BLOCK_K/32, 16]: byte j holds element 2j in its low nibble, 2j + 1 in its high."""
     R: tl.constexpr = rows.shape[0]
     j = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    row_bytes = tl.cdiv(K, 64) * 32 if PREPARED else K // 2
-    packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < row_bytes)[None, :],
+    packed = tl.load(ptr + rows[:, None] * stride + j[None, :], mask=row_mask[:, None] & (j < K // 2)[None, :],
                      other=0)
-    if PREPARED:
-        groups = tl.trans(tl.reshape(packed, (R, BLOCK_K // 64, 4, 8)), (0, 1, 3, 2))  # [.., j, q]: public q + 4j
-        packed = tl.reshape(groups, (R, BLOCK_K // 2))
     return tl.reshape(packed, (R, BLOCK_K // 32, 16))
 
 
@@ -146,15 +139,29 @@ def load_bf16_rows(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
 @triton.jit
 def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, BLOCK_K: tl.constexpr,
                          W: tl.constexpr, PTX: tl.constexpr = False, PREPARED: tl.constexpr = False):
-    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix (format W; PREPARED: its
-    bytes in ``moe_kernels.prepared``'s order) as an exact bf16 tile. The weight decode is what MoE GEMMs
-    issue most instructions for: ``_decode.e2m1x2_to_bf16`` (PTX: NVIDIA's bf16x2 decode, ~3
-    instructions a weight; else the portable fp32 one, ~9)."""
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix (format W; PREPARED: in
+    ``moe_kernels.prepared``'s layout, BLOCK_K a multiple of 64) as an exact bf16 tile. The weight decode
+    is what MoE GEMMs issue most instructions for: ``_decode.e2m1x2_to_bf16`` (PTX: NVIDIA's bf16x2
+    decode, ~3 instructions a weight; else the portable fp32 one, ~9), ``e2m1x8_words_to_bf16`` for
+    prepared weights (PTX: ~2 a weight)."""
     R: tl.constexpr = rows.shape[0]
     byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
-    packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K, PREPARED)
-    lo, hi = e2m1x2_to_bf16(packed, byte, W, PTX)
-    return tl.reshape(tl.join(lo, hi), (R, BLOCK_K)).to(tl.bfloat16, bitcast=True)
+    if PREPARED:
+        G: tl.constexpr = BLOCK_K // 64
+        j = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # words: in each 64-wide group, lane q's block b at 2q + b
+        words = tl.load(ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (stride // 4) + j[None, :],
+                        mask=row_mask[:, None] & (j < tl.cdiv(K, 64) * 8)[None, :], other=0)
+        words = tl.reshape(words, (R, G, 4, 2))
+        byte = tl.broadcast_to(tl.reshape(byte, (R, G, 1, 2)), (R, G, 4, 2))
+        p0, p1, p2, p3 = e2m1x8_words_to_bf16(words, byte, PTX)
+        pairs = tl.join(tl.join(p0, p1), tl.join(p2, p3))  # [R, G, q, b, u, t]: pair 2t + u
+        halves = tl.join(pairs.to(tl.int16), (pairs >> 16).to(tl.int16))  # [.., h]
+        tile = tl.reshape(tl.permute(halves, (0, 1, 3, 5, 4, 2, 6)), (R, BLOCK_K))  # k = 64g + 32b + 16t + 8u + 2q + h
+    else:
+        packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
+        lo, hi = e2m1x2_to_bf16(packed, byte, W, PTX)
+        tile = tl.reshape(tl.join(lo, hi), (R, BLOCK_K))
+    return tile.to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit

@@ -1,17 +1,25 @@
-"""MXFP4 weights in the byte order of Hopper's register-operand MMA: an exact byte permutation, made once.
+"""MXFP4 weights in the register order of Hopper's left MMA operand, bits placed for a cheap decode: an
+exact bit permutation, made once.
 
 With the GEMMs' operands swapped (acc^T = W @ X^T, ``moe_gemm``), the decoded weight tile is wgmma's
-left operand, read from registers. There, per 16-wide K tile, lane q = lane % 4 of each quad holds the
-element pairs (2q, 2q + 1) and (2q + 8, 2q + 9) of its rows: fp4x2 bytes q and q + 4 of the tile's 8.
-Over four K tiles (32 bytes, 64 values) a lane's bytes are q + 4j, j = 0..7: in the public layout they
-lie 4 bytes apart, and Triton reads them back from shared memory one byte at a time. The prepared
-layout stores byte q + 4j of each 32-byte group of a row at 8q + j: a lane's 8 bytes are contiguous
-(one 8-byte load). Rows are padded with zero bytes to a multiple of 32 bytes (K to a multiple of 64;
-zero codes decode to 0 at any scale and the activations are masked there); scales keep their layout.
+left operand, read from registers. There, per 16-wide K tile, lane q = lane % 4 of a quad holds the
+element pairs (2q, 2q + 1) and (2q + 8, 2q + 9) of its rows; over one 32-wide scale block that is eight
+values of a row, k = 2q + 8u + 16t + h (u, t, h in {0, 1}), all under one e8m0 scale byte. The prepared
+layout stores them as one 32-bit word (little endian), and in each 64-wide group of a row the words of
+lane q's two blocks side by side (word 2q + block: a lane's 8 bytes are contiguous). Rows are padded
+with zero codes to a multiple of 64 values (32 bytes; zero codes decode to 0 at any scale, and the
+activations are masked there); scales keep their layout.
+
+Inside a word the code bits are placed so that the decode is a rotation and a mask per bf16 pair
+(``PAIR_PARTS``): pair j = 2t + u (k and k + 1, h = 0 in the low half) is the OR over its parts
+(rotation r, mask) of rotr(word, r) & mask, which puts each code's sign at bf16 bit 15 and its three
+magnitude bits at bits 6-8 of the low half (22-24 and 31 for the high one): the bf16 pattern of
+value(code) * 2^-126 (e2m1 code 1, 0.5, is the bf16 subnormal 2^-127), which two exact bf16x2
+multiplications (``_decode``) scale. Pairs 0-2 are one rotation and one mask each, pair 3 two: 9 integer
+instructions per 8 weights, against 16 with the public byte order.
 
 ``prepare_mxfp4`` makes it (``prepared_for`` caches it per weight tensor, so a layer is prepared on its
-first call only); ``unprepare_mxfp4`` is the inverse; ``moe_gemm.load_mxfp4_rows_bf16(PREPARED=True)``
-undoes the permutation in registers (a reshape and a transpose Triton folds into the load's layout).
+first call only); ``unprepare_mxfp4`` is the inverse.
 """
 
 from __future__ import annotations
@@ -20,10 +28,33 @@ import weakref
 
 import torch
 
-__all__ = ["GROUP_BYTES", "prepare_mxfp4", "unprepare_mxfp4", "prepared_for"]
+__all__ = ["GROUP_BYTES", "PAIR_MASK", "PAIR_PARTS", "WORD_BITS", "prepare_mxfp4", "unprepare_mxfp4",
+           "prepared_for", "small_scales"]
 
-GROUP_BYTES = 32  # four 16-wide K tiles of fp4x2: the permutation's unit
+GROUP_BYTES = 32  # 64 values: two scale blocks of a row, the lanes' words side by side
 _LANES = 4  # lanes of a quad sharing a row of the MMA's register operand
+PAIR_MASK = 0x81C081C0  # a bf16x2 pair's code bits: sign 15 / 31, magnitude 6-8 / 22-24
+# pair j of a word: ((rotation right, mask), ...); the masks of one pair cover PAIR_MASK once
+PAIR_PARTS = (((0, PAIR_MASK),), ((4, PAIR_MASK),), ((10, PAIR_MASK),), ((6, 0x81808180), (14, 0x00400040)))
+_CODE_BIT_AT = (6, 7, 8, 15)  # e2m1 code bit b (m, e0, e1, sign) -> its bit in a bf16 (low half)
+
+
+def _word_bits() -> tuple[tuple[int, int, int], ...]:
+    """For each word bit 0..31: (k offset in the block for lane 0, so k = 2q + offset; code bit)."""
+    where = {}
+    for j, parts in enumerate(PAIR_PARTS):
+        for h in range(2):
+            for b, dest in enumerate(_CODE_BIT_AT):
+                dest += 16 * h
+                (rot,) = [r for r, mask in parts if mask >> dest & 1]
+                src = (dest + rot) % 32
+                assert src not in where, "PAIR_PARTS place two code bits at one word bit"
+                where[src] = (8 * (j & 1) + 16 * (j >> 1) + h, b)
+    assert sorted(where) == list(range(32)), "PAIR_PARTS leave a word bit unused"
+    return tuple(where[p] for p in range(32))
+
+
+WORD_BITS = _word_bits()
 
 
 def _check_fp4x2(w, arg: str) -> None:
@@ -32,15 +63,33 @@ def _check_fp4x2(w, arg: str) -> None:
                         f"{getattr(w, 'dtype', type(w).__name__)} {list(getattr(w, 'shape', []))}")
 
 
+def _k_index(device) -> torch.Tensor:
+    """[4 lanes, 32 word bits]: the k (0..31) of the block whose code each word bit of lane q holds."""
+    offsets = torch.tensor([k for k, _ in WORD_BITS], device=device)
+    return 2 * torch.arange(_LANES, device=device)[:, None] + offsets[None, :]
+
+
+def _code_bit() -> torch.Tensor:
+    return torch.tensor([b for _, b in WORD_BITS])
+
+
 def prepare_mxfp4(w: torch.Tensor) -> torch.Tensor:
-    """fp4x2 weights [..., N, K/2] (public layout) -> [..., N, ceil(K/64) * 32] in the prepared byte order
-    (module docstring), contiguous, on w's device."""
+    """fp4x2 weights [..., N, K/2] (public layout) -> [..., N, ceil(K/64) * 32] bytes in the prepared
+    layout (module docstring), contiguous, on w's device."""
     _check_fp4x2(w, "w")
     *lead, n, row_bytes = w.shape
     padded = -(-row_bytes // GROUP_BYTES) * GROUP_BYTES
     w = torch.nn.functional.pad(w, (0, padded - row_bytes)) if padded != row_bytes else w
-    groups = w.reshape(*lead, n, padded // GROUP_BYTES, GROUP_BYTES // _LANES, _LANES)  # [.., g, j, q]: byte q + 4j
-    return groups.transpose(-1, -2).contiguous().reshape(*lead, n, padded)  # [.., g, q, j]: at 8q + j
+    flat = w.reshape(-1, n * padded)
+    out = torch.empty(flat.shape[0], n * padded, dtype=torch.uint8, device=w.device)
+    k_index, code_bit = _k_index(w.device).flatten(), _code_bit().to(w.device)
+    shifts = torch.arange(32, device=w.device)
+    for i in range(flat.shape[0]):  # one matrix at a time: the bit expansion takes 32 bytes a value
+        codes = torch.stack((flat[i] & 15, flat[i] >> 4), -1).reshape(-1, 2, 32)  # [n * groups, block, k]
+        bits = (codes[:, :, k_index].reshape(-1, 2, _LANES, 32).to(torch.int32) >> code_bit) & 1  # [.., b, q, bit]
+        words = (bits.transpose(1, 2).to(torch.int64) << shifts).sum(-1)  # [n * groups, q, block]
+        out[i] = torch.stack([(words >> (8 * byte)) & 0xFF for byte in range(4)], -1).to(torch.uint8).flatten()
+    return out.reshape(*lead, n, padded)
 
 
 def unprepare_mxfp4(prepared: torch.Tensor, row_bytes: int) -> torch.Tensor:
@@ -49,28 +98,47 @@ def unprepare_mxfp4(prepared: torch.Tensor, row_bytes: int) -> torch.Tensor:
     *lead, n, padded = prepared.shape
     if padded % GROUP_BYTES or not 0 <= row_bytes <= padded:
         raise ValueError(f"prepared: rows of {padded} bytes are not a prepared layout of {row_bytes}-byte rows")
-    groups = prepared.reshape(*lead, n, padded // GROUP_BYTES, _LANES, GROUP_BYTES // _LANES)
-    return groups.transpose(-1, -2).contiguous().reshape(*lead, n, padded)[..., :row_bytes]
+    words = prepared.reshape(-1, _LANES, 2, 4).to(torch.int64)  # [.., q, block, byte]
+    words = (words << (8 * torch.arange(4, device=prepared.device))).sum(-1)  # [n * groups, q, block]
+    bits = (words[..., None] >> torch.arange(32, device=prepared.device)) & 1  # [.., q, block, word bit]
+    contrib = (bits.transpose(1, 2) << _code_bit().to(prepared.device)).reshape(words.shape[0], 2, -1)  # [.., block, (q, bit)]
+    codes = torch.zeros(words.shape[0], 2, 32, dtype=torch.int64, device=prepared.device)  # [.., block, k]
+    codes.index_add_(2, _k_index(prepared.device).flatten(), contrib)  # each (k, code bit) once: a sum is an OR
+    public = (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)
+    return public.reshape(*lead, n, padded)[..., :row_bytes]
 
 
-_CACHE_SIZE = 4  # the prepared copies of the last few weight tensors (a layer's w1 and w2, and a neighbour's)
+_CACHE_SIZE = 4  # the last few weight tensors of each cache (a layer's w1 and w2, and a neighbour's)
 _PREPARED: list = []  # [(weakref to the public tensor, (version, data pointer, shape, strides), prepared)], newest first
+_SMALL_SCALES: list = []  # the same for scale tensors: (weakref, key, every byte <= 128)
+
+
+def _cached(cache: list, t: torch.Tensor, make):
+    """make(t), made on the first call for this tensor and reused while it is alive and unchanged (same
+    storage, no in-place write since: torch's version counter; an inference-mode tensor has none and
+    cannot be written outside inference mode, where weights are not written)."""
+    try:
+        version = t._version
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        version = None
+    key = (version, t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+    for i, (ref, version, value) in enumerate(cache):
+        if ref() is t and version == key:
+            cache.insert(0, cache.pop(i))
+            return value
+    value = make(t)
+    cache.insert(0, (weakref.ref(t), key, value))
+    del cache[_CACHE_SIZE:]
+    return value
 
 
 def prepared_for(w: torch.Tensor) -> torch.Tensor:
-    """``prepare_mxfp4(w)``, made on the first call for this tensor and reused while it is alive and
-    unchanged (same storage, no in-place write since: torch's version counter; an inference-mode tensor
-    has none and cannot be written outside inference mode, where weights are not written)."""
-    try:
-        version = w._version
-    except RuntimeError:  # "Inference tensors do not track version counter"
-        version = None
-    key = (version, w.data_ptr(), tuple(w.shape), tuple(w.stride()))
-    for i, (ref, version, prep) in enumerate(_PREPARED):
-        if ref() is w and version == key:
-            _PREPARED.insert(0, _PREPARED.pop(i))
-            return prep
-    prep = prepare_mxfp4(w)
-    _PREPARED.insert(0, (weakref.ref(w), key, prep))
-    del _PREPARED[_CACHE_SIZE:]
-    return prep
+    """``prepare_mxfp4(w)``, made once per weight tensor (``_cached``)."""
+    return _cached(_PREPARED, w, prepare_mxfp4)
+
+
+def small_scales(scale: torch.Tensor) -> bool:
+    """Whether every e8m0 byte of ``scale`` is <= 128 (block scales up to 2: every trained weight's),
+    which lets the prepared weights' decode fold 2^126 into the scale (``_decode.FOLDED_PTX``): checked
+    once per scale tensor (one host sync), cached like ``prepared_for``."""
+    return _cached(_SMALL_SCALES, scale, lambda s: s.numel() == 0 or int(s.max()) <= 128)

@@ -1,7 +1,8 @@
 """A NumPy interpreter for the few PTX instructions the kernels' inline asm uses, so that the asm text a
 GPU runs is checked on the CPU too (the Triton interpreter does not run inline asm).
 
-Supported: ``mov``, ``and``, ``or``, ``shl``, ``shr`` (.b32, logical), ``prmt.b32`` (default mode:
+Supported: ``mov``, ``and``, ``or``, ``shl``, ``shr`` (.b32, logical), ``shf.r.wrap.b32`` (funnel shift
+right of {b, a} by c mod 32: a rotation where a is b), ``prmt.b32`` (default mode:
 each selector nibble picks one of the 8 bytes {b, a}; its bit 3 replicates the picked byte's top bit)
 and ``fma.rn.bf16x2`` (each half a * b + c, one rounding to the nearest bf16, ties to even, subnormals
 kept, overflow to inf; NaN in, canonical NaN 0x7FFF out). Operands: ``$n`` (the asm's operands, outputs
@@ -63,6 +64,7 @@ _OPS = {
     "or.b32": lambda a, b: a | b,
     "shl.b32": lambda a, b: (a << b) & _MASK,
     "shr.b32": lambda a, b: a >> b,
+    "shf.r.wrap.b32": lambda a, b, c: (((b << np.uint64(32)) | a) >> (c & np.uint64(31))) & _MASK,
     "prmt.b32": _prmt,
     "fma.rn.bf16x2": _fma_bf16x2,
 }

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import emulation as em
 from moe_kernels import _decode
+from moe_kernels.prepared import prepare_mxfp4
 
 from .ptx_sim import run_ptx
 
@@ -85,3 +87,55 @@ def test_simulator_refuses_what_it_does_not_know():
         run_ptx("{ cvt.rn.bf16x2.f32 $0, $1, $1; }", [np.zeros(1, np.uint32)], n_outputs=1)
     with pytest.raises(ValueError, match="read before it is written"):
         run_ptx("{ .reg .b32 t; and.b32 $0, t, 1; }", [np.zeros(1, np.uint32)], n_outputs=1)
+
+
+WORDS_ASM, WORDS_FOLDED_ASM = (a.value for a in (_decode._WORDS_ASM, _decode._WORDS_FOLDED_ASM))
+
+
+def _check_words(asm: str, folded: bool) -> None:
+    """The prepared weights' decode (``_decode.e2m1x8_words_to_bf16``'s asm) on words that
+    ``prepare_mxfp4`` made from public rows: row (v, s) holds code (v * (2k + 1) + k) % 16 at k (every
+    code at every k over v = 0..15) under scale bytes s and 255 - s (every byte in both blocks); each
+    word's four pairs must be emulation's values of its lane's k = 2q + 8u + 16t + h (pair 2t + u, h the
+    half). ``folded``: one multiplication by 2^(byte - 1), at the scale bytes it serves (<= 128)."""
+    v, s = (a.ravel() for a in np.meshgrid(np.arange(16), np.arange(129 if folded else 256), indexing="ij"))
+    k = np.arange(64)
+    codes = (v[:, None] * (2 * k + 1) + k) % 16  # [rows, 64]
+    scales = np.stack([s, 128 - s if folded else 255 - s], 1).astype(np.uint8)  # [rows, 2 blocks]
+    public = (codes[:, 0::2] | codes[:, 1::2] << 4).astype(np.uint8)
+    want = em.dequantize_mxfp4(public, scales)  # [rows, 64]
+    words = prepare_mxfp4(torch.from_numpy(public)).numpy().view(np.uint32).reshape(-1, 4, 2)  # [rows, q, block]
+    byte = np.broadcast_to(scales[:, None, :], words.shape).astype(np.uint32)
+    if folded:
+        pairs = run_ptx(asm, [words.ravel(), ((byte + 126) * 0x00800080).ravel()], n_outputs=4)
+    else:
+        scale_pair = _kernel_scale_pair(byte).ravel()
+        (unbias,) = run_ptx(UNBIAS_ASM, [scale_pair], n_outputs=1)
+        pairs = run_ptx(asm, [words.ravel(), scale_pair, unbias], n_outputs=4)
+    for j, pair in enumerate(pairs):
+        pair = pair.reshape(words.shape)
+        for q in range(4):
+            for b in range(2):
+                for h in range(2):
+                    col = 32 * b + 2 * q + 8 * (j & 1) + 16 * (j >> 1) + h
+                    got = ((pair[:, q, b] >> (16 * h)) & 0xFFFF).astype(np.uint32) << 16
+                    exp = want[:, col].astype(np.float32)
+                    nan = np.isnan(exp)
+                    assert np.array_equal(np.isnan(got.view(np.float32)), nan), f"pair {j} lane {q} block {b} half {h}"
+                    bad = np.flatnonzero(got[~nan] != exp[~nan].view(np.uint32))
+                    assert bad.size == 0, (f"pair {j} lane {q} block {b} half {h}: {bad.size} wrong, e.g. code "
+                                           f"{codes[~nan][bad[0], col]} scale {scales[~nan][bad[0], b]}")
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_prepared_words_decode_is_exact_at_every_code_position_and_scale(folded):
+    _check_words(WORDS_FOLDED_ASM if folded else WORDS_ASM, folded)
+
+
+@pytest.mark.parametrize("edit", [("shf.r.wrap.b32 r, $4, $4, 4;", "shf.r.wrap.b32 r, $4, $4, 3;"),  # a pair off by a bit
+                                  ("and.b32 v, r, 4194368;", "and.b32 v, r, 64;"),  # pair 3's high mantissa bit lost
+                                  ("fma.rn.bf16x2 $2, w, $5, z;", "fma.rn.bf16x2 $2, w, $6, z;")])  # scale of the bias
+def test_a_wrong_word_instruction_is_seen(edit):
+    assert edit[0] in WORDS_ASM
+    with pytest.raises(AssertionError):
+        _check_words(WORDS_ASM.replace(*edit), False)

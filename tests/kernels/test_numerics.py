@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 import emulation as em
+from moe_kernels._decode import FOLDED_PTX
 from moe_kernels._numerics import KernelFormat, encode_scaled
 from moe_kernels.moe_gemm import WEIGHT_FORMAT, load_mxfp4_rows_bf16, load_rows_f32_bits
 from moe_kernels.prepared import prepare_mxfp4
@@ -60,6 +61,9 @@ def test_encoder_is_exact_at_every_scale(fmt, where, rng, device):
 
 
 
+_FOLDED: tl.constexpr = tl.constexpr(FOLDED_PTX)
+
+
 @triton.jit
 def _weight_decode_kernel(w_ptr, s_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                           W: tl.constexpr, DECODE: tl.constexpr, PREPARED: tl.constexpr = False, ROW_BYTES=None):
@@ -68,8 +72,9 @@ def _weight_decode_kernel(w_ptr, s_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BL
     if DECODE == "exact":  # the activations' decode (_decode.decode_scaled_bits), fp32 patterns
         w = (load_rows_f32_bits(w_ptr, s_ptr, rows, K // 2, K // 32, k0, K, rows < R, 1, BLOCK_K, W) >> 16).to(tl.int16)
     else:  # the GEMMs' weight decode: portable fp32 or PTX
+        ptx: tl.constexpr = _FOLDED if DECODE == "ptx-folded" else DECODE == "ptx"
         w = load_mxfp4_rows_bf16(w_ptr, s_ptr, rows, ROW_BYTES if PREPARED else K // 2, K // 32, k0, K, rows < R,
-                                 BLOCK_K, W, DECODE == "ptx", PREPARED).to(tl.int16, bitcast=True)
+                                 BLOCK_K, W, ptx, PREPARED).to(tl.int16, bitcast=True)
     cols = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], w, mask=(rows < R)[:, None])
 
@@ -78,6 +83,7 @@ _DECODES = ["exact", "fp32"] + (["ptx"] if torch.version.hip is None else [])  #
 
 
 _WHERE_DECODE = [("interpreter", d) for d in ("exact", "fp32")] + [("gpu", d) for d in _DECODES]
+_WHERE_DECODE += [("gpu", "ptx-folded")] if "ptx" in _DECODES else []  # prepared weights, scale bytes <= 128
 _TILES = [(32, False), (128, False), (64, True), (128, True)]  # prepared: BLOCK_K a multiple of 64
 
 
@@ -85,7 +91,8 @@ _TILES = [(32, False), (128, False), (64, True), (128, True)]  # prepared: BLOCK
     pytest.param(where, decode, block_k, prepared, marks=[pytest.mark.gpu] if where == "gpu" else [],
                  id=f"{where}-{decode}-k{block_k}" + ("-prepared" if prepared else ""))
     for where, decode in _WHERE_DECODE for block_k, prepared in _TILES
-    if not (prepared and decode == "exact")])  # the activations' decode never reads prepared weights
+    if not (prepared and decode == "exact") and (prepared or decode != "ptx-folded")])  # exact: activations only;
+# the folded decode: prepared weights only
 def test_weight_decode_is_exact_at_every_scale(block_k, prepared, where, decode, device):
     """The three MXFP4 decodes (``moe_kernels._decode``: the exact integer one of the activations, and
     the GEMMs' weight decodes, portable fp32 and, on NVIDIA, the bf16x2 PTX that fused_moe uses there):
@@ -94,7 +101,9 @@ def test_weight_decode_is_exact_at_every_scale(block_k, prepared, where, decode,
     results (scale bytes near 0) exact in the weight decodes; the exact decode gives +-0 below 2^-126
     (its documented flush: no such activation value reaches an fp32 accumulator's ulp). ``prepared``: the
     weights in ``moe_kernels.prepared``'s byte order, read by the left-operand GEMMs (``PREPARED=True``):
-    the same values at every byte and scale byte (decode(prepared) == decode(public))."""
+    the same values at every byte and scale byte (decode(prepared) == decode(public)). ``ptx-folded``: the
+    prepared weights' one-multiplication decode (``_decode.FOLDED_PTX``), at the scale bytes it serves
+    (0..128: rows 129.. are not compared)."""
     R, K = 256, 512  # each row: the 256 byte values, one block of 16 bytes after another
     packed = np.tile(np.arange(256, dtype=np.uint8), (R, 1))
     scale = np.repeat(np.arange(256, dtype=np.uint8)[:, None], K // 32, axis=1)
@@ -109,6 +118,8 @@ def test_weight_decode_is_exact_at_every_scale(block_k, prepared, where, decode,
                                                    out, R, K, BLOCK_R=16, BLOCK_K=block_k, W=WEIGHT_FORMAT,
                                                    DECODE=decode, PREPARED=prepared, ROW_BYTES=w.shape[1])
     got = (out.cpu().numpy().astype(np.int32).view(np.uint32) << 16).view(np.float32)
+    if decode == "ptx-folded":
+        got, want = got[:129], want[:129]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     keep = ~np.isnan(want)
     bad = np.flatnonzero(got[keep].view(np.uint32) != want[keep].view(np.uint32))

@@ -1,5 +1,6 @@
-"""``moe_kernels.prepared``: the left-operand GEMMs' byte order is an exact permutation of the public
-fp4x2 layout (each lane's bytes contiguous), its inverse, its padding, its refusals and its cache."""
+"""``moe_kernels.prepared``: the left-operand GEMMs' layout is an exact bit permutation of the public fp4x2
+layout (each lane's eight values of a block in one word, bits placed for the rotation decode), its inverse,
+its padding, its refusals and its caches."""
 
 from __future__ import annotations
 
@@ -7,15 +8,34 @@ import pytest
 import torch
 
 from moe_kernels import prepared
-from moe_kernels.prepared import GROUP_BYTES, prepare_mxfp4, prepared_for, unprepare_mxfp4
+from moe_kernels.prepared import (GROUP_BYTES, PAIR_MASK, PAIR_PARTS, prepare_mxfp4, prepared_for, small_scales,
+                                  unprepare_mxfp4)
 
 
-def test_each_lanes_bytes_are_contiguous():
-    row = torch.arange(2 * GROUP_BYTES, dtype=torch.uint8)[None, :]  # two groups: byte b holds b
-    got = prepare_mxfp4(row)[0].tolist()
-    # lane q of a quad reads bytes q + 4j (j = 0..7) of each 32-byte group (two values of 4 MMA K tiles)
-    want = [g * 32 + q + 4 * j for g in range(2) for q in range(4) for j in range(8)]
-    assert got == want
+def test_each_code_bit_lies_where_the_rotation_decode_takes_it():
+    """Spelled out from the MMA's register layout and the bf16 bit positions, independently of
+    ``WORD_BITS``: a row whose only nonzero code is 1 << b at column c sets exactly one bit: in word
+    2q + block of its 64-wide group (lane q = (c % 8) // 2), the bit that pair j = 2t + u's part
+    rotates to the code bit's bf16 position (6, 7, 8 or 15, +16 for the odd column)."""
+    bf16_bit = (6, 7, 8, 15)  # e2m1 m, e0, e1, sign -> bf16 bits of value * 2^-126
+    for col in range(128):
+        group, block, k = col // 64, col % 64 // 32, col % 32
+        q, h, u, t = k % 8 // 2, k % 2, k // 8 % 2, k // 16
+        for b in range(4):
+            row = torch.zeros(1, 64, dtype=torch.uint8)
+            row[0, col // 2] = (1 << b) << (4 * (col % 2))
+            words = prepare_mxfp4(row)[0].view(torch.int32).tolist()
+            dest = bf16_bit[b] + 16 * h
+            (rot,) = [r for r, mask in PAIR_PARTS[2 * t + u] if mask >> dest & 1]
+            want = [0] * 16
+            want[8 * group + 2 * q + block] = 1 << ((dest + rot) % 32)
+            assert [w & 0xFFFFFFFF for w in words] == want, f"column {col} code bit {b}"
+
+
+def test_the_pairs_parts_cover_a_pair_once():
+    for parts in PAIR_PARTS:
+        masks = [mask for _, mask in parts]
+        assert sum(masks) == PAIR_MASK and all(a & b == 0 for i, a in enumerate(masks) for b in masks[i + 1:])
 
 
 @pytest.mark.parametrize("row_bytes", [16, 32, 48, 64, 144, 1440])
@@ -27,7 +47,8 @@ def test_round_trip_and_padding(row_bytes, lead):
     padded = -(-row_bytes // 32) * 32
     assert p.shape == (*lead, 5, padded) and p.dtype == torch.uint8 and p.is_contiguous()
     assert torch.equal(unprepare_mxfp4(p, row_bytes), w)
-    assert sorted(p.flatten().tolist()) == sorted(w.flatten().tolist() + [0] * (p.numel() - w.numel()))
+    popcount = [sum(bin(x).count("1") for x in t.flatten().tolist()) for t in (p, w)]  # a bit permutation
+    assert popcount[0] == popcount[1]
     # the padding is zero bytes, wherever the permutation puts them
     tail = unprepare_mxfp4(p, padded)[..., row_bytes:]
     assert tail.numel() == p.numel() // p.shape[-1] * (padded - row_bytes) and not tail.any()
@@ -95,3 +116,13 @@ def test_inference_mode_weights(monkeypatch):
         w = torch.randint(0, 256, (2, 8, 48), dtype=torch.uint8)
     first = prepared_for(w)
     assert prepared_for(w) is first and torch.equal(unprepare_mxfp4(first, 48), w)
+
+
+def test_small_scales_is_checked_once_and_notices_writes(monkeypatch):
+    monkeypatch.setattr(prepared, "_SMALL_SCALES", [])
+    scale = torch.full((2, 8, 4), 128, dtype=torch.uint8)
+    assert small_scales(scale) and small_scales(scale)
+    assert len(prepared._SMALL_SCALES) == 1
+    scale[1, 7, 3] = 129  # one block scale of 4: the folded decode would overflow there
+    assert not small_scales(scale)
+    assert small_scales(torch.zeros(0, 4, dtype=torch.uint8)) and not small_scales(torch.full((1,), 255, dtype=torch.uint8))

@@ -78,17 +78,20 @@ _SEL, _ENV, _REF, _TOL = "moe_ref/selector.py", "moe_ref/env.py", "moe_ref/refer
 
 # the left-operand GEMMs' prepared layout (moe_kernels.prepared): Hopper's tiles, and the interpreter when forced
 _LEFT_CPU = (
-    _m("prepared lanes off by one", _PREP, ("groups.transpose(-1, -2).contiguous().reshape(*lead, n, padded)  # [",
-                                            "groups.transpose(-1, -2).roll(1, -2).contiguous().reshape(*lead, n, padded)  # ["),
+    _m("prepared lanes off by one", _PREP, ("    return 2 * torch.arange(_LANES, device=device)[:, None] + offsets[None, :]",
+                                            "    return 2 * torch.arange(_LANES, device=device).roll(1)[:, None] + offsets[None, :]"),
        tests=_PREPARED_TESTS),
-    _m("prepared permutation not undone", _GEMM, ("groups = tl.trans(tl.reshape(packed, (R, BLOCK_K // 64, 4, 8)), (0, 1, 3, 2))",
-                                                  "groups = tl.reshape(packed, (R, BLOCK_K // 64, 8, 4))"),
+    _m("prepared permutation not undone", _GEMM, ("tl.permute(halves, (0, 1, 3, 5, 4, 2, 6))",
+                                                  "tl.permute(halves, (0, 1, 3, 4, 5, 2, 6))"),
        tests=_PREPARED_TESTS),
-    _m("prepared nibble pair swapped", _PREP, ("    groups = w.reshape(", "    w = (w >> 4) | (w << 4)\n    groups = w.reshape("),
+    _m("prepared nibble pair swapped", _GEMM, ("halves = tl.join(pairs.to(tl.int16), (pairs >> 16).to(tl.int16))",
+                                               "halves = tl.join((pairs >> 16).to(tl.int16), pairs.to(tl.int16))"),
        tests=_PREPARED_TESTS),
     _m("scale of the neighbouring block", _GEMM, ("    sb = k0 // 32 + tl.arange(0, BLOCK_K // 32)\n",
                                                   "    sb = k0 // 32 + (tl.arange(0, BLOCK_K // 32) ^ 1)\n"),
        tests=_PREPARED_TESTS),
+    _m("folded decode past its range", _PREP, ("int(s.max()) <= 128", "int(s.max()) <= 129"),
+       tests=("tests/kernels/test_prepared.py",)),
 )
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -132,8 +135,8 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- packing ----------------------------------------------------------------------------
     _m("nibbles swapped", _QUANT, ("(codes_lo | (codes_hi << 4)).to(tl.uint8)", "(codes_hi | (codes_lo << 4)).to(tl.uint8)"),
        report="quantizers"),
-    _m("weight nibbles swapped", _GEMM, ("return tl.reshape(tl.join(lo, hi), (R, BLOCK_K)).to(tl.bfloat16, bitcast=True)",
-                                         "return tl.reshape(tl.join(hi, lo), (R, BLOCK_K)).to(tl.bfloat16, bitcast=True)"),
+    _m("weight nibbles swapped", _GEMM, ("tile = tl.reshape(tl.join(lo, hi), (R, BLOCK_K))",
+                                         "tile = tl.reshape(tl.join(hi, lo), (R, BLOCK_K))"),
        report="moe"),
     _m("weight sign lost", _DEC, ("lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & SIGN) << (31 - SIGN_SHIFT)))",
                                   "lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & 0) << (31 - SIGN_SHIFT)))"),
@@ -240,7 +243,9 @@ MUTANTS: tuple[Mutant, ...] = (
                                                 "if False:"),
        tests=("tests/kernels/test_fused_moe.py::test_cuda_graph_replay_equals_eager",), gpu=True),
     # the left-operand tiles on the GPU: the prepared decode at every byte and scale byte, each tile bit-exact
-    *(dataclasses.replace(m, tests=_PREPARED_GPU, gpu=True) for m in _LEFT_CPU),
+    *(dataclasses.replace(m, tests=_PREPARED_GPU, gpu=True) for m in _LEFT_CPU[:4]),
+    _m("folded scale off by one", _DEC, ("folded_pair = (byte + 126) * 0x00800080", "folded_pair = (byte + 127) * 0x00800080"),
+       tests=_PREPARED_GPU, gpu=True),
     _m("bad ids never reported", _DISP, ("    if pending is not None:\n        pending.finish()\n", ""),
        tests=("tests/kernels/test_fused_moe.py::test_out_of_range_ids_raise_on_the_gpu",), gpu=True),
 )
