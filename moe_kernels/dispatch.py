@@ -26,6 +26,7 @@ from moe_ref import (
 )
 
 from . import _runtime
+from ._decode import FOLDED_PTX
 from ._numerics import SCALE_MODE_IDS, KernelFormat
 from ._tuning import CONFIGS
 from .moe_gemm import (
@@ -36,7 +37,6 @@ from .moe_gemm import (
     _moe_stage2_kernel,
     _sum_slots_kernel,
 )
-from ._decode import FOLDED_PTX
 from .prepared import prepare_mxfp4, prepared_for, small_scales
 from .quant import quantize_mxfp4, quantize_mxfp8
 from .routing import align_pairs

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from moe_kernels import prepared
-from moe_kernels.prepared import (GROUP_BYTES, PAIR_MASK, PAIR_PARTS, prepare_mxfp4, prepared_for, small_scales,
-                                  unprepare_mxfp4)
+from moe_kernels.prepared import (
+    PAIR_MASK,
+    PAIR_PARTS,
+    prepare_mxfp4,
+    prepared_for,
+    small_scales,
+    unprepare_mxfp4,
+)
 
 
 def test_each_code_bit_lies_where_the_rotation_decode_takes_it():
