@@ -33,6 +33,7 @@ from triton.compiler import compile as triton_compile
 from moe_ref import ACTIVATION_PATHS, MoESpec
 
 from . import _per_token, _rows, _runtime, dispatch, moe_gemm, quant, routing
+from ._decode import FOLDED_PTX
 from ._numerics import SCALE_MODE_IDS, KernelFormat
 from ._tuning import CONFIGS
 
@@ -153,23 +154,25 @@ def _moe_variants():
         name = dispatch.config_name(cfg)
         kernel_class = "mma_left" if w_left else f"mma_bm{block_m}"
         ptx = all(TARGETS[t].backend == "cuda" for t in targets)  # as fused_moe picks the decode
-        common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, W=moe_gemm.WEIGHT_FORMAT, W_PTX=ptx,
-                      W_LEFT=w_left)
-        spec = MoESpec()  # fused_moe's defaults
-        for path in ACTIVATION_PATHS.values():
-            sig1 = _MOE_SIG1
-            for gate_mode in ("separated", "interleave"):  # fused_moe's own launch: no codes for a trace
-                ce = dict(OUT_KIND=path.kind, STORE_CODES=False, INTERLEAVED=gate_mode == "interleave",
-                          ACT=moe_gemm.GatedActivation(dispatch._ACT_IDS[spec.activation], spec.alpha, spec.limit),
-                          HAS_BIAS=True, DOWEIGHT=False, MODE=SCALE_MODE_IDS[spec.scale_mode],
-                          BLOCK_N=block_n1, **common, F=dispatch.kernel_format(path))
-                out.append(Variant(f"moe_stage1/{path.name}/{gate_mode}/{name}", kernel_class,
-                                   moe_gemm._moe_stage1_kernel, tuple(sig1.items()), tuple(ce.items()), warps, stages,
-                                   targets=tuple(targets), divisible16=_MOE_DIV16_1))
-        ce = dict(HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
-        out.append(Variant(f"moe_stage2/{name}", kernel_class, moe_gemm._moe_stage2_kernel,
-                           tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages, targets=tuple(targets),
-                           divisible16=_MOE_DIV16_2))
+        # prepared weights also decode with one multiplication where every scale byte is <= 128 (dispatch)
+        for w_ptx in (int(ptx), FOLDED_PTX) if w_left and ptx else (ptx,):
+            tag = "/folded" if w_ptx == FOLDED_PTX else ""
+            common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, W=moe_gemm.WEIGHT_FORMAT, W_PTX=w_ptx,
+                          W_LEFT=w_left)
+            spec = MoESpec()  # fused_moe's defaults
+            for path in ACTIVATION_PATHS.values():
+                for gate_mode in ("separated", "interleave"):  # fused_moe's own launch: no codes for a trace
+                    ce = dict(OUT_KIND=path.kind, STORE_CODES=False, INTERLEAVED=gate_mode == "interleave",
+                              ACT=moe_gemm.GatedActivation(dispatch._ACT_IDS[spec.activation], spec.alpha, spec.limit),
+                              HAS_BIAS=True, DOWEIGHT=False, MODE=SCALE_MODE_IDS[spec.scale_mode],
+                              BLOCK_N=block_n1, **common, F=dispatch.kernel_format(path))
+                    out.append(Variant(f"moe_stage1/{path.name}/{gate_mode}/{name}{tag}", kernel_class,
+                                       moe_gemm._moe_stage1_kernel, tuple(_MOE_SIG1.items()), tuple(ce.items()), warps,
+                                       stages, targets=tuple(targets), divisible16=_MOE_DIV16_1))
+            ce = dict(HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
+            out.append(Variant(f"moe_stage2/{name}{tag}", kernel_class, moe_gemm._moe_stage2_kernel,
+                               tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages, targets=tuple(targets),
+                               divisible16=_MOE_DIV16_2))
     for path in (p for p in ACTIVATION_PATHS.values() if p.is_mx):
         ce = dict(KIND=path.kind, BLOCK_R=16, BLOCK_K=128, F=dispatch.kernel_format(path))
         out.append(Variant(f"dequant_rows/{path.act_dtype}", "dequant", moe_gemm._dequant_rows_kernel,
