@@ -11,7 +11,8 @@ from . import (
            ops,  # noqa: E402,F401  (torch.ops.moe_kernels.*: the custom operators)
 )
 from .dispatch import MoEPlan, MoERun, fused_moe, plan_moe
+from .prepared import PreparedWeights, prepare_weights
 from .quant import quantize_fp8_per_token, quantize_mxfp4, quantize_mxfp8
 
-__all__ = ["MoEPlan", "MoERun", "fused_moe", "plan_moe", "quantize_fp8_per_token", "quantize_mxfp4",
-           "quantize_mxfp8"]
+__all__ = ["MoEPlan", "MoERun", "PreparedWeights", "fused_moe", "plan_moe", "prepare_weights", "quantize_fp8_per_token",
+           "quantize_mxfp4", "quantize_mxfp8"]

@@ -37,7 +37,7 @@ from .moe_gemm import (
     _moe_stage2_kernel,
     _sum_slots_kernel,
 )
-from .prepared import prepare_mxfp4, prepared_for, small_scales
+from .prepared import PreparedWeights, left_weights
 from .quant import quantize_mxfp4, quantize_mxfp8
 from .routing import align_pairs
 
@@ -207,10 +207,12 @@ def _ptx_decode(device: torch.device) -> bool:
 
 
 def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = None,
-            I: int | None = None, backend: str | None = None) -> tuple[int, int, int, int, int, int, bool]:  # noqa: E741
+            I: int | None = None, backend: str | None = None,  # noqa: E741
+            left: bool = True) -> tuple[int, int, int, int, int, int, bool]:
     """(BLOCK_M, BLOCK_N stage 1, BLOCK_N stage 2, BLOCK_K, num_warps, num_stages, w_left) from ``configs.json``:
     the first "gpu" entry whose bucket holds M * topk / E pairs per expert and whose optional H, I and
-    backend match. Stage 1 holds two accumulators (gate and up), hence its narrower tile.
+    backend match (not ``left``: and that reads the public weights). Stage 1 holds two accumulators (gate
+    and up), hence its narrower tile.
     """
     if interpret:
         return tuple(CONFIGS["interpreter"][k] for k in _CONFIG_KEYS)
@@ -218,6 +220,7 @@ def _config(M: int, E: int, topk: int, interpret: bool = False, H: int | None = 
     pairs_per_expert = max(1, M * topk // max(E, 1))
     for entry in CONFIGS["gpu"]:
         fits = entry["max_pairs_per_expert"] is None or pairs_per_expert <= entry["max_pairs_per_expert"]
+        fits = fits and (left or not entry["w_left"])
         if fits and entry.get("H", H) == H and entry.get("I", I) == I and entry.get("backend", backend) == backend:
             return tuple(entry[k] for k in _CONFIG_KEYS)
     raise LookupError(f"configs.json has no gpu entry for M={M}, E={E}, topk={topk}, H={H}, I={I}, {backend}")
@@ -231,27 +234,35 @@ def config_name(config) -> str:
 
 
 def plan_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bias1=None, bias2=None,
-             expert_mask=None, arch=None, env=None, spec: MoESpec | None = None, **options) -> MoEPlan:
+             expert_mask=None, arch=None, env=None, prepared: PreparedWeights | None = None,
+             spec: MoESpec | None = None, **options) -> MoEPlan:
     """Validate the call and return the plan ``fused_moe`` would execute (selector decision included)."""
     plan, _ = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1=bias1, bias2=bias2,
-                    expert_mask=expert_mask, arch=arch, env=env, spec=MoESpec.from_options(spec, **options),
-                    defer_ids=False)
+                    expert_mask=expert_mask, arch=arch, env=env, prepared=prepared,
+                    spec=MoESpec.from_options(spec, **options), defer_ids=False)
     return plan
 
 
 def _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bias1, bias2, expert_mask, arch, env,
-          spec: MoESpec, defer_ids: bool):
+          prepared, spec: MoESpec, defer_ids: bool):
     """(plan, whether the ids' range check is left to the alignment) - ``plan_moe``, with the check
-    deferred where ``defer_ids``."""
+    deferred where ``defer_ids``. Tiles that read prepared weights only where they are held or made
+    once (``prepared``, or an eager call): a CUDA graph capture of public weights reads them as they are."""
     _check(spec == spec.replace(intermediate_dtype=None, routing_weight_dtype="fp32", slot_dtype="fp32"), "spec",
            "the kernels compute the contract: intermediate_dtype None, routing_weight_dtype and slot_dtype 'fp32'")
     M, E, H, I, topk = _validate(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1, bias2,
                                  expert_mask)
+    if prepared is not None:
+        if not isinstance(prepared, PreparedWeights):
+            raise TypeError(f"prepared: expected moe_kernels.PreparedWeights (prepare_weights), got "
+                            f"{type(prepared).__name__}")
+        prepared.check(w1, w1_scale, w2, w2_scale)
     ids_deferred = _check_ids(topk_ids, E, defer_ids)
     decision = select_activation_dtype(M, arch=detect_arch() if arch is None else arch, weight_dtype="fp4x2",
                                        activation=spec.activation, gate_mode=spec.gate_mode, quant_type="per_1x32",
                                        env=env)
-    config = _config(M, E, topk, _runtime.INTERPRET, H, I)
+    capturing = hidden.is_cuda and torch.cuda.is_current_stream_capturing()
+    config = _config(M, E, topk, _runtime.INTERPRET, H, I, left=prepared is not None or not capturing)
     return MoEPlan(decision, ACTIVATION_PATHS[decision.dtype], spec, M, E, H, I, topk, *config), ids_deferred
 
 
@@ -268,26 +279,6 @@ def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, path: ActivationPath,
     return out
 
 
-def _weight_decode(dev: torch.device, w_left: bool, w1_scale: torch.Tensor, w2_scale: torch.Tensor) -> int:
-    """The GEMMs' W_PTX: 0 the portable decode, 1 the PTX one, ``FOLDED_PTX`` for prepared weights whose
-    scale bytes are all <= 128 (checked once per scale tensor, ``small_scales``; never under a CUDA graph
-    capture, whose replays may see other scales)."""
-    if not _ptx_decode(dev):
-        return 0
-    if w_left and not torch.cuda.is_current_stream_capturing() and small_scales(w1_scale) and small_scales(w2_scale):
-        return FOLDED_PTX
-    return 1
-
-
-def _prepared(w: torch.Tensor) -> torch.Tensor:
-    """The weights in the left-operand GEMMs' byte order: cached per tensor for eager calls (made once per
-    layer); made inside a CUDA graph being captured, so that a replay permutes the weights it finds then
-    (a cached copy baked into the graph would not see weights written after the capture)."""
-    if w.is_cuda and torch.cuda.is_current_stream_capturing():
-        return prepare_mxfp4(w)
-    return prepared_for(w)
-
-
 def _alloc(shape, dtype, device, poison):
     t = torch.empty(shape, dtype=dtype, device=device)
     if poison:
@@ -297,19 +288,23 @@ def _alloc(shape, dtype, device, poison):
 
 @_runtime.interpreter_quiet
 def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bias1=None, bias2=None, expert_mask=None,
-              arch=None, env=None, return_trace=False, poison=False, spec: MoESpec | None = None, **options):
+              arch=None, env=None, prepared: PreparedWeights | None = None, return_trace=False, poison=False,
+              spec: MoESpec | None = None, **options):
     """MoE forward with MXFP4 weights -> [M, H] bf16 on the inputs' device.
 
     The call's options are a ``moe_ref.MoESpec`` (``spec``) or its fields as keywords (``options``:
     activation, gate_mode, alpha, limit, scale_mode, doweight_stage1; the oracle's conventions
     intermediate_dtype, routing_weight_dtype and slot_dtype must keep their contract values).
     The activation path is the one ``moe_ref.select_activation_dtype`` chooses (see :func:`plan_moe`).
+    ``prepared``: the layer's weights held in the left-operand layout (``prepare_weights(w1, w1_scale,
+    w2, w2_scale)``; same results, faster GEMMs on Hopper; what a CUDA graph should capture).
     ``return_trace=True`` returns ``(out, MoERun)`` with the quantized intermediates; ``poison=True``
     fills every buffer the kernels write with NaN / 0xFF first (a testing aid).
     """
     spec = MoESpec.from_options(spec, **options)
     plan, ids_deferred = _plan(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, bias1=bias1, bias2=bias2,
-                               expert_mask=expert_mask, arch=arch, env=env, spec=spec, defer_ids=True)
+                               expert_mask=expert_mask, arch=arch, env=env, prepared=prepared, spec=spec,
+                               defer_ids=True)
     pending = None  # the deferred range check, queued behind the alignment that counts the bad ids
     origin = hidden.device
     dev = _runtime.launch_device(hidden)
@@ -346,10 +341,12 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bia
         tw = topk_weights.contiguous().reshape(-1)
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_q_arg, h_scale_arg = (h_q, h_scale) if store_codes else (h_vals, h_vals)  # STORE_CODES=False: never written
+        w1_k, w2_k, folded = left_weights(w1, w1_scale, w2, w2_scale, prepared) if plan.w_left else (w1, w2, False)
+        w1_k, w2_k = w1_k.to(dev), w2_k.to(dev)  # held weights of host tensors run on a GPU: a copy
+        w_ptx = (FOLDED_PTX if folded else 1) if _ptx_decode(dev) else 0  # folded: prepared weights, bytes <= 128
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
-                      num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT,
-                      W_PTX=_weight_decode(dev, plan.w_left, w1_scale, w2_scale), W_LEFT=plan.w_left)
-        w1_k, w2_k = (_prepared(w1), _prepared(w2)) if plan.w_left else (w1, w2)
+                      num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT, W_PTX=w_ptx,
+                      W_LEFT=plan.w_left)
         if n_blocks:
             a_in = _dequantize_rows(a_q, a_scale, path, H) if path.is_mx else a_q
             grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.program_block)

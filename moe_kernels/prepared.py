@@ -25,11 +25,12 @@ first call only); ``unprepare_mxfp4`` is the inverse.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GROUP_BYTES", "PAIR_MASK", "PAIR_PARTS", "WORD_BITS", "prepare_mxfp4", "unprepare_mxfp4",
-           "prepared_for", "small_scales"]
+__all__ = ["GROUP_BYTES", "PAIR_MASK", "PAIR_PARTS", "WORD_BITS", "PreparedWeights", "prepare_mxfp4",
+           "prepare_weights", "unprepare_mxfp4", "prepared_for", "small_scales", "left_weights"]
 
 GROUP_BYTES = 32  # 64 values: two scale blocks of a row, the lanes' words side by side
 _LANES = 4  # lanes of a quad sharing a row of the MMA's register operand
@@ -113,15 +114,20 @@ _PREPARED: list = []  # [(weakref to the public tensor, (version, data pointer, 
 _SMALL_SCALES: list = []  # the same for scale tensors: (weakref, key, every byte <= 128)
 
 
-def _cached(cache: list, t: torch.Tensor, make):
-    """make(t), made on the first call for this tensor and reused while it is alive and unchanged (same
-    storage, no in-place write since: torch's version counter; an inference-mode tensor has none and
-    cannot be written outside inference mode, where weights are not written)."""
+def _key(t: torch.Tensor) -> tuple:
+    """What identifies a tensor's current contents: torch's version counter (an inference-mode tensor has
+    none and cannot be written outside inference mode, where weights are not written), storage, layout."""
     try:
         version = t._version
     except RuntimeError:  # "Inference tensors do not track version counter"
         version = None
-    key = (version, t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+    return version, t.data_ptr(), tuple(t.shape), tuple(t.stride())
+
+
+def _cached(cache: list, t: torch.Tensor, make):
+    """make(t), made on the first call for this tensor and reused while it is alive and unchanged
+    (``_key``: same storage, no in-place write since)."""
+    key = _key(t)
     for i, (ref, version, value) in enumerate(cache):
         if ref() is t and version == key:
             cache.insert(0, cache.pop(i))
@@ -142,3 +148,48 @@ def small_scales(scale: torch.Tensor) -> bool:
     which lets the prepared weights' decode fold 2^126 into the scale (``_decode.FOLDED_PTX``): checked
     once per scale tensor (one host sync), cached like ``prepared_for``."""
     return _cached(_SMALL_SCALES, scale, lambda s: s.numel() == 0 or int(s.max()) <= 128)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedWeights:
+    """A layer's weights as the left-operand GEMMs read them, held by the caller as a serving engine holds
+    its weights: made once by ``prepare_weights``, passed to ``fused_moe(..., prepared=...)`` together
+    with the public weights it was made from, and read as it is by CUDA graphs that capture such calls.
+    Without it, eager calls prepare (once, cached) and graph captures use the GEMMs that read the public
+    layout, so that a replay sees weights written after the capture. After writing the weights, prepare
+    again (and capture again)."""
+
+    w1: torch.Tensor  # prepare_mxfp4(w1)
+    w2: torch.Tensor  # prepare_mxfp4(w2)
+    small_scales: bool  # every scale byte of w1_scale and w2_scale <= 128: the one-multiplication decode
+    made_from: tuple  # ((weakref, _key) of w1, w1_scale, w2, w2_scale) at preparation
+
+    def check(self, w1, w1_scale, w2, w2_scale) -> None:
+        """Raise ValueError unless made from these very tensors, none of them written since."""
+        for name, t, (ref, key) in zip(("w1", "w1_scale", "w2", "w2_scale"), (w1, w1_scale, w2, w2_scale),
+                                       self.made_from):
+            if ref() is not t or _key(t) != key:
+                raise ValueError(f"prepared: not made from this call's {name}, or {name} was written since "
+                                 f"(prepare_weights again after writing the weights)")
+
+
+def prepare_weights(w1: torch.Tensor, w1_scale: torch.Tensor, w2: torch.Tensor,
+                    w2_scale: torch.Tensor) -> PreparedWeights:
+    """``PreparedWeights`` of a layer's public MXFP4 weights (``fused_moe``'s w1, w1_scale, w2, w2_scale)."""
+    _check_fp4x2(w1, "w1")
+    _check_fp4x2(w2, "w2")
+    for name, t in (("w1_scale", w1_scale), ("w2_scale", w2_scale)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8:
+            raise TypeError(f"{name}: expected a torch.uint8 tensor of e8m0 bytes, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+    made_from = tuple((weakref.ref(t), _key(t)) for t in (w1, w1_scale, w2, w2_scale))
+    return PreparedWeights(prepare_mxfp4(w1), prepare_mxfp4(w2),
+                           small_scales(w1_scale) and small_scales(w2_scale), made_from)
+
+
+def left_weights(w1, w1_scale, w2, w2_scale, prepared: PreparedWeights | None) -> tuple:
+    """(w1, w2 in the prepared layout, whether every scale byte is <= 128): the held ones, else the cached
+    copies (``prepared_for``, ``small_scales``: made on the first eager call)."""
+    if prepared is not None:
+        return prepared.w1, prepared.w2, prepared.small_scales
+    return prepared_for(w1), prepared_for(w2), small_scales(w1_scale) and small_scales(w2_scale)

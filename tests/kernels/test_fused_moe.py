@@ -107,14 +107,15 @@ BIT_EXACT_CASES = [(path, gm, dw, bias, mask, mode)
                    for mode in (["round_up", "round_down", "ceil", "even"] if path == "a4w4" and not dw else ["round_up"])]
 
 
-def _run_bit_exact(path, gate_mode, doweight, bias, mask, mode, rng, device, shape):
+def _run_bit_exact(path, gate_mode, doweight, bias, mask, mode, rng, device, shape, held=False):
     route = {**ROUTES[path, gate_mode], "gate_mode": gate_mode}
     p = _exact_problem(rng, gate_mode=gate_mode, with_bias=bias, **shape)
     expert_mask = (np.arange(shape["E"]) % 3 != 1).astype(np.int32) if mask else None
     pt = p.to_torch(device)
+    prepared = mk.prepare_weights(*pt.args()[1:5]) if held else None
     out, run = mk.fused_moe(*pt.args(), **pt.biases(), doweight_stage1=doweight, scale_mode=mode,
                             expert_mask=None if expert_mask is None else torch.from_numpy(expert_mask).to(device),
-                            return_trace=True, poison=True, **route)
+                            prepared=prepared, return_trace=True, poison=True, **route)
     assert run.plan.path.name == path
     decision = select_activation_dtype(shape["M"], arch=route["arch"], gate_mode=gate_mode, env=route["env"])
     assert run.plan.decision == decision
@@ -166,6 +167,59 @@ def test_bit_exact_with_the_weights_as_the_left_operand(path, gate_mode, rng, de
 
     monkeypatch.setitem(CONFIGS, "interpreter", dict(CONFIGS["interpreter"], block_k=64, w_left=True))
     _run_bit_exact(path, gate_mode, False, True, True, "round_up", rng, device, dict(M=24, E=4, H=160, I=96, topk=2))
+
+
+@pytest.mark.parametrize("path", PATH_NAMES)
+def test_bit_exact_with_held_prepared_weights(path, rng, device, monkeypatch):
+    """``fused_moe(prepared=prepare_weights(...))``: the held weights are what the left-operand GEMMs read
+    (the reference's bits), and a call whose tiles read the public layout ignores them."""
+    from moe_kernels._tuning import CONFIGS
+
+    shape = dict(M=24, E=4, H=160, I=96, topk=2)
+    monkeypatch.setitem(CONFIGS, "interpreter", dict(CONFIGS["interpreter"], block_k=64, w_left=True))
+    _run_bit_exact(path, "separated", False, True, False, "round_up", rng, device, shape, held=True)
+    monkeypatch.setitem(CONFIGS, "interpreter", dict(CONFIGS["interpreter"], w_left=False))
+    _run_bit_exact(path, "separated", False, True, False, "round_up", rng, device, shape, held=True)
+
+
+def test_held_weights_are_checked_against_the_call():
+    """Held weights made from other tensors, or from tensors written since, are refused by name: the
+    GEMMs would read other weights than the call's."""
+    p = random_moe_problem(np.random.default_rng(5), M=4, E=4, H=64, I=64, topk=2).to_torch()
+    args = list(p.args())
+    route = dict(arch="gfx950", env={})
+    with pytest.raises(TypeError, match=r"^prepared: expected moe_kernels.PreparedWeights \(prepare_weights\), got tuple"):
+        mk.fused_moe(*args, prepared=(args[1], args[3]), **route)
+    other = mk.prepare_weights(args[1].clone(), *args[2:5])
+    with pytest.raises(ValueError, match=r"^prepared: not made from this call's w1, or w1 was written since"):
+        mk.plan_moe(*args, prepared=other, **route)
+    held = mk.prepare_weights(*args[1:5])
+    mk.plan_moe(*args, prepared=held, **route)  # accepted
+    args[4][0, 0, 0] = 127  # w2_scale written in place
+    with pytest.raises(ValueError, match=r"^prepared: not made from this call's w2_scale, or w2_scale was written"):
+        mk.fused_moe(*args, prepared=held, **route)
+    with pytest.raises(TypeError, match=r"^w2: expected a torch.uint8 tensor"):
+        mk.prepare_weights(args[1], args[2], args[3].to(torch.int16), args[4])
+    with pytest.raises(TypeError, match=r"^w1_scale: expected a torch.uint8 tensor of e8m0 bytes, got torch.float32"):
+        mk.prepare_weights(args[1], args[2].float(), args[3], args[4])
+
+
+def test_a_graph_capture_of_public_weights_takes_the_tiles_that_read_them():
+    """configs.json entries with ``w_left`` read prepared weights; where none are held, a CUDA graph
+    capture must read the public weights as they are at each replay: ``_config(left=False)`` skips them."""
+    from moe_kernels import dispatch
+    from moe_kernels._tuning import CONFIGS
+
+    tiles = dict(block_m=16, block_n1=64, block_n2=128, block_k=128, num_warps=4, num_stages=3)
+    left, staged = dict(tiles, w_left=True), dict(tiles, w_left=False, block_k=64)
+    entries = [dict(e, backend="cuda", max_pairs_per_expert=None) for e in (left, staged)]
+    saved = CONFIGS["gpu"]
+    CONFIGS["gpu"] = entries
+    try:
+        assert dispatch._config(64, 8, 2, backend="cuda")[-1] is True
+        assert dispatch._config(64, 8, 2, backend="cuda", left=False) == tuple(staged[k] for k in dispatch._CONFIG_KEYS)
+    finally:
+        CONFIGS["gpu"] = saved
 
 
 @functools.lru_cache(maxsize=4)
@@ -401,17 +455,23 @@ def test_stage2_input_is_the_value_of_the_stage1_codes_gpu(path, rng, device):
 @pytest.mark.parametrize("path", PATH_NAMES)
 def test_cuda_graph_replay_equals_eager(path, w_left, rng, device, monkeypatch):
     """fused_moe captured in a CUDA graph (no host sync inside; the id check is a device assert) and
-    replayed on new inputs copied into the captured buffers: the eager call's bits. The left-operand
-    tiles (forced) too: their prepared weights are made inside the graph, so new weights are seen."""
+    replayed on new inputs copied into the captured buffers, weights included: the eager call's bits.
+    With the left-operand tiles first in configs.json, a capture of public weights takes the tiles that
+    read them (a replay must see new weights), so the eager call it equals is one without left tiles;
+    with held prepared weights (``w_left``'s second half) the capture reads those, and replays on new
+    activations equal eager calls with the same held weights."""
     from moe_kernels._tuning import CONFIGS
 
+    staged = [e for e in CONFIGS["gpu"] if not e.get("w_left")]
     if w_left:
-        monkeypatch.setitem(CONFIGS, "gpu", [e for e in CONFIGS["gpu"] if e.get("w_left")])
+        monkeypatch.setitem(CONFIGS, "gpu", [e for e in CONFIGS["gpu"] if e.get("w_left")] + staged)
     shape = dict(M=64, E=8, H=256, I=128, topk=2)
     route = {**ROUTES[path, "interleave"], "gate_mode": "interleave"}
     static = random_moe_problem(rng, **shape).to_torch(device)
     args = list(static.args())
-    mk.fused_moe(*args, **route)  # compile outside the capture
+    with monkeypatch.context() as m:  # compile outside the capture: the tiles that read public weights
+        m.setitem(CONFIGS, "gpu", staged)
+        mk.fused_moe(*args, **route)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -421,9 +481,27 @@ def test_cuda_graph_replay_equals_eager(path, w_left, rng, device, monkeypatch):
         for buf, new in zip(args, fresh.args()):
             buf.copy_(new)
         graph.replay()
-        want = mk.fused_moe(*fresh.args(), **route)
+        with monkeypatch.context() as m:
+            m.setitem(CONFIGS, "gpu", staged)
+            want = mk.fused_moe(*fresh.args(), **route)
         torch.cuda.synchronize()
         assert torch.equal(out.view(torch.int16), want.view(torch.int16))
+    if w_left:
+        held = mk.prepare_weights(*args[1:5])
+        assert mk.plan_moe(*args, prepared=held, **route).w_left
+        mk.fused_moe(*args, prepared=held, **route)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = mk.fused_moe(*args, prepared=held, **route)
+        for _ in range(2):
+            fresh = random_moe_problem(rng, **shape).to_torch(device)
+            for i in (0, 5, 6):  # hidden, topk_weights, topk_ids: the weights stay
+                args[i].copy_(fresh.args()[i])
+            graph.replay()
+            want = mk.fused_moe(*args, prepared=held, **route)
+            torch.cuda.synchronize()
+            assert torch.equal(out.view(torch.int16), want.view(torch.int16))
 
 
 def test_h_not_multiple_of_32_and_bad_env(rng):
