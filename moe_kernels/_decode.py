@@ -195,12 +195,11 @@ def e2m1x8_words_to_bf16(words, byte, PTX: tl.constexpr):
         w = words.to(tl.uint32, bitcast=True)
         scale = tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23)).to(tl.float32,
                                                                                                    bitcast=True)
-        p0 = _scaled_pair_fp32(_rotr_and(w, PARTS[0][0][0], PARTS[0][0][1]), scale).to(tl.int32, bitcast=True)
-        p1 = _scaled_pair_fp32(_rotr_and(w, PARTS[1][0][0], PARTS[1][0][1]), scale).to(tl.int32, bitcast=True)
-        p2 = _scaled_pair_fp32(_rotr_and(w, PARTS[2][0][0], PARTS[2][0][1]), scale).to(tl.int32, bitcast=True)
-        p3 = _scaled_pair_fp32(_rotr_and(w, PARTS[3][0][0], PARTS[3][0][1]) | _rotr_and(w, PARTS[3][1][0],
-                                                                                       PARTS[3][1][1]),
-                               scale).to(tl.int32, bitcast=True)
+        p0 = _scaled_pair_fp32(_rotr_and(w, _ROT0, _MASK0), scale).to(tl.int32, bitcast=True)
+        p1 = _scaled_pair_fp32(_rotr_and(w, _ROT1, _MASK1), scale).to(tl.int32, bitcast=True)
+        p2 = _scaled_pair_fp32(_rotr_and(w, _ROT2, _MASK2), scale).to(tl.int32, bitcast=True)
+        p3 = _scaled_pair_fp32(_rotr_and(w, _ROT3, _MASK3) | _rotr_and(w, _ROT3B, _MASK3B), scale).to(tl.int32,
+                                                                                                        bitcast=True)
     return p0, p1, p2, p3
 
 
@@ -229,7 +228,10 @@ def _words_asm(folded: bool = False) -> str:
         }}"""
 
 
-PARTS: tl.constexpr = tl.constexpr(PAIR_PARTS)
+# PAIR_PARTS as scalar constexprs (compiled Triton does not index a constexpr tuple): pairs 0-2 one part each
+assert [len(parts) for parts in PAIR_PARTS] == [1, 1, 1, 2]
+((_ROT0, _MASK0),), ((_ROT1, _MASK1),), ((_ROT2, _MASK2),), ((_ROT3, _MASK3), (_ROT3B, _MASK3B)) = (
+    tuple(tuple(tl.constexpr(x) for x in part) for part in parts) for parts in PAIR_PARTS)
 _WORDS_ASM: tl.constexpr = tl.constexpr(_words_asm())
 _WORDS_FOLDED_ASM: tl.constexpr = tl.constexpr(_words_asm(folded=True))
 FOLDED_PTX = 2  # the weight decode's PTX constexpr for prepared weights whose scale bytes are all <= 128

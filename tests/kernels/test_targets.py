@@ -103,3 +103,29 @@ def test_the_left_operand_check_tells_the_register_path_from_the_staged_one(tmp_
         print("told apart")
     """, tmp_path)
     assert "told apart" in res.stdout, res.stdout[-2000:] + res.stderr[-3000:]
+
+
+def test_every_weight_decode_compiles_for_every_target(tmp_path):
+    """The weight decodes the GPU tests run (``test_numerics._weight_decode_kernel``: public and prepared
+    weights; portable, PTX and folded PTX) compile for sm_90, and the portable ones for gfx950 too: the
+    interpreter runs Python, not the compiler, so a construct only the compiler refuses (a constexpr
+    tuple indexed in a kernel did) is seen here without a GPU."""
+    res = _python("""
+        import moe_kernels
+        from triton.compiler import ASTSource, compile as triton_compile
+        from moe_kernels.moe_gemm import WEIGHT_FORMAT
+        from moe_kernels.targets import TARGETS
+        from tests.kernels.test_numerics import _weight_decode_kernel as fn
+        sig = dict(w_ptr="*u8", s_ptr="*u8", out_ptr="*i16", R="i32", K="i32", ROW_BYTES="i32")
+        built = 0
+        for decode, targets in (("fp32", ("sm90", "gfx950")), ("ptx", ("sm90",)), ("ptx-folded", ("sm90",))):
+            for prepared in (False, True) if decode != "ptx-folded" else (True,):
+                for block_k in (64, 128):
+                    ce = dict(BLOCK_R=16, BLOCK_K=block_k, W=WEIGHT_FORMAT, DECODE=decode, PREPARED=prepared)
+                    for t in targets:
+                        triton_compile(ASTSource(fn, {**sig, **{k: "constexpr" for k in ce}}, ce), target=TARGETS[t],
+                                       options={"num_warps": 4})
+                        built += 1
+        print("built", built)
+    """, tmp_path)
+    assert "built 14" in res.stdout, res.stdout[-2000:] + res.stderr[-3000:]
