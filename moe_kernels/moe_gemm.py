@@ -67,7 +67,7 @@ def weight_mma(a, w, acc, W_LEFT: tl.constexpr, INTERPRET: tl.constexpr):
     """acc + a @ w^T for activations a [BLOCK_M, K] and decoded weights w [BLOCK_N, K]. W_LEFT: acc is
     held transposed and the product is acc^T + w @ a^T, the weights the MMA's left operand, which
     Hopper's wgmma reads from registers (the decoded tile never goes through shared memory; the
-    weights then come in ``moe_kernels.prepared``'s byte order). Same products, fp32 sums either way."""
+    weights then come in ``moe_kernels.prepared``'s layout). Same products, fp32 sums either way."""
     if W_LEFT:
         out = mma(w, tl.trans(a), acc, INTERPRET)
     else:

@@ -147,7 +147,8 @@ def _moe_variants():
         cfg = tuple(e[k] for k in dispatch._CONFIG_KEYS)
         for t, target in TARGETS.items():
             if e.get("backend", target.backend) == target.backend:
-                configs.setdefault(cfg, []).append(t)
+                if t not in configs.setdefault(cfg, []):  # a tile may serve several buckets
+                    configs[cfg].append(t)
     out = []
     for cfg, targets in sorted(configs.items()):
         block_m, block_n1, block_n2, block_k, warps, stages, w_left = cfg

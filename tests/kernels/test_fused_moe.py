@@ -220,6 +220,9 @@ def test_a_graph_capture_of_public_weights_takes_the_tiles_that_read_them():
         assert dispatch._config(64, 8, 2, backend="cuda", left=False) == tuple(staged[k] for k in dispatch._CONFIG_KEYS)
     finally:
         CONFIGS["gpu"] = saved
+    for M in (1, 8, 64, 256, 1024, 4096, 8192, 65536):  # configs.json itself: every bucket has a tile for captures
+        for backend in ("cuda", "hip"):
+            assert dispatch._config(M, 128, 4, backend=backend, left=False)[-1] is False
 
 
 @functools.lru_cache(maxsize=4)

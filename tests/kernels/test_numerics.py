@@ -100,7 +100,7 @@ def test_weight_decode_is_exact_at_every_scale(block_k, prepared, where, decode,
     ``emulation.dequantize_mxfp4``, bit for bit: 6 * 2^127 -> inf, byte 255 -> NaN, and subnormal
     results (scale bytes near 0) exact in the weight decodes; the exact decode gives +-0 below 2^-126
     (its documented flush: no such activation value reaches an fp32 accumulator's ulp). ``prepared``: the
-    weights in ``moe_kernels.prepared``'s byte order, read by the left-operand GEMMs (``PREPARED=True``):
+    weights in ``moe_kernels.prepared``'s layout, read by the left-operand GEMMs (``PREPARED=True``):
     the same values at every byte and scale byte (decode(prepared) == decode(public)). ``ptx-folded``: the
     prepared weights' one-multiplication decode (``_decode.FOLDED_PTX``), at the scale bytes it serves
     (0..128: rows 129.. are not compared)."""
