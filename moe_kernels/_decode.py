@@ -69,6 +69,14 @@ def e2m1x2_to_bf16(packed, byte, F: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
+def _fp32_scale(byte):
+    """The portable decodes' fp32 factor 2^(byte - 127) of an e8m0 byte: the subnormal 2^-127 for byte 0,
+    NaN for 255."""
+    return tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23)).to(tl.float32,
+                                                                                             bitcast=True)
+
+
+@triton.jit
 def e2m1x2_to_bf16_fp32(packed, byte, F: tl.constexpr):
     """The portable decode: the code's bits placed in an fp32, times 2^(127 - BIAS), times the
     block's scale (module docstring), then its top half (no float cast: NUMERICS 5)."""
@@ -77,8 +85,7 @@ def e2m1x2_to_bf16_fp32(packed, byte, F: tl.constexpr):
     MAN_BITS: tl.constexpr = F.man_bits
     SIGN_SHIFT: tl.constexpr = F.sign_shift
     packed = packed.to(tl.int32)
-    scale = tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23)).to(tl.float32,
-                                                                                               bitcast=True)
+    scale = _fp32_scale(byte)
     lo = (((packed & MAG) << (23 - MAN_BITS)) | ((packed & SIGN) << (31 - SIGN_SHIFT))).to(tl.float32, bitcast=True)
     hi = (((packed & (MAG << 4)) << (19 - MAN_BITS)) | ((packed & (SIGN << 4)) << (27 - SIGN_SHIFT))).to(
         tl.float32, bitcast=True)
@@ -179,7 +186,7 @@ def e2m1x8_words_to_bf16(words, byte, PTX: tl.constexpr):
     next k in its high half). PTX: NVIDIA's bf16x2 multiplications (``_WORDS_ASM``), else fp32 ones;
     PTX == 2 (``FOLDED_PTX``): one multiplication a pair, by 2^126 * 2^(byte - 127) = 2^(byte - 1), a
     bf16 normal for bytes 0..128 only: the caller guarantees that every scale byte is <= 128."""
-    if PTX == 2:
+    if PTX == _FOLDED_PTX:
         folded_pair = (byte + 126) * 0x00800080  # bf16x2 2^(byte - 1): exponent field byte + 126
         p0, p1, p2, p3 = tl.inline_asm_elementwise(asm=_WORDS_FOLDED_ASM, constraints="=r,=r,=r,=r,r,r",
                                                    args=[words, folded_pair],
@@ -193,8 +200,7 @@ def e2m1x8_words_to_bf16(words, byte, PTX: tl.constexpr):
                                                    pack=1)
     else:
         w = words.to(tl.uint32, bitcast=True)
-        scale = tl.where(byte == 0, 0x00400000, tl.where(byte == 255, 0x7FC00000, byte << 23)).to(tl.float32,
-                                                                                                   bitcast=True)
+        scale = _fp32_scale(byte)
         p0 = _scaled_pair_fp32(_rotr_and(w, _ROT0, _MASK0), scale).to(tl.int32, bitcast=True)
         p1 = _scaled_pair_fp32(_rotr_and(w, _ROT1, _MASK1), scale).to(tl.int32, bitcast=True)
         p2 = _scaled_pair_fp32(_rotr_and(w, _ROT2, _MASK2), scale).to(tl.int32, bitcast=True)
@@ -235,3 +241,4 @@ assert [len(parts) for parts in PAIR_PARTS] == [1, 1, 1, 2]
 _WORDS_ASM: tl.constexpr = tl.constexpr(_words_asm())
 _WORDS_FOLDED_ASM: tl.constexpr = tl.constexpr(_words_asm(folded=True))
 FOLDED_PTX = 2  # the weight decode's PTX constexpr for prepared weights whose scale bytes are all <= 128
+_FOLDED_PTX: tl.constexpr = tl.constexpr(FOLDED_PTX)

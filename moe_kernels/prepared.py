@@ -40,7 +40,7 @@ PAIR_PARTS = (((0, PAIR_MASK),), ((4, PAIR_MASK),), ((10, PAIR_MASK),), ((6, 0x8
 _CODE_BIT_AT = (6, 7, 8, 15)  # e2m1 code bit b (m, e0, e1, sign) -> its bit in a bf16 (low half)
 
 
-def _word_bits() -> tuple[tuple[int, int, int], ...]:
+def _word_bits() -> tuple[tuple[int, int], ...]:
     """For each word bit 0..31: (k offset in the block for lane 0, so k = 2q + offset; code bit)."""
     where = {}
     for j, parts in enumerate(PAIR_PARTS):
