@@ -341,8 +341,9 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bia
         tw = topk_weights.contiguous().reshape(-1)
         dummy = tw  # stands for an absent bias (HAS_BIAS=False: never read)
         h_q_arg, h_scale_arg = (h_q, h_scale) if store_codes else (h_vals, h_vals)  # STORE_CODES=False: never written
-        w1_k, w2_k, folded = left_weights(w1, w1_scale, w2, w2_scale, prepared) if plan.w_left else (w1, w2, False)
-        w1_k, w2_k = w1_k.to(dev), w2_k.to(dev)  # held weights of host tensors run on a GPU: a copy
+        w1_k, s1_k, w2_k, s2_k, folded = (left_weights(w1, w1_scale, w2, w2_scale, prepared) if plan.w_left
+                                          else (w1, w1_scale, w2, w2_scale, False))
+        w1_k, s1_k, w2_k, s2_k = (t.to(dev) for t in (w1_k, s1_k, w2_k, s2_k))  # held host tensors on a GPU: a copy
         w_ptx = (FOLDED_PTX if folded else 1) if _ptx_decode(dev) else 0  # folded: prepared weights, bytes <= 128
         common = dict(INTERPRET=_runtime.INTERPRET, BLOCK_M=plan.block_m, BLOCK_K=plan.block_k,
                       num_warps=plan.num_warps, num_stages=plan.num_stages, W=WEIGHT_FORMAT, W_PTX=w_ptx,
@@ -351,10 +352,10 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bia
             a_in = _dequantize_rows(a_q, a_scale, path, H) if path.is_mx else a_q
             grid1 = (n_blocks * triton.cdiv(I, plan.block_n1),)  # column tiles fastest (moe_gemm.program_block)
             _moe_stage1_kernel[grid1](
-                a_in, w1_k, w1_scale, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
+                a_in, w1_k, s1_k, dummy if bias1 is None else bias1.contiguous(), tw, sorted_ids,
                 expert_ids, h_vals, h_q_arg, h_scale_arg, n_pairs, topk, H, I,
-                a_in.stride(0), w1_k.stride(0), w1_k.stride(1), w1_scale.stride(0),
-                w1_scale.stride(1), h_vals.stride(0), h_q_arg.stride(0), h_scale_arg.stride(0),
+                a_in.stride(0), w1_k.stride(0), w1_k.stride(1), s1_k.stride(0),
+                s1_k.stride(1), h_vals.stride(0), h_q_arg.stride(0), h_scale_arg.stride(0),
                 OUT_KIND=path.kind, STORE_CODES=store_codes, INTERLEAVED=spec.gate_mode == "interleave",
                 ACT=GatedActivation(_ACT_IDS[spec.activation], spec.alpha, spec.limit), HAS_BIAS=bias1 is not None,
                 DOWEIGHT=spec.doweight_stage1, MODE=SCALE_MODE_IDS[spec.scale_mode], BLOCK_N=plan.block_n1,
@@ -362,10 +363,10 @@ def fused_moe(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, *, bia
             grid2 = (n_blocks * triton.cdiv(H, plan.block_n2),)
             h_in = h_vals.view(torch.bfloat16)
             _moe_stage2_kernel[grid2](
-                h_in, w2_k, w2_scale, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
+                h_in, w2_k, s2_k, dummy if bias2 is None else bias2.contiguous(), tw, sorted_ids,
                 expert_ids, y, n_pairs, H, I,
-                h_in.stride(0), w2_k.stride(0), w2_k.stride(1), w2_scale.stride(0),
-                w2_scale.stride(1), y.stride(0),
+                h_in.stride(0), w2_k.stride(0), w2_k.stride(1), s2_k.stride(0),
+                s2_k.stride(1), y.stride(0),
                 HAS_BIAS=bias2 is not None, WEIGHT_HERE=not spec.doweight_stage1, BLOCK_N=plan.block_n2, **common)
     out = torch.empty((M, H), dtype=torch.bfloat16, device=dev)
     if M:

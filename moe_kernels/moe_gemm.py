@@ -139,25 +139,33 @@ def load_bf16_rows(ptr, rows, stride, k0, K, row_mask, BLOCK_K: tl.constexpr):
 @triton.jit
 def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_mask, BLOCK_K: tl.constexpr,
                          W: tl.constexpr, PTX: tl.constexpr = False, PREPARED: tl.constexpr = False):
-    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix (format W; PREPARED: in
-    ``moe_kernels.prepared``'s layout, BLOCK_K a multiple of 64) as an exact bf16 tile. The weight decode
+    """Columns k0 .. k0 + BLOCK_K of rows ``rows`` of an MXFP4 weight matrix (format W; PREPARED: weights
+    and scales in ``moe_kernels.prepared``'s layouts, BLOCK_K 64, 128, 256 or 512) as an exact bf16 tile. The weight decode
     is what MoE GEMMs issue most instructions for: ``_decode.e2m1x2_to_bf16`` (PTX: NVIDIA's bf16x2
     decode, ~3 instructions a weight; else the portable fp32 one, ~9), ``e2m1x8_words_to_bf16`` for
     prepared weights (PTX: ~2 a weight)."""
     R: tl.constexpr = rows.shape[0]
-    byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
     if PREPARED:
+        tl.static_assert(BLOCK_K % 64 == 0 and 512 % BLOCK_K == 0, "prepared weights: BLOCK_K 64, 128, 256 or 512")
         G: tl.constexpr = BLOCK_K // 64
         j = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # words: in each 64-wide group, lane q's block b at 2q + b
         words = tl.load(ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (stride // 4) + j[None, :],
                         mask=row_mask[:, None] & (j < tl.cdiv(K, 64) * 8)[None, :], other=0)
         words = tl.reshape(words, (R, G, 4, 2))
+        if G == 1:  # the scale rows' 32-bit word of this 128-wide group (rows padded to 16 bytes, zeros past K):
+            # a load Triton's pipeline copies ahead like the words (byte loads it issues in the loop and waits for)
+            sw = tl.load(scale_ptr.to(tl.pointer_type(tl.int32)) + rows * (scale_stride // 4) + k0 // 128,
+                         mask=row_mask, other=0)
+            byte = (sw[:, None] >> (16 * ((k0 // 64) % 2) + 8 * tl.arange(0, 2))[None, :]) & 255
+        else:  # wider steps: the bytes (32-bit loads of them made Triton convert the decoded tile, triton 3.9)
+            byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
         byte = tl.broadcast_to(tl.reshape(byte, (R, G, 1, 2)), (R, G, 4, 2))
         p0, p1, p2, p3 = e2m1x8_words_to_bf16(words, byte, PTX)
         pairs = tl.join(tl.join(p0, p1), tl.join(p2, p3))  # [R, G, q, b, u, t]: pair 2t + u
         halves = tl.join(pairs.to(tl.int16), (pairs >> 16).to(tl.int16))  # [.., h]
         tile = tl.reshape(tl.permute(halves, (0, 1, 3, 5, 4, 2, 6)), (R, BLOCK_K))  # k = 64g + 32b + 16t + 8u + 2q + h
     else:
+        byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
         packed = load_fp4x2_blocks(ptr, rows, stride, k0, K, row_mask, BLOCK_K)
         lo, hi = e2m1x2_to_bf16(packed, byte, W, PTX)
         tile = tl.reshape(tl.join(lo, hi), (R, BLOCK_K))

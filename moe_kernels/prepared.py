@@ -8,7 +8,9 @@ values of a row, k = 2q + 8u + 16t + h (u, t, h in {0, 1}), all under one e8m0 s
 layout stores them as one 32-bit word (little endian), and in each 64-wide group of a row the words of
 lane q's two blocks side by side (word 2q + block: a lane's 8 bytes are contiguous). Rows are padded
 with zero codes to a multiple of 64 values (32 bytes; zero codes decode to 0 at any scale, and the
-activations are masked there); scales keep their layout.
+activations are masked there). Scale rows are padded with zero bytes to a multiple of 16 (``prepare_scales``):
+the GEMMs read them 32 bits at a time, loads that Triton's pipeline copies ahead like the words (byte
+loads it issues synchronously in the loop, and converts through shared memory).
 
 Inside a word the code bits are placed so that the decode is a rotation and a mask per bf16 pair
 (``PAIR_PARTS``): pair j = 2t + u (k and k + 1, h = 0 in the low half) is the OR over its parts
@@ -29,10 +31,12 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GROUP_BYTES", "PAIR_MASK", "PAIR_PARTS", "WORD_BITS", "PreparedWeights", "prepare_mxfp4",
-           "prepare_weights", "unprepare_mxfp4", "prepared_for", "small_scales", "left_weights"]
+__all__ = ["GROUP_BYTES", "PAIR_MASK", "PAIR_PARTS", "SCALE_ROW_BYTES", "WORD_BITS", "PreparedWeights",
+           "prepare_mxfp4", "prepare_scales", "prepare_weights", "unprepare_mxfp4", "prepared_for", "small_scales",
+           "left_weights"]
 
 GROUP_BYTES = 32  # 64 values: two scale blocks of a row, the lanes' words side by side
+SCALE_ROW_BYTES = 16  # prepared scale rows: a multiple of 16 bytes (aligned 32-bit loads; Triton's stride hint)
 _LANES = 4  # lanes of a quad sharing a row of the MMA's register operand
 PAIR_MASK = 0x81C081C0  # a bf16x2 pair's code bits: sign 15 / 31, magnitude 6-8 / 22-24
 # pair j of a word: ((rotation right, mask), ...); the masks of one pair cover PAIR_MASK once
@@ -93,6 +97,16 @@ def prepare_mxfp4(w: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, n, padded)
 
 
+def prepare_scales(scale: torch.Tensor) -> torch.Tensor:
+    """e8m0 scales [..., N, K/32] -> the same bytes in rows padded with zeros to a multiple of
+    ``SCALE_ROW_BYTES``, contiguous ([..., N, 16 * ceil(K/512)]); ``[..., :K/32]`` gives them back."""
+    if not isinstance(scale, torch.Tensor) or scale.dtype != torch.uint8 or scale.dim() < 2:
+        raise TypeError(f"scale: expected a torch.uint8 tensor [..., N, K/32] of e8m0 bytes, got "
+                        f"{getattr(scale, 'dtype', type(scale).__name__)} {list(getattr(scale, 'shape', []))}")
+    padded = -(-scale.shape[-1] // SCALE_ROW_BYTES) * SCALE_ROW_BYTES
+    return torch.nn.functional.pad(scale, (0, padded - scale.shape[-1])).contiguous()
+
+
 def unprepare_mxfp4(prepared: torch.Tensor, row_bytes: int) -> torch.Tensor:
     """The inverse of ``prepare_mxfp4``: the public layout's first ``row_bytes`` (K/2) bytes of each row."""
     _check_fp4x2(prepared, "prepared")
@@ -109,8 +123,9 @@ def unprepare_mxfp4(prepared: torch.Tensor, row_bytes: int) -> torch.Tensor:
     return public.reshape(*lead, n, padded)[..., :row_bytes]
 
 
-_CACHE_SIZE = 4  # the last few weight tensors of each cache (a layer's w1 and w2, and a neighbour's)
+_CACHE_SIZE = 4  # the last few tensors of each cache (a layer's w1 and w2, and a neighbour's)
 _PREPARED: list = []  # [(weakref to the public tensor, (version, data pointer, shape, strides), prepared)], newest first
+_PREPARED_SCALES: list = []  # the same for scale tensors
 _SMALL_SCALES: list = []  # the same for scale tensors: (weakref, key, every byte <= 128)
 
 
@@ -143,6 +158,11 @@ def prepared_for(w: torch.Tensor) -> torch.Tensor:
     return _cached(_PREPARED, w, prepare_mxfp4)
 
 
+def prepared_scales_for(scale: torch.Tensor) -> torch.Tensor:
+    """``prepare_scales(scale)``, made once per scale tensor (``_cached``)."""
+    return _cached(_PREPARED_SCALES, scale, prepare_scales)
+
+
 def small_scales(scale: torch.Tensor) -> bool:
     """Whether every e8m0 byte of ``scale`` is <= 128 (block scales up to 2: every trained weight's),
     which lets the prepared weights' decode fold 2^126 into the scale (``_decode.FOLDED_PTX``): checked
@@ -160,7 +180,9 @@ class PreparedWeights:
     again (and capture again)."""
 
     w1: torch.Tensor  # prepare_mxfp4(w1)
+    w1_scale: torch.Tensor  # prepare_scales(w1_scale)
     w2: torch.Tensor  # prepare_mxfp4(w2)
+    w2_scale: torch.Tensor  # prepare_scales(w2_scale)
     small_scales: bool  # every scale byte of w1_scale and w2_scale <= 128: the one-multiplication decode
     made_from: tuple  # ((weakref, _key) of w1, w1_scale, w2, w2_scale) at preparation
 
@@ -183,13 +205,15 @@ def prepare_weights(w1: torch.Tensor, w1_scale: torch.Tensor, w2: torch.Tensor,
             raise TypeError(f"{name}: expected a torch.uint8 tensor of e8m0 bytes, got "
                             f"{getattr(t, 'dtype', type(t).__name__)}")
     made_from = tuple((weakref.ref(t), _key(t)) for t in (w1, w1_scale, w2, w2_scale))
-    return PreparedWeights(prepare_mxfp4(w1), prepare_mxfp4(w2),
+    return PreparedWeights(prepare_mxfp4(w1), prepare_scales(w1_scale), prepare_mxfp4(w2), prepare_scales(w2_scale),
                            small_scales(w1_scale) and small_scales(w2_scale), made_from)
 
 
 def left_weights(w1, w1_scale, w2, w2_scale, prepared: PreparedWeights | None) -> tuple:
-    """(w1, w2 in the prepared layout, whether every scale byte is <= 128): the held ones, else the cached
-    copies (``prepared_for``, ``small_scales``: made on the first eager call)."""
+    """(w1, w1_scale, w2, w2_scale in the prepared layouts, whether every scale byte is <= 128): the held
+    ones, else the cached copies (``prepared_for``, ``prepared_scales_for``, ``small_scales``: made on the
+    first eager call)."""
     if prepared is not None:
-        return prepared.w1, prepared.w2, prepared.small_scales
-    return prepared_for(w1), prepared_for(w2), small_scales(w1_scale) and small_scales(w2_scale)
+        return prepared.w1, prepared.w1_scale, prepared.w2, prepared.w2_scale, prepared.small_scales
+    return (prepared_for(w1), prepared_scales_for(w1_scale), prepared_for(w2), prepared_scales_for(w2_scale),
+            small_scales(w1_scale) and small_scales(w2_scale))

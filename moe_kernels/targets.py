@@ -61,11 +61,14 @@ _FAMILIES = {
     ("mma_bm64", "sm90"): dict(require=[r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16"], forbid=[]),
     ("mma_bm128", "sm90"): dict(require=[r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16"], forbid=[]),
     # weights as the left operand (moe_gemm.weight_mma, prepared bytes), any BLOCK_M: wgmma reads the decoded
-    # tile from registers. In the K loop nothing but bytes is stored to shared memory (the scale bytes'
-    # layout change; the decoded tile never goes there), and the prepared weight bytes come back from the
-    # pipeline's shared buffer in wide loads, not one byte at a time (the public layout's order)
+    # tile from registers. In the K loop nothing is stored to shared memory but the scale bytes' layout change
+    # (BLOCK_K >= 128: a few bytes, or a few 32-bit words of 4; the decoded tile, 64 bytes a thread or more,
+    # never goes there: no vector stores, no 16-bit ones, no ldmatrix), and the prepared words come back from
+    # the pipeline's shared buffer in wide loads, not one byte at a time (the public layout's order)
     ("mma_left", "sm90"): dict(require=[_WGMMA_REG_A], forbid=[_WGMMA_SMEM_A, _MMA_SYNC],
-                               forbid_in_loop=[r"st\.shared(\.v\d)?\.[bfsu](16|32|64)\b", r"ld\.shared\.[bsu]8\b"]),
+                               forbid_in_loop=[r"st\.shared\.v\d\.[bfsu](16|32|64)\b", r"st\.shared\.[bfsu]16\b",
+                                               r"ld\.shared\.[bsu]8\b", r"ldmatrix"],
+                               max_in_loop=[(r"st\.shared\.[bsu]32\b", 4)]),
     ("mma_bm16", "gfx950"): dict(require=[r"v_mfma_f32_16x16x32_bf16"], forbid=[]),
     ("mma_bm32", "gfx950"): dict(require=[r"v_mfma_f32_32x32x16_bf16"], forbid=[]),
     ("mma_bm64", "gfx950"): dict(require=[r"v_mfma_f32_32x32x16_bf16"], forbid=[]),
@@ -156,6 +159,7 @@ def _moe_variants():
         kernel_class = "mma_left" if w_left else f"mma_bm{block_m}"
         ptx = all(TARGETS[t].backend == "cuda" for t in targets)  # as fused_moe picks the decode
         # prepared weights also decode with one multiplication where every scale byte is <= 128 (dispatch)
+        left_div = ("stride_wsr",) if w_left else ()  # prepared scale rows: 16 bytes (prepared.SCALE_ROW_BYTES)
         for w_ptx in (int(ptx), FOLDED_PTX) if w_left and ptx else (ptx,):
             tag = "/folded" if w_ptx == FOLDED_PTX else ""
             common = dict(BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=False, W=moe_gemm.WEIGHT_FORMAT, W_PTX=w_ptx,
@@ -169,11 +173,11 @@ def _moe_variants():
                               BLOCK_N=block_n1, **common, F=dispatch.kernel_format(path))
                     out.append(Variant(f"moe_stage1/{path.name}/{gate_mode}/{name}{tag}", kernel_class,
                                        moe_gemm._moe_stage1_kernel, tuple(_MOE_SIG1.items()), tuple(ce.items()), warps,
-                                       stages, targets=tuple(targets), divisible16=_MOE_DIV16_1))
+                                       stages, targets=tuple(targets), divisible16=_MOE_DIV16_1 + left_div))
             ce = dict(HAS_BIAS=True, WEIGHT_HERE=True, BLOCK_N=block_n2, **common)
             out.append(Variant(f"moe_stage2/{name}{tag}", kernel_class, moe_gemm._moe_stage2_kernel,
                                tuple(_MOE_SIG2.items()), tuple(ce.items()), warps, stages, targets=tuple(targets),
-                               divisible16=_MOE_DIV16_2))
+                               divisible16=_MOE_DIV16_2 + left_div))
     for path in (p for p in ACTIVATION_PATHS.values() if p.is_mx):
         ce = dict(KIND=path.kind, BLOCK_R=16, BLOCK_K=128, F=dispatch.kernel_format(path))
         out.append(Variant(f"dequant_rows/{path.act_dtype}", "dequant", moe_gemm._dequant_rows_kernel,
@@ -282,6 +286,8 @@ def check_variant(name: str, target: str, baseline: dict | None) -> list[str]:
         problems.append("no K loop with an MMA found in the assembly")
     problems += [f"forbidden {p!r} in the K loop" for p in exp.get("forbid_in_loop", [])
                  if any(re.search(p, body) for body in loops)]
+    problems += [f"{p!r} {n} times in the K loop (at most {most})" for p, most in exp.get("max_in_loop", [])
+                 for n in [max((len(re.findall(p, body)) for body in loops), default=0)] if n > most]
     if r["spills"]:
         problems.append(f"{r['spills']} bytes of spills/scratch")
     base = (baseline or {}).get("entries", {}).get(f"{name}@{target}")

@@ -12,7 +12,7 @@ import emulation as em
 from moe_kernels._decode import FOLDED_PTX
 from moe_kernels._numerics import KernelFormat, encode_scaled
 from moe_kernels.moe_gemm import WEIGHT_FORMAT, load_mxfp4_rows_bf16, load_rows_f32_bits
-from moe_kernels.prepared import prepare_mxfp4
+from moe_kernels.prepared import prepare_mxfp4, prepare_scales
 
 from ..emulation.oracle import oracle_encode
 
@@ -66,14 +66,16 @@ _FOLDED: tl.constexpr = tl.constexpr(FOLDED_PTX)
 
 @triton.jit
 def _weight_decode_kernel(w_ptr, s_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                          W: tl.constexpr, DECODE: tl.constexpr, PREPARED: tl.constexpr = False, ROW_BYTES=None):
+                          W: tl.constexpr, DECODE: tl.constexpr, PREPARED: tl.constexpr = False, ROW_BYTES=None,
+                          SCALE_ROW_BYTES=None):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k0 = tl.program_id(1) * BLOCK_K
     if DECODE == "exact":  # the activations' decode (_decode.decode_scaled_bits), fp32 patterns
         w = (load_rows_f32_bits(w_ptr, s_ptr, rows, K // 2, K // 32, k0, K, rows < R, 1, BLOCK_K, W) >> 16).to(tl.int16)
     else:  # the GEMMs' weight decode: portable fp32 or PTX
         ptx: tl.constexpr = _FOLDED if DECODE == "ptx-folded" else DECODE == "ptx"
-        w = load_mxfp4_rows_bf16(w_ptr, s_ptr, rows, ROW_BYTES if PREPARED else K // 2, K // 32, k0, K, rows < R,
+        w = load_mxfp4_rows_bf16(w_ptr, s_ptr, rows, ROW_BYTES if PREPARED else K // 2,
+                                 SCALE_ROW_BYTES if PREPARED else K // 32, k0, K, rows < R,
                                  BLOCK_K, W, ptx, PREPARED).to(tl.int16, bitcast=True)
     cols = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], w, mask=(rows < R)[:, None])
@@ -84,7 +86,7 @@ _DECODES = ["exact", "fp32"] + (["ptx"] if torch.version.hip is None else [])  #
 
 _WHERE_DECODE = [("interpreter", d) for d in ("exact", "fp32")] + [("gpu", d) for d in _DECODES]
 _WHERE_DECODE += [("gpu", "ptx-folded")] if "ptx" in _DECODES else []  # prepared weights, scale bytes <= 128
-_TILES = [(32, False), (128, False), (64, True), (128, True)]  # prepared: BLOCK_K a multiple of 64
+_TILES = [(32, False), (128, False), (64, True), (128, True), (256, True)]  # prepared: BLOCK_K 64 to 512
 
 
 @pytest.mark.parametrize("where, decode, block_k, prepared", [
@@ -101,12 +103,16 @@ def test_weight_decode_is_exact_at_every_scale(block_k, prepared, where, decode,
     results (scale bytes near 0) exact in the weight decodes; the exact decode gives +-0 below 2^-126
     (its documented flush: no such activation value reaches an fp32 accumulator's ulp). ``prepared``: the
     weights in ``moe_kernels.prepared``'s layout, read by the left-operand GEMMs (``PREPARED=True``):
-    the same values at every byte and scale byte (decode(prepared) == decode(public)). ``ptx-folded``: the
-    prepared weights' one-multiplication decode (``_decode.FOLDED_PTX``), at the scale bytes it serves
-    (0..128: rows 129.. are not compared)."""
+    the same values at every byte and scale byte (decode(prepared) == decode(public)), with the scales
+    prepared too (``prepare_scales``) and each block's byte its own (row r, block b: (r + 17 b) mod 256,
+    every scale byte at every code still), so that a scale read from the neighbouring block shows.
+    ``ptx-folded``: the prepared weights' one-multiplication decode (``_decode.FOLDED_PTX``), at the scale
+    bytes it serves (0..128: blocks of larger bytes are not compared)."""
     R, K = 256, 512  # each row: the 256 byte values, one block of 16 bytes after another
     packed = np.tile(np.arange(256, dtype=np.uint8), (R, 1))
     scale = np.repeat(np.arange(256, dtype=np.uint8)[:, None], K // 32, axis=1)
+    if prepared:
+        scale = ((np.arange(R)[:, None] + 17 * np.arange(K // 32)[None, :]) % 256).astype(np.uint8)
     want = em.dequantize_mxfp4(packed, scale)
     assert np.array_equal(em.round_to_bf16(want), want, equal_nan=True)  # every value is a bf16
     if decode == "exact":
@@ -114,12 +120,16 @@ def test_weight_decode_is_exact_at_every_scale(block_k, prepared, where, decode,
     out = torch.full((R, K), -1, dtype=torch.int16, device=device)  # poison
     w = prepare_mxfp4(torch.from_numpy(packed)) if prepared else torch.from_numpy(packed)
     assert not prepared or not torch.equal(w, torch.from_numpy(packed))  # a real permutation
-    _weight_decode_kernel[(R // 16, K // block_k)](w.to(device), torch.from_numpy(scale).to(device),
+    s = prepare_scales(torch.from_numpy(scale)) if prepared else torch.from_numpy(scale)
+    assert s.shape[1] % 16 == 0
+    _weight_decode_kernel[(R // 16, K // block_k)](w.to(device), s.to(device),
                                                    out, R, K, BLOCK_R=16, BLOCK_K=block_k, W=WEIGHT_FORMAT,
-                                                   DECODE=decode, PREPARED=prepared, ROW_BYTES=w.shape[1])
+                                                   DECODE=decode, PREPARED=prepared, ROW_BYTES=w.shape[1],
+                                                   SCALE_ROW_BYTES=s.shape[1])
     got = (out.cpu().numpy().astype(np.int32).view(np.uint32) << 16).view(np.float32)
     if decode == "ptx-folded":
-        got, want = got[:129], want[:129]
+        served = np.repeat(scale <= 128, 32, axis=1)
+        got, want = got[served], want[served]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     keep = ~np.isnan(want)
     bad = np.flatnonzero(got[keep].view(np.uint32) != want[keep].view(np.uint32))

@@ -12,6 +12,7 @@ from moe_kernels.prepared import (
     PAIR_MASK,
     PAIR_PARTS,
     prepare_mxfp4,
+    prepare_scales,
     prepared_for,
     small_scales,
     unprepare_mxfp4,
@@ -132,3 +133,31 @@ def test_small_scales_is_checked_once_and_notices_writes(monkeypatch):
     scale[1, 7, 3] = 129  # one block scale of 4: the folded decode would overflow there
     assert not small_scales(scale)
     assert small_scales(torch.zeros(0, 4, dtype=torch.uint8)) and not small_scales(torch.full((1,), 255, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("blocks", [1, 4, 15, 16, 17, 90, 224])
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_prepared_scales_are_the_bytes_in_rows_padded_to_16(blocks, lead):
+    """``prepare_scales``: the same bytes, rows padded with zero bytes to a multiple of 16 (the GEMMs' 32-bit
+    scale loads stay inside a row and read 0 past K), contiguous; non-contiguous input accepted."""
+    scale = torch.randint(0, 256, (*lead, 5, blocks), dtype=torch.uint8)
+    out = prepare_scales(scale)
+    assert out.shape == (*lead, 5, -(-blocks // 16) * 16) and out.is_contiguous() and out.dtype == torch.uint8
+    assert torch.equal(out[..., :blocks], scale) and not out[..., blocks:].any()
+    wide = torch.randint(0, 256, (5, 2 * blocks), dtype=torch.uint8)[:, ::2]
+    assert torch.equal(prepare_scales(wide)[:, :blocks], wide)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(4, 4, dtype=torch.int8), torch.zeros(4, dtype=torch.uint8), "s"])
+def test_prepare_scales_refuses(bad):
+    with pytest.raises(TypeError, match=r"^scale: expected a torch.uint8 tensor \[\.\.\., N, K/32\]"):
+        prepare_scales(bad)
+
+
+def test_prepared_scales_are_cached_once_per_tensor(monkeypatch):
+    monkeypatch.setattr(prepared, "_PREPARED_SCALES", [])
+    scale = torch.randint(0, 256, (2, 8, 90), dtype=torch.uint8)
+    first = prepared.prepared_scales_for(scale)
+    assert prepared.prepared_scales_for(scale) is first
+    scale[0, 0, 0] ^= 1  # written: made again
+    assert torch.equal(prepared.prepared_scales_for(scale)[..., :90], scale)
