@@ -92,6 +92,7 @@ _ALL = [
     _B("folded scale off by one", "scale", "the one-multiplication decode scales by 2^byte instead of 2^(byte - 1) (GPU)"),
     _B("folded decode past its range", "scale", "the one-multiplication decode chosen for scale byte 129 (2^129 overflows)"),
     _B("scale of the neighbouring block", "gemm", "each 32-value block decoded with its neighbour's scale"),
+    _B("prepared scale word's other half", "gemm", "a BLOCK_K 64 step decodes with the scales of the other 64 values of its 32-bit scale word"),
     # SwiGLU
     _B("gate and up swapped", "swiglu", "a layout mismatch between the weights and the kernel",
        "matches no path's reference"),

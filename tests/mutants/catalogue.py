@@ -90,6 +90,9 @@ _LEFT_CPU = (
     _m("scale of the neighbouring block", _GEMM, ("    sb = k0 // 32 + tl.arange(0, BLOCK_K // 32)\n",
                                                   "    sb = k0 // 32 + (tl.arange(0, BLOCK_K // 32) ^ 1)\n"),
        tests=_PREPARED_TESTS),
+    _m("prepared scale word's other half", _GEMM, ("(16 * ((k0 // 64) % 2) + 8 * tl.arange(0, 2))",
+                                                   "(16 * ((k0 // 64 + 1) % 2) + 8 * tl.arange(0, 2))"),
+       tests=_PREPARED_TESTS),
     _m("folded decode past its range", _PREP, ("int(s.max()) <= 128", "int(s.max()) <= 129"),
        tests=("tests/kernels/test_prepared.py",)),
 )
@@ -243,7 +246,7 @@ MUTANTS: tuple[Mutant, ...] = (
                                                 "if False:"),
        tests=("tests/kernels/test_fused_moe.py::test_cuda_graph_replay_equals_eager",), gpu=True),
     # the left-operand tiles on the GPU: the prepared decode at every byte and scale byte, each tile bit-exact
-    *(dataclasses.replace(m, tests=_PREPARED_GPU, gpu=True) for m in _LEFT_CPU[:4]),
+    *(dataclasses.replace(m, tests=_PREPARED_GPU, gpu=True) for m in _LEFT_CPU[:5]),
     _m("folded scale off by one", _DEC, ("folded_pair = (byte + 126) * 0x00800080", "folded_pair = (byte + 127) * 0x00800080"),
        tests=_PREPARED_GPU, gpu=True),
     _m("bad ids never reported", _DISP, ("    if pending is not None:\n        pending.finish()\n", ""),
