@@ -152,13 +152,19 @@ def load_mxfp4_rows_bf16(ptr, scale_ptr, rows, stride, scale_stride, k0, K, row_
         words = tl.load(ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (stride // 4) + j[None, :],
                         mask=row_mask[:, None] & (j < tl.cdiv(K, 64) * 8)[None, :], other=0)
         words = tl.reshape(words, (R, G, 4, 2))
-        if G == 1:  # the scale rows' 32-bit word of this 128-wide group (rows padded to 16 bytes, zeros past K):
-            # a load Triton's pipeline copies ahead like the words (byte loads it issues in the loop and waits for)
+        # scale bytes as 32-bit words of 4 blocks (rows padded to 16 bytes, zeros past K): loads that Triton's
+        # pipeline copies ahead like the words (byte loads it issues in the loop and waits for, triton 3.6-3.9)
+        if G == 1:  # this step's half of its 128-wide group's word
             sw = tl.load(scale_ptr.to(tl.pointer_type(tl.int32)) + rows * (scale_stride // 4) + k0 // 128,
                          mask=row_mask, other=0)
             byte = (sw[:, None] >> (16 * ((k0 // 64) % 2) + 8 * tl.arange(0, 2))[None, :]) & 255
-        else:  # wider steps: the bytes (32-bit loads of them made Triton convert the decoded tile, triton 3.9)
-            byte = load_scale_bytes(scale_ptr, rows, scale_stride, k0, K, row_mask, BLOCK_K)
+        else:  # one word a 128-wide group, its bytes split by joins (shifts by a [G, 2] tensor of offsets
+            # instead made Triton convert the decoded tile through shared memory)
+            sw = tl.load(scale_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (scale_stride // 4)
+                         + (k0 // 128 + tl.arange(0, G // 2))[None, :], mask=row_mask[:, None], other=0)
+            even = tl.join(sw & 255, (sw >> 8) & 255)  # [R, G/2, b]: the even 64-wide group's two blocks
+            odd = tl.join((sw >> 16) & 255, (sw >> 24) & 255)
+            byte = tl.permute(tl.join(even, odd), (0, 1, 3, 2))  # [R, G/2, group parity, b]
         byte = tl.broadcast_to(tl.reshape(byte, (R, G, 1, 2)), (R, G, 4, 2))
         p0, p1, p2, p3 = e2m1x8_words_to_bf16(words, byte, PTX)
         pairs = tl.join(tl.join(p0, p1), tl.join(p2, p3))  # [R, G, q, b, u, t]: pair 2t + u

@@ -116,7 +116,7 @@ def test_every_weight_decode_compiles_for_every_target(tmp_path):
         from moe_kernels.moe_gemm import WEIGHT_FORMAT
         from moe_kernels.targets import TARGETS
         from tests.kernels.test_numerics import _weight_decode_kernel as fn
-        sig = dict(w_ptr="*u8", s_ptr="*u8", out_ptr="*i16", R="i32", K="i32", ROW_BYTES="i32")
+        sig = dict(w_ptr="*u8", s_ptr="*u8", out_ptr="*i16", R="i32", K="i32", ROW_BYTES="i32", SCALE_ROW_BYTES="i32")
         built = 0
         for decode, targets in (("fp32", ("sm90", "gfx950")), ("ptx", ("sm90",)), ("ptx-folded", ("sm90",))):
             for prepared in (False, True) if decode != "ptx-folded" else (True,):
