@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["GROUP_BYTES", "PAIR_MASK", "PAIR_PARTS", "SCALE_ROW_BYTES", "WORD_BITS", "PreparedWeights",
-           "prepare_mxfp4", "prepare_scales", "prepare_weights", "unprepare_mxfp4", "prepared_for", "small_scales",
-           "left_weights"]
+           "held_from_tensors", "prepare_mxfp4", "prepare_scales", "prepare_weights", "unprepare_mxfp4",
+           "prepared_for", "small_scales", "left_weights"]
 
 GROUP_BYTES = 32  # 64 values: two scale blocks of a row, the lanes' words side by side
 SCALE_ROW_BYTES = 16  # prepared scale rows: a multiple of 16 bytes (aligned 32-bit loads; Triton's stride hint)
@@ -186,6 +186,11 @@ class PreparedWeights:
     small_scales: bool  # every scale byte of w1_scale and w2_scale <= 128: the one-multiplication decode
     made_from: tuple  # ((weakref, _key) of w1, w1_scale, w2, w2_scale) at preparation
 
+    def op_args(self) -> tuple:
+        """(w1, w1_scale, w2, w2_scale, small_scales): the trailing arguments of
+        ``torch.ops.moe_kernels.fused_moe_prepared``."""
+        return self.w1, self.w1_scale, self.w2, self.w2_scale, self.small_scales
+
     def check(self, w1, w1_scale, w2, w2_scale) -> None:
         """Raise ValueError unless made from these very tensors, none of them written since."""
         for name, t, (ref, key) in zip(("w1", "w1_scale", "w2", "w2_scale"), (w1, w1_scale, w2, w2_scale),
@@ -193,6 +198,29 @@ class PreparedWeights:
             if ref() is not t or _key(t) != key:
                 raise ValueError(f"prepared: not made from this call's {name}, or {name} was written since "
                                  f"(prepare_weights again after writing the weights)")
+
+
+def held_from_tensors(w1, w1_scale, w2, w2_scale, w1_prepared, w1_scale_prepared, w2_prepared, w2_scale_prepared,
+                      small: bool) -> PreparedWeights:
+    """A ``PreparedWeights`` from its tensors, as ``torch.ops.moe_kernels.fused_moe_prepared`` receives them (a
+    custom operator takes tensors, not records): each prepared tensor must have the shape, dtype and device that
+    ``prepare_weights`` gives these public tensors (ValueError / TypeError naming it otherwise). That they were
+    made from these very weights, and ``small`` from their scales, is the caller's word: pass the fields of
+    ``prepare_weights(w1, w1_scale, w2, w2_scale)``."""
+    for name, pub, prep, make_width in (
+            ("w1_prepared", w1, w1_prepared, lambda n: -(-n // GROUP_BYTES) * GROUP_BYTES),
+            ("w1_scale_prepared", w1_scale, w1_scale_prepared, lambda n: -(-n // SCALE_ROW_BYTES) * SCALE_ROW_BYTES),
+            ("w2_prepared", w2, w2_prepared, lambda n: -(-n // GROUP_BYTES) * GROUP_BYTES),
+            ("w2_scale_prepared", w2_scale, w2_scale_prepared, lambda n: -(-n // SCALE_ROW_BYTES) * SCALE_ROW_BYTES)):
+        if not isinstance(prep, torch.Tensor) or prep.dtype != torch.uint8:
+            raise TypeError(f"{name}: expected the torch.uint8 tensor prepare_weights made, got "
+                            f"{getattr(prep, 'dtype', type(prep).__name__)}")
+        want = [*pub.shape[:-1], make_width(pub.shape[-1])]
+        if list(prep.shape) != want or not prep.is_contiguous() or prep.device != pub.device:
+            raise ValueError(f"{name}: expected a contiguous {want} tensor on {pub.device} (prepare_weights of this "
+                             f"call's weights), got {list(prep.shape)} on {prep.device}")
+    made_from = tuple((weakref.ref(t), _key(t)) for t in (w1, w1_scale, w2, w2_scale))
+    return PreparedWeights(w1_prepared, w1_scale_prepared, w2_prepared, w2_scale_prepared, bool(small), made_from)
 
 
 def prepare_weights(w1: torch.Tensor, w1_scale: torch.Tensor, w2: torch.Tensor,

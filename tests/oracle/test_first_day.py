@@ -386,26 +386,70 @@ def test_custom_ops_trace_under_torch_compile_fullgraph():
     torch.library.opcheck(mk.ops.fused_moe_op, (*p.args(), "separated", "round_up", None, None, "gfx950"))
 
 
-@pytest.mark.gpu
-def test_custom_ops_inside_a_cuda_graph():
+def test_the_prepared_op_reads_the_held_weights_and_checks_their_shapes(monkeypatch):
+    """``torch.ops.moe_kernels.fused_moe_prepared``: what ``fused_moe(prepared=held)`` gives, from the held
+    tensors themselves (zeroed prepared w2: a zero output), traced by torch.compile(fullgraph=True) and
+    opcheck'ed; prepared tensors of another shape or dtype are refused by name."""
     import torch
 
+    from moe_kernels._tuning import CONFIGS
+    from moe_ref import random_moe_problem
+
+    monkeypatch.setitem(CONFIGS, "interpreter", dict(CONFIGS["interpreter"], block_k=64, w_left=True))  # the left GEMMs
+    args = random_moe_problem(np.random.default_rng(5), M=6, E=4, H=160, I=96, topk=2).to_torch().args()
+    held = mk.prepare_weights(*args[1:5])
+    want = mk.fused_moe(*args, arch="gfx950", prepared=held)
+    assert want.abs().max() > 0
+    fixed = ("separated", "round_up", None, None, "gfx950")
+    op = torch.ops.moe_kernels.fused_moe_prepared
+    assert torch.equal(op(*args, *fixed, *held.op_args()), want)
+    w1p, s1p, w2p, s2p, small = held.op_args()
+    assert not op(*args, *fixed, w1p, s1p, torch.zeros_like(w2p), s2p, small).any()  # read, not the cached copies
+    step = torch.compile(lambda *a: op(*a, *fixed, *held.op_args()), fullgraph=True, backend="aot_eager")
+    assert torch.equal(step(*args), want)
+    torch.library.opcheck(mk.ops.fused_moe_prepared_op, (*args, *fixed, *held.op_args()))
+    with pytest.raises(ValueError, match=r"^w1_prepared: expected a contiguous \[4, 192, 96\] tensor on cpu"):
+        op(*args, *fixed, w1p[..., :64].contiguous(), s1p, w2p, s2p, small)
+    with pytest.raises(ValueError, match=r"^w2_scale_prepared: expected a contiguous \[4, 160, 16\] tensor"):
+        op(*args, *fixed, w1p, s1p, w2p, s1p, small)
+    with pytest.raises(TypeError, match=r"^w2_prepared: expected the torch.uint8 tensor prepare_weights made, got "
+                                        r"torch.int8"):
+        op(*args, *fixed, w1p, s1p, w2p.view(torch.int8), s2p, small)
+
+
+@pytest.mark.gpu
+def test_custom_ops_inside_a_cuda_graph(monkeypatch):
+    """The operators captured in a CUDA graph and replayed: the eager calls' bits. A capture of public
+    weights reads them with the tiles for the public layout (a replay must see weights written later), so
+    its eager twin is a call without the left-operand tiles; with held weights the capture reads those,
+    as an eager call with them does."""
+    import torch
+
+    from moe_kernels._tuning import CONFIGS
     from moe_ref import random_moe_problem
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     p = random_moe_problem(np.random.default_rng(4), M=64, E=8, H=256, I=128, topk=2).to_torch()
     args = [t.cuda() for t in p.args()]
-    eager = torch.ops.moe_kernels.fused_moe(*args, "separated", "round_up", None, None, None)
+    with monkeypatch.context() as m:
+        m.setitem(CONFIGS, "gpu", [e for e in CONFIGS["gpu"] if not e.get("w_left")])
+        eager = torch.ops.moe_kernels.fused_moe(*args, "separated", "round_up", None, None, None)
     x = args[0]
     torch.ops.moe_kernels.quantize_mxfp4(x, "round_up")  # compiled and warmed before capture
+    held = mk.prepare_weights(*args[1:5])  # a serving engine's held weights: the capture reads them
+    eager_held = torch.ops.moe_kernels.fused_moe_prepared(*args, "separated", "round_up", None, None, None,
+                                                          *held.op_args())
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = torch.ops.moe_kernels.fused_moe(*args, "separated", "round_up", None, None, None)
+        out_held = torch.ops.moe_kernels.fused_moe_prepared(*args, "separated", "round_up", None, None, None,
+                                                            *held.op_args())
         q, s = torch.ops.moe_kernels.quantize_mxfp4(x, "round_up")
     out.zero_()
+    out_held.zero_()
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, eager)
+    assert torch.equal(out, eager) and torch.equal(out_held, eager_held)
     q_eager, s_eager = mk.quantize_mxfp4(x)
     assert torch.equal(q, q_eager) and torch.equal(s, s_eager)
