@@ -41,9 +41,12 @@ def fused_moe_op(hidden: torch.Tensor, w1: torch.Tensor, w1_scale: torch.Tensor,
                      scale_mode=scale_mode, bias1=bias1, bias2=bias2, arch=arch)
 
 
-@fused_moe_op.register_fake
-def _(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, gate_mode, scale_mode, bias1, bias2, arch):
+def _fused_moe_fake(hidden, w1, w1_scale, w2, *rest):
+    """The output both MoE operators return: [M, H] bf16 (their fake implementation)."""
     return hidden.new_empty((hidden.shape[0], w2.shape[1]), dtype=torch.bfloat16)
+
+
+fused_moe_op.register_fake(_fused_moe_fake)
 
 
 @torch.library.custom_op(f"{_NS}::fused_moe_prepared", mutates_args=())
@@ -58,9 +61,7 @@ def fused_moe_prepared_op(hidden: torch.Tensor, w1: torch.Tensor, w1_scale: torc
                      scale_mode=scale_mode, bias1=bias1, bias2=bias2, arch=arch, prepared=held)
 
 
-@fused_moe_prepared_op.register_fake
-def _(hidden, w1, w1_scale, w2, w2_scale, topk_weights, topk_ids, gate_mode, scale_mode, bias1, bias2, arch, *held):
-    return hidden.new_empty((hidden.shape[0], w2.shape[1]), dtype=torch.bfloat16)
+fused_moe_prepared_op.register_fake(_fused_moe_fake)
 
 
 @torch.library.custom_op(f"{_NS}::quantize_mxfp4", mutates_args=())

@@ -62,6 +62,11 @@ def _word_bits() -> tuple[tuple[int, int], ...]:
 WORD_BITS = _word_bits()
 
 
+def _padded(n: int, unit: int) -> int:
+    """n rounded up to a multiple of unit: a prepared row's width (bytes)."""
+    return -(-n // unit) * unit
+
+
 def _check_fp4x2(w, arg: str) -> None:
     if not isinstance(w, torch.Tensor) or w.dtype != torch.uint8 or w.dim() < 2:
         raise TypeError(f"{arg}: expected a torch.uint8 tensor [..., N, K/2] of fp4x2 bytes, got "
@@ -83,7 +88,7 @@ def prepare_mxfp4(w: torch.Tensor) -> torch.Tensor:
     layout (module docstring), contiguous, on w's device."""
     _check_fp4x2(w, "w")
     *lead, n, row_bytes = w.shape
-    padded = -(-row_bytes // GROUP_BYTES) * GROUP_BYTES
+    padded = _padded(row_bytes, GROUP_BYTES)
     w = torch.nn.functional.pad(w, (0, padded - row_bytes)) if padded != row_bytes else w
     flat = w.reshape(-1, n * padded)
     out = torch.empty(flat.shape[0], n * padded, dtype=torch.uint8, device=w.device)
@@ -103,8 +108,7 @@ def prepare_scales(scale: torch.Tensor) -> torch.Tensor:
     if not isinstance(scale, torch.Tensor) or scale.dtype != torch.uint8 or scale.dim() < 2:
         raise TypeError(f"scale: expected a torch.uint8 tensor [..., N, K/32] of e8m0 bytes, got "
                         f"{getattr(scale, 'dtype', type(scale).__name__)} {list(getattr(scale, 'shape', []))}")
-    padded = -(-scale.shape[-1] // SCALE_ROW_BYTES) * SCALE_ROW_BYTES
-    return torch.nn.functional.pad(scale, (0, padded - scale.shape[-1])).contiguous()
+    return torch.nn.functional.pad(scale, (0, _padded(scale.shape[-1], SCALE_ROW_BYTES) - scale.shape[-1])).contiguous()
 
 
 def unprepare_mxfp4(prepared: torch.Tensor, row_bytes: int) -> torch.Tensor:
@@ -137,6 +141,11 @@ def _key(t: torch.Tensor) -> tuple:
     except RuntimeError:  # "Inference tensors do not track version counter"
         version = None
     return version, t.data_ptr(), tuple(t.shape), tuple(t.stride())
+
+
+def _made_from(*tensors) -> tuple:
+    """(weak reference, ``_key``) of each tensor: what ``PreparedWeights.check`` compares a call's tensors with."""
+    return tuple((weakref.ref(t), _key(t)) for t in tensors)
 
 
 def _cached(cache: list, t: torch.Tensor, make):
@@ -207,20 +216,19 @@ def held_from_tensors(w1, w1_scale, w2, w2_scale, w1_prepared, w1_scale_prepared
     ``prepare_weights`` gives these public tensors (ValueError / TypeError naming it otherwise). That they were
     made from these very weights, and ``small`` from their scales, is the caller's word: pass the fields of
     ``prepare_weights(w1, w1_scale, w2, w2_scale)``."""
-    for name, pub, prep, make_width in (
-            ("w1_prepared", w1, w1_prepared, lambda n: -(-n // GROUP_BYTES) * GROUP_BYTES),
-            ("w1_scale_prepared", w1_scale, w1_scale_prepared, lambda n: -(-n // SCALE_ROW_BYTES) * SCALE_ROW_BYTES),
-            ("w2_prepared", w2, w2_prepared, lambda n: -(-n // GROUP_BYTES) * GROUP_BYTES),
-            ("w2_scale_prepared", w2_scale, w2_scale_prepared, lambda n: -(-n // SCALE_ROW_BYTES) * SCALE_ROW_BYTES)):
+    for name, pub, prep, unit in (("w1_prepared", w1, w1_prepared, GROUP_BYTES),
+                                  ("w1_scale_prepared", w1_scale, w1_scale_prepared, SCALE_ROW_BYTES),
+                                  ("w2_prepared", w2, w2_prepared, GROUP_BYTES),
+                                  ("w2_scale_prepared", w2_scale, w2_scale_prepared, SCALE_ROW_BYTES)):
         if not isinstance(prep, torch.Tensor) or prep.dtype != torch.uint8:
             raise TypeError(f"{name}: expected the torch.uint8 tensor prepare_weights made, got "
                             f"{getattr(prep, 'dtype', type(prep).__name__)}")
-        want = [*pub.shape[:-1], make_width(pub.shape[-1])]
+        want = [*pub.shape[:-1], _padded(pub.shape[-1], unit)]
         if list(prep.shape) != want or not prep.is_contiguous() or prep.device != pub.device:
             raise ValueError(f"{name}: expected a contiguous {want} tensor on {pub.device} (prepare_weights of this "
                              f"call's weights), got {list(prep.shape)} on {prep.device}")
-    made_from = tuple((weakref.ref(t), _key(t)) for t in (w1, w1_scale, w2, w2_scale))
-    return PreparedWeights(w1_prepared, w1_scale_prepared, w2_prepared, w2_scale_prepared, bool(small), made_from)
+    return PreparedWeights(w1_prepared, w1_scale_prepared, w2_prepared, w2_scale_prepared, bool(small),
+                           _made_from(w1, w1_scale, w2, w2_scale))
 
 
 def prepare_weights(w1: torch.Tensor, w1_scale: torch.Tensor, w2: torch.Tensor,
@@ -232,9 +240,8 @@ def prepare_weights(w1: torch.Tensor, w1_scale: torch.Tensor, w2: torch.Tensor,
         if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8:
             raise TypeError(f"{name}: expected a torch.uint8 tensor of e8m0 bytes, got "
                             f"{getattr(t, 'dtype', type(t).__name__)}")
-    made_from = tuple((weakref.ref(t), _key(t)) for t in (w1, w1_scale, w2, w2_scale))
     return PreparedWeights(prepare_mxfp4(w1), prepare_scales(w1_scale), prepare_mxfp4(w2), prepare_scales(w2_scale),
-                           small_scales(w1_scale) and small_scales(w2_scale), made_from)
+                           small_scales(w1_scale) and small_scales(w2_scale), _made_from(w1, w1_scale, w2, w2_scale))
 
 
 def left_weights(w1, w1_scale, w2, w2_scale, prepared: PreparedWeights | None) -> tuple:
